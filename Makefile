@@ -1,0 +1,92 @@
+# deltanet.c -- build everything with make.
+#   make test       CPU tests (what CI runs)          make infer      plain-C inference
+#   make train      GPU trainer (nvcc)                make test-gpu   GPU tests (on a GPU machine)
+#   make bench      benchmarks (print tables)         make data       TinyShakespeare token shards
+# Dependencies: libcjson-dev, libpcre2-dev, libstb-dev (Debian/Ubuntu). Where they are unpacked
+# under a folder instead of installed (the GPU machine), pass DEPS=/that/folder.
+
+CC       ?= gcc
+NVCC     ?= nvcc
+GPU_ARCH ?= -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_90,code=compute_90
+DEPS     ?=
+BUILD    ?= build
+
+ifneq ($(DEPS),)
+DEP_CFLAGS  := -I$(DEPS)/usr/include
+DEP_LDFLAGS := -L$(DEPS)/usr/lib/x86_64-linux-gnu -Wl,-rpath,$(abspath $(DEPS))/usr/lib/x86_64-linux-gnu
+endif
+
+CFLAGS  ?= -O2 -march=native
+CFLAGS  += -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -fopenmp $(DEP_CFLAGS)
+LDLIBS  := $(DEP_LDFLAGS) -lcjson -lpcre2-8 -lm -fopenmp
+NVFLAGS ?= -O3 --use_fast_math
+NVFLAGS += -std=c++17 $(GPU_ARCH) $(DEP_CFLAGS) -Xcompiler -fopenmp -D_POSIX_C_SOURCE=200809L
+NVLIBS  := $(DEP_LDFLAGS) -lcublasLt -lcublas -lcjson -lpcre2-8 -lm -lgomp
+
+# Library code shared by every program: model.h's implementation, the tokenizer and shard code
+# (when present), and the CPU reference compiled twice (float, and double for gradient checks).
+CORE_SRCS := model.c $(wildcard tokenizer.c data.c)
+REF_SRCS  := $(wildcard ref/*.c)
+CORE_OBJS := $(CORE_SRCS:%.c=$(BUILD)/%.o)
+REF_OBJS  := $(REF_SRCS:%.c=$(BUILD)/%.o) $(REF_SRCS:%.c=$(BUILD)/%_f64.o)
+LIB_OBJS  := $(CORE_OBJS) $(REF_OBJS)
+HEADERS   := model.h $(wildcard ref/*.h tokenizer.h data.h)
+
+TEST_SRCS := $(wildcard tests/test_*.c)
+TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+GPU_TEST_SRCS := $(wildcard tests/gpu/test_*.cu)
+GPU_TEST_BINS := $(GPU_TEST_SRCS:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
+KERNEL_HDRS   := $(wildcard kernels/*.cuh)
+BENCH_SRCS    := $(wildcard tests/bench_*.c)
+BENCH_BINS    := $(BENCH_SRCS:tests/%.c=$(BUILD)/tests/%)
+GPU_BENCH_SRCS := $(wildcard tests/gpu/bench_*.cu)
+GPU_BENCH_BINS := $(GPU_BENCH_SRCS:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
+
+.PHONY: all test test-gpu train infer bench bench-gpu cuda-compile data clean
+all: $(if $(wildcard infer.c),infer) $(if $(wildcard tokenize.c),tokenize)
+
+$(BUILD)/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+$(BUILD)/%_f64.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DREF_F64 -c $< -o $@
+
+$(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(LIB_OBJS) $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(LIB_OBJS) -o $@ $(LDLIBS)
+
+test: $(TEST_BINS) $(if $(wildcard tokenize.c),tokenize) $(if $(wildcard infer.c),infer)
+	@tests/run_tests.sh $(TEST_BINS)
+
+infer: infer.c $(LIB_OBJS) $(HEADERS)
+	$(CC) $(CFLAGS) $< $(LIB_OBJS) -o $@ $(LDLIBS)
+
+tokenize: tokenize.c $(LIB_OBJS) $(HEADERS)
+	$(CC) $(CFLAGS) $< $(LIB_OBJS) -o $@ $(LDLIBS)
+
+train: train_deltanet
+train_deltanet: train_deltanet.cu $(KERNEL_HDRS) $(LIB_OBJS) $(HEADERS)
+	$(NVCC) $(NVFLAGS) $< $(LIB_OBJS) -o $@ $(NVLIBS)
+
+$(BUILD)/tests/gpu/%: tests/gpu/%.cu $(wildcard tests/gpu/*.h tests/gpu/*.cuh) $(KERNEL_HDRS) $(LIB_OBJS) $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) $< $(LIB_OBJS) -o $@ $(NVLIBS)
+
+test-gpu: $(GPU_TEST_BINS)
+	@tests/run_tests.sh $(GPU_TEST_BINS)
+
+# Benchmarks print tables; the GPU ones run only where a GPU is (BENCH_GPU=1, set by bench-gpu).
+bench: $(BENCH_BINS)
+	@for b in $(BENCH_BINS); do echo "== $$b"; $$b || exit 1; done
+bench-gpu: $(GPU_BENCH_BINS)
+	@for b in $(GPU_BENCH_BINS); do echo "== $$b"; $$b || exit 1; done
+
+# Compile every CUDA source without running anything (what CI can do without a GPU).
+cuda-compile: $(if $(wildcard train_deltanet.cu),train_deltanet) $(GPU_TEST_BINS) $(GPU_BENCH_BINS)
+
+data: $(if $(wildcard tokenize.c),tokenize)
+	scripts/make_data.sh
+
+clean:
+	rm -rf $(BUILD) infer tokenize train_deltanet

@@ -1,0 +1,941 @@
+/*
+ * model.h -- the one source of truth for deltanet.c: the model config, the parameter table and
+ * the checkpoint format. The trainer (train_deltanet.cu), the plain-C inference (infer.c), the
+ * CPU reference (ref/) and the tests all include this file.
+ *
+ * The model (see ../shared/MODEL.md, summarised in README.md): a pre-norm residual stack of
+ * layers, each `h += Mixer(RMSNorm(h)); h += SwiGLU(RMSNorm(h))`, where the mixer of each layer is
+ * one of
+ *   'D'  DeltaNet: q,k,v = silu(causal_conv4(x W)), L2-normalised q,k, beta = sigmoid(x W_b),
+ *        delta rule S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T, o_t = K^-1/2 S_t^T q_t,
+ *        per-head output RMSNorm, output projection;
+ *   'S'  sliding-window softmax attention (RoPE, grouped KV heads, window w keys incl. itself);
+ *   'G'  global causal softmax attention (RoPE, grouped KV heads).
+ * followed by a final RMSNorm and an LM head (tied to the embedding or not).
+ *
+ * Parameter layout. Every tensor is stored exactly as the PyTorch reference stores it (a linear
+ * layer's weight is [out, in], so y = x W^T), in one contiguous float buffer, in the order of the
+ * parameter table that dn_build_param_table() computes from the config. The only difference
+ * from the checkpoint shapes: the embedding and the untied LM head may have extra zero rows
+ * (config.padded_vocab >= config.vocab_size) so that GPU matmuls see a multiple of 128; those rows
+ * are never written to a checkpoint and never enter the loss.
+ *
+ * Checkpoint format: safetensors (8-byte little-endian header length N, N bytes of JSON, raw
+ * little-endian data). The JSON maps each tensor name (the PyTorch reference's names) to
+ * {"dtype": "F32"|"BF16", "shape": [...], "data_offsets": [begin, end]}, and "__metadata__" holds
+ * strings: "format" = "deltanet.c", "format_version", and every config field (see
+ * dn_config_to_metadata). The optimizer state for exact resume lives in a second safetensors file
+ * beside the weights (see dn_state_*), so the weights file loads on its own, in PyTorch too.
+ *
+ * Usage: include this header anywhere; in exactly one C file, #define DN_MODEL_IMPLEMENTATION
+ * before including it (model.c does). The code is C11 and also compiles as C++ (nvcc).
+ */
+#ifndef DELTANET_MODEL_H
+#define DELTANET_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DN_FORMAT_NAME "deltanet.c"
+#define DN_FORMAT_VERSION 1
+#define DN_MAX_LAYERS 128
+#define DN_MAX_NDIM 3
+#define DN_NAME_LEN 64
+#define DN_ERR_LEN 512
+
+/* ----------------------------------------------------------------------------------------------
+ * Config */
+
+typedef enum { DN_LAYER_DELTANET = 'D', DN_LAYER_SWA = 'S', DN_LAYER_GLOBAL = 'G' } DNLayerKind;
+
+typedef struct {
+    int vocab_size;      /* real vocabulary (GPT-2: 50257); the loss covers only these ids */
+    int padded_vocab;    /* rows allocated for embedding / LM head, >= vocab_size */
+    int d_model;         /* D */
+    int n_layer;         /* L */
+    int n_head;          /* DeltaNet heads H; head_dim K = V = D / H */
+    int head_dim;        /* K = V */
+    int conv_size;       /* causal depthwise conv kernel size (4) */
+    int hidden_size;     /* SwiGLU hidden size I */
+    float norm_eps;      /* RMSNorm eps (1e-6), also the per-head output norm's */
+    int tie_embeddings;  /* 1: LM head = embedding^T (no lm_head.weight tensor) */
+    int attn_heads;      /* softmax-attention query heads (head size D / attn_heads) */
+    int attn_kv_heads;   /* grouped KV heads (divides attn_heads) */
+    int window;          /* sliding window in keys (itself included) for 'S' layers */
+    float rope_base;     /* RoPE theta (10000) */
+    char layers[DN_MAX_LAYERS + 1]; /* one letter per layer: D, S or G; NUL-terminated */
+} DNConfig;
+
+/* Default SwiGLU hidden size: 256 * ceil(int(D * 4 * 2/3) / 256). */
+int dn_default_hidden(int d_model);
+/* Round v up to a multiple of 128 (the padded vocab for GPU matmuls). */
+int dn_pad_vocab(int vocab_size);
+/* Fill a named preset: "tiny", "d12", "340M". Returns 0, or -1 for an unknown name.
+ * Presets are pure DeltaNet; set layers (dn_config_set_layers) for a hybrid. */
+int dn_config_preset(DNConfig *cfg, const char *name);
+/* Set the layer kinds from a string of D/S/G letters; n_layer becomes its length. */
+int dn_config_set_layers(DNConfig *cfg, const char *kinds, char *err, size_t errlen);
+/* Check a config for anything impossible. Returns 0 or -1 with a one-line reason in err. */
+int dn_config_validate(const DNConfig *cfg, char *err, size_t errlen);
+/* Attention head size D / attn_heads. */
+static inline int dn_attn_head_dim(const DNConfig *c) { return c->d_model / c->attn_heads; }
+
+/* ----------------------------------------------------------------------------------------------
+ * Parameter table */
+
+typedef enum {
+    DN_P_EMBED = 0,   /* model.embeddings.weight            [Vocab, D] (padded_vocab rows in memory) */
+    DN_P_ATTN_NORM,   /* model.layers.l.attn_norm.weight     [D] */
+    DN_P_Q,           /* attn.q_proj.weight                  [D, D] */
+    DN_P_K,           /* attn.k_proj.weight                  [D, D] (attention: [Hkv*dh, D]) */
+    DN_P_V,           /* attn.v_proj.weight                  [D, D] (attention: [Hkv*dh, D]) */
+    DN_P_B,           /* attn.b_proj.weight                  [H, D]        DeltaNet only */
+    DN_P_Q_CONV,      /* attn.q_conv1d.weight                [D, 1, 4]     DeltaNet only */
+    DN_P_K_CONV,      /* attn.k_conv1d.weight                [D, 1, 4]     DeltaNet only */
+    DN_P_V_CONV,      /* attn.v_conv1d.weight                [D, 1, 4]     DeltaNet only */
+    DN_P_O_NORM,      /* attn.o_norm.weight                  [K]           DeltaNet only */
+    DN_P_O,           /* attn.o_proj.weight                  [D, D] */
+    DN_P_MLP_NORM,    /* model.layers.l.mlp_norm.weight      [D] */
+    DN_P_GATE,        /* mlp.gate_proj.weight                [I, D] */
+    DN_P_UP,          /* mlp.up_proj.weight                  [I, D] */
+    DN_P_DOWN,        /* mlp.down_proj.weight                [D, I] */
+    DN_P_NORM,        /* model.norm.weight                   [D] */
+    DN_P_LM_HEAD,     /* lm_head.weight                      [Vocab, D]    untied only */
+    DN_P_NKINDS
+} DNParamKind;
+
+#define DN_NO_PARAM ((size_t)-1)
+
+typedef struct {
+    char name[DN_NAME_LEN];  /* the PyTorch reference's name */
+    int kind;                /* DNParamKind */
+    int layer;               /* layer index, -1 for model-level tensors */
+    int ndim;
+    int shape[DN_MAX_NDIM];  /* checkpoint (PyTorch) shape */
+    size_t numel;            /* product of shape */
+    size_t mem_numel;        /* elements in memory (numel, or padded_vocab * D for vocab tensors) */
+    size_t offset;           /* element offset in the parameter buffer */
+    int decay;               /* 1: AdamW weight decay applies (matrices, embedding, conv) */
+    float init_std;          /* 0: init to ones (norm gains); else Normal(0, init_std) */
+} DNParam;
+
+/* Offsets (in elements) of each tensor of one layer, DN_NO_PARAM where the layer has none. */
+typedef struct { size_t p[DN_P_NKINDS]; } DNLayerOffsets;
+
+typedef struct {
+    DNConfig cfg;
+    int n_params;            /* number of tensors */
+    DNParam *params;         /* [n_params] in buffer order */
+    size_t total;            /* elements in the parameter buffer (with padding rows) */
+    size_t total_real;       /* parameters that count (checkpoint elements) */
+    DNLayerOffsets *layer;   /* [n_layer] */
+    size_t embed, norm, lm_head; /* model-level offsets; lm_head == embed when tied */
+} DNParamTable;
+
+/* Build the table from a validated config. Returns 0, or -1 with a reason. Free with
+ * dn_free_param_table. */
+int dn_build_param_table(DNParamTable *t, const DNConfig *cfg, char *err, size_t errlen);
+void dn_free_param_table(DNParamTable *t);
+/* Index of a tensor by name, or -1. */
+int dn_find_param(const DNParamTable *t, const char *name);
+/* Initialise a parameter buffer (t->total floats): Normal(0, std) / ones, padding rows zero,
+ * deterministic from seed. */
+void dn_init_params(const DNParamTable *t, float *params, uint64_t seed);
+
+/* ----------------------------------------------------------------------------------------------
+ * Random numbers: splitmix64-seeded xorshift64*, the state is one uint64 (saved in checkpoints). */
+typedef struct { uint64_t s; } DNRng;
+void dn_rng_seed(DNRng *r, uint64_t seed);
+uint64_t dn_rng_u64(DNRng *r);
+float dn_rng_uniform(DNRng *r);    /* [0, 1) */
+float dn_rng_normal(DNRng *r);     /* N(0, 1), Box-Muller */
+
+/* bf16 <-> f32 (round to nearest even; NaN kept NaN). */
+uint16_t dn_f32_to_bf16(float f);
+float dn_bf16_to_f32(uint16_t h);
+
+/* ----------------------------------------------------------------------------------------------
+ * Checkpoints (safetensors) */
+
+typedef enum { DN_F32 = 0, DN_BF16 = 1 } DNDtype;
+
+/* Write the model weights (t->total floats in table order) to path, atomically (temporary file,
+ * fflush + fsync, rename). dtype chooses F32 or BF16 tensors. extra_meta: optional NULL-terminated
+ * list of key, value string pairs added to __metadata__. Returns 0 or -1 with err. */
+int dn_checkpoint_write(const char *path, const DNParamTable *t, const float *params, DNDtype dtype,
+                        const char *const *extra_meta, char *err, size_t errlen);
+/* Read a weights file: the config comes from __metadata__, every tensor is checked against the
+ * table built from it. On success *cfg is filled, *params is a malloc'd buffer of the table's
+ * `total` floats (padding rows zero) and 0 is returned; otherwise -1 and a one-line err that names
+ * the file and the problem. */
+int dn_checkpoint_read(const char *path, DNConfig *cfg, float **params, char *err, size_t errlen);
+/* Read one __metadata__ value of a safetensors file into out (for step counters and the like).
+ * Returns 0, or -1 if the file is invalid or the key is absent. */
+int dn_checkpoint_read_meta(const char *path, const char *key, char *out, size_t outlen,
+                            char *err, size_t errlen);
+
+/* Training state beside a checkpoint ("<path>.state" by convention): F32 tensors "adam.m" and
+ * "adam.v" (t->total elements each, flat) plus string metadata (step, RNG, data position, ...).
+ * Written atomically; read validates sizes against the table. */
+typedef struct {
+    long step;
+    uint64_t rng_state;
+    long data_shard;
+    long data_pos;
+    char note[128];  /* free text, e.g. the run's command line; may be empty */
+} DNTrainState;
+int dn_state_write(const char *path, const DNParamTable *t, const float *m, const float *v,
+                   const DNTrainState *st, char *err, size_t errlen);
+int dn_state_read(const char *path, const DNParamTable *t, float *m, float *v, DNTrainState *st,
+                  char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DELTANET_MODEL_H */
+
+
+/* ==============================================================================================
+ * Implementation (compiled once, in model.c, with DN_MODEL_IMPLEMENTATION defined)
+ * ============================================================================================== */
+#ifdef DN_MODEL_IMPLEMENTATION
+#ifndef DN_MODEL_IMPLEMENTED
+#define DN_MODEL_IMPLEMENTED
+#include <errno.h>
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cjson/cJSON.h>
+
+static void dn_seterr(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || errlen == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- config ---------------------------------------------------------------------------------- */
+
+int dn_default_hidden(int d_model) {
+    int h = (int)((double)d_model * 4.0 * 2.0 / 3.0);
+    return 256 * ((h + 255) / 256);
+}
+
+int dn_pad_vocab(int vocab_size) { return ((vocab_size + 127) / 128) * 128; }
+
+static void dn_config_fill(DNConfig *c, int vocab, int d, int nl, int nh, int tied) {
+    memset(c, 0, sizeof *c);
+    c->vocab_size = vocab;
+    c->padded_vocab = dn_pad_vocab(vocab);
+    c->d_model = d;
+    c->n_layer = nl;
+    c->n_head = nh;
+    c->head_dim = d / nh;
+    c->conv_size = 4;
+    c->hidden_size = dn_default_hidden(d);
+    c->norm_eps = 1e-6f;
+    c->tie_embeddings = tied;
+    c->attn_heads = nh;
+    c->attn_kv_heads = nh;
+    c->window = 512;
+    c->rope_base = 10000.0f;
+    for (int l = 0; l < nl && l < DN_MAX_LAYERS; l++) c->layers[l] = 'D';
+}
+
+int dn_config_preset(DNConfig *cfg, const char *name) {
+    if (!strcmp(name, "tiny")) dn_config_fill(cfg, 50257, 64, 4, 2, 1);
+    else if (!strcmp(name, "d12")) dn_config_fill(cfg, 50257, 768, 12, 6, 1);
+    else if (!strcmp(name, "340M")) dn_config_fill(cfg, 32000, 1024, 24, 8, 1);
+    else return -1;
+    return 0;
+}
+
+int dn_config_set_layers(DNConfig *cfg, const char *kinds, char *err, size_t errlen) {
+    size_t n = strlen(kinds);
+    if (n == 0 || n > DN_MAX_LAYERS) {
+        dn_seterr(err, errlen, "layer string must have 1..%d letters, got %zu", DN_MAX_LAYERS, n);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char ch = kinds[i];
+        if (ch != 'D' && ch != 'S' && ch != 'G') {
+            dn_seterr(err, errlen, "layer %zu has kind '%c'; use D (DeltaNet), S (sliding window) or G (global)", i, ch);
+            return -1;
+        }
+    }
+    memset(cfg->layers, 0, sizeof cfg->layers);
+    memcpy(cfg->layers, kinds, n);
+    cfg->n_layer = (int)n;
+    return 0;
+}
+
+int dn_config_validate(const DNConfig *c, char *err, size_t errlen) {
+#define DN_REQ(cond, ...) do { if (!(cond)) { dn_seterr(err, errlen, __VA_ARGS__); return -1; } } while (0)
+    DN_REQ(c->vocab_size >= 2 && c->vocab_size <= (1 << 24), "vocab_size %d out of range [2, 16777216]", c->vocab_size);
+    DN_REQ(c->padded_vocab >= c->vocab_size && c->padded_vocab <= (1 << 24), "padded_vocab %d must be >= vocab_size %d", c->padded_vocab, c->vocab_size);
+    DN_REQ(c->d_model >= 1 && c->d_model <= 65536, "d_model %d out of range [1, 65536]", c->d_model);
+    DN_REQ(c->n_layer >= 1 && c->n_layer <= DN_MAX_LAYERS, "n_layer %d out of range [1, %d]", c->n_layer, DN_MAX_LAYERS);
+    DN_REQ(memchr(c->layers, 0, sizeof c->layers) != NULL && (int)strlen(c->layers) == c->n_layer,
+           "layer string has %d letters but n_layer is %d", (int)strnlen(c->layers, sizeof c->layers), c->n_layer);
+    int n_attn = 0, n_swa = 0;
+    for (int l = 0; l < c->n_layer; l++) {
+        char k = c->layers[l];
+        DN_REQ(k == 'D' || k == 'S' || k == 'G', "layer %d has unknown kind '%c'", l, k);
+        n_attn += k != 'D';
+        n_swa += k == 'S';
+    }
+    DN_REQ(c->n_head >= 1 && c->head_dim >= 1, "n_head %d and head_dim %d must be positive", c->n_head, c->head_dim);
+    DN_REQ((long)c->n_head * c->head_dim == c->d_model, "n_head * head_dim = %d * %d != d_model %d", c->n_head, c->head_dim, c->d_model);
+    DN_REQ(c->conv_size >= 1 && c->conv_size <= 16, "conv_size %d out of range [1, 16]", c->conv_size);
+    DN_REQ(c->hidden_size >= 1 && c->hidden_size <= (1 << 20), "hidden_size %d out of range", c->hidden_size);
+    DN_REQ(c->norm_eps > 0.0f && c->norm_eps < 1.0f, "norm_eps %g must be in (0, 1)", (double)c->norm_eps);
+    DN_REQ(c->tie_embeddings == 0 || c->tie_embeddings == 1, "tie_embeddings must be 0 or 1");
+    if (n_attn > 0) {
+        DN_REQ(c->attn_heads >= 1 && c->d_model % c->attn_heads == 0, "attn_heads %d must divide d_model %d", c->attn_heads, c->d_model);
+        DN_REQ((c->d_model / c->attn_heads) % 2 == 0, "attention head size %d must be even (RoPE)", c->d_model / c->attn_heads);
+        DN_REQ(c->attn_kv_heads >= 1 && c->attn_heads % c->attn_kv_heads == 0, "attn_kv_heads %d must divide attn_heads %d", c->attn_kv_heads, c->attn_heads);
+        DN_REQ(c->rope_base > 1.0f, "rope_base %g must be > 1", (double)c->rope_base);
+    }
+    if (n_swa > 0) DN_REQ(c->window >= 1, "window %d must be >= 1 for sliding-window layers", c->window);
+#undef DN_REQ
+    return 0;
+}
+
+/* ---- parameter table ------------------------------------------------------------------------- */
+
+static void dn_add_param(DNParamTable *t, int cap, int kind, int layer, const char *name, int ndim,
+                         int s0, int s1, int s2, size_t mem_numel, int decay, float std) {
+    if (t->n_params >= cap) return; /* cannot happen: cap is counted below */
+    DNParam *p = &t->params[t->n_params++];
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->kind = kind;
+    p->layer = layer;
+    p->ndim = ndim;
+    p->shape[0] = s0; p->shape[1] = s1; p->shape[2] = s2;
+    p->numel = (size_t)s0 * (ndim > 1 ? (size_t)s1 : 1) * (ndim > 2 ? (size_t)s2 : 1);
+    p->mem_numel = mem_numel ? mem_numel : p->numel;
+    p->offset = t->total;
+    p->decay = decay;
+    p->init_std = std;
+    t->total += p->mem_numel;
+    t->total_real += p->numel;
+    if (layer >= 0) t->layer[layer].p[kind] = p->offset;
+}
+
+int dn_build_param_table(DNParamTable *t, const DNConfig *c, char *err, size_t errlen) {
+    memset(t, 0, sizeof *t);
+    if (dn_config_validate(c, err, errlen)) return -1;
+    t->cfg = *c;
+    int D = c->d_model, I = c->hidden_size, Vp = c->padded_vocab, Vr = c->vocab_size;
+    int cap = 3 + 16 * c->n_layer;
+    t->params = (DNParam *)calloc((size_t)cap, sizeof(DNParam));
+    t->layer = (DNLayerOffsets *)calloc((size_t)c->n_layer, sizeof(DNLayerOffsets));
+    if (!t->params || !t->layer) { dn_seterr(err, errlen, "out of memory"); dn_free_param_table(t); return -1; }
+    const float std = 0.02f;
+    char nm[DN_NAME_LEN];
+    dn_add_param(t, cap, DN_P_EMBED, -1, "model.embeddings.weight", 2, Vr, D, 0, (size_t)Vp * D, 1, std);
+    t->embed = t->params[0].offset;
+    for (int l = 0; l < c->n_layer; l++) {
+        for (int k = 0; k < DN_P_NKINDS; k++) t->layer[l].p[k] = DN_NO_PARAM;
+#define DN_NAME(suffix) (snprintf(nm, sizeof nm, "model.layers.%d.%s", l, suffix), nm)
+        dn_add_param(t, cap, DN_P_ATTN_NORM, l, DN_NAME("attn_norm.weight"), 1, D, 0, 0, 0, 0, 0.0f);
+        if (c->layers[l] == 'D') {
+            int H = c->n_head, K = c->head_dim, cs = c->conv_size;
+            dn_add_param(t, cap, DN_P_Q, l, DN_NAME("attn.q_proj.weight"), 2, D, D, 0, 0, 1, std);
+            dn_add_param(t, cap, DN_P_K, l, DN_NAME("attn.k_proj.weight"), 2, D, D, 0, 0, 1, std);
+            dn_add_param(t, cap, DN_P_V, l, DN_NAME("attn.v_proj.weight"), 2, D, D, 0, 0, 1, std);
+            dn_add_param(t, cap, DN_P_B, l, DN_NAME("attn.b_proj.weight"), 2, H, D, 0, 0, 1, std);
+            dn_add_param(t, cap, DN_P_Q_CONV, l, DN_NAME("attn.q_conv1d.weight"), 3, D, 1, cs, 0, 1, std);
+            dn_add_param(t, cap, DN_P_K_CONV, l, DN_NAME("attn.k_conv1d.weight"), 3, D, 1, cs, 0, 1, std);
+            dn_add_param(t, cap, DN_P_V_CONV, l, DN_NAME("attn.v_conv1d.weight"), 3, D, 1, cs, 0, 1, std);
+            dn_add_param(t, cap, DN_P_O_NORM, l, DN_NAME("attn.o_norm.weight"), 1, K, 0, 0, 0, 0, 0.0f);
+            dn_add_param(t, cap, DN_P_O, l, DN_NAME("attn.o_proj.weight"), 2, D, D, 0, 0, 1, std);
+        } else {
+            int kvd = c->attn_kv_heads * dn_attn_head_dim(c);
+            dn_add_param(t, cap, DN_P_Q, l, DN_NAME("attn.q_proj.weight"), 2, D, D, 0, 0, 1, std);
+            dn_add_param(t, cap, DN_P_K, l, DN_NAME("attn.k_proj.weight"), 2, kvd, D, 0, 0, 1, std);
+            dn_add_param(t, cap, DN_P_V, l, DN_NAME("attn.v_proj.weight"), 2, kvd, D, 0, 0, 1, std);
+            dn_add_param(t, cap, DN_P_O, l, DN_NAME("attn.o_proj.weight"), 2, D, D, 0, 0, 1, std);
+        }
+        dn_add_param(t, cap, DN_P_MLP_NORM, l, DN_NAME("mlp_norm.weight"), 1, D, 0, 0, 0, 0, 0.0f);
+        dn_add_param(t, cap, DN_P_GATE, l, DN_NAME("mlp.gate_proj.weight"), 2, I, D, 0, 0, 1, std);
+        dn_add_param(t, cap, DN_P_UP, l, DN_NAME("mlp.up_proj.weight"), 2, I, D, 0, 0, 1, std);
+        dn_add_param(t, cap, DN_P_DOWN, l, DN_NAME("mlp.down_proj.weight"), 2, D, I, 0, 0, 1, std);
+#undef DN_NAME
+    }
+    dn_add_param(t, cap, DN_P_NORM, -1, "model.norm.weight", 1, D, 0, 0, 0, 0, 0.0f);
+    t->norm = t->params[t->n_params - 1].offset;
+    if (c->tie_embeddings) {
+        t->lm_head = t->embed;
+    } else {
+        dn_add_param(t, cap, DN_P_LM_HEAD, -1, "lm_head.weight", 2, Vr, D, 0, (size_t)Vp * D, 1, std);
+        t->lm_head = t->params[t->n_params - 1].offset;
+    }
+    return 0;
+}
+
+void dn_free_param_table(DNParamTable *t) {
+    free(t->params);
+    free(t->layer);
+    t->params = NULL;
+    t->layer = NULL;
+    t->n_params = 0;
+}
+
+int dn_find_param(const DNParamTable *t, const char *name) {
+    for (int i = 0; i < t->n_params; i++)
+        if (!strcmp(t->params[i].name, name)) return i;
+    return -1;
+}
+
+/* ---- RNG ------------------------------------------------------------------------------------- */
+
+void dn_rng_seed(DNRng *r, uint64_t seed) {
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    r->s = z ? z : 0x853C49E6748FEA9Bull;
+}
+
+uint64_t dn_rng_u64(DNRng *r) {
+    r->s ^= r->s >> 12;
+    r->s ^= r->s << 25;
+    r->s ^= r->s >> 27;
+    return r->s * 0x2545F4914F6CDD1Dull;
+}
+
+float dn_rng_uniform(DNRng *r) { return (float)(dn_rng_u64(r) >> 40) / 16777216.0f; }
+
+float dn_rng_normal(DNRng *r) {
+    double u1 = ((double)(dn_rng_u64(r) >> 11) + 1.0) / 9007199254740993.0; /* (0, 1] */
+    double u2 = (double)(dn_rng_u64(r) >> 11) / 9007199254740992.0;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+void dn_init_params(const DNParamTable *t, float *params, uint64_t seed) {
+    DNRng r;
+    dn_rng_seed(&r, seed);
+    memset(params, 0, t->total * sizeof(float));
+    for (int i = 0; i < t->n_params; i++) {
+        const DNParam *p = &t->params[i];
+        float *w = params + p->offset;
+        for (size_t j = 0; j < p->numel; j++) w[j] = p->init_std == 0.0f ? 1.0f : p->init_std * dn_rng_normal(&r);
+    }
+}
+
+uint16_t dn_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float dn_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* ---- safetensors: generic writer and validating reader ---------------------------------------- */
+
+typedef struct {
+    const char *name;
+    DNDtype dtype;
+    int ndim;
+    int64_t shape[DN_MAX_NDIM];
+    const float *data; /* numel floats, converted to dtype on write */
+    size_t numel;
+} DNStWrite;
+
+static int dn_is_little_endian(void) { uint16_t x = 1; return *(uint8_t *)&x == 1; }
+
+static size_t dn_dtype_size(DNDtype d) { return d == DN_BF16 ? 2 : 4; }
+
+/* Write tensors + metadata to path atomically. meta: NULL-terminated key/value pairs. */
+static int dn_st_write(const char *path, const DNStWrite *ts, int n, const char *const *meta,
+                       const char *const *meta2, char *err, size_t errlen) {
+    if (!dn_is_little_endian()) { dn_seterr(err, errlen, "%s: big-endian hosts are not supported", path); return -1; }
+    cJSON *root = cJSON_CreateObject();
+    cJSON *md = cJSON_AddObjectToObject(root, "__metadata__");
+    for (int pass = 0; pass < 2; pass++) {
+        const char *const *m = pass ? meta2 : meta;
+        for (; m && m[0] && m[1]; m += 2) cJSON_AddStringToObject(md, m[0], m[1]);
+    }
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        cJSON *o = cJSON_AddObjectToObject(root, ts[i].name);
+        cJSON_AddStringToObject(o, "dtype", ts[i].dtype == DN_BF16 ? "BF16" : "F32");
+        cJSON *sh = cJSON_AddArrayToObject(o, "shape");
+        for (int d = 0; d < ts[i].ndim; d++) cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)ts[i].shape[d]));
+        size_t bytes = ts[i].numel * dn_dtype_size(ts[i].dtype);
+        cJSON *ofs = cJSON_AddArrayToObject(o, "data_offsets");
+        cJSON_AddItemToArray(ofs, cJSON_CreateNumber((double)off));
+        cJSON_AddItemToArray(ofs, cJSON_CreateNumber((double)(off + bytes)));
+        off += bytes;
+    }
+    char *json = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!json) { dn_seterr(err, errlen, "%s: out of memory building the header", path); return -1; }
+    size_t jlen = strlen(json), padded = (jlen + 7) / 8 * 8;
+
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "wb");
+    if (!f) { dn_seterr(err, errlen, "%s: cannot create: %s", tmp, strerror(errno)); free(json); return -1; }
+    int ok = 1;
+    uint64_t hl = padded;
+    ok &= fwrite(&hl, 8, 1, f) == 1;
+    ok &= fwrite(json, 1, jlen, f) == jlen;
+    for (size_t i = jlen; i < padded; i++) ok &= fputc(' ', f) != EOF;
+    free(json);
+    enum { CH = 1 << 16 };
+    uint16_t *buf = (uint16_t *)malloc(CH * sizeof(uint16_t));
+    for (int i = 0; i < n && ok && buf; i++) {
+        if (ts[i].dtype == DN_F32) {
+            ok &= fwrite(ts[i].data, 4, ts[i].numel, f) == ts[i].numel;
+        } else {
+            for (size_t j = 0; j < ts[i].numel && ok; j += CH) {
+                size_t m = ts[i].numel - j < CH ? ts[i].numel - j : CH;
+                for (size_t e = 0; e < m; e++) buf[e] = dn_f32_to_bf16(ts[i].data[j + e]);
+                ok &= fwrite(buf, 2, m, f) == m;
+            }
+        }
+    }
+    ok &= buf != NULL;
+    free(buf);
+    ok &= fflush(f) == 0;
+    ok &= fsync(fileno(f)) == 0;
+    ok &= fclose(f) == 0;
+    if (!ok) { dn_seterr(err, errlen, "%s: write failed: %s", tmp, strerror(errno)); remove(tmp); return -1; }
+    if (rename(tmp, path) != 0) { dn_seterr(err, errlen, "%s: cannot rename into place: %s", path, strerror(errno)); remove(tmp); return -1; }
+    return 0;
+}
+
+typedef struct {
+    char name[DN_NAME_LEN * 2];
+    DNDtype dtype;
+    int ndim;
+    int64_t shape[DN_MAX_NDIM];
+    uint64_t begin, end; /* byte range inside the data area */
+} DNStEntry;
+
+typedef struct {
+    FILE *f;
+    uint64_t data_start, data_size;
+    cJSON *root;      /* parsed header */
+    cJSON *meta;      /* __metadata__ object or NULL */
+    DNStEntry *e;
+    int n;
+} DNStFile;
+
+static void dn_st_close(DNStFile *s) {
+    if (s->f) fclose(s->f);
+    cJSON_Delete(s->root);
+    free(s->e);
+    memset(s, 0, sizeof *s);
+}
+
+static int dn_cmp_entry(const void *a, const void *b) {
+    const DNStEntry *x = (const DNStEntry *)a, *y = (const DNStEntry *)b;
+    return x->begin < y->begin ? -1 : x->begin > y->begin ? 1 : 0;
+}
+
+/* Open and validate the container: header length, JSON, each entry's dtype/shape/range, and that
+ * the ranges tile the data area exactly. */
+static int dn_st_open(DNStFile *s, const char *path, char *err, size_t errlen) {
+    memset(s, 0, sizeof *s);
+    s->f = fopen(path, "rb");
+    if (!s->f) { dn_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return -1; }
+    struct stat sb;
+    if (fstat(fileno(s->f), &sb) != 0 || !S_ISREG(sb.st_mode)) { dn_seterr(err, errlen, "%s: not a regular file", path); goto fail; }
+    uint64_t fsize = (uint64_t)sb.st_size, hl = 0;
+    unsigned char b8[8];
+    if (fsize < 8 || fread(b8, 1, 8, s->f) != 8) { dn_seterr(err, errlen, "%s: file too short (%llu bytes) to be a safetensors file", path, (unsigned long long)fsize); goto fail; }
+    for (int i = 7; i >= 0; i--) hl = (hl << 8) | b8[i];
+    if (hl < 2 || hl > fsize - 8) { dn_seterr(err, errlen, "%s: header length %llu runs past the end of the file (%llu bytes): truncated or not safetensors", path, (unsigned long long)hl, (unsigned long long)fsize); goto fail; }
+    if (hl > (100u << 20)) { dn_seterr(err, errlen, "%s: header length %llu is over the 100 MiB limit", path, (unsigned long long)hl); goto fail; }
+    {
+        char *hdr = (char *)malloc(hl + 1);
+        if (!hdr || fread(hdr, 1, hl, s->f) != hl) { free(hdr); dn_seterr(err, errlen, "%s: cannot read the header", path); goto fail; }
+        hdr[hl] = 0;
+        s->root = cJSON_ParseWithLength(hdr, hl);
+        free(hdr);
+    }
+    if (!s->root || !cJSON_IsObject(s->root)) { dn_seterr(err, errlen, "%s: header is not a valid JSON object", path); goto fail; }
+    s->data_start = 8 + hl;
+    s->data_size = fsize - 8 - hl;
+    int cnt = cJSON_GetArraySize(s->root);
+    s->e = (DNStEntry *)calloc((size_t)cnt + 1, sizeof(DNStEntry));
+    if (!s->e) { dn_seterr(err, errlen, "%s: out of memory", path); goto fail; }
+    for (cJSON *it = s->root->child; it; it = it->next) {
+        if (!strcmp(it->string, "__metadata__")) {
+            if (!cJSON_IsObject(it)) { dn_seterr(err, errlen, "%s: __metadata__ is not an object", path); goto fail; }
+            for (cJSON *m = it->child; m; m = m->next)
+                if (!cJSON_IsString(m)) { dn_seterr(err, errlen, "%s: __metadata__ value '%s' is not a string", path, m->string); goto fail; }
+            s->meta = it;
+            continue;
+        }
+        DNStEntry *e = &s->e[s->n];
+        if (strlen(it->string) >= sizeof e->name) { dn_seterr(err, errlen, "%s: tensor name too long: '%.60s...'", path, it->string); goto fail; }
+        strcpy(e->name, it->string);
+        cJSON *dt = cJSON_GetObjectItemCaseSensitive(it, "dtype");
+        cJSON *sh = cJSON_GetObjectItemCaseSensitive(it, "shape");
+        cJSON *of = cJSON_GetObjectItemCaseSensitive(it, "data_offsets");
+        if (!cJSON_IsObject(it) || !cJSON_IsString(dt) || !cJSON_IsArray(sh) || !cJSON_IsArray(of) || cJSON_GetArraySize(of) != 2) {
+            dn_seterr(err, errlen, "%s: tensor '%s' lacks a dtype, shape or data_offsets", path, e->name); goto fail;
+        }
+        if (!strcmp(dt->valuestring, "F32")) e->dtype = DN_F32;
+        else if (!strcmp(dt->valuestring, "BF16")) e->dtype = DN_BF16;
+        else { dn_seterr(err, errlen, "%s: tensor '%s' has dtype %s; only F32 and BF16 are read", path, e->name, dt->valuestring); goto fail; }
+        e->ndim = cJSON_GetArraySize(sh);
+        if (e->ndim > DN_MAX_NDIM) { dn_seterr(err, errlen, "%s: tensor '%s' has %d dimensions (at most %d)", path, e->name, e->ndim, DN_MAX_NDIM); goto fail; }
+        uint64_t numel = 1;
+        for (int d = 0; d < e->ndim; d++) {
+            cJSON *x = cJSON_GetArrayItem(sh, d);
+            if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble > 4e9 || x->valuedouble != floor(x->valuedouble)) {
+                dn_seterr(err, errlen, "%s: tensor '%s' has a bad shape", path, e->name); goto fail;
+            }
+            e->shape[d] = (int64_t)x->valuedouble;
+            numel *= (uint64_t)e->shape[d];
+            if (numel > ((uint64_t)1 << 40)) { dn_seterr(err, errlen, "%s: tensor '%s' is impossibly large", path, e->name); goto fail; }
+        }
+        cJSON *b0 = cJSON_GetArrayItem(of, 0), *b1 = cJSON_GetArrayItem(of, 1);
+        if (!cJSON_IsNumber(b0) || !cJSON_IsNumber(b1) || b0->valuedouble < 0 || b1->valuedouble < b0->valuedouble ||
+            b0->valuedouble != floor(b0->valuedouble) || b1->valuedouble != floor(b1->valuedouble)) {
+            dn_seterr(err, errlen, "%s: tensor '%s' has bad data_offsets", path, e->name); goto fail;
+        }
+        e->begin = (uint64_t)b0->valuedouble;
+        e->end = (uint64_t)b1->valuedouble;
+        if (e->end > s->data_size) { dn_seterr(err, errlen, "%s: tensor '%s' bytes [%llu, %llu) lie past the end of the data (%llu bytes): truncated file", path, e->name, (unsigned long long)e->begin, (unsigned long long)e->end, (unsigned long long)s->data_size); goto fail; }
+        if (e->end - e->begin != numel * dn_dtype_size(e->dtype)) { dn_seterr(err, errlen, "%s: tensor '%s' has %llu bytes but its shape and dtype need %llu", path, e->name, (unsigned long long)(e->end - e->begin), (unsigned long long)(numel * dn_dtype_size(e->dtype))); goto fail; }
+        s->n++;
+    }
+    {
+        DNStEntry *sorted = (DNStEntry *)malloc(((size_t)s->n + 1) * sizeof(DNStEntry));
+        if (!sorted) { dn_seterr(err, errlen, "%s: out of memory", path); goto fail; }
+        memcpy(sorted, s->e, (size_t)s->n * sizeof(DNStEntry));
+        qsort(sorted, (size_t)s->n, sizeof(DNStEntry), dn_cmp_entry);
+        uint64_t pos = 0;
+        for (int i = 0; i < s->n; i++) {
+            if (sorted[i].begin < pos) { dn_seterr(err, errlen, "%s: tensor '%s' overlaps the bytes of another tensor", path, sorted[i].name); free(sorted); goto fail; }
+            if (sorted[i].begin > pos) { dn_seterr(err, errlen, "%s: %llu bytes before tensor '%s' belong to no tensor", path, (unsigned long long)(sorted[i].begin - pos), sorted[i].name); free(sorted); goto fail; }
+            pos = sorted[i].end;
+        }
+        free(sorted);
+        if (pos != s->data_size) { dn_seterr(err, errlen, "%s: the tensors cover %llu of %llu data bytes (trailing garbage?)", path, (unsigned long long)pos, (unsigned long long)s->data_size); goto fail; }
+    }
+    return 0;
+fail:
+    dn_st_close(s);
+    return -1;
+}
+
+static const char *dn_st_meta(const DNStFile *s, const char *key) {
+    cJSON *v = s->meta ? cJSON_GetObjectItemCaseSensitive(s->meta, key) : NULL;
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static const DNStEntry *dn_st_find(const DNStFile *s, const char *name) {
+    for (int i = 0; i < s->n; i++)
+        if (!strcmp(s->e[i].name, name)) return &s->e[i];
+    return NULL;
+}
+
+/* Read entry e (numel values) as float into out. */
+static int dn_st_read_f32(DNStFile *s, const DNStEntry *e, float *out, size_t numel) {
+    if (fseeko(s->f, (off_t)(s->data_start + e->begin), SEEK_SET) != 0) return -1;
+    if (e->dtype == DN_F32) return fread(out, 4, numel, s->f) == numel ? 0 : -1;
+    uint16_t *buf = (uint16_t *)malloc(numel * 2 + 2);
+    if (!buf) return -1;
+    int rc = fread(buf, 2, numel, s->f) == numel ? 0 : -1;
+    for (size_t i = 0; rc == 0 && i < numel; i++) out[i] = dn_bf16_to_f32(buf[i]);
+    free(buf);
+    return rc;
+}
+
+/* Parse a metadata integer strictly. */
+static int dn_meta_long(const DNStFile *s, const char *key, long lo, long hi, long *out,
+                        const char *path, char *err, size_t errlen) {
+    const char *v = dn_st_meta(s, key);
+    if (!v) { dn_seterr(err, errlen, "%s: __metadata__ lacks '%s'", path, key); return -1; }
+    char *end = NULL;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || end == v || *end || x < lo || x > hi) { dn_seterr(err, errlen, "%s: __metadata__ '%s' = '%s' is not an integer in [%ld, %ld]", path, key, v, lo, hi); return -1; }
+    *out = x;
+    return 0;
+}
+
+static int dn_meta_float(const DNStFile *s, const char *key, float *out, const char *path, char *err, size_t errlen) {
+    const char *v = dn_st_meta(s, key);
+    if (!v) { dn_seterr(err, errlen, "%s: __metadata__ lacks '%s'", path, key); return -1; }
+    char *end = NULL;
+    double x = strtod(v, &end);
+    if (end == v || *end || !isfinite(x)) { dn_seterr(err, errlen, "%s: __metadata__ '%s' = '%s' is not a number", path, key, v); return -1; }
+    *out = (float)x;
+    return 0;
+}
+
+static int dn_check_format(const DNStFile *s, const char *want, const char *path, char *err, size_t errlen) {
+    const char *fmt = dn_st_meta(s, "format");
+    if (!fmt || strcmp(fmt, want)) {
+        dn_seterr(err, errlen, "%s: not a %s file (__metadata__ format is '%s')", path, want, fmt ? fmt : "absent");
+        return -1;
+    }
+    long ver = 0;
+    if (dn_meta_long(s, "format_version", 0, LONG_MAX, &ver, path, err, errlen)) return -1;
+    if (ver != DN_FORMAT_VERSION) {
+        dn_seterr(err, errlen, "%s: format version %ld, but this build reads version %d (HINT: re-export it with a matching deltanet.c)", path, ver, DN_FORMAT_VERSION);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- model checkpoints ----------------------------------------------------------------------- */
+
+/* The reference (flash-linear-attention DeltaNetConfig) fields, as a JSON string, so that a
+ * PyTorch script can build the matching model from the checkpoint alone. */
+static char *dn_fla_config_json(const DNConfig *c) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "model_type", "delta_net");
+    cJSON_AddNumberToObject(o, "vocab_size", c->vocab_size);
+    cJSON_AddNumberToObject(o, "hidden_size", c->d_model);
+    cJSON_AddNumberToObject(o, "num_hidden_layers", c->n_layer);
+    cJSON_AddNumberToObject(o, "num_heads", c->n_head);
+    cJSON_AddNumberToObject(o, "expand_k", 1);
+    cJSON_AddNumberToObject(o, "expand_v", 1);
+    cJSON_AddBoolToObject(o, "use_short_conv", 1);
+    cJSON_AddNumberToObject(o, "conv_size", c->conv_size);
+    cJSON_AddBoolToObject(o, "use_beta", 1);
+    cJSON_AddBoolToObject(o, "use_gate", 0);
+    cJSON_AddBoolToObject(o, "use_output_norm", 1);
+    cJSON_AddStringToObject(o, "qk_norm", "l2");
+    cJSON_AddStringToObject(o, "qk_activation", "silu");
+    cJSON_AddNumberToObject(o, "norm_eps", c->norm_eps);
+    cJSON_AddNumberToObject(o, "hidden_ratio", 4);
+    cJSON_AddNumberToObject(o, "intermediate_size", c->hidden_size);
+    cJSON_AddStringToObject(o, "hidden_act", "swish");
+    cJSON_AddBoolToObject(o, "tie_word_embeddings", c->tie_embeddings);
+    cJSON_AddNumberToObject(o, "initializer_range", 0.02);
+    int n_attn = 0;
+    for (int l = 0; l < c->n_layer; l++) n_attn += c->layers[l] != 'D';
+    if (n_attn) {
+        cJSON *a = cJSON_AddObjectToObject(o, "attn");
+        cJSON *ls = cJSON_AddArrayToObject(a, "layers");
+        int has_swa = 0;
+        for (int l = 0; l < c->n_layer; l++) {
+            if (c->layers[l] != 'D') cJSON_AddItemToArray(ls, cJSON_CreateNumber(l));
+            has_swa |= c->layers[l] == 'S';
+        }
+        cJSON_AddNumberToObject(a, "num_heads", c->attn_heads);
+        cJSON_AddNumberToObject(a, "num_kv_heads", c->attn_kv_heads);
+        if (has_swa) cJSON_AddNumberToObject(a, "window_size", c->window);
+        else cJSON_AddNullToObject(a, "window_size");
+        cJSON_AddNumberToObject(a, "rope_theta", c->rope_base);
+    } else {
+        cJSON_AddNullToObject(o, "attn");
+    }
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+int dn_checkpoint_write(const char *path, const DNParamTable *t, const float *params, DNDtype dtype,
+                        const char *const *extra_meta, char *err, size_t errlen) {
+    const DNConfig *c = &t->cfg;
+    char v[16][48];
+    snprintf(v[0], 48, "%d", DN_FORMAT_VERSION);
+    snprintf(v[1], 48, "%d", c->vocab_size);
+    snprintf(v[2], 48, "%d", c->padded_vocab);
+    snprintf(v[3], 48, "%d", c->d_model);
+    snprintf(v[4], 48, "%d", c->n_layer);
+    snprintf(v[5], 48, "%d", c->n_head);
+    snprintf(v[6], 48, "%d", c->head_dim);
+    snprintf(v[7], 48, "%d", c->conv_size);
+    snprintf(v[8], 48, "%d", c->hidden_size);
+    snprintf(v[9], 48, "%.9g", (double)c->norm_eps);
+    snprintf(v[10], 48, "%d", c->tie_embeddings);
+    snprintf(v[11], 48, "%d", c->attn_heads);
+    snprintf(v[12], 48, "%d", c->attn_kv_heads);
+    snprintf(v[13], 48, "%d", c->window);
+    snprintf(v[14], 48, "%.9g", (double)c->rope_base);
+    char *fla = dn_fla_config_json(c);
+    const char *meta[] = {"format", DN_FORMAT_NAME, "format_version", v[0], "vocab_size", v[1],
+                          "padded_vocab", v[2], "d_model", v[3], "n_layer", v[4], "n_head", v[5],
+                          "head_dim", v[6], "conv_size", v[7], "hidden_size", v[8], "norm_eps", v[9],
+                          "tie_embeddings", v[10], "attn_heads", v[11], "attn_kv_heads", v[12],
+                          "window", v[13], "rope_base", v[14], "layers", c->layers,
+                          "fla_config", fla ? fla : "{}", NULL, NULL};
+    DNStWrite *ts = (DNStWrite *)calloc((size_t)t->n_params, sizeof(DNStWrite));
+    if (!ts) { free(fla); dn_seterr(err, errlen, "%s: out of memory", path); return -1; }
+    for (int i = 0; i < t->n_params; i++) {
+        const DNParam *p = &t->params[i];
+        ts[i].name = p->name;
+        ts[i].dtype = dtype;
+        ts[i].ndim = p->ndim;
+        for (int d = 0; d < p->ndim; d++) ts[i].shape[d] = p->shape[d];
+        ts[i].data = params + p->offset; /* padding rows sit after the real ones: not written */
+        ts[i].numel = p->numel;
+    }
+    int rc = dn_st_write(path, ts, t->n_params, meta, extra_meta, err, errlen);
+    free(ts);
+    free(fla);
+    return rc;
+}
+
+static int dn_config_from_meta(const DNStFile *s, DNConfig *c, const char *path, char *err, size_t errlen) {
+    memset(c, 0, sizeof *c);
+    long x[12];
+    static const char *keys[12] = {"vocab_size", "padded_vocab", "d_model", "n_layer", "n_head", "head_dim",
+                                   "conv_size", "hidden_size", "tie_embeddings", "attn_heads", "attn_kv_heads", "window"};
+    for (int i = 0; i < 12; i++)
+        if (dn_meta_long(s, keys[i], INT_MIN, INT_MAX, &x[i], path, err, errlen)) return -1;
+    c->vocab_size = (int)x[0]; c->padded_vocab = (int)x[1]; c->d_model = (int)x[2]; c->n_layer = (int)x[3];
+    c->n_head = (int)x[4]; c->head_dim = (int)x[5]; c->conv_size = (int)x[6]; c->hidden_size = (int)x[7];
+    c->tie_embeddings = (int)x[8]; c->attn_heads = (int)x[9]; c->attn_kv_heads = (int)x[10]; c->window = (int)x[11];
+    if (dn_meta_float(s, "norm_eps", &c->norm_eps, path, err, errlen)) return -1;
+    if (dn_meta_float(s, "rope_base", &c->rope_base, path, err, errlen)) return -1;
+    const char *layers = dn_st_meta(s, "layers");
+    if (!layers) { dn_seterr(err, errlen, "%s: __metadata__ lacks 'layers'", path); return -1; }
+    if (strlen(layers) > DN_MAX_LAYERS) { dn_seterr(err, errlen, "%s: more than %d layers", path, DN_MAX_LAYERS); return -1; }
+    strcpy(c->layers, layers);
+    char why[DN_ERR_LEN];
+    if (dn_config_validate(c, why, sizeof why)) { dn_seterr(err, errlen, "%s: impossible config: %s", path, why); return -1; }
+    return 0;
+}
+
+int dn_checkpoint_read(const char *path, DNConfig *cfg, float **params, char *err, size_t errlen) {
+    *params = NULL;
+    DNStFile s;
+    if (dn_st_open(&s, path, err, errlen)) return -1;
+    DNParamTable t;
+    memset(&t, 0, sizeof t);
+    float *w = NULL;
+    if (dn_check_format(&s, DN_FORMAT_NAME, path, err, errlen)) goto fail;
+    if (dn_config_from_meta(&s, cfg, path, err, errlen)) goto fail;
+    if (dn_build_param_table(&t, cfg, err, errlen)) goto fail;
+    for (int i = 0; i < s.n; i++)
+        if (dn_find_param(&t, s.e[i].name) < 0) { dn_seterr(err, errlen, "%s: unexpected tensor '%s' for this config", path, s.e[i].name); goto fail; }
+    w = (float *)calloc(t.total ? t.total : 1, sizeof(float));
+    if (!w) { dn_seterr(err, errlen, "%s: out of memory for %zu parameters", path, t.total); goto fail; }
+    for (int i = 0; i < t.n_params; i++) {
+        const DNParam *p = &t.params[i];
+        const DNStEntry *e = dn_st_find(&s, p->name);
+        if (!e) { dn_seterr(err, errlen, "%s: missing tensor '%s'", path, p->name); goto fail; }
+        int same = e->ndim == p->ndim;
+        for (int d = 0; same && d < p->ndim; d++) same = e->shape[d] == p->shape[d];
+        if (!same) {
+            char a[64] = "", b[64] = "";
+            for (int d = 0; d < e->ndim; d++) snprintf(a + strlen(a), sizeof a - strlen(a), "%s%lld", d ? "," : "", (long long)e->shape[d]);
+            for (int d = 0; d < p->ndim; d++) snprintf(b + strlen(b), sizeof b - strlen(b), "%s%d", d ? "," : "", p->shape[d]);
+            dn_seterr(err, errlen, "%s: tensor '%s' has shape [%s], the config needs [%s]", path, p->name, a, b);
+            goto fail;
+        }
+        if (dn_st_read_f32(&s, e, w + p->offset, p->numel)) { dn_seterr(err, errlen, "%s: read error in tensor '%s'", path, p->name); goto fail; }
+        for (size_t j = 0; j < p->numel; j++)
+            if (!isfinite(w[p->offset + j])) { dn_seterr(err, errlen, "%s: tensor '%s' holds a NaN or Inf at element %zu", path, p->name, j); goto fail; }
+    }
+    dn_free_param_table(&t);
+    dn_st_close(&s);
+    *params = w;
+    return 0;
+fail:
+    free(w);
+    dn_free_param_table(&t);
+    dn_st_close(&s);
+    return -1;
+}
+
+int dn_checkpoint_read_meta(const char *path, const char *key, char *out, size_t outlen, char *err, size_t errlen) {
+    DNStFile s;
+    if (dn_st_open(&s, path, err, errlen)) return -1;
+    const char *v = dn_st_meta(&s, key);
+    int rc = -1;
+    if (!v) dn_seterr(err, errlen, "%s: __metadata__ lacks '%s'", path, key);
+    else { snprintf(out, outlen, "%s", v); rc = 0; }
+    dn_st_close(&s);
+    return rc;
+}
+
+/* ---- training state -------------------------------------------------------------------------- */
+
+#define DN_STATE_FORMAT "deltanet.c-train-state"
+
+int dn_state_write(const char *path, const DNParamTable *t, const float *m, const float *v,
+                   const DNTrainState *st, char *err, size_t errlen) {
+    char ver[24], step[24], rng[24], shard[24], pos[24], total[24];
+    snprintf(ver, sizeof ver, "%d", DN_FORMAT_VERSION);
+    snprintf(step, sizeof step, "%ld", st->step);
+    snprintf(rng, sizeof rng, "%llu", (unsigned long long)st->rng_state);
+    snprintf(shard, sizeof shard, "%ld", st->data_shard);
+    snprintf(pos, sizeof pos, "%ld", st->data_pos);
+    snprintf(total, sizeof total, "%zu", t->total);
+    const char *meta[] = {"format", DN_STATE_FORMAT, "format_version", ver, "step", step, "rng_state", rng,
+                          "data_shard", shard, "data_pos", pos, "n_params_mem", total, "layers", t->cfg.layers,
+                          "note", st->note, NULL, NULL};
+    DNStWrite ts[2];
+    memset(ts, 0, sizeof ts);
+    ts[0].name = "adam.m"; ts[1].name = "adam.v";
+    ts[0].data = m; ts[1].data = v;
+    for (int i = 0; i < 2; i++) { ts[i].dtype = DN_F32; ts[i].ndim = 1; ts[i].shape[0] = (int64_t)t->total; ts[i].numel = t->total; }
+    return dn_st_write(path, ts, 2, meta, NULL, err, errlen);
+}
+
+int dn_state_read(const char *path, const DNParamTable *t, float *m, float *v, DNTrainState *st,
+                  char *err, size_t errlen) {
+    DNStFile s;
+    if (dn_st_open(&s, path, err, errlen)) return -1;
+    int rc = -1;
+    long total = 0;
+    const char *layers = NULL, *rng = NULL, *note = NULL;
+    char *end = NULL;
+    memset(st, 0, sizeof *st);
+    if (dn_check_format(&s, DN_STATE_FORMAT, path, err, errlen)) goto done;
+    if (dn_meta_long(&s, "n_params_mem", 0, LONG_MAX, &total, path, err, errlen)) goto done;
+    layers = dn_st_meta(&s, "layers");
+    if ((size_t)total != t->total || !layers || strcmp(layers, t->cfg.layers)) {
+        dn_seterr(err, errlen, "%s: optimizer state is for another model (%ld parameters, layers '%s'; this model has %zu, '%s')",
+                  path, total, layers ? layers : "?", t->total, t->cfg.layers);
+        goto done;
+    }
+    if (dn_meta_long(&s, "step", 0, LONG_MAX, &st->step, path, err, errlen)) goto done;
+    if (dn_meta_long(&s, "data_shard", 0, LONG_MAX, &st->data_shard, path, err, errlen)) goto done;
+    if (dn_meta_long(&s, "data_pos", 0, LONG_MAX, &st->data_pos, path, err, errlen)) goto done;
+    rng = dn_st_meta(&s, "rng_state");
+    errno = 0;
+    if (rng) st->rng_state = strtoull(rng, &end, 10);
+    if (!rng || errno || end == rng || *end) { dn_seterr(err, errlen, "%s: bad or missing rng_state", path); goto done; }
+    note = dn_st_meta(&s, "note");
+    snprintf(st->note, sizeof st->note, "%s", note ? note : "");
+    for (int i = 0; i < 2; i++) {
+        const char *nm = i ? "adam.v" : "adam.m";
+        const DNStEntry *e = dn_st_find(&s, nm);
+        if (!e || e->dtype != DN_F32 || e->ndim != 1 || e->shape[0] != (int64_t)t->total) {
+            dn_seterr(err, errlen, "%s: tensor '%s' missing or not F32 [%zu]", path, nm, t->total); goto done;
+        }
+        if (dn_st_read_f32(&s, e, i ? v : m, t->total)) { dn_seterr(err, errlen, "%s: read error in '%s'", path, nm); goto done; }
+    }
+    if (s.n != 2) { dn_seterr(err, errlen, "%s: unexpected extra tensors in a training-state file", path); goto done; }
+    rc = 0;
+done:
+    dn_st_close(&s);
+    return rc;
+}
+
+#endif /* DN_MODEL_IMPLEMENTED */
+#endif /* DN_MODEL_IMPLEMENTATION */

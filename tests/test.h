@@ -1,0 +1,70 @@
+/*
+ * test.h -- the tiny test harness shared by every tests/test_*.c: counters, CHECK macros,
+ * relative errors and random fills. Each test program ends with test_summary(), which prints
+ * "N passed, N failed" for that program; tests/run_tests.sh adds them up.
+ */
+#ifndef DELTANET_TEST_H
+#define DELTANET_TEST_H
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "../model.h"
+
+static int t_passed, t_failed;
+
+#define CHECK(cond, ...)                                                        \
+    do {                                                                        \
+        if (cond) {                                                             \
+            t_passed++;                                                         \
+        } else {                                                                \
+            t_failed++;                                                         \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                         \
+            printf(__VA_ARGS__);                                                \
+            printf("\n");                                                       \
+        }                                                                       \
+    } while (0)
+
+/* Check that a relative error is finite and at most tol, printing the value either way. */
+#define CHECK_REL(err, tol, ...)                                                \
+    do {                                                                        \
+        double e_ = (err), tol_ = (tol);                                        \
+        int ok_ = isfinite(e_) && e_ <= tol_;                                   \
+        printf("%s ", ok_ ? "  ok " : "FAIL");                                  \
+        printf(__VA_ARGS__);                                                    \
+        printf(": rel err %.3e (tol %.0e)\n", e_, tol_);                        \
+        if (ok_) t_passed++; else t_failed++;                                   \
+    } while (0)
+
+static inline double rel_err_f(const float *a, const float *ref, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) { double d = (double)a[i] - ref[i]; num += d * d; den += (double)ref[i] * ref[i]; }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+static inline double rel_err_d(const double *a, const double *ref, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) { double d = a[i] - ref[i]; num += d * d; den += ref[i] * ref[i]; }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static inline void fill_randn_f(float *x, size_t n, DNRng *r, float scale) {
+    for (size_t i = 0; i < n; i++) x[i] = scale * dn_rng_normal(r);
+}
+static inline void fill_randn_d(double *x, size_t n, DNRng *r, double scale) {
+    for (size_t i = 0; i < n; i++) x[i] = scale * dn_rng_normal(r);
+}
+static inline void fill_uniform_d(double *x, size_t n, DNRng *r, double lo, double hi) {
+    for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * dn_rng_uniform(r);
+}
+
+static inline void *xcalloc(size_t n, size_t sz) {
+    void *p = calloc(n ? n : 1, sz);
+    if (!p) { fprintf(stderr, "out of memory\n"); exit(2); }
+    return p;
+}
+
+static inline int test_summary(const char *prog) {
+    printf("[%s] %d passed, %d failed\n", prog, t_passed, t_failed);
+    return t_failed ? 1 : 0;
+}
+#endif
