@@ -503,7 +503,7 @@ static int dn_st_write(const char *path, const DNStWrite *ts, int n, const char 
     ok &= fwrite(json, 1, jlen, f) == jlen;
     for (size_t i = jlen; i < padded; i++) ok &= fputc(' ', f) != EOF;
     free(json);
-    enum { CH = 1 << 16 };
+    const size_t CH = (size_t)1 << 16;
     uint16_t *buf = (uint16_t *)malloc(CH * sizeof(uint16_t));
     for (int i = 0; i < n && ok && buf; i++) {
         if (ts[i].dtype == DN_F32) {
@@ -558,13 +558,15 @@ static int dn_cmp_entry(const void *a, const void *b) {
 /* Open and validate the container: header length, JSON, each entry's dtype/shape/range, and that
  * the ranges tile the data area exactly. */
 static int dn_st_open(DNStFile *s, const char *path, char *err, size_t errlen) {
+    struct stat sb;
+    uint64_t fsize = 0, hl = 0;
+    unsigned char b8[8];
+    int cnt = 0;
     memset(s, 0, sizeof *s);
     s->f = fopen(path, "rb");
     if (!s->f) { dn_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return -1; }
-    struct stat sb;
     if (fstat(fileno(s->f), &sb) != 0 || !S_ISREG(sb.st_mode)) { dn_seterr(err, errlen, "%s: not a regular file", path); goto fail; }
-    uint64_t fsize = (uint64_t)sb.st_size, hl = 0;
-    unsigned char b8[8];
+    fsize = (uint64_t)sb.st_size;
     if (fsize < 8 || fread(b8, 1, 8, s->f) != 8) { dn_seterr(err, errlen, "%s: file too short (%llu bytes) to be a safetensors file", path, (unsigned long long)fsize); goto fail; }
     for (int i = 7; i >= 0; i--) hl = (hl << 8) | b8[i];
     if (hl < 2 || hl > fsize - 8) { dn_seterr(err, errlen, "%s: header length %llu runs past the end of the file (%llu bytes): truncated or not safetensors", path, (unsigned long long)hl, (unsigned long long)fsize); goto fail; }
@@ -579,7 +581,7 @@ static int dn_st_open(DNStFile *s, const char *path, char *err, size_t errlen) {
     if (!s->root || !cJSON_IsObject(s->root)) { dn_seterr(err, errlen, "%s: header is not a valid JSON object", path); goto fail; }
     s->data_start = 8 + hl;
     s->data_size = fsize - 8 - hl;
-    int cnt = cJSON_GetArraySize(s->root);
+    cnt = cJSON_GetArraySize(s->root);
     s->e = (DNStEntry *)calloc((size_t)cnt + 1, sizeof(DNStEntry));
     if (!s->e) { dn_seterr(err, errlen, "%s: out of memory", path); goto fail; }
     for (cJSON *it = s->root->child; it; it = it->next) {
