@@ -43,7 +43,8 @@ void RF(ref_swiglu_backward)(REAL *dgate, REAL *dup, const REAL *dout, const REA
 
 /* RoPE, non-interleaved, in place on x [B,T,H,d]: for i < d/2, angle = (pos0 + t) * base^(-2i/d),
  * (x[i], x[i+d/2]) <- (x[i] cos - x[i+d/2] sin, x[i+d/2] cos + x[i] sin).
- * The backward applies the inverse rotation to the gradient, in place. */
+ * The backward applies the inverse rotation to the gradient IN PLACE (it overwrites dx rather than
+ * accumulating, unlike every other backward: the rotation is linear and invertible). */
 void RF(ref_rope_forward)(REAL *x, int B, int T, int H, int d, REAL base, int pos0);
 void RF(ref_rope_backward)(REAL *dx, int B, int T, int H, int d, REAL base, int pos0);
 

@@ -1,4 +1,4 @@
-/* ref_real.h -- included first by each ref/*.c: picks the precision this compile of the file
+/* ref_real.h -- included first by each ref .c file: picks the precision this compile of the file
  * builds (-DREF_F64 gives the double variants, named *_f64) and declares the API. */
 #ifndef DELTANET_REF_REAL_H
 #define DELTANET_REF_REAL_H
