@@ -734,23 +734,34 @@ static char *dn_fla_config_json(const DNConfig *c) {
     cJSON_AddStringToObject(o, "hidden_act", "swish");
     cJSON_AddBoolToObject(o, "tie_word_embeddings", c->tie_embeddings);
     cJSON_AddNumberToObject(o, "initializer_range", 0.02);
-    int n_attn = 0;
-    for (int l = 0; l < c->n_layer; l++) n_attn += c->layers[l] != 'D';
-    if (n_attn) {
-        cJSON *a = cJSON_AddObjectToObject(o, "attn");
-        cJSON *ls = cJSON_AddArrayToObject(a, "layers");
-        int has_swa = 0;
-        for (int l = 0; l < c->n_layer; l++) {
-            if (c->layers[l] != 'D') cJSON_AddItemToArray(ls, cJSON_CreateNumber(l));
-            has_swa |= c->layers[l] == 'S';
-        }
+    /* one attention spec per kind present: sliding-window layers get window_size, global
+     * layers none (a list of specs when a model has both) */
+    cJSON *specs = cJSON_CreateArray();
+    for (int kind = 0; kind < 2; kind++) {
+        char want = kind ? 'G' : 'S';
+        cJSON *ls = cJSON_CreateArray();
+        for (int l = 0; l < c->n_layer; l++)
+            if (c->layers[l] == want) cJSON_AddItemToArray(ls, cJSON_CreateNumber(l));
+        if (cJSON_GetArraySize(ls) == 0) { cJSON_Delete(ls); continue; }
+        cJSON *a = cJSON_CreateObject();
+        cJSON_AddItemToObject(a, "layers", ls);
         cJSON_AddNumberToObject(a, "num_heads", c->attn_heads);
         cJSON_AddNumberToObject(a, "num_kv_heads", c->attn_kv_heads);
-        if (has_swa) cJSON_AddNumberToObject(a, "window_size", c->window);
+        cJSON_AddBoolToObject(a, "qkv_bias", 0);
+        if (want == 'S') cJSON_AddNumberToObject(a, "window_size", c->window);
         else cJSON_AddNullToObject(a, "window_size");
         cJSON_AddNumberToObject(a, "rope_theta", c->rope_base);
-    } else {
+        cJSON_AddItemToArray(specs, a);
+    }
+    int n_specs = cJSON_GetArraySize(specs);
+    if (n_specs == 0) {
+        cJSON_Delete(specs);
         cJSON_AddNullToObject(o, "attn");
+    } else if (n_specs == 1) {
+        cJSON_AddItemToObject(o, "attn", cJSON_DetachItemFromArray(specs, 0));
+        cJSON_Delete(specs);
+    } else {
+        cJSON_AddItemToObject(o, "attn", specs);
     }
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
