@@ -1,0 +1,310 @@
+/*
+ * test_data.c -- token shards and the data loader: exact write/read round trips, refusal of
+ * corrupt shards (magic, version, size, token ids), the loader's windows checked against the raw
+ * token arrays, wrap-around, exact resume, and ./tokenize -o (run from the repo root).
+ */
+#include <glob.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "test.h"
+#include "../data.h"
+#include "../tokenizer.h"
+
+#define VOCAB 50257
+
+static char dir[] = "/tmp/test_data_XXXXXX";
+
+static void write_bytes(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) { fprintf(stderr, "cannot write %s\n", path); exit(2); }
+    fwrite(data, 1, n, f);
+    fclose(f);
+}
+
+static uint16_t *random_tokens(DNRng *r, size_t n, int vocab) {
+    uint16_t *t = xcalloc(n, sizeof *t);
+    for (size_t i = 0; i < n; i++) t[i] = (uint16_t)(dn_rng_u64(r) % (uint64_t)vocab);
+    if (n > 2) { t[0] = 0; t[1] = (uint16_t)(vocab - 1); }
+    return t;
+}
+
+static int sh(const char *cmd) {
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static void test_round_trip(DNRng *r) {
+    char path[256], err[DN_ERR_LEN] = "";
+    size_t sizes[] = {12345, 1, 0};
+    for (int k = 0; k < 3; k++) {
+        size_t n = sizes[k], m = 0;
+        uint16_t *t = random_tokens(r, n, VOCAB), *back = NULL;
+        snprintf(path, sizeof path, "%s/rt%d.bin", dir, k);
+        int rc = shard_write(path, t, n, err, sizeof err);
+        CHECK(rc == 0, "shard_write %zu tokens: %s", n, err);
+        struct stat st;
+        CHECK(stat(path, &st) == 0 && (size_t)st.st_size == 1024 + 2 * n, "%s is 1024 + 2*%zu bytes", path, n);
+        rc = shard_read(path, VOCAB, &back, &m, err, sizeof err);
+        CHECK(rc == 0 && m == n && (n == 0 || memcmp(back, t, n * 2) == 0), "shard round trip of %zu tokens: %s", n, err);
+        size_t hn = 99;
+        CHECK(shard_read_header(path, &hn, err, sizeof err) == 0 && hn == n, "shard_read_header: %zu tokens", hn);
+        if (rc == 0) free(back);
+        free(t);
+    }
+    char pat[300];
+    snprintf(pat, sizeof pat, "%s/*.tmp.*", dir);
+    glob_t g;
+    CHECK(glob(pat, 0, NULL, &g) == GLOB_NOMATCH, "no temporary files left behind");
+    globfree(&g);
+    snprintf(path, sizeof path, "%s/no/such/dir/x.bin", dir);
+    uint16_t one = 1;
+    CHECK(shard_write(path, &one, 1, err, sizeof err) == -1 && strstr(err, "x.bin"), "write to a missing dir refused: %s", err);
+}
+
+/* A good shard with one change, written to path; shard_read must refuse it naming the file. */
+static void expect_refused(const char *what, const int32_t *hdr, const uint16_t *tok, size_t ntok,
+                           size_t truncate, int vocab, const char *needle) {
+    char path[256], err[DN_ERR_LEN] = "";
+    snprintf(path, sizeof path, "%s/bad.bin", dir);
+    size_t n = 1024 + 2 * ntok;
+    char *b = xcalloc(n, 1);
+    memcpy(b, hdr, 1024);
+    memcpy(b + 1024, tok, 2 * ntok);
+    write_bytes(path, b, truncate ? truncate : n);
+    free(b);
+    uint16_t *t = NULL;
+    size_t m;
+    int rc = shard_read(path, vocab, &t, &m, err, sizeof err);
+    CHECK(rc == -1 && strstr(err, path) && strstr(err, needle) && !strchr(err, '\n'), "%s refused: %s", what, err);
+    if (rc == 0) free(t);
+    printf("  ok   %s refused: %s\n", what, err);
+}
+
+static void test_corrupt(DNRng *r) {
+    size_t n = 1000;
+    uint16_t *tok = random_tokens(r, n, VOCAB);
+    int32_t hdr[256] = {SHARD_MAGIC, SHARD_VERSION, (int32_t)n};
+    int32_t h[256];
+    memcpy(h, hdr, sizeof h);
+    h[0] = 20240326;
+    expect_refused("wrong magic", h, tok, n, 0, VOCAB, "magic");
+    memcpy(h, hdr, sizeof h);
+    h[1] = 2;
+    expect_refused("wrong version", h, tok, n, 0, VOCAB, "version");
+    memcpy(h, hdr, sizeof h);
+    h[2] = (int32_t)n + 1;
+    expect_refused("token count larger than the file", h, tok, n, 0, VOCAB, "header says");
+    h[2] = (int32_t)n - 1;
+    expect_refused("token count smaller than the file", h, tok, n, 0, VOCAB, "header says");
+    h[2] = -5;
+    expect_refused("negative token count", h, tok, n, 0, VOCAB, "header says");
+    expect_refused("file shorter than the header", hdr, tok, n, 100, VOCAB, "too small");
+    expect_refused("file cut short", hdr, tok, n, 1024 + 2 * n - 1, VOCAB, "header says");
+    tok[777] = VOCAB;
+    expect_refused("token id >= vocab", hdr, tok, n, 0, VOCAB, "position 777");
+    tok[777] = 5;
+    expect_refused("token id >= a smaller vocab", hdr, tok, n, 0, 100, "vocabulary size 100");
+    char err[DN_ERR_LEN] = "";
+    size_t m;
+    uint16_t *t;
+    CHECK(shard_read("/nonexistent/x.bin", VOCAB, &t, &m, err, sizeof err) == -1 && strstr(err, "/nonexistent/x.bin"),
+          "missing shard refused: %s", err);
+    free(tok);
+}
+
+/* The loader's batches against the raw arrays: batch k starts at (s, p), computed here. */
+static int batch_matches(const DataLoader *dl, uint16_t *const *raw, size_t s, size_t p) {
+    size_t bt = (size_t)dl->B * dl->T;
+    for (size_t i = 0; i < bt; i++)
+        if (dl->inputs[i] != raw[s][p + i] || dl->targets[i] != raw[s][p + i + 1]) return 0;
+    return 1;
+}
+
+static void test_loader(DNRng *r) {
+    enum { NS = 3, B = 3, T = 17 };
+    size_t sizes[NS] = {1000, 777, 1500};
+    uint16_t *raw[NS];
+    char path[256], pattern[256], err[DN_ERR_LEN] = "";
+    for (int s = 0; s < NS; s++) {
+        raw[s] = random_tokens(r, sizes[s], VOCAB);
+        snprintf(path, sizeof path, "%s/ld_train_%06d.bin", dir, s);
+        CHECK(shard_write(path, raw[s], sizes[s], err, sizeof err) == 0, "write %s: %s", path, err);
+    }
+    snprintf(pattern, sizeof pattern, "%s/ld_train_*.bin", dir);
+    DataLoader dl;
+    if (dl_init(&dl, pattern, B, T, VOCAB, err, sizeof err) != 0) { CHECK(0, "dl_init: %s", err); return; }
+    CHECK(dl.nfiles == NS, "%zu shards matched", dl.nfiles);
+    const size_t bt = B * T;
+    long epoch = dl_epoch_batches(&dl);
+    CHECK(epoch == (long)((999 / bt) + (776 / bt) + (1499 / bt)), "epoch of %ld batches", epoch);
+    /* three passes, checking every window and that the walk wraps around to the first shard */
+    size_t s = 0, p = 0;
+    int ok = 0, total = (int)(3 * epoch + 5), wrapped = 0;
+    for (int k = 0; k < total; k++) {
+        if (p + bt + 1 > sizes[s]) { s = (s + 1) % NS; p = 0; wrapped += s == 0; }
+        if (dl_next(&dl, err, sizeof err) != 0) { CHECK(0, "dl_next: %s", err); break; }
+        ok += batch_matches(&dl, raw, s, p);
+        p += bt;
+    }
+    CHECK(ok == total && wrapped == 3, "%d of %d batches are the right windows (%d wraps)", ok, total, wrapped);
+    /* resume: remember the position, take 40 batches, restore in a fresh loader, compare */
+    long ps, pp;
+    dl_position(&dl, &ps, &pp);
+    int *saved = xcalloc(40 * 2 * bt, sizeof(int));
+    for (int k = 0; k < 40; k++) {
+        dl_next(&dl, err, sizeof err);
+        memcpy(saved + 2 * k * bt, dl.inputs, bt * sizeof(int));
+        memcpy(saved + (2 * k + 1) * bt, dl.targets, bt * sizeof(int));
+    }
+    DataLoader d2;
+    int same = 0;
+    if (dl_init(&d2, pattern, B, T, VOCAB, err, sizeof err) == 0 && dl_seek(&d2, ps, pp, err, sizeof err) == 0) {
+        for (int k = 0; k < 40; k++) {
+            dl_next(&d2, err, sizeof err);
+            same += memcmp(saved + 2 * k * bt, d2.inputs, bt * sizeof(int)) == 0 &&
+                    memcmp(saved + (2 * k + 1) * bt, d2.targets, bt * sizeof(int)) == 0;
+        }
+        dl_free(&d2);
+    }
+    CHECK(same == 40, "resume at (%ld, %ld) in a fresh loader: %d of 40 batches identical", ps, pp, same);
+    dl_seek(&dl, ps, pp, err, sizeof err);
+    dl_next(&dl, err, sizeof err);
+    CHECK(memcmp(saved, dl.inputs, bt * sizeof(int)) == 0, "dl_seek back in the same loader");
+    free(saved);
+    /* validation use: dl_reset gives the first batches again */
+    dl_reset(&dl);
+    dl_next(&dl, err, sizeof err);
+    CHECK(batch_matches(&dl, raw, 0, 0), "dl_reset restarts at shard 0, token 0");
+    err[0] = 0;
+    CHECK(dl_seek(&dl, NS, 0, err, sizeof err) == -1 && strstr(err, "out of range"), "seek to a missing shard refused: %s", err);
+    CHECK(dl_seek(&dl, 1, 778, err, sizeof err) == -1 && strstr(err, "ld_train_000001.bin"), "seek past a shard's end refused: %s", err);
+    dl_free(&dl);
+
+    /* errors: nothing matches; a shard too small for one batch; a corrupt shard */
+    snprintf(pattern, sizeof pattern, "%s/nothing_*.bin", dir);
+    CHECK(dl_init(&dl, pattern, B, T, VOCAB, err, sizeof err) == -1 && strstr(err, "no file matches"), "no match refused: %s", err);
+    snprintf(pattern, sizeof pattern, "%s/ld_train_*.bin", dir);
+    CHECK(dl_init(&dl, pattern, 4, 200, VOCAB, err, sizeof err) == -1 && strstr(err, "ld_train_000001.bin") &&
+          strstr(err, "fewer than one batch"), "a shard smaller than B*T+1 refused: %s", err);
+    CHECK(dl_init(&dl, pattern, 4, 0, VOCAB, err, sizeof err) == -1, "T=0 refused: %s", err);
+    snprintf(path, sizeof path, "%s/ld_train_000003.bin", dir);
+    write_bytes(path, "not a shard", 11);
+    CHECK(dl_init(&dl, pattern, B, T, VOCAB, err, sizeof err) == -1 && strstr(err, "ld_train_000003.bin"),
+          "a corrupt shard in the glob refused: %s", err);
+    remove(path);
+    for (int k = 0; k < NS; k++) free(raw[k]);
+}
+
+/* Concatenate the tokens of every file matching pattern (sorted). */
+static uint16_t *read_all_shards(const char *pattern, size_t *n, int *nfiles) {
+    glob_t g;
+    *n = 0;
+    *nfiles = 0;
+    if (glob(pattern, 0, NULL, &g) != 0) return xcalloc(1, 2);
+    uint16_t *all = NULL;
+    for (size_t i = 0; i < g.gl_pathc; i++) {
+        uint16_t *t;
+        size_t m;
+        char err[DN_ERR_LEN];
+        if (shard_read(g.gl_pathv[i], VOCAB, &t, &m, err, sizeof err) != 0) { CHECK(0, "%s", err); continue; }
+        all = realloc(all, (*n + m + 1) * sizeof *all);
+        memcpy(all + *n, t, m * 2);
+        *n += m;
+        free(t);
+        (*nfiles)++;
+    }
+    globfree(&g);
+    return all ? all : xcalloc(1, 2);
+}
+
+static void test_cli(void) {
+    if (access("./tokenize", X_OK) != 0) { CHECK(0, "./tokenize not built (make tokenize)"); return; }
+    Tokenizer tok;
+    char err[DN_ERR_LEN], f1[256], f2[256], cmd[2048], pat[256];
+    if (tok_load(&tok, NULL, err, sizeof err) != 0) { CHECK(0, "tok_load: %s", err); return; }
+    const char *d1 = "First document. It has a few sentences, and some more words to make tokens.\n";
+    const char *d2 = "Second one: caf\xc3\xa9, \xe6\x97\xa5\xe6\x9c\xac, and <|endoftext|> as plain text\n\n";
+    snprintf(f1, sizeof f1, "%s/doc1.txt", dir);
+    snprintf(f2, sizeof f2, "%s/doc2.txt", dir);
+    write_bytes(f1, d1, strlen(d1));
+    write_bytes(f2, d2, strlen(d2));
+    /* what the shards must hold: eot doc1 eot doc2 */
+    size_t n1, n2;
+    int *i1, *i2;
+    tok_encode(&tok, d1, strlen(d1), 0, &i1, &n1, err, sizeof err);
+    tok_encode(&tok, d2, strlen(d2), 0, &i2, &n2, err, sizeof err);
+    size_t nw = n1 + n2 + 2;
+    uint16_t *want = xcalloc(nw, sizeof *want);
+    want[0] = TOK_GPT2_EOT;
+    for (size_t i = 0; i < n1; i++) want[1 + i] = (uint16_t)i1[i];
+    want[1 + n1] = TOK_GPT2_EOT;
+    for (size_t i = 0; i < n2; i++) want[2 + n1 + i] = (uint16_t)i2[i];
+    free(i1);
+    free(i2);
+
+    /* small shards: val 7 tokens, train shards of at most 10 */
+    snprintf(cmd, sizeof cmd, "./tokenize -o %s/a --val-tokens 7 --shard-size 10 %s %s 2>/dev/null", dir, f1, f2);
+    CHECK(sh(cmd) == 0, "%s", cmd);
+    size_t nv, nt;
+    int fv, ft;
+    snprintf(pat, sizeof pat, "%s/a_val.bin", dir);
+    uint16_t *val = read_all_shards(pat, &nv, &fv);
+    snprintf(pat, sizeof pat, "%s/a_train_*.bin", dir);
+    uint16_t *train = read_all_shards(pat, &nt, &ft);
+    CHECK(fv == 1 && nv == 7 && memcmp(val, want, 14) == 0, "a_val.bin holds the first 7 tokens (%zu)", nv);
+    CHECK(ft == (int)((nw - 7 + 9) / 10) && nt == nw - 7 && memcmp(train, want + 7, 2 * nt) == 0,
+          "%d numbered train shards hold the other %zu tokens (%zu)", ft, nw - 7, nt);
+    free(val);
+    free(train);
+    /* one train shard: NAME_train.bin */
+    snprintf(cmd, sizeof cmd, "./tokenize -o %s/b --val-tokens 5 %s %s 2>/dev/null", dir, f1, f2);
+    CHECK(sh(cmd) == 0, "%s", cmd);
+    snprintf(pat, sizeof pat, "%s/b_train.bin", dir);
+    train = read_all_shards(pat, &nt, &ft);
+    CHECK(ft == 1 && nt == nw - 5 && memcmp(train, want + 5, 2 * nt) == 0, "b_train.bin holds %zu tokens", nt);
+    free(train);
+    free(want);
+    /* bad usage / bad input exit non-zero */
+    const char *bad[] = {"-o %s/c %s/missing.txt", "-o %s/c --val-tokens 100000 %s/doc1.txt",
+                         "-o %s/c --shard-size 0 %s/doc1.txt", "-o %s/c --val-tokens abc %s/doc1.txt",
+                         "-o %s/no/such/dir/c %s/doc1.txt"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char args[512];
+        snprintf(args, sizeof args, bad[i], dir, dir);
+        snprintf(cmd, sizeof cmd, "./tokenize %s > /dev/null 2>&1", args);
+        CHECK(sh(cmd) != 0, "'./tokenize %s' exits non-zero", args);
+    }
+    /* TinyShakespeare: one document of 1 + 338025 tokens, val = the first 32768 */
+    snprintf(cmd, sizeof cmd, "./tokenize -o %s/ts data/tinyshakespeare/input.txt 2>/dev/null", dir);
+    CHECK(sh(cmd) == 0, "%s", cmd);
+    snprintf(pat, sizeof pat, "%s/ts_val.bin", dir);
+    val = read_all_shards(pat, &nv, &fv);
+    snprintf(pat, sizeof pat, "%s/ts_train.bin", dir);
+    train = read_all_shards(pat, &nt, &ft);
+    CHECK(nv == 32768 && val[0] == TOK_GPT2_EOT && val[1] == 5962, "ts_val.bin: %zu tokens from eot, First", nv);
+    CHECK(nt == 338026 - 32768, "ts_train.bin: %zu tokens, want %d", nt, 338026 - 32768);
+    free(val);
+    free(train);
+    DataLoader dl;
+    snprintf(pat, sizeof pat, "%s/ts_val.bin", dir);
+    CHECK(dl_init(&dl, pat, 4, 1024, VOCAB, err, sizeof err) == 0 && dl_epoch_batches(&dl) == 7,
+          "ts_val.bin gives 7 validation batches of 4 x 1024");
+    dl_free(&dl);
+    tok_free(&tok);
+}
+
+int main(void) {
+    if (!mkdtemp(dir)) { fprintf(stderr, "mkdtemp failed\n"); return 1; }
+    DNRng r;
+    dn_rng_seed(&r, 1234);
+    test_round_trip(&r);
+    test_corrupt(&r);
+    test_loader(&r);
+    test_cli();
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    sh(cmd);
+    return test_summary("test_data");
+}
