@@ -129,38 +129,837 @@ void crossentropy_forward(float *losses, const floatX *logits, const int *target
 inline void sum_float(float *out, const float *inp, int n, float scale, int accumulate, cudaStream_t stream);
 
 // ----------------------------------------------------------------------------
-// implementation (STUBS for now: they compile, link and do nothing; real kernels follow)
+// shared helpers
+
+/* N elements of T moved as one aligned access (N * sizeof(T) in {2, 4, 8, 16} bytes). */
+template <typename T, int N> struct alignas(sizeof(T) * N) Pack { T v[N]; };
+
+template <typename T, int N>
+__device__ __forceinline__ void load_f(float (&dst)[N], const T *p) {
+    Pack<T, N> pk = *reinterpret_cast<const Pack<T, N> *>(p);
+#pragma unroll
+    for (int k = 0; k < N; k++) dst[k] = to_f<T>(pk.v[k]);
+}
+template <typename T, int N>
+__device__ __forceinline__ void store_f(T *p, const float (&src)[N]) {
+    Pack<T, N> pk;
+#pragma unroll
+    for (int k = 0; k < N; k++) pk.v[k] = from_f<T>(src[k]);
+    *reinterpret_cast<Pack<T, N> *>(p) = pk;
+}
+
+/* Sum over the W lanes of an aligned group of W lanes (W a power of two <= 32). */
+template <int W> __device__ __forceinline__ float group_sum(float v) {
+#pragma unroll
+    for (int o = W / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* 16-byte vector width (in elements) of T. */
+template <typename T> constexpr int vec16() { return 16 / (int)sizeof(T); }
+
+__device__ __forceinline__ float dsilu_from(float z, float s) { return s * (1.0f + z * (1.0f - s)); }
+
+/* dst[i] += sum_{p < P} partial[p * M + i], i < M, summed in p order (deterministic). */
+__global__ void colsum_add_kernel(float *dst, const float *partial, int P, int M) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= M) return;
+    float s = 0.0f;
+    for (int p = 0; p < P; p++) s += partial[(size_t)p * M + i];
+    dst[i] += s;
+}
+inline void colsum_add(float *dst, const float *partial, int P, int M, cudaStream_t stream) {
+    colsum_add_kernel<<<ceil_div(M, 256), 256, 0, stream>>>(dst, partial, P, M);
+    cudaCheckLaunch();
+}
+
+// ----------------------------------------------------------------------------
+// embedding
+
+template <typename floatX, int VEC>
+__global__ void embedding_forward_kernel(floatX *out, const int *tokens, const floatX *wte, int N, int D) {
+    int nv = D / VEC;
+    long e = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (long)N * nv) return;
+    int n = (int)(e / nv), j = (int)(e % nv);
+    const floatX *src = wte + (size_t)tokens[n] * D + (size_t)j * VEC;
+    floatX *dst = out + (size_t)n * D + (size_t)j * VEC;
+    *reinterpret_cast<Pack<floatX, VEC> *>(dst) = *reinterpret_cast<const Pack<floatX, VEC> *>(src);
+}
+
+#define EMB_CHUNK 32
+
+__global__ void iota_kernel(int *p, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) p[i] = i;
+}
+
+/* One block per chunk of EMB_CHUNK sorted positions; threads over D. Each piece (maximal run of
+ * equal tokens inside the chunk) is summed in position order; a piece that is a whole run goes
+ * straight into dwte (this block is its only writer), the piece that continues a run from the
+ * previous chunk goes to head[chunk], the one that continues into the next chunk to tail[chunk]. */
+template <typename floatX>
+__global__ void embedding_backward_chunk_kernel(float *dwte, float *head, float *tail, const floatX *dout,
+                                                const int *keys, const int *idx, int N, int D) {
+    __shared__ int skey[EMB_CHUNK], sidx[EMB_CHUNK];
+    __shared__ int prev_key, next_key;
+    int c = blockIdx.x, i0 = c * EMB_CHUNK, cnt = min(EMB_CHUNK, N - i0);
+    if (threadIdx.x < cnt) { skey[threadIdx.x] = keys[i0 + threadIdx.x]; sidx[threadIdx.x] = idx[i0 + threadIdx.x]; }
+    if (threadIdx.x == 0) {
+        prev_key = i0 > 0 ? keys[i0 - 1] : -1;
+        next_key = i0 + cnt < N ? keys[i0 + cnt] : -1;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        int start = 0;
+        for (int i = 0; i < cnt; i++) {
+            acc += to_f<floatX>(dout[(size_t)sidx[i] * D + d]);
+            int k = skey[i];
+            if (i == cnt - 1 || skey[i + 1] != k) {
+                bool before = start == 0 && prev_key == k;
+                bool after = i == cnt - 1 && next_key == k;
+                if (before) head[(size_t)c * D + d] = acc;
+                else if (after) tail[(size_t)c * D + d] = acc;
+                else dwte[(size_t)k * D + d] += acc;
+                acc = 0.0f;
+                start = i + 1;
+            }
+        }
+    }
+}
+
+/* One block per chunk: if this chunk starts a run that continues into later chunks, sum its tail
+ * and the following chunks' heads in order and add the total to dwte. */
+__global__ void embedding_backward_join_kernel(float *dwte, const float *head, const float *tail, const int *keys,
+                                               int N, int D, int nchunks) {
+    int c = blockIdx.x, i0 = c * EMB_CHUNK, last = min(i0 + EMB_CHUNK, N) - 1;
+    int k = keys[last];
+    if (last + 1 >= N || keys[last + 1] != k) return;   /* run does not continue */
+    int first = last;                                    /* start of the last piece */
+    while (first > i0 && keys[first - 1] == k) first--;
+    if (first == i0 && i0 > 0 && keys[i0 - 1] == k) return; /* started earlier: not the owner */
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = tail[(size_t)c * D + d];
+        for (int cc = c + 1; cc < nchunks; cc++) {
+            int j0 = cc * EMB_CHUNK;
+            if (keys[j0] != k) break;
+            acc += head[(size_t)cc * D + d];
+            int jl = min(j0 + EMB_CHUNK, N) - 1;
+            if (keys[jl] != k) break;
+        }
+        dwte[(size_t)k * D + d] += acc;
+    }
+}
+
+static inline int emb_key_bits(int Vp) {
+    int b = 1;
+    while (b < 31 && (1L << b) < (long)Vp) b++;
+    return b;
+}
+static inline size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+inline size_t emb_cub_temp_bytes(int N, int Vp) {
+    size_t temp = 0;
+    cudaCheck(cub::DeviceRadixSort::SortPairs(nullptr, temp, (const int *)nullptr, (int *)nullptr, (const int *)nullptr,
+                                              (int *)nullptr, N, 0, emb_key_bits(Vp)));
+    return temp;
+}
+
+inline size_t embedding_backward_scratch_bytes(int N, int D, int Vp) {
+    size_t nch = (size_t)ceil_div(N, EMB_CHUNK);
+    return 3 * align256((size_t)N * sizeof(int)) + 2 * align256(nch * D * sizeof(float)) +
+           align256(emb_cub_temp_bytes(N, Vp));
+}
+
+// ----------------------------------------------------------------------------
+// RMSNorm: TPR threads per row (several rows per warp when C is small), each thread holds NV
+// vectors of VEC elements of its row in registers.
+
+#define RMS_THREADS 256
+#define RMS_BWD_BLOCKS 512
+#define RMS_MAX_NV 16
+
+template <typename floatX, int VEC, int TPR, int NV, bool RESID>
+__global__ void __launch_bounds__(RMS_THREADS)
+rmsnorm_forward_kernel(floatX *res_out, floatX *out, float *rstd, const floatX *inp, const floatX *branch,
+                       const float *g, int N, int C, float eps) {
+    int row = blockIdx.x * (RMS_THREADS / TPR) + threadIdx.x / TPR, l = threadIdx.x % TPR;
+    bool valid = row < N;
+    size_t base = (size_t)row * C;
+    float x[NV][VEC];
+    float ss = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NV; i++) {
+        int c = (i * TPR + l) * VEC;
+        if (valid && c < C) {
+            load_f<floatX, VEC>(x[i], inp + base + c);
+            if (RESID) {
+                float b[VEC];
+                load_f<floatX, VEC>(b, branch + base + c);
+#pragma unroll
+                for (int k = 0; k < VEC; k++) x[i][k] = to_f<floatX>(from_f<floatX>(x[i][k] + b[k]));
+                store_f<floatX, VEC>(res_out + base + c, x[i]);
+            }
+#pragma unroll
+            for (int k = 0; k < VEC; k++) ss += x[i][k] * x[i][k];
+        }
+    }
+    ss = group_sum<TPR>(ss);
+    float r = rsqrtf(ss / C + eps);
+    if (!valid) return;
+    if (l == 0) rstd[row] = r;
+#pragma unroll
+    for (int i = 0; i < NV; i++) {
+        int c = (i * TPR + l) * VEC;
+        if (c < C) {
+            float y[VEC], gv[VEC];
+            load_f<float, VEC>(gv, g + c);
+#pragma unroll
+            for (int k = 0; k < VEC; k++) y[k] = x[i][k] * r * gv[k];
+            store_f<floatX, VEC>(out + base + c, y);
+        }
+    }
+}
+
+template <typename floatX, int VEC, int TPR, int NV>
+__global__ void __launch_bounds__(RMS_THREADS)
+rmsnorm_backward_kernel(floatX *dinp, float *partial, const floatX *dout, const floatX *inp, const float *g,
+                        const float *rstd, int N, int C, int accumulate) {
+    extern __shared__ float sdg[]; /* [C] */
+    const int RPB = RMS_THREADS / TPR;
+    int grp = threadIdx.x / TPR, l = threadIdx.x % TPR;
+    float gv[NV][VEC], dg[NV][VEC];
+#pragma unroll
+    for (int i = 0; i < NV; i++) {
+        int c = (i * TPR + l) * VEC;
+#pragma unroll
+        for (int k = 0; k < VEC; k++) { dg[i][k] = 0.0f; gv[i][k] = 0.0f; }
+        if (c < C) load_f<float, VEC>(gv[i], g + c);
+    }
+    int nrb = ceil_div(N, RPB);
+    for (int rb = blockIdx.x; rb < nrb; rb += gridDim.x) { /* uniform trip count within a block */
+        int row = rb * RPB + grp;
+        bool valid = row < N;
+        size_t base = (size_t)row * C;
+        float x[NV][VEC], dy[NV][VEC];
+        float dot = 0.0f;
+        float r = valid ? rstd[row] : 0.0f;
+#pragma unroll
+        for (int i = 0; i < NV; i++) {
+            int c = (i * TPR + l) * VEC;
+            if (valid && c < C) {
+                load_f<floatX, VEC>(x[i], inp + base + c);
+                load_f<floatX, VEC>(dy[i], dout + base + c);
+#pragma unroll
+                for (int k = 0; k < VEC; k++) {
+                    dot += dy[i][k] * gv[i][k] * x[i][k];
+                    dg[i][k] += dy[i][k] * x[i][k] * r;
+                }
+            }
+        }
+        dot = group_sum<TPR>(dot);
+        float mr3 = dot / C * r * r * r;
+        if (valid) {
+#pragma unroll
+            for (int i = 0; i < NV; i++) {
+                int c = (i * TPR + l) * VEC;
+                if (c < C) {
+                    float dx[VEC];
+                    if (accumulate) load_f<floatX, VEC>(dx, dinp + base + c);
+#pragma unroll
+                    for (int k = 0; k < VEC; k++) {
+                        float v = r * dy[i][k] * gv[i][k] - x[i][k] * mr3;
+                        dx[k] = accumulate ? dx[k] + v : v;
+                    }
+                    store_f<floatX, VEC>(dinp + base + c, dx);
+                }
+            }
+        }
+    }
+    /* reduce dg over the rows groups of a warp (shuffles), then over warps in order (shared) */
+#pragma unroll
+    for (int i = 0; i < NV; i++)
+#pragma unroll
+        for (int k = 0; k < VEC; k++)
+#pragma unroll
+            for (int o = TPR; o < 32; o <<= 1) dg[i][k] += __shfl_xor_sync(0xffffffffu, dg[i][k], o);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int w = 0; w < RMS_THREADS / 32; w++) {
+        if (warp == w && lane < TPR) {
+#pragma unroll
+            for (int i = 0; i < NV; i++) {
+                int c = (i * TPR + l) * VEC;
+                if (c < C)
+#pragma unroll
+                    for (int k = 0; k < VEC; k++) sdg[c + k] = (w == 0 ? 0.0f : sdg[c + k]) + dg[i][k];
+            }
+        }
+        __syncthreads();
+    }
+    for (int c = threadIdx.x; c < C; c += RMS_THREADS) partial[(size_t)blockIdx.x * C + c] = sdg[c];
+}
+
+/* Kernel shape for a row of C elements: VEC elements per access, TPR threads per row, NV accesses
+ * per thread. */
+struct RmsShape { int vec, tpr, nv; };
+template <typename floatX>
+inline RmsShape rms_shape(int C) {
+    RmsShape s;
+    s.vec = (C % vec16<floatX>() == 0) ? vec16<floatX>() : 1;
+    int nvec = C / s.vec;
+    s.tpr = 1;
+    while (s.tpr < 32 && s.tpr < nvec) s.tpr <<= 1;
+    int need = ceil_div(nvec, s.tpr);
+    static const int nvs[] = {1, 2, 3, 4, 6, 8, 12, 16};
+    s.nv = 0;
+    for (int k = 0; k < 8; k++) if (nvs[k] >= need) { s.nv = nvs[k]; break; }
+    if (s.nv == 0) {
+        fprintf(stderr, "rmsnorm: row length C=%d too large (max %d, or %d when C %% %d != 0)\n", C,
+                32 * RMS_MAX_NV * vec16<floatX>(), 32 * RMS_MAX_NV, vec16<floatX>());
+        exit(EXIT_FAILURE);
+    }
+    return s;
+}
+
+/* Calls F.template operator()<VEC, TPR, NV>() for the shape. */
+template <typename floatX, typename F>
+inline void rms_dispatch(const RmsShape &s, F &&f) {
+#define RMS_NV_CASES(VEC, TPR)                                                                       \
+    switch (s.nv) {                                                                                  \
+    case 1: f.template operator()<VEC, TPR, 1>(); break;                                             \
+    case 2: f.template operator()<VEC, TPR, 2>(); break;                                             \
+    case 3: f.template operator()<VEC, TPR, 3>(); break;                                             \
+    case 4: f.template operator()<VEC, TPR, 4>(); break;                                             \
+    case 6: f.template operator()<VEC, TPR, 6>(); break;                                             \
+    case 8: f.template operator()<VEC, TPR, 8>(); break;                                             \
+    case 12: f.template operator()<VEC, TPR, 12>(); break;                                           \
+    default: f.template operator()<VEC, TPR, 16>(); break;                                           \
+    }
+#define RMS_TPR_CASES(VEC)                                                                           \
+    switch (s.tpr) {                                                                                 \
+    case 1: f.template operator()<VEC, 1, 1>(); break;                                               \
+    case 2: f.template operator()<VEC, 2, 1>(); break;                                               \
+    case 4: f.template operator()<VEC, 4, 1>(); break;                                               \
+    case 8: f.template operator()<VEC, 8, 1>(); break;                                               \
+    case 16: f.template operator()<VEC, 16, 1>(); break;                                             \
+    default: RMS_NV_CASES(VEC, 32)                                                                   \
+    }
+    if (s.vec == 1) { RMS_TPR_CASES(1) } else { RMS_TPR_CASES(vec16<floatX>()) }
+#undef RMS_TPR_CASES
+#undef RMS_NV_CASES
+}
+
+// ----------------------------------------------------------------------------
+// causal conv (kernel 4) + SiLU + per-head L2 norm. Block = CONV_WARPS warps on one group of
+// G = 32*CPL channels (lane owns CPL adjacent channels) and CONV_WARPS consecutive time tiles of
+// CONV_TT rows of one sequence; each warp walks its tile in time order keeping the last 3 inputs
+// in registers; the L2 norm of a head is a warp sum.
+
+#define CONV_WARPS 8
+#define CONV_TT 32
+
+template <typename floatX, int CPL>
+__device__ __forceinline__ void conv_load(float (&dst)[CPL], const floatX *p, int c, int C, bool vec_ok) {
+    if (vec_ok && c + CPL <= C && (CPL == 1 || CPL == 2 || CPL == 4 || CPL == 8)) {
+        load_f<floatX, (CPL == 1 || CPL == 2 || CPL == 4 || CPL == 8) ? CPL : 1>(
+            *reinterpret_cast<float(*)[(CPL == 1 || CPL == 2 || CPL == 4 || CPL == 8) ? CPL : 1]>(&dst), p);
+    } else {
+#pragma unroll
+        for (int k = 0; k < CPL; k++) dst[k] = (c + k < C) ? to_f<floatX>(p[k]) : 0.0f;
+    }
+}
+template <typename floatX, int CPL>
+__device__ __forceinline__ void conv_store(floatX *p, const float (&src)[CPL], int c, int C, bool vec_ok) {
+    if (vec_ok && c + CPL <= C && (CPL == 1 || CPL == 2 || CPL == 4 || CPL == 8)) {
+        store_f<floatX, (CPL == 1 || CPL == 2 || CPL == 4 || CPL == 8) ? CPL : 1>(
+            p, *reinterpret_cast<const float(*)[(CPL == 1 || CPL == 2 || CPL == 4 || CPL == 8) ? CPL : 1]>(&src));
+    } else {
+#pragma unroll
+        for (int k = 0; k < CPL; k++) if (c + k < C) p[k] = from_f<floatX>(src[k]);
+    }
+}
+
+template <typename floatX, int CPL>
+__global__ void __launch_bounds__(CONV_WARPS * 32)
+conv_silu_l2norm_forward_kernel(floatX *out, const floatX *inp, const float *w, int T, int C, int C_norm, float eps,
+                                int ntb) {
+    const int G = 32 * CPL;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int b = blockIdx.y / ntb, tb = blockIdx.y % ntb;
+    int t0 = (tb * CONV_WARPS + warp) * CONV_TT;
+    if (t0 >= T) return; /* whole warp */
+    int g0 = blockIdx.x * G, c = g0 + lane * CPL;
+    bool norm = g0 < C_norm;
+    bool vec_ok = (C % CPL) == 0;
+    float w4[CPL][4];
+#pragma unroll
+    for (int k = 0; k < CPL; k++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) w4[k][j] = (c + k < C) ? w[(size_t)(c + k) * 4 + j] : 0.0f;
+    const floatX *x0 = inp + (size_t)b * T * C + c;
+    floatX *y0 = out + (size_t)b * T * C + c;
+    float xm3[CPL], xm2[CPL], xm1[CPL];
+#pragma unroll
+    for (int k = 0; k < CPL; k++) xm3[k] = xm2[k] = xm1[k] = 0.0f;
+    if (t0 >= 3) conv_load<floatX, CPL>(xm3, x0 + (size_t)(t0 - 3) * C, c, C, vec_ok);
+    if (t0 >= 2) conv_load<floatX, CPL>(xm2, x0 + (size_t)(t0 - 2) * C, c, C, vec_ok);
+    if (t0 >= 1) conv_load<floatX, CPL>(xm1, x0 + (size_t)(t0 - 1) * C, c, C, vec_ok);
+    int t1 = min(t0 + CONV_TT, T);
+#pragma unroll 4
+    for (int t = t0; t < t1; t++) {
+        float x[CPL], u[CPL];
+        conv_load<floatX, CPL>(x, x0 + (size_t)t * C, c, C, vec_ok);
+        float ss = 0.0f;
+#pragma unroll
+        for (int k = 0; k < CPL; k++) {
+            float z = w4[k][0] * xm3[k] + w4[k][1] * xm2[k] + w4[k][2] * xm1[k] + w4[k][3] * x[k];
+            u[k] = silu_f(z);
+            ss += u[k] * u[k];
+            xm3[k] = xm2[k]; xm2[k] = xm1[k]; xm1[k] = x[k];
+        }
+        if (norm) {
+            float inv = rsqrtf(warp_sum(ss) + eps);
+#pragma unroll
+            for (int k = 0; k < CPL; k++) u[k] *= inv;
+        }
+        conv_store<floatX, CPL>(y0 + (size_t)t * C, u, c, C, vec_ok);
+    }
+}
+
+template <typename floatX, int CPL>
+__global__ void __launch_bounds__(CONV_WARPS * 32)
+conv_silu_l2norm_backward_kernel(floatX *dinp, float *partial, const floatX *dout, const floatX *inp, const float *w,
+                                 int T, int C, int C_norm, float eps, int ntb) {
+    const int G = 32 * CPL;
+    __shared__ float sdw[CONV_WARPS][G * 4];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int b = blockIdx.y / ntb, tb = blockIdx.y % ntb;
+    int t0 = (tb * CONV_WARPS + warp) * CONV_TT;
+    int g0 = blockIdx.x * G, c = g0 + lane * CPL;
+    bool norm = g0 < C_norm;
+    bool vec_ok = (C % CPL) == 0;
+    float dw[CPL][4];
+#pragma unroll
+    for (int k = 0; k < CPL; k++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) dw[k][j] = 0.0f;
+    if (t0 < T) {
+        float w4[CPL][4];
+#pragma unroll
+        for (int k = 0; k < CPL; k++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) w4[k][j] = (c + k < C) ? w[(size_t)(c + k) * 4 + j] : 0.0f;
+        const floatX *x0 = inp + (size_t)b * T * C + c;
+        const floatX *dy0 = dout + (size_t)b * T * C + c;
+        floatX *dx0 = dinp + (size_t)b * T * C + c;
+        float xm3[CPL], xm2[CPL], xm1[CPL], dz1[CPL], dz2[CPL], dz3[CPL];
+#pragma unroll
+        for (int k = 0; k < CPL; k++) xm3[k] = xm2[k] = xm1[k] = dz1[k] = dz2[k] = dz3[k] = 0.0f;
+        if (t0 >= 3) conv_load<floatX, CPL>(xm3, x0 + (size_t)(t0 - 3) * C, c, C, vec_ok);
+        if (t0 >= 2) conv_load<floatX, CPL>(xm2, x0 + (size_t)(t0 - 2) * C, c, C, vec_ok);
+        if (t0 >= 1) conv_load<floatX, CPL>(xm1, x0 + (size_t)(t0 - 1) * C, c, C, vec_ok);
+        int t1 = min(t0 + CONV_TT, T); /* rows of dinp this warp writes: [t0, t1) */
+        int t2 = min(t1 + 3, T);       /* dz needed up to t2 - 1 */
+#pragma unroll 2
+        for (int t = t0; t < t1 + 3; t++) {
+            float dz[CPL];
+            if (t < t2) {
+                float x[CPL], dy[CPL], z[CPL], s[CPL], u[CPL];
+                conv_load<floatX, CPL>(x, x0 + (size_t)t * C, c, C, vec_ok);
+                conv_load<floatX, CPL>(dy, dy0 + (size_t)t * C, c, C, vec_ok);
+                float ss = 0.0f, uy = 0.0f;
+#pragma unroll
+                for (int k = 0; k < CPL; k++) {
+                    z[k] = w4[k][0] * xm3[k] + w4[k][1] * xm2[k] + w4[k][2] * xm1[k] + w4[k][3] * x[k];
+                    s[k] = sigmoid_f(z[k]);
+                    u[k] = z[k] * s[k];
+                    ss += u[k] * u[k];
+                    uy += u[k] * dy[k];
+                }
+                if (norm) {
+                    /* y = u inv; du = inv (dy - y (y.dy)) = inv dy - inv^3 u (u.dy) */
+                    ss = warp_sum(ss);
+                    uy = warp_sum(uy);
+                    float inv = rsqrtf(ss + eps), inv3uy = inv * inv * inv * uy;
+#pragma unroll
+                    for (int k = 0; k < CPL; k++) dy[k] = inv * dy[k] - inv3uy * u[k];
+                }
+#pragma unroll
+                for (int k = 0; k < CPL; k++) dz[k] = dy[k] * dsilu_from(z[k], s[k]);
+                if (t < t1) {
+#pragma unroll
+                    for (int k = 0; k < CPL; k++) {
+                        dw[k][0] += dz[k] * xm3[k];
+                        dw[k][1] += dz[k] * xm2[k];
+                        dw[k][2] += dz[k] * xm1[k];
+                        dw[k][3] += dz[k] * x[k];
+                    }
+                }
+#pragma unroll
+                for (int k = 0; k < CPL; k++) { xm3[k] = xm2[k]; xm2[k] = xm1[k]; xm1[k] = x[k]; }
+            } else {
+#pragma unroll
+                for (int k = 0; k < CPL; k++) dz[k] = 0.0f;
+            }
+            int s_row = t - 3; /* dx[s] = w0 dz[s+3] + w1 dz[s+2] + w2 dz[s+1] + w3 dz[s] */
+            if (s_row >= t0) {
+                float dx[CPL];
+#pragma unroll
+                for (int k = 0; k < CPL; k++)
+                    dx[k] = w4[k][0] * dz[k] + w4[k][1] * dz1[k] + w4[k][2] * dz2[k] + w4[k][3] * dz3[k];
+                if (s_row < t1) conv_store<floatX, CPL>(dx0 + (size_t)s_row * C, dx, c, C, vec_ok);
+            }
+#pragma unroll
+            for (int k = 0; k < CPL; k++) { dz3[k] = dz2[k]; dz2[k] = dz1[k]; dz1[k] = dz[k]; }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < CPL; k++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) sdw[warp][(lane * CPL + k) * 4 + j] = dw[k][j];
+    __syncthreads();
+    float *dst = partial + (size_t)blockIdx.y * C * 4;
+    for (int e = threadIdx.x; e < G * 4; e += blockDim.x) {
+        if (g0 * 4 + e >= C * 4) break;
+        float s = 0.0f;
+#pragma unroll
+        for (int wi = 0; wi < CONV_WARPS; wi++) s += sdw[wi][e];
+        dst[(size_t)g0 * 4 + e] = s;
+    }
+}
+
+inline int conv_cpl(int C_norm, int K) {
+    if (C_norm == 0) return 4;
+    if (K % 32 != 0 || K > 256 || K < 32 || C_norm % K != 0) {
+        fprintf(stderr, "conv_silu_l2norm: head_dim K=%d must be a multiple of 32 in [32, 256] dividing C_norm=%d\n",
+                K, C_norm);
+        exit(EXIT_FAILURE);
+    }
+    return K / 32;
+}
+inline int conv_ntb(int T) { return ceil_div(T, CONV_WARPS * CONV_TT); }
+
+#define CONV_CPL_SWITCH(cpl, MACRO)                                                                  \
+    switch (cpl) {                                                                                   \
+    case 1: MACRO(1); break;                                                                         \
+    case 2: MACRO(2); break;                                                                         \
+    case 3: MACRO(3); break;                                                                         \
+    case 4: MACRO(4); break;                                                                         \
+    case 5: MACRO(5); break;                                                                         \
+    case 6: MACRO(6); break;                                                                         \
+    case 7: MACRO(7); break;                                                                         \
+    default: MACRO(8); break;                                                                        \
+    }
+
+// ----------------------------------------------------------------------------
+// elementwise: sigmoid, SwiGLU
+
+template <typename Tout, typename Tin>
+__global__ void sigmoid_forward_kernel(Tout *out, const Tin *inp, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = from_f<Tout>(sigmoid_f(to_f<Tin>(inp[i])));
+}
+template <typename Tdinp, typename Tdout, typename Tout>
+__global__ void sigmoid_backward_kernel(Tdinp *dinp, const Tdout *dout, const Tout *out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float y = to_f<Tout>(out[i]);
+        dinp[i] = from_f<Tdinp>(to_f<Tdout>(dout[i]) * y * (1.0f - y));
+    }
+}
+
+template <typename floatX, int VEC>
+__global__ void swiglu_forward_kernel(floatX *out, const floatX *gu, int N, int I) {
+    int nv = I / VEC;
+    long e = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (long)N * nv) return;
+    int n = (int)(e / nv), j = (int)(e % nv) * VEC;
+    float a[VEC], u[VEC], y[VEC];
+    load_f<floatX, VEC>(a, gu + (size_t)n * 2 * I + j);
+    load_f<floatX, VEC>(u, gu + (size_t)n * 2 * I + I + j);
+#pragma unroll
+    for (int k = 0; k < VEC; k++) y[k] = silu_f(a[k]) * u[k];
+    store_f<floatX, VEC>(out + (size_t)n * I + j, y);
+}
+template <typename floatX, int VEC>
+__global__ void swiglu_backward_kernel(floatX *dgu, const floatX *dout, const floatX *gu, int N, int I) {
+    int nv = I / VEC;
+    long e = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (long)N * nv) return;
+    int n = (int)(e / nv), j = (int)(e % nv) * VEC;
+    float a[VEC], u[VEC], dy[VEC], da[VEC], du[VEC];
+    load_f<floatX, VEC>(a, gu + (size_t)n * 2 * I + j);
+    load_f<floatX, VEC>(u, gu + (size_t)n * 2 * I + I + j);
+    load_f<floatX, VEC>(dy, dout + (size_t)n * I + j);
+#pragma unroll
+    for (int k = 0; k < VEC; k++) {
+        float s = sigmoid_f(a[k]);
+        da[k] = dy[k] * u[k] * dsilu_from(a[k], s);
+        du[k] = dy[k] * a[k] * s;
+    }
+    store_f<floatX, VEC>(dgu + (size_t)n * 2 * I + j, da);
+    store_f<floatX, VEC>(dgu + (size_t)n * 2 * I + I + j, du);
+}
+
+// ----------------------------------------------------------------------------
+// softmax cross-entropy: one block per row, online (max, sum) in one pass, gradient in a second.
+
+#define XENT_THREADS 512
+
+__device__ __forceinline__ void lse_combine(float &m, float &s, float m2, float s2) {
+    float mm = fmaxf(m, m2);
+    if (mm == -INFINITY) return;
+    s = s * __expf(m - mm) + s2 * __expf(m2 - mm);
+    m = mm;
+}
+
+template <typename floatX, int VEC, bool BACKWARD>
+__global__ void __launch_bounds__(XENT_THREADS)
+crossentropy_kernel(floatX *logits, float *losses, const int *targets, float gscale, int V, int Vp) {
+    __shared__ float sm[32], ss[32];
+    int row = blockIdx.x;
+    floatX *z = logits + (size_t)row * Vp;
+    float m = -INFINITY, s = 0.0f;
+    int nv = Vp / VEC;
+    for (int j = threadIdx.x; j < nv; j += XENT_THREADS) {
+        float x[VEC];
+        load_f<floatX, VEC>(x, z + (size_t)j * VEC);
+        float lm = -INFINITY;
+#pragma unroll
+        for (int k = 0; k < VEC; k++) if (j * VEC + k < V) lm = fmaxf(lm, x[k]);
+        if (lm == -INFINITY) continue;
+        float ls = 0.0f;
+#pragma unroll
+        for (int k = 0; k < VEC; k++) if (j * VEC + k < V) ls += __expf(x[k] - lm);
+        lse_combine(m, s, lm, ls);
+    }
+    /* block combine of (m, s) */
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        lse_combine(m, s, m2, s2);
+    }
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) { sm[warp] = m; ss[warp] = s; }
+    __syncthreads();
+    m = lane < XENT_THREADS / 32 ? sm[lane] : -INFINITY;
+    s = lane < XENT_THREADS / 32 ? ss[lane] : 0.0f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        lse_combine(m, s, m2, s2);
+    }
+    float lse = m + __logf(s);
+    int tgt = targets[row];
+    if (threadIdx.x == 0) losses[row] = lse - to_f<floatX>(z[tgt]);
+    if (!BACKWARD) return;
+    __syncthreads(); /* z[tgt] read before anyone overwrites it */
+    for (int j = threadIdx.x; j < nv; j += XENT_THREADS) {
+        float x[VEC];
+        load_f<floatX, VEC>(x, z + (size_t)j * VEC);
+#pragma unroll
+        for (int k = 0; k < VEC; k++) {
+            int col = j * VEC + k;
+            x[k] = col < V ? gscale * (__expf(x[k] - lse) - (col == tgt ? 1.0f : 0.0f)) : 0.0f;
+        }
+        store_f<floatX, VEC>(z + (size_t)j * VEC, x);
+    }
+}
+
+__global__ void sum_float_kernel(float *out, const float *inp, int n, float scale, int accumulate) {
+    __shared__ float shm[32];
+    float acc = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) acc += inp[i];
+    acc = block_sum(acc, shm);
+    if (threadIdx.x == 0) *out = accumulate ? *out + scale * acc : scale * acc;
+}
+
+// ----------------------------------------------------------------------------
+// kernel launchers
 
 template <typename floatX>
-void embedding_forward(floatX *, const int *, const floatX *, int, int, cudaStream_t) {}
-inline size_t embedding_backward_scratch_bytes(int N, int D, int) { return (size_t)N * D * 8 + (1 << 20); }
+void embedding_forward(floatX *out, const int *tokens, const floatX *wte, int N, int D, cudaStream_t stream) {
+    if (N <= 0) return;
+    if (D % vec16<floatX>() == 0) {
+        long n = (long)N * (D / vec16<floatX>());
+        embedding_forward_kernel<floatX, vec16<floatX>()><<<ceil_div(n, 256), 256, 0, stream>>>(out, tokens, wte, N, D);
+    } else {
+        embedding_forward_kernel<floatX, 1><<<ceil_div((long)N * D, 256), 256, 0, stream>>>(out, tokens, wte, N, D);
+    }
+    cudaCheckLaunch();
+}
+
 template <typename floatX>
-void embedding_backward(float *, void *, const floatX *, const int *, int, int, int, cudaStream_t) {}
+void embedding_backward(float *dwte, void *scratch, const floatX *dout, const int *tokens, int N, int D, int Vp,
+                        cudaStream_t stream) {
+    if (N <= 0) return;
+    int nch = ceil_div(N, EMB_CHUNK);
+    char *p = (char *)scratch;
+    int *idx_in = (int *)p;   p += align256((size_t)N * sizeof(int));
+    int *keys = (int *)p;     p += align256((size_t)N * sizeof(int));
+    int *idx = (int *)p;      p += align256((size_t)N * sizeof(int));
+    float *head = (float *)p; p += align256((size_t)nch * D * sizeof(float));
+    float *tail = (float *)p; p += align256((size_t)nch * D * sizeof(float));
+    size_t temp = emb_cub_temp_bytes(N, Vp);
+    iota_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(idx_in, N);
+    cudaCheckLaunch();
+    cudaCheck(cub::DeviceRadixSort::SortPairs((void *)p, temp, tokens, keys, idx_in, idx, N, 0, emb_key_bits(Vp), stream));
+    int threads = D >= 256 ? 256 : 32 * ceil_div(D, 32);
+    embedding_backward_chunk_kernel<floatX><<<nch, threads, 0, stream>>>(dwte, head, tail, dout, keys, idx, N, D);
+    cudaCheckLaunch();
+    embedding_backward_join_kernel<<<nch, threads, 0, stream>>>(dwte, head, tail, keys, N, D, nch);
+    cudaCheckLaunch();
+}
+
+/* launch functors for rms_dispatch (member templates cannot live in local classes) */
+template <typename floatX, bool RESID> struct RmsFwdLaunch {
+    floatX *res_out, *out; float *rstd; const floatX *inp, *branch; const float *g; int N, C; float eps; int blocks;
+    cudaStream_t st;
+    template <int VEC, int TPR, int NV> void operator()() {
+        rmsnorm_forward_kernel<floatX, VEC, TPR, NV, RESID><<<blocks, RMS_THREADS, 0, st>>>(res_out, out, rstd, inp,
+                                                                                         branch, g, N, C, eps);
+    }
+};
+template <typename floatX> struct RmsBwdLaunch {
+    floatX *dinp; float *partial; const floatX *dout, *inp; const float *g, *rstd; int N, C, acc, blocks;
+    cudaStream_t st;
+    template <int VEC, int TPR, int NV> void operator()() {
+        rmsnorm_backward_kernel<floatX, VEC, TPR, NV><<<blocks, RMS_THREADS, C * sizeof(float), st>>>(
+            dinp, partial, dout, inp, g, rstd, N, C, acc);
+    }
+};
+
 template <typename floatX>
-void rmsnorm_forward(floatX *, float *, const floatX *, const float *, int, int, float, cudaStream_t) {}
+void rmsnorm_forward(floatX *out, float *rstd, const floatX *inp, const float *g, int N, int C, float eps,
+                     cudaStream_t stream) {
+    if (N <= 0) return;
+    RmsShape s = rms_shape<floatX>(C);
+    int blocks = ceil_div(N, RMS_THREADS / s.tpr);
+    RmsFwdLaunch<floatX, false> l{nullptr, out, rstd, inp, nullptr, g, N, C, eps, blocks, stream};
+    rms_dispatch<floatX>(s, l);
+    cudaCheckLaunch();
+}
+
 template <typename floatX>
-void residual_rmsnorm_forward(floatX *, floatX *, float *, const floatX *, const floatX *, const float *, int, int,
-                              float, cudaStream_t) {}
-inline size_t rmsnorm_backward_scratch_floats(int, int C) { return (size_t)256 * C; }
+void residual_rmsnorm_forward(floatX *res_out, floatX *norm_out, float *rstd, const floatX *res_in,
+                              const floatX *branch, const float *g, int N, int C, float eps, cudaStream_t stream) {
+    if (N <= 0) return;
+    RmsShape s = rms_shape<floatX>(C);
+    int blocks = ceil_div(N, RMS_THREADS / s.tpr);
+    RmsFwdLaunch<floatX, true> l{res_out, norm_out, rstd, res_in, branch, g, N, C, eps, blocks, stream};
+    rms_dispatch<floatX>(s, l);
+    cudaCheckLaunch();
+}
+
+inline size_t rmsnorm_backward_scratch_floats(int N, int C) {
+    (void)N;
+    return (size_t)RMS_BWD_BLOCKS * C;
+}
+
 template <typename floatX>
-void rmsnorm_backward(floatX *, float *, float *, const floatX *, const floatX *, const float *, const float *, int,
-                      int, int, cudaStream_t) {}
+void rmsnorm_backward(floatX *dinp, float *dg, float *scratch, const floatX *dout, const floatX *inp, const float *g,
+                      const float *rstd, int N, int C, int accumulate, cudaStream_t stream) {
+    if (N <= 0) return;
+    RmsShape s = rms_shape<floatX>(C);
+    int blocks = min(ceil_div(N, RMS_THREADS / s.tpr), RMS_BWD_BLOCKS);
+    RmsBwdLaunch<floatX> l{dinp, scratch, dout, inp, g, rstd, N, C, accumulate, blocks, stream};
+    rms_dispatch<floatX>(s, l);
+    cudaCheckLaunch();
+    colsum_add(dg, scratch, blocks, C, stream);
+}
+
 template <typename floatX>
-void conv_silu_l2norm_forward(floatX *, const floatX *, const float *, int, int, int, int, int, float, cudaStream_t) {}
-inline size_t conv_silu_l2norm_backward_scratch_floats(int B, int T, int C, int) { return (size_t)B * ((T + 255) / 256) * C * 4; }
+void conv_silu_l2norm_forward(floatX *out, const floatX *inp, const float *w, int B, int T, int C, int C_norm,
+                              int K, float eps_l2, cudaStream_t stream) {
+    if (B <= 0 || T <= 0) return;
+    assert(C_norm <= C);
+    int cpl = conv_cpl(C_norm, K), ntb = conv_ntb(T);
+    dim3 grid(ceil_div(C, 32 * cpl), B * ntb);
+#define CONV_FWD(CPL) conv_silu_l2norm_forward_kernel<floatX, CPL><<<grid, CONV_WARPS * 32, 0, stream>>>( \
+        out, inp, w, T, C, C_norm, eps_l2, ntb)
+    CONV_CPL_SWITCH(cpl, CONV_FWD)
+#undef CONV_FWD
+    cudaCheckLaunch();
+}
+
+inline size_t conv_silu_l2norm_backward_scratch_floats(int B, int T, int C, int K) {
+    (void)K;
+    return (size_t)B * conv_ntb(T) * C * 4;
+}
+
 template <typename floatX>
-void conv_silu_l2norm_backward(floatX *, float *, float *, const floatX *, const floatX *, const float *, int, int,
-                               int, int, int, float, cudaStream_t) {}
+void conv_silu_l2norm_backward(floatX *dinp, float *dw, float *scratch, const floatX *dout, const floatX *inp,
+                               const float *w, int B, int T, int C, int C_norm, int K, float eps_l2,
+                               cudaStream_t stream) {
+    if (B <= 0 || T <= 0) return;
+    assert(C_norm <= C);
+    int cpl = conv_cpl(C_norm, K), ntb = conv_ntb(T);
+    dim3 grid(ceil_div(C, 32 * cpl), B * ntb);
+#define CONV_BWD(CPL) conv_silu_l2norm_backward_kernel<floatX, CPL><<<grid, CONV_WARPS * 32, 0, stream>>>( \
+        dinp, scratch, dout, inp, w, T, C, C_norm, eps_l2, ntb)
+    CONV_CPL_SWITCH(cpl, CONV_BWD)
+#undef CONV_BWD
+    cudaCheckLaunch();
+    colsum_add(dw, scratch, B * ntb, C * 4, stream);
+}
+
 template <typename Tout, typename Tin>
-void sigmoid_forward(Tout *, const Tin *, int, cudaStream_t) {}
+void sigmoid_forward(Tout *out, const Tin *inp, int count, cudaStream_t stream) {
+    if (count <= 0) return;
+    sigmoid_forward_kernel<Tout, Tin><<<ceil_div(count, 256), 256, 0, stream>>>(out, inp, count);
+    cudaCheckLaunch();
+}
+
 template <typename Tdinp, typename Tdout, typename Tout>
-void sigmoid_backward(Tdinp *, const Tdout *, const Tout *, int, cudaStream_t) {}
+void sigmoid_backward(Tdinp *dinp, const Tdout *dout, const Tout *out, int count, cudaStream_t stream) {
+    if (count <= 0) return;
+    sigmoid_backward_kernel<Tdinp, Tdout, Tout><<<ceil_div(count, 256), 256, 0, stream>>>(dinp, dout, out, count);
+    cudaCheckLaunch();
+}
+
 template <typename floatX>
-void swiglu_forward(floatX *, const floatX *, int, int, cudaStream_t) {}
+void swiglu_forward(floatX *out, const floatX *gu, int N, int I, cudaStream_t stream) {
+    if (N <= 0) return;
+    const int V = vec16<floatX>();
+    if (I % V == 0) swiglu_forward_kernel<floatX, V><<<ceil_div((long)N * (I / V), 256), 256, 0, stream>>>(out, gu, N, I);
+    else swiglu_forward_kernel<floatX, 1><<<ceil_div((long)N * I, 256), 256, 0, stream>>>(out, gu, N, I);
+    cudaCheckLaunch();
+}
+
 template <typename floatX>
-void swiglu_backward(floatX *, const floatX *, const floatX *, int, int, cudaStream_t) {}
+void swiglu_backward(floatX *dgu, const floatX *dout, const floatX *gu, int N, int I, cudaStream_t stream) {
+    if (N <= 0) return;
+    const int V = vec16<floatX>();
+    if (I % V == 0)
+        swiglu_backward_kernel<floatX, V><<<ceil_div((long)N * (I / V), 256), 256, 0, stream>>>(dgu, dout, gu, N, I);
+    else swiglu_backward_kernel<floatX, 1><<<ceil_div((long)N * I, 256), 256, 0, stream>>>(dgu, dout, gu, N, I);
+    cudaCheckLaunch();
+}
+
 template <typename floatX>
-void crossentropy_forward_backward(floatX *, float *, const int *, float, int, int, int, cudaStream_t) {}
+void crossentropy_forward_backward(floatX *logits, float *losses, const int *targets, float dloss, int N, int V,
+                                   int Vp, cudaStream_t stream) {
+    if (N <= 0) return;
+    float gs = dloss / (float)N;
+    if (Vp % vec16<floatX>() == 0)
+        crossentropy_kernel<floatX, vec16<floatX>(), true><<<N, XENT_THREADS, 0, stream>>>(logits, losses, targets, gs, V, Vp);
+    else crossentropy_kernel<floatX, 1, true><<<N, XENT_THREADS, 0, stream>>>(logits, losses, targets, gs, V, Vp);
+    cudaCheckLaunch();
+}
+
 template <typename floatX>
-void crossentropy_forward(float *, const floatX *, const int *, int, int, int, cudaStream_t) {}
-inline void sum_float(float *, const float *, int, float, int, cudaStream_t) {}
+void crossentropy_forward(float *losses, const floatX *logits, const int *targets, int N, int V, int Vp,
+                          cudaStream_t stream) {
+    if (N <= 0) return;
+    floatX *z = const_cast<floatX *>(logits); /* not written: BACKWARD = false */
+    if (Vp % vec16<floatX>() == 0)
+        crossentropy_kernel<floatX, vec16<floatX>(), false><<<N, XENT_THREADS, 0, stream>>>(z, losses, targets, 0.0f, V, Vp);
+    else crossentropy_kernel<floatX, 1, false><<<N, XENT_THREADS, 0, stream>>>(z, losses, targets, 0.0f, V, Vp);
+    cudaCheckLaunch();
+}
+
+inline void sum_float(float *out, const float *inp, int n, float scale, int accumulate, cudaStream_t stream) {
+    sum_float_kernel<<<1, 1024, 0, stream>>>(out, inp, n, scale, accumulate);
+    cudaCheckLaunch();
+}
