@@ -65,7 +65,9 @@ infer: infer.c $(LIB_OBJS) $(HEADERS)
 tokenize: tokenize.c $(LIB_OBJS) $(HEADERS)
 	$(CC) $(CFLAGS) $< $(LIB_OBJS) -o $@ $(LDLIBS)
 
-train: train_deltanet
+# `make train` also prepares the bundled TinyShakespeare shards, so that ./train_deltanet runs
+# with no arguments.
+train: train_deltanet data
 train_deltanet: train_deltanet.cu $(KERNEL_HDRS) $(LIB_OBJS) $(HEADERS)
 	$(NVCC) $(NVFLAGS) $< $(LIB_OBJS) -o $@ $(NVLIBS)
 
