@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""bench_fla_deltarule.py -- the side-by-side numbers for tests/gpu/bench_deltarule.cu.
+
+Times flash-linear-attention's chunk_delta_rule (Triton) forward and forward+backward on the same
+shapes as the CUDA bench (bf16, q/k L2-normalised, beta in (0, 1), zero initial state, no final
+state), and PyTorch SDPA causal attention (cuDNN and flash backends) on B=8 T=2048 H=8 d=128.
+Same method: rotating input sets larger than L2, warm-up, one CUDA event pair per run, median.
+FLOPs for the delta rule are the chunkwise algorithm's (the count bench_deltarule.cu uses), so
+TFLOP/s compare like for like; SDPA counts 4 B H T^2 d / 2 forward (causal), 2.5x that backward.
+
+fla is not on the GPU machine: carry its wheels (.whl/) and install them first (see NOTES).
+Usage: python3 scripts/bench_fla_deltarule.py [iters] [all]   (all: every shape of the CUDA bench;
+default: the two headline shapes, since each new shape costs fla a round of Triton autotuning)
+"""
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+
+ITERS = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+
+
+def median_ms(run, iters=ITERS):
+    for i in range(3):
+        run(i)
+    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+    for i, (a, b) in enumerate(ev):
+        a.record()
+        run(i)
+        b.record()
+    torch.cuda.synchronize()
+    ms = sorted(a.elapsed_time(b) for a, b in ev)
+    return ms[iters // 2]
+
+
+def row(shape, pas, ms, flop, nbytes):
+    print(f"{shape:<22} {pas:<12} {ms:9.3f} {flop / (ms * 1e-3) / 1e12:9.1f} {nbytes / (ms * 1e-3) / 1e9:8.0f}",
+          flush=True)
+
+
+def deltarule_flops(B, T, H, D):
+    C, nch = 64.0, B * H * math.ceil(T / 64)
+    CCD, CDD, CCC = 2 * C * C * D, 2 * C * D * D, 2 * C * C * C
+    f_prep = nch * (2 * CCD + CCC / 3)
+    f_fwd = nch * (3 * CDD + 2 * CCD)
+    f_states = nch * ((2 * CDD + CCD) + (CCD + CDD + CCD + 2 * CDD))
+    f_chunk = nch * (CCD + CCD + (CDD + CCD) + CDD + (CCD + CDD) + 2 * CCD + CCD + CCD + 2 * CCC + 2 * CCD)
+    return f_prep + f_fwd, f_prep + f_states + f_chunk
+
+
+def bench_fla(B, T, H, D):
+    from fla.ops.delta_rule import chunk_delta_rule
+    N, nx = B * T * H, B * T * H * D
+    set_bytes = (4 * nx + N) * 2
+    nsets = max(2, math.ceil((200 << 20) / set_bytes))
+    sets = []
+    for _ in range(nsets):
+        q = F.normalize(torch.randn(B, T, H, D, device="cuda", dtype=torch.float32), p=2, dim=-1).bfloat16()
+        k = F.normalize(torch.randn(B, T, H, D, device="cuda", dtype=torch.float32), p=2, dim=-1).bfloat16()
+        v = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16)
+        beta = (0.02 + 0.96 * torch.rand(B, T, H, device="cuda")).bfloat16()
+        do = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16)
+        sets.append([t.requires_grad_() for t in (q, k, v, beta)] + [do])
+    scale = D ** -0.5
+
+    def fwd(i):
+        q, k, v, beta, _ = sets[i % nsets]
+        with torch.no_grad():
+            chunk_delta_rule(q, k, v, beta, scale=scale)
+
+    def fwdbwd(i):
+        q, k, v, beta, do = sets[i % nsets]
+        o, _ = chunk_delta_rule(q, k, v, beta, scale=scale)
+        torch.autograd.grad(o, (q, k, v, beta), do)
+
+    Ff, Fb = deltarule_flops(B, T, H, D)
+    by_f, by_b = 2.0 * (4 * nx + N), 2.0 * (7 * nx + 2 * N)
+    sh = f"B={B} T={T} H={H} K={D}"
+    row(sh, "fla fwd", median_ms(fwd), Ff, by_f)
+    row("", "fla fwd+bwd", median_ms(fwdbwd), Ff + Fb, by_f + by_b)
+
+
+def bench_sdpa(B, T, H, D):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    sets = []
+    for _ in range(3):
+        q, k, v, do = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+        sets.append([q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), do])
+    fl = 4.0 * B * H * T * T * D / 2
+    by = 2.0 * 4 * B * H * T * D
+    sh = f"B={B} T={T} H={H} d={D}"
+    for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
+        try:
+            with sdpa_kernel(be):
+                def fwd(i):
+                    q, k, v, _ = sets[i % 3]
+                    with torch.no_grad():
+                        F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+                def fwdbwd(i):
+                    q, k, v, do = sets[i % 3]
+                    o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                    torch.autograd.grad(o, (q, k, v), do)
+
+                row(sh, f"sdpa-{name} fwd", median_ms(fwd), fl, by)
+                row("", f"sdpa-{name} f+b", median_ms(fwdbwd), 3.5 * fl, 2 * by)
+        except Exception as e:  # a backend may be unavailable
+            print(f"sdpa {name}: {type(e).__name__}: {e}", flush=True)
+
+
+def main():
+    p = torch.cuda.get_device_properties(0)
+    print(f"device: {p.name}, torch {torch.__version__}", flush=True)
+    print(f"{'shape (bf16)':<22} {'pass':<12} {'ms':>9} {'TFLOP/s':>9} {'GB/s':>8}", flush=True)
+    shapes = [(8, 2048, 8, 128), (32, 1024, 6, 128)]
+    if "all" in sys.argv[2:]:
+        shapes += [(4, 4096, 8, 128), (8, 2048, 16, 64), (1, 2048, 8, 128)]
+    for B, T, H, D in shapes:
+        try:
+            bench_fla(B, T, H, D)
+        except Exception as e:
+            print(f"fla B={B} T={T} H={H} D={D}: {type(e).__name__}: {e}", flush=True)
+        torch.cuda.empty_cache()
+    bench_sdpa(8, 2048, 8, 128)
+
+
+if __name__ == "__main__":
+    main()
