@@ -1,0 +1,834 @@
+/*
+ * infer.c -- plain-C inference for deltanet.c checkpoints: prompt in, streamed text out, or the
+ * loss of a token shard. C11 + OpenMP (for the matrix-vector products), no other dependency than
+ * the project's own model.h, tokenizer and CPU reference.
+ *
+ *   ./infer model.bin "Once upon a time" -n 200 -t 0.8 -p 0.95
+ *   ./infer model.bin --eval data/tinyshakespeare/tiny_shakespeare_val.bin -b 1024
+ *
+ * Decoding is recurrent: forward_step() takes ONE token at absolute position pos and advances a
+ * per-layer state, so the cost of a token does not depend on how many came before (except for
+ * global-attention layers). The state of each layer kind (MODEL.md has the math):
+ *
+ *   'D' DeltaNet  the K x V fp32 state S of each head, and the conv tail: the last conv_size - 1
+ *                 pre-conv inputs of q, k and v (the causal depthwise conv needs nothing older).
+ *                 One step: q,k,v = silu(conv(tail, x W^T)), L2-normalise q,k per head,
+ *                 beta = sigmoid(x W_b^T), then the delta rule in place
+ *                     u = v - S^T k,   S <- S + beta k u^T,   o = K^-1/2 S^T q,
+ *                 per-head RMSNorm of o, output projection.
+ *   'S' sliding   a ring of `window` keys (RoPE already applied at their absolute position) and
+ *       window    values: position p lives in row p % window, and the query at pos attends to
+ *                 positions max(0, pos-window+1) .. pos. Fixed memory.
+ *   'G' global    a cache of every key and value so far, grown geometrically (realloc x2), capped
+ *                 by --max-context. Memory grows with the sequence: the only layer kind that does.
+ *
+ * So a pure DeltaNet or DeltaNet+SWA model decodes forever in constant memory. The layer math
+ * reuses the CPU reference (ref/: rmsnorm, l2norm, sigmoid, RoPE with a position offset, the
+ * delta-rule recurrence with T = 1 updating S in place, SwiGLU, cross-entropy); this file adds only
+ * the conv-tail step, the cached-attention step, a matrix-vector product that is parallel over
+ * output rows (the reference's linear layer parallelises over tokens, and here there is one), and
+ * the sampler. tests/test_infer.c checks that stepping through a sequence gives the logits of the
+ * reference's full-sequence (chunkwise) forward, and that --eval gives its loss.
+ *
+ * Weights are held in fp32 (a BF16 checkpoint is widened when loaded), so every decoded token
+ * streams all matrices and the LM head from memory once: tokens/s is bounded by memory bandwidth
+ * over weight bytes (tests/bench_infer.c measures both).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include "model.h"
+#include "ref/reference.h"
+#include "tokenizer.h"
+#include "data.h"
+
+#define INFER_DEFAULT_SEED 1337
+#define INFER_DEFAULT_MAX_CONTEXT 32768
+#define INFER_CACHE_ROWS0 16 /* first allocation of a global-attention cache, in positions */
+
+static void *xmalloc_or_die(size_t n) {
+    void *p = calloc(1, n ? n : 1);
+    if (!p) { fprintf(stderr, "infer: out of memory (%zu bytes)\n", n); exit(1); }
+    return p;
+}
+#define ALLOC(type, n) ((type *)xmalloc_or_die((size_t)(n) * sizeof(type)))
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+/* The reference's layer functions open an OpenMP parallel region per call. For one token they
+ * have next to no work to share, and waking the other threads costs more than the work (far more
+ * when the cores are busy), so forward_step runs them on one thread and passes its own thread
+ * count to the matrix-vector products, the only work worth splitting. */
+static int serial_begin(void) {
+#ifdef _OPENMP
+    int n = omp_get_max_threads();
+    omp_set_num_threads(1);
+    return n;
+#else
+    return 1;
+#endif
+}
+static void serial_end(int nthreads) {
+#ifdef _OPENMP
+    omp_set_num_threads(nthreads);
+#else
+    (void)nthreads;
+#endif
+}
+
+/* Resident set size of this process in KiB (Linux /proc/self/status VmRSS), or -1. */
+static long rss_kib(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    long kib = -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmRSS:", 6)) { kib = strtol(line + 6, NULL, 10); break; }
+    fclose(f);
+    return kib;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Model: the config and the fp32 weights of a checkpoint, laid out by model.h's parameter table */
+
+typedef struct {
+    DNConfig cfg;
+    DNParamTable t;
+    float *w;  /* t.total floats */
+} Model;
+
+static int model_load(Model *m, const char *path, char *err, size_t errlen) {
+    memset(m, 0, sizeof *m);
+    if (dn_checkpoint_read(path, &m->cfg, &m->w, err, errlen)) return -1;
+    if (dn_build_param_table(&m->t, &m->cfg, err, errlen)) { free(m->w); m->w = NULL; return -1; }
+    return 0;
+}
+
+static void model_free(Model *m) {
+    dn_free_param_table(&m->t);
+    free(m->w);
+    memset(m, 0, sizeof *m);
+}
+
+/* Weights whose rows are streamed for one token (every matrix, the LM head, the norm gains; of
+ * the embedding only the token's row), in bytes of fp32. */
+static size_t model_bytes_per_token(const Model *m) {
+    const DNConfig *c = &m->cfg;
+    size_t n = 0;
+    for (int i = 0; i < m->t.n_params; i++)
+        if (m->t.params[i].kind != DN_P_EMBED) n += m->t.params[i].numel;
+    n += (size_t)c->d_model;                                                     /* embedding row */
+    if (c->tie_embeddings) n += (size_t)c->vocab_size * c->d_model;              /* tied LM head */
+    return n * sizeof(float);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * RunState: the recurrent state of every layer, plus scratch for one token */
+
+typedef struct {
+    float *S;        /* 'D': [H, K, V] delta-rule state, S[h][a][c] (key a, value c), fp32 */
+    float *tail;     /* 'D': [3][conv_size-1][D] pre-conv inputs of q, k, v of the previous
+                      *      conv_size-1 tokens, oldest first (zeros before the sequence start) */
+    float *kcache;   /* 'S', 'G': [rows][Hkv*dh] keys, RoPE applied at their own position */
+    float *vcache;   /* 'S', 'G': [rows][Hkv*dh] values */
+    int rows;        /* 'S': window (a ring, row = pos % window); 'G': allocated positions */
+} LayerState;
+
+typedef struct {
+    LayerState *L;          /* [n_layer] */
+    int nthreads;           /* OpenMP threads for the matrix-vector products */
+    int max_context;        /* cap on the positions of a global-attention cache */
+    /* scratch for one token */
+    float *h, *x, *mixer;                  /* residual stream, normed input, mixer / MLP output [D] */
+    float *q, *k, *v, *qc, *kc, *vc;       /* projections and conv+silu outputs [D] */
+    float *qn, *kn, *o, *on;               /* normalised q, k; delta-rule output, normed [D] */
+    float *bpre, *beta, *rstd;             /* [H]: beta before / after the sigmoid; RMSNorm rstd */
+    float *gate, *up;                      /* MLP [I] */
+    float *logits;                         /* [vocab_size] */
+    double *scores;                        /* attention scores [attn_heads][score_rows] */
+    int score_rows;
+} RunState;
+
+static int cfg_has_global(const DNConfig *c) { return strchr(c->layers, 'G') != NULL; }
+static int cfg_kv_dim(const DNConfig *c) { return c->attn_kv_heads * dn_attn_head_dim(c); }
+
+static void runstate_build(RunState *s, const DNConfig *c, int max_context) {
+    memset(s, 0, sizeof *s);
+    int D = c->d_model, H = c->n_head, K = c->head_dim, kvd = cfg_kv_dim(c), tailn = c->conv_size - 1;
+    s->max_context = max_context;
+#ifdef _OPENMP
+    s->nthreads = omp_get_max_threads();
+#else
+    s->nthreads = 1;
+#endif
+    s->L = ALLOC(LayerState, c->n_layer);
+    int score_rows = 1;
+    for (int l = 0; l < c->n_layer; l++) {
+        LayerState *ls = &s->L[l];
+        if (c->layers[l] == 'D') {
+            ls->S = ALLOC(float, (size_t)H * K * K);
+            ls->tail = ALLOC(float, (size_t)3 * tailn * D);
+        } else {
+            ls->rows = c->layers[l] == 'S' ? c->window : INFER_CACHE_ROWS0;
+            ls->kcache = ALLOC(float, (size_t)ls->rows * kvd);
+            ls->vcache = ALLOC(float, (size_t)ls->rows * kvd);
+            if (ls->rows > score_rows) score_rows = ls->rows;
+        }
+    }
+    s->score_rows = score_rows;
+    s->scores = ALLOC(double, (size_t)c->attn_heads * score_rows);
+    float **vecs[] = {&s->h, &s->x, &s->mixer, &s->q, &s->k, &s->v, &s->qc, &s->kc, &s->vc,
+                      &s->qn, &s->kn, &s->o, &s->on};
+    for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++) *vecs[i] = ALLOC(float, D);
+    s->bpre = ALLOC(float, H);
+    s->beta = ALLOC(float, H);
+    s->rstd = ALLOC(float, H);
+    s->gate = ALLOC(float, c->hidden_size);
+    s->up = ALLOC(float, c->hidden_size);
+    s->logits = ALLOC(float, c->vocab_size);
+}
+
+static void runstate_free(RunState *s, const DNConfig *c) {
+    for (int l = 0; s->L && l < c->n_layer; l++) {
+        free(s->L[l].S); free(s->L[l].tail); free(s->L[l].kcache); free(s->L[l].vcache);
+    }
+    free(s->L);
+    float *vecs[] = {s->h, s->x, s->mixer, s->q, s->k, s->v, s->qc, s->kc, s->vc, s->qn, s->kn,
+                     s->o, s->on, s->bpre, s->beta, s->rstd, s->gate, s->up, s->logits};
+    for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++) free(vecs[i]);
+    free(s->scores);
+    memset(s, 0, sizeof *s);
+}
+
+/* Back to the start of a sequence: zero states and conv tails. Attention caches keep their memory
+ * (rows at positions >= the new pos are never read before being written). */
+static void runstate_reset(RunState *s, const DNConfig *c) {
+    for (int l = 0; l < c->n_layer; l++)
+        if (c->layers[l] == 'D') {
+            memset(s->L[l].S, 0, (size_t)c->n_head * c->head_dim * c->head_dim * sizeof(float));
+            memset(s->L[l].tail, 0, (size_t)3 * (c->conv_size - 1) * c->d_model * sizeof(float));
+        }
+}
+
+/* Bytes of recurrent state held now (DeltaNet states + conv tails + attention caches + scores). */
+static size_t runstate_bytes(const RunState *s, const DNConfig *c) {
+    size_t n = 0, kvd = (size_t)cfg_kv_dim(c);
+    for (int l = 0; l < c->n_layer; l++) {
+        if (c->layers[l] == 'D')
+            n += ((size_t)c->n_head * c->head_dim * c->head_dim + 3 * (size_t)(c->conv_size - 1) * c->d_model) * sizeof(float);
+        else
+            n += 2 * (size_t)s->L[l].rows * kvd * sizeof(float);
+    }
+    return n + (size_t)c->attn_heads * s->score_rows * sizeof(double);
+}
+
+/* Make a global-attention cache hold position pos (doubling), and the score buffer with it. */
+static int cache_reserve(RunState *s, const DNConfig *c, LayerState *ls, int pos) {
+    if (pos < ls->rows) return 0;
+    if (pos >= s->max_context) return -1;
+    long rows = ls->rows;
+    while (rows <= pos) rows *= 2;
+    if (rows > s->max_context) rows = s->max_context;
+    size_t bytes = (size_t)rows * cfg_kv_dim(c) * sizeof(float);
+    float *k = realloc(ls->kcache, bytes), *v = k ? realloc(ls->vcache, bytes) : NULL;
+    if (k) ls->kcache = k;
+    if (!v) { fprintf(stderr, "infer: out of memory growing the attention cache to %ld positions\n", rows); exit(1); }
+    ls->vcache = v;
+    ls->rows = (int)rows;
+    if (rows > s->score_rows) {
+        free(s->scores);
+        s->score_rows = (int)rows;
+        s->scores = ALLOC(double, (size_t)c->attn_heads * s->score_rows);
+    }
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * The pieces of one decode step that the reference has no single-token form of */
+
+/* Matrix-vector products that share their input: y_j[rows_j] = W_j[rows_j, cols] x[cols] for
+ * each job j (PyTorch [out, in] layout). One parallel region for all the jobs, each split over
+ * output rows with no barrier between jobs (fewer thread wake-ups per token); small products run
+ * on one thread. Sums are fp32, vectorised; the reference's double sums differ by rounding only
+ * (~1e-7 relative). */
+typedef struct { float *y; const float *W; int rows; } Matvec;
+
+static void matvecs(const Matvec *jobs, int njobs, const float *x, int cols, int nthreads) {
+    long work = 0;
+    for (int j = 0; j < njobs; j++) work += (long)jobs[j].rows * cols;
+    #pragma omp parallel num_threads(nthreads) if (work >= (1L << 16))
+    for (int j = 0; j < njobs; j++) {
+        const float *W = jobs[j].W;
+        float *y = jobs[j].y;
+        #pragma omp for schedule(static) nowait
+        for (int r = 0; r < jobs[j].rows; r++) {
+            const float *w = W + (size_t)r * cols;
+            float s = 0.0f;
+            #pragma omp simd reduction(+:s)
+            for (int c = 0; c < cols; c++) s += w[c] * x[c];
+            y[r] = s;
+        }
+    }
+}
+
+static void matvec(float *y, const float *W, const float *x, int rows, int cols, int nthreads) {
+    Matvec job = {y, W, rows};
+    matvecs(&job, 1, x, cols, nthreads);
+}
+
+/* The causal depthwise conv + SiLU of ONE new token (ref_conv_silu_forward at its last position):
+ * out[c] = silu(sum_{j<cs-1} w[c,j] tail[j][c] + w[c,cs-1] u[c]); then the tail shifts by one and
+ * u becomes its newest row. tail [cs-1][C], oldest first; w [C, cs]. */
+static void conv_step(float *out, float *tail, const float *u, const float *w, int C, int cs) {
+    for (int c = 0; c < C; c++) {
+        double z = 0.0;
+        for (int j = 0; j < cs - 1; j++) z += (double)w[(size_t)c * cs + j] * tail[(size_t)j * C + c];
+        z += (double)w[(size_t)c * cs + cs - 1] * u[c];
+        out[c] = (float)(z / (1.0 + exp(-z)));
+    }
+    if (cs > 1) {
+        memmove(tail, tail + C, (size_t)(cs - 2) * C * sizeof(float));
+        memcpy(tail + (size_t)(cs - 2) * C, u, (size_t)C * sizeof(float));
+    }
+}
+
+/* Softmax attention of one query position pos against the cache (ref_attention_forward's row pos):
+ * q [Hq, dh] and the cache rows [Hkv*dh]; keys first..pos, at row (p % ring) where ring > 0 (a
+ * sliding window) or row p (global). Scores and softmax in double, as the reference. */
+static void attention_step(float *out, double *scores, const float *q, const float *kcache,
+                           const float *vcache, int pos, int first, int ring, int Hq, int Hkv, int dh,
+                           int nthreads) {
+    int group = Hq / Hkv, kvd = Hkv * dh, n = pos - first + 1;
+    double scale = 1.0 / sqrt((double)dh);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if ((long)n * Hq * dh >= (1L << 16))
+    for (int h = 0; h < Hq; h++) {
+        const float *qh = q + (size_t)h * dh;
+        double *s = scores + (size_t)h * n, m = -INFINITY;
+        int hk = h / group;
+        for (int p = first; p <= pos; p++) {
+            const float *kp = kcache + (size_t)(ring ? p % ring : p) * kvd + (size_t)hk * dh;
+            double dot = 0.0;
+            for (int i = 0; i < dh; i++) dot += (double)qh[i] * kp[i];
+            s[p - first] = dot * scale;
+            if (s[p - first] > m) m = s[p - first];
+        }
+        double sum = 0.0;
+        for (int j = 0; j < n; j++) sum += exp(s[j] - m);
+        double lse = m + log(sum), acc[dh];
+        for (int i = 0; i < dh; i++) acc[i] = 0.0;
+        for (int p = first; p <= pos; p++) {
+            double pr = exp(s[p - first] - lse);
+            const float *vp = vcache + (size_t)(ring ? p % ring : p) * kvd + (size_t)hk * dh;
+            for (int i = 0; i < dh; i++) acc[i] += pr * vp[i];
+        }
+        for (int i = 0; i < dh; i++) out[(size_t)h * dh + i] = (float)acc[i];
+    }
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * forward_step: one token at absolute position pos through every layer */
+
+static void deltanet_step(const Model *m, RunState *s, int l) {
+    const DNConfig *c = &m->cfg;
+    const size_t *P = m->t.layer[l].p;
+    const float *w = m->w;
+    LayerState *ls = &s->L[l];
+    int D = c->d_model, H = c->n_head, K = c->head_dim, cs = c->conv_size;
+    size_t tailn = (size_t)(cs - 1) * D;
+    Matvec proj[4] = {{s->q, w + P[DN_P_Q], D}, {s->k, w + P[DN_P_K], D}, {s->v, w + P[DN_P_V], D},
+                      {s->bpre, w + P[DN_P_B], H}};
+    matvecs(proj, 4, s->x, D, s->nthreads);
+    conv_step(s->qc, ls->tail, s->q, w + P[DN_P_Q_CONV], D, cs);
+    conv_step(s->kc, ls->tail + tailn, s->k, w + P[DN_P_K_CONV], D, cs);
+    conv_step(s->vc, ls->tail + 2 * tailn, s->v, w + P[DN_P_V_CONV], D, cs);
+    ref_l2norm_forward(s->qn, s->qc, H, K, 1e-6f);
+    ref_l2norm_forward(s->kn, s->kc, H, K, 1e-6f);
+    ref_sigmoid_forward(s->beta, s->bpre, H);
+    /* T = 1 with S0 == S_final: one step of the recurrence, state updated in place */
+    ref_delta_rule_recurrent_forward(s->o, ls->S, s->qn, s->kn, s->vc, s->beta, ls->S,
+                                     1, 1, H, K, K, (float)(1.0 / sqrt((double)K)));
+    ref_rmsnorm_forward(s->on, s->rstd, s->o, w + P[DN_P_O_NORM], H, K, c->norm_eps);
+    matvec(s->mixer, w + P[DN_P_O], s->on, D, D, s->nthreads);
+}
+
+static void attention_layer_step(const Model *m, RunState *s, int l, int pos) {
+    const DNConfig *c = &m->cfg;
+    const size_t *P = m->t.layer[l].p;
+    const float *w = m->w;
+    LayerState *ls = &s->L[l];
+    int D = c->d_model, Hq = c->attn_heads, Hkv = c->attn_kv_heads, dh = dn_attn_head_dim(c), kvd = Hkv * dh;
+    int sliding = c->layers[l] == 'S';
+    Matvec proj[3] = {{s->q, w + P[DN_P_Q], D}, {s->k, w + P[DN_P_K], kvd}, {s->v, w + P[DN_P_V], kvd}};
+    matvecs(proj, 3, s->x, D, s->nthreads);
+    ref_rope_forward(s->q, 1, 1, Hq, dh, c->rope_base, pos);
+    ref_rope_forward(s->k, 1, 1, Hkv, dh, c->rope_base, pos);
+    if (!sliding && cache_reserve(s, c, ls, pos)) {
+        fprintf(stderr, "infer: position %d is past --max-context %d (the global-attention cache limit)\n", pos, s->max_context);
+        exit(1);
+    }
+    int row = sliding ? pos % ls->rows : pos;
+    memcpy(ls->kcache + (size_t)row * kvd, s->k, (size_t)kvd * sizeof(float));
+    memcpy(ls->vcache + (size_t)row * kvd, s->v, (size_t)kvd * sizeof(float));
+    int first = sliding && pos - c->window + 1 > 0 ? pos - c->window + 1 : 0;
+    attention_step(s->o, s->scores, s->q, ls->kcache, ls->vcache, pos, first, sliding ? ls->rows : 0, Hq, Hkv, dh, s->nthreads);
+    matvec(s->mixer, w + P[DN_P_O], s->o, D, D, s->nthreads);
+}
+
+static void mlp_step(const Model *m, RunState *s, int l) {
+    const size_t *P = m->t.layer[l].p;
+    int D = m->cfg.d_model, I = m->cfg.hidden_size;
+    Matvec gate_up[2] = {{s->gate, m->w + P[DN_P_GATE], I}, {s->up, m->w + P[DN_P_UP], I}};
+    matvecs(gate_up, 2, s->x, D, s->nthreads);
+    ref_swiglu_forward(s->gate, s->gate, s->up, I);
+    matvec(s->mixer, m->w + P[DN_P_DOWN], s->gate, D, I, s->nthreads);
+}
+
+/* Advance the state by token at position pos (0, 1, 2, ... within a sequence). Returns the logits
+ * of the next token [vocab_size], or NULL when want_logits is 0 (prefill skips the LM head). */
+static float *forward_step(const Model *m, RunState *s, int token, int pos, int want_logits) {
+    const DNConfig *c = &m->cfg;
+    int D = c->d_model, nthreads = serial_begin();
+    memcpy(s->h, m->w + m->t.embed + (size_t)token * D, (size_t)D * sizeof(float));
+    for (int l = 0; l < c->n_layer; l++) {
+        const size_t *P = m->t.layer[l].p;
+        ref_rmsnorm_forward(s->x, s->rstd, s->h, m->w + P[DN_P_ATTN_NORM], 1, D, c->norm_eps);
+        if (c->layers[l] == 'D') deltanet_step(m, s, l);
+        else attention_layer_step(m, s, l, pos);
+        for (int i = 0; i < D; i++) s->h[i] += s->mixer[i];
+        ref_rmsnorm_forward(s->x, s->rstd, s->h, m->w + P[DN_P_MLP_NORM], 1, D, c->norm_eps);
+        mlp_step(m, s, l);
+        for (int i = 0; i < D; i++) s->h[i] += s->mixer[i];
+    }
+    float *logits = NULL;
+    if (want_logits) {
+        ref_rmsnorm_forward(s->x, s->rstd, s->h, m->w + m->t.norm, 1, D, c->norm_eps);
+        matvec(s->logits, m->w + m->t.lm_head, s->x, c->vocab_size, D, s->nthreads);
+        logits = s->logits;
+    }
+    serial_end(nthreads);
+    return logits;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Sampler: temperature, then top-k and/or top-p (nucleus) over the softmax */
+
+typedef struct { float p; int i; } Candidate;
+
+typedef struct {
+    int vocab;
+    float temperature;  /* 0: greedy (argmax) */
+    float topp;         /* 1: off */
+    int topk;           /* 0: off */
+    DNRng rng;
+    float *probs;       /* [vocab] */
+    Candidate *cand;    /* [vocab] */
+} Sampler;
+
+static void sampler_build(Sampler *sp, int vocab, float temperature, float topp, int topk, uint64_t seed) {
+    sp->vocab = vocab;
+    sp->temperature = temperature;
+    sp->topp = topp;
+    sp->topk = topk >= vocab ? 0 : topk;
+    dn_rng_seed(&sp->rng, seed);
+    sp->probs = ALLOC(float, vocab);
+    sp->cand = ALLOC(Candidate, vocab);
+}
+
+static void sampler_free(Sampler *sp) { free(sp->probs); free(sp->cand); }
+
+static int argmax(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
+    return best;
+}
+
+/* Larger probability first; equal ones by id, so the order (and the sample) is deterministic. */
+static int cand_desc(const void *a, const void *b) {
+    const Candidate *x = a, *y = b;
+    if (x->p != y->p) return x->p > y->p ? -1 : 1;
+    return x->i - y->i;
+}
+
+/* Is a ranked below b (smaller probability, or equal and a larger id)? */
+static int cand_below(Candidate a, Candidate b) { return a.p < b.p || (a.p == b.p && a.i > b.i); }
+
+/* Keep the k best of probs[0..n) in h[0..k): a min-heap (h[0] the worst kept) over one pass. */
+static void top_k_select(Candidate *h, const float *probs, int n, int k) {
+    for (int i = 0; i < n; i++) {
+        Candidate c = {probs[i], i};
+        int len = i < k ? i : k;
+        if (i < k) {                            /* grow: sift the new one up */
+            int j = len;
+            while (j > 0 && cand_below(c, h[(j - 1) / 2])) { h[j] = h[(j - 1) / 2]; j = (j - 1) / 2; }
+            h[j] = c;
+        } else if (cand_below(h[0], c)) {       /* replace the worst: sift c down from the root */
+            int j = 0;
+            for (;;) {
+                int a = 2 * j + 1, b = a + 1, m = j;
+                Candidate low = c;
+                if (a < k && cand_below(h[a], low)) { m = a; low = h[a]; }
+                if (b < k && cand_below(h[b], low)) m = b;
+                if (m == j) break;
+                h[j] = h[m];
+                j = m;
+            }
+            h[j] = c;
+        }
+    }
+}
+
+/* Reorder cd[0..n) so that cd[0..m) holds the m best candidates (cand_below's order), m the
+ * smallest count whose mass reaches need, and return m. Quickselect on the mass, O(n) expected:
+ * sorting the ~50k candidates of a flat distribution would cost milliseconds per token. */
+static int nucleus_select(Candidate *cd, int n, double need) {
+    int lo = 0, hi = n;        /* cd[0..lo) are in (mass acc); the boundary lies in [lo, hi) */
+    double acc = 0.0;
+    while (hi - lo > 32) {
+        Candidate piv = cd[lo + (hi - lo) / 2], t;
+        int g = lo;
+        double above = 0.0;
+        for (int j = lo; j < hi; j++)  /* candidates ranked above the pivot to the front */
+            if (cand_below(piv, cd[j])) { t = cd[g]; cd[g] = cd[j]; cd[j] = t; above += cd[g].p; g++; }
+        for (int j = g; j < hi; j++)   /* then the pivot itself, at g */
+            if (cd[j].i == piv.i) { t = cd[g]; cd[g] = cd[j]; cd[j] = t; break; }
+        if (acc + above >= need) { hi = g; continue; }
+        if (acc + above + piv.p >= need) return g + 1;
+        acc += above + piv.p;
+        lo = g + 1;
+    }
+    qsort(cd + lo, (size_t)(hi - lo), sizeof *cd, cand_desc);
+    for (int j = lo; j < hi; j++) { acc += cd[j].p; if (acc >= need) return j + 1; }
+    return hi;
+}
+
+static int sample(Sampler *sp, const float *logits) {
+    int n = sp->vocab;
+    if (sp->temperature == 0.0f) return argmax(logits, n);
+    float *pr = sp->probs;
+    double mx = -INFINITY, sum = 0.0;
+    for (int i = 0; i < n; i++) { pr[i] = logits[i] / sp->temperature; if (pr[i] > mx) mx = pr[i]; }
+    for (int i = 0; i < n; i++) { pr[i] = (float)exp(pr[i] - mx); sum += pr[i]; }
+    for (int i = 0; i < n; i++) pr[i] = (float)(pr[i] / sum);
+    double r = dn_rng_uniform(&sp->rng);
+    if (sp->topk == 0 && sp->topp >= 1.0f) {                 /* plain sampling: walk the CDF */
+        double cum = 0.0;
+        for (int i = 0; i < n; i++) { cum += pr[i]; if (r < cum) return i; }
+        return n - 1;
+    }
+    int nc = 0;
+    Candidate *cd = sp->cand;
+    if (sp->topk > 0) {
+        top_k_select(cd, pr, n, sp->topk);
+        nc = sp->topk;
+    } else {
+        /* Nucleus only. The tokens below (1-p)/n hold less than n (1-p)/n = 1-p in all, so the
+         * tokens at or above it hold more than p: a top-ranked set that contains the nucleus. */
+        float cut = (1.0f - sp->topp) / (float)n;
+        for (int i = 0; i < n; i++) if (pr[i] >= cut) { cd[nc].p = pr[i]; cd[nc].i = i; nc++; }
+    }
+    double mass = 0.0;
+    for (int j = 0; j < nc; j++) mass += cd[j].p;
+    if (sp->topp < 1.0f) {                 /* the smallest top-ranked set with mass >= p (of it) */
+        nc = nucleus_select(cd, nc, sp->topp * mass);
+        mass = 0.0;
+        for (int j = 0; j < nc; j++) mass += cd[j].p;
+    }
+    /* sample among cd[0..nc) in the order they are in: the set decides, not the order */
+    double cum = 0.0, target = r * mass;
+    for (int j = 0; j < nc; j++) { cum += cd[j].p; if (target < cum) return cd[j].i; }
+    return cd[nc - 1].i;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * The two modes: generate text, or score a shard */
+
+typedef struct {
+    const char *checkpoint, *prompt, *eval_path, *vocab_dir;
+    int steps;          /* -n tokens to generate */
+    float temperature;  /* -t */
+    float topp;         /* -p */
+    int topk;           /* -k */
+    uint64_t seed;      /* -s */
+    int block;          /* -b tokens per evaluation block */
+    long eval_max;      /* --eval-max: score at most this many predictions (0: all) */
+    int max_context;    /* --max-context */
+    int ignore_eot;     /* --ignore-eot: keep generating past <|endoftext|> */
+    int stats;          /* --stats: state bytes and RSS at the end */
+} Options;
+
+static int encode_prompt(Tokenizer *tok, const char *prompt, int **ids, int *n, int vocab) {
+    char err[DN_ERR_LEN];
+    int *pieces = NULL;
+    size_t np = 0;
+    if (tok_encode(tok, prompt, strlen(prompt), 0, &pieces, &np, err, sizeof err)) {
+        fprintf(stderr, "infer: cannot encode the prompt: %s\n", err);
+        return -1;
+    }
+    if (np >= (size_t)INT_MAX / 2) { fprintf(stderr, "infer: the prompt is too long (%zu tokens)\n", np); free(pieces); return -1; }
+    /* every training document starts with <|endoftext|>: so does the prompt (alone if empty) */
+    *ids = ALLOC(int, np + 1);
+    (*ids)[0] = tok->eot;
+    memcpy(*ids + 1, pieces, np * sizeof(int));
+    free(pieces);
+    *n = (int)np + 1;
+    for (int i = 0; i < *n; i++)
+        if ((*ids)[i] >= vocab) {
+            fprintf(stderr, "infer: prompt token %d is outside this model's vocabulary of %d (is it a GPT-2-vocabulary model?)\n", (*ids)[i], vocab);
+            free(*ids);
+            return -1;
+        }
+    return 0;
+}
+
+static int generate(const Model *m, RunState *s, Tokenizer *tok, Sampler *sp, const Options *o) {
+    int *ids = NULL, n_prompt = 0;
+    if (encode_prompt(tok, o->prompt, &ids, &n_prompt, m->cfg.vocab_size)) return -1;
+    int steps = o->steps;
+    if (cfg_has_global(&m->cfg)) {
+        if (n_prompt > o->max_context) {
+            fprintf(stderr, "infer: the prompt is %d tokens (with the leading <|endoftext|>), more than --max-context %d, the limit of this model's global-attention cache; raise --max-context or shorten the prompt\n", n_prompt, o->max_context);
+            free(ids);
+            return -1;
+        }
+        if (n_prompt + steps - 1 > o->max_context) {
+            steps = o->max_context - n_prompt + 1;
+            fprintf(stderr, "infer: generating %d tokens, not %d: --max-context %d limits this model's global-attention cache\n", steps, o->steps, o->max_context);
+        }
+    } else if ((long)n_prompt + steps > INT_MAX) {
+        fprintf(stderr, "infer: prompt + -n exceeds %d positions\n", INT_MAX);
+        free(ids);
+        return -1;
+    }
+    fwrite(o->prompt, 1, strlen(o->prompt), stdout);
+    fflush(stdout);
+    double t0 = now_s();
+    float *logits = NULL;
+    for (int i = 0; i < n_prompt; i++) logits = forward_step(m, s, ids[i], i, i == n_prompt - 1);
+    double t1 = now_s();
+    int pos = n_prompt, generated = 0;
+    for (; generated < steps; generated++) {
+        int next = sample(sp, logits);
+        if (next == tok->eot && !o->ignore_eot) break;
+        size_t len = 0;
+        const char *bytes = tok_token(tok, next, &len);
+        if (bytes) fwrite(bytes, 1, len, stdout);
+        fflush(stdout);
+        if (generated + 1 < steps) logits = forward_step(m, s, next, pos++, 1);
+    }
+    double t2 = now_s();
+    printf("\n");
+    fprintf(stderr, "prefill: %d tokens in %.3f s (%.1f tok/s)\n", n_prompt, t1 - t0, n_prompt / (t1 - t0));
+    if (generated > 0)
+        fprintf(stderr, "decode: %d tokens in %.3f s (%.1f tok/s)%s\n", generated, t2 - t1, generated / (t2 - t1),
+                generated < steps ? ", stopped at <|endoftext|>" : "");
+    free(ids);
+    return 0;
+}
+
+/* Mean next-token loss over ntok tokens in blocks of block + 1 tokens (the last may be shorter):
+ * block i starts at token i*block, its first tokens are the inputs, the next ones the targets, and
+ * the state starts from zero at each block. At most max_pred predictions (0: all). */
+static double eval_tokens(const Model *m, RunState *s, const uint16_t *tok, size_t ntok, int block,
+                          long max_pred, long *npred) {
+    double sum = 0.0;
+    long count = 0;
+    int V = m->cfg.vocab_size, tty = isatty(2);
+    size_t nblocks = ntok > 1 ? (ntok - 2) / block + 1 : 0;
+    for (size_t b = 0; b < nblocks && (max_pred <= 0 || count < max_pred); b++) {
+        size_t start = b * block;
+        int len = ntok - 1 - start < (size_t)block ? (int)(ntok - 1 - start) : block;
+        runstate_reset(s, &m->cfg);
+        for (int t = 0; t < len && (max_pred <= 0 || count < max_pred); t++) {
+            const float *logits = forward_step(m, s, tok[start + t], t, 1);
+            int target = tok[start + t + 1], nthreads = serial_begin();
+            sum += ref_crossentropy_forward(NULL, logits, &target, 1, V, V);
+            serial_end(nthreads);
+            count++;
+        }
+        if (tty) fprintf(stderr, "\reval: block %zu/%zu, loss %.4f", b + 1, nblocks, sum / count);
+    }
+    if (tty) fprintf(stderr, "\n");
+    *npred = count;
+    return count ? sum / count : 0.0;
+}
+
+static int evaluate(const Model *m, RunState *s, const Options *o) {
+    char err[DN_ERR_LEN];
+    uint16_t *tok = NULL;
+    size_t ntok = 0;
+    if (shard_read(o->eval_path, m->cfg.vocab_size, &tok, &ntok, err, sizeof err)) {
+        fprintf(stderr, "infer: %s\n", err);
+        return -1;
+    }
+    if (ntok < 2) {
+        fprintf(stderr, "infer: %s: %zu tokens, need at least 2 to score one prediction\n", o->eval_path, ntok);
+        free(tok);
+        return -1;
+    }
+    if (cfg_has_global(&m->cfg) && o->block > o->max_context) {
+        fprintf(stderr, "infer: -b %d is more than --max-context %d (the global-attention cache limit)\n", o->block, o->max_context);
+        free(tok);
+        return -1;
+    }
+    long npred = 0;
+    double t0 = now_s();
+    double loss = eval_tokens(m, s, tok, ntok, o->block, o->eval_max, &npred);
+    double t1 = now_s();
+    printf("eval %s: %ld predictions in blocks of %d: loss %.6f perplexity %.4f\n", o->eval_path, npred,
+           o->block, loss, exp(loss));
+    fprintf(stderr, "eval: %ld tokens in %.3f s (%.1f tok/s)\n", npred, t1 - t0, npred / (t1 - t0));
+    free(tok);
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Command line */
+
+static void usage(FILE *f) {
+    fprintf(f,
+        "usage: ./infer CHECKPOINT [PROMPT] [options]       generate text after PROMPT\n"
+        "       ./infer CHECKPOINT --eval SHARD [-b N]       mean loss / perplexity of a token shard\n"
+        "\n"
+        "CHECKPOINT is a deltanet.c safetensors file (F32 or BF16). The prompt is GPT-2-encoded after\n"
+        "an <|endoftext|> token (as every training document starts); an empty or absent prompt\n"
+        "generates from <|endoftext|> alone. Text streams to stdout, tokens/s to stderr.\n"
+        "\n"
+        "  -n, --steps N        tokens to generate (default 256); stops early at <|endoftext|>\n"
+        "  -t, --temperature T  sampling temperature (default 1.0; 0 = greedy)\n"
+        "  -p, --top-p P        nucleus sampling: smallest set of tokens with mass >= P (default 1 = off)\n"
+        "  -k, --top-k K        sample among the K most likely tokens (default 0 = off)\n"
+        "  -s, --seed S         random seed (default %d; printed to stderr)\n"
+        "  -V, --vocab DIR      folder with GPT-2's encoder.json and vocab.bpe (default %s)\n"
+        "      --ignore-eot     keep generating past <|endoftext|>\n"
+        "      --max-context N  positions a global-attention ('G') layer may cache (default %d);\n"
+        "                       DeltaNet and sliding-window layers keep fixed-size state, no limit\n"
+        "      --stats          print the recurrent-state bytes and the process RSS at the end\n"
+        "  -e, --eval SHARD     score an llm.c token shard (magic 20240520) instead of generating\n"
+        "  -b, --block N        eval: tokens per block, each block scored from a zero state (default 1024)\n"
+        "      --eval-max N     eval: score at most N predictions (default: the whole shard)\n"
+        "  -h, --help           this help\n"
+        "Threads: OMP_NUM_THREADS (matrix-vector products are split over output rows).\n",
+        INFER_DEFAULT_SEED, TOK_DEFAULT_DIR, INFER_DEFAULT_MAX_CONTEXT);
+}
+
+static void die_usage(const char *fmt, const char *arg) {
+    fprintf(stderr, "infer: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n(./infer -h for help)\n");
+    exit(2);
+}
+
+static long parse_long(const char *s, long lo, long hi, const char *what) {
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "%s must be an integer in [%ld, %ld], got '%%s'", what, lo, hi);
+        die_usage(msg, s);
+    }
+    return v;
+}
+
+static float parse_float(const char *s, double lo, double hi, const char *what) {
+    char *end = NULL;
+    double v = strtod(s, &end);
+    if (end == s || *end || !(v >= lo && v <= hi)) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "%s must be a number in [%g, %g], got '%%s'", what, lo, hi);
+        die_usage(msg, s);
+    }
+    return (float)v;
+}
+
+static void parse_args(Options *o, int argc, char **argv) {
+    *o = (Options){.prompt = "", .vocab_dir = TOK_DEFAULT_DIR, .steps = 256, .temperature = 1.0f,
+                   .topp = 1.0f, .seed = INFER_DEFAULT_SEED, .block = 1024,
+                   .max_context = INFER_DEFAULT_MAX_CONTEXT};
+    enum { O_IGNORE_EOT = 1000, O_MAX_CONTEXT, O_STATS, O_EVAL_MAX };
+    static const struct option longs[] = {
+        {"steps", required_argument, 0, 'n'}, {"temperature", required_argument, 0, 't'},
+        {"top-p", required_argument, 0, 'p'}, {"top-k", required_argument, 0, 'k'},
+        {"seed", required_argument, 0, 's'}, {"vocab", required_argument, 0, 'V'},
+        {"eval", required_argument, 0, 'e'}, {"block", required_argument, 0, 'b'},
+        {"help", no_argument, 0, 'h'}, {"ignore-eot", no_argument, 0, O_IGNORE_EOT},
+        {"max-context", required_argument, 0, O_MAX_CONTEXT}, {"stats", no_argument, 0, O_STATS},
+        {"eval-max", required_argument, 0, O_EVAL_MAX}, {0, 0, 0, 0}};
+    int ch;
+    while ((ch = getopt_long(argc, argv, "n:t:p:k:s:V:e:b:h", longs, NULL)) != -1) {
+        switch (ch) {
+        case 'n': o->steps = (int)parse_long(optarg, 0, INT_MAX / 2, "-n (tokens)"); break;
+        case 't': o->temperature = parse_float(optarg, 0.0, 1e6, "-t (temperature)"); break;
+        case 'p': o->topp = parse_float(optarg, 1e-9, 1.0, "-p (top-p)"); break;
+        case 'k': o->topk = (int)parse_long(optarg, 0, INT_MAX, "-k (top-k)"); break;
+        case 's': o->seed = (uint64_t)parse_long(optarg, 0, LONG_MAX, "-s (seed)"); break;
+        case 'V': o->vocab_dir = optarg; break;
+        case 'e': o->eval_path = optarg; break;
+        case 'b': o->block = (int)parse_long(optarg, 1, INT_MAX / 2, "-b (block tokens)"); break;
+        case 'h': usage(stdout); exit(0);
+        case O_IGNORE_EOT: o->ignore_eot = 1; break;
+        case O_MAX_CONTEXT: o->max_context = (int)parse_long(optarg, 1, INT_MAX / 2, "--max-context"); break;
+        case O_STATS: o->stats = 1; break;
+        case O_EVAL_MAX: o->eval_max = parse_long(optarg, 0, LONG_MAX, "--eval-max"); break;
+        default: die_usage("%s", "unknown option or missing argument");
+        }
+    }
+    int npos = argc - optind;
+    if (npos < 1) die_usage("%s", "missing CHECKPOINT");
+    if (npos > 2) die_usage("too many arguments, starting at '%s' (quote the prompt)", argv[optind + 2]);
+    if (npos == 2 && o->eval_path) die_usage("give a PROMPT or --eval, not both ('%s')", argv[optind + 1]);
+    o->checkpoint = argv[optind];
+    if (npos == 2) o->prompt = argv[optind + 1];
+}
+
+#ifndef INFER_TESTING
+int main(int argc, char **argv) {
+    Options o;
+    parse_args(&o, argc, argv);
+    char err[DN_ERR_LEN];
+    Model m;
+    if (model_load(&m, o.checkpoint, err, sizeof err)) { fprintf(stderr, "infer: %s\n", err); return 1; }
+    fprintf(stderr, "model: %s, layers %s, d_model %d, %zu parameters (%.1f MB of fp32 weights read per token)\n",
+            o.checkpoint, m.cfg.layers, m.cfg.d_model, m.t.total_real, model_bytes_per_token(&m) / 1e6);
+    RunState s;
+    runstate_build(&s, &m.cfg, o.max_context);
+    int rc;
+    if (o.eval_path) {
+        rc = evaluate(&m, &s, &o);
+    } else {
+        Tokenizer tok;
+        if (tok_load(&tok, o.vocab_dir, err, sizeof err)) {
+            fprintf(stderr, "infer: cannot load the GPT-2 vocabulary: %s\n", err);
+            runstate_free(&s, &m.cfg);
+            model_free(&m);
+            return 1;
+        }
+        fprintf(stderr, "seed %llu, temperature %g, top-p %g, top-k %d\n", (unsigned long long)o.seed,
+                o.temperature, o.topp, o.topk);
+        Sampler sp;
+        sampler_build(&sp, m.cfg.vocab_size, o.temperature, o.topp, o.topk, o.seed);
+        rc = generate(&m, &s, &tok, &sp, &o);
+        sampler_free(&sp);
+        tok_free(&tok);
+    }
+    if (o.stats)
+        fprintf(stderr, "stats: recurrent state %zu bytes, RSS %ld KiB\n", runstate_bytes(&s, &m.cfg), rss_kib());
+    runstate_free(&s, &m.cfg);
+    model_free(&m);
+    return rc ? 1 : 0;
+}
+#endif
