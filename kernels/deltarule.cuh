@@ -21,21 +21,24 @@
  *     dbeta = rowsum((Tm^T dW) o K) + rowsum((Tm^T dU') o V) + rowsum(dA o K K^T)
  *
  * Kernels (256 threads each; "chunk-parallel" = one block per (chunk, b*H+h)):
- *   prep        chunk-parallel: Tm (blocked 16x16 forward substitution in fp32) and M, to the
- *               workspace as floatX.
+ *   prep        chunk-parallel: Tm (K K^T on tensor cores, then a blocked 16x16 forward
+ *               substitution in fp32), to floatX.
  *   fwd         one block per (V tile of BV columns, b*H+h), sequential over chunks; the state tile
- *               (K x BV) lives in registers (fp32) with a floatX copy in shared memory. Writes O.
+ *               (K x BV) lives in registers (fp32) with a floatX copy in shared memory; M is formed
+ *               per chunk. cp.async double-buffers the next chunk's tiles. Writes O.
  *   bwd_states  one launch, two roles side by side: role 0 reruns the forward state pass and
  *               saves S_n (floatX, [BH][NC][K][V]) and U' ([BH][NC*64][V]); role 1 is the reverse
  *               pass above: saves dS_{n+1} per chunk and dU', and writes dV. V columns of S and dS
  *               evolve independently, so both roles split V into tiles.
  *   bwd_chunk   chunk-parallel: everything else (dQ, dK, dbeta), all V columns in one block.
  *
- * The forward saves nothing: the backward recomputes Tm, M and the states from q, k, v, beta.
- * Workspace (deltarule_workspace_size): Tm and M, 2 * BH * NC * 64 * 64 floatX, used by both
- * passes; the backward adds S_n and dS_{n+1} (2 * BH * NC * K * V floatX) and U', dU'
- * (2 * BH * NC * 64 * V floatX). Nothing is T x T. It is scratch between calls (reusable by
- * every layer). d12 training (B=32, T=1024, H=6, K=V=128, bf16): 352 MB.
+ * What the forward saves: nothing by default (the backward recomputes Tm and the states from q, k,
+ * v, beta); or, given a `saved` buffer (deltarule_saved_size: B*H*ceil(T/64)*64*64 floatX, half
+ * of q's size at K = 128), Tm, which spares the backward its prep kernel.
+ * Workspace (deltarule_workspace_size), scratch between calls, reusable by every layer: Tm
+ * (BH*NC*64*64 floatX) for both passes; the backward adds S_n and dS_{n+1} (2*BH*NC*K*V floatX)
+ * and U', dU' (2*BH*NC*64*V floatX). Nothing is T x T. d12 training (B=32, T=1024, H=6,
+ * K=V=128, bf16): 327 MB of workspace; saved Tm 25 MB per layer.
  *
  * Numerics: floatX = float is true fp32 everywhere (FMA, no tf32; the test mode). floatX = bf16
  * uses mma.sync m16n8k16 (bf16 operands from shared memory via ldmatrix, fp32 accumulators);
@@ -235,16 +238,29 @@ __device__ __forceinline__ Chunk chunk_at(int b, int h, int n, int T, int H) {
     return Chunk{((size_t)b * T + t0) * H + h, min(CH, T - t0)};
 }
 
-/* ---- prep: Tm = (I + strictly_lower(diag(beta) K K^T))^-1 and M = tril(Q K^T) per chunk ------ */
+/* M = tril(Q K^T) (diagonal kept) into shared Ms [64][ldm] as floatX: warp tile 16 x 32; tiles
+ * entirely above the diagonal are written as zeros without a product. */
+template <typename TX, int D>
+__device__ __forceinline__ void chunk_qk_tril(TX *Ms, int ldm, const Mat<TX> &Qm, const Mat<TX> &Km) {
+    const int w = threadIdx.x >> 5, m0 = 16 * (w & 3), n0 = 32 * (w >> 2);
+    float acc[1][4][4];
+    zero_acc(acc);
+    if (n0 <= m0 + 15) warp_mma<1, 4, false, true, D>(acc, Qm, m0, Km, n0);
+    for_each_pair(acc, m0, n0, [&](int r, int c, float &x0, float &x1) {
+        st2(Ms + r * ldm + c, c <= r ? x0 : 0.0f, c + 1 <= r ? x1 : 0.0f);
+    });
+}
+
+/* ---- prep: Tm = (I + strictly_lower(diag(beta) K K^T))^-1 per chunk --------------------------- */
 constexpr int LDF = 65; /* fp32 64x64 work matrices */
 template <typename TX, int D> constexpr size_t prep_smem() {
     return align16(2 * 64 * LDF * 4) + 64 * 4 + align16(3 * 16 * 17 * 4) +
-           (sizeof(TX) == 2 ? 2 * (size_t)64 * padded<TX>(D) * sizeof(TX) : 0);
+           (sizeof(TX) == 2 ? (size_t)64 * padded<TX>(D) * sizeof(TX) : 0);
 }
 
 template <typename TX, int D>
-__global__ void __launch_bounds__(NTHREADS) prep_kernel(TX *Tm_out, TX *M_out, const TX *q, const TX *k,
-                                                         const TX *beta, int T, int H, int NC) {
+__global__ void __launch_bounds__(NTHREADS) prep_kernel(TX *Tm_out, const TX *k, const TX *beta, int T, int H,
+                                                         int NC) {
     constexpr bool STG = sizeof(TX) == 2;
     constexpr int LDD = padded<TX>(D);
     extern __shared__ __align__(16) unsigned char smem[];
@@ -253,14 +269,12 @@ __global__ void __launch_bounds__(NTHREADS) prep_kernel(TX *Tm_out, TX *M_out, c
     float *Tf = Af + 64 * LDF;
     float *bs = carve<float>(sp, 64);
     float *Rf = carve<float>(sp, 3 * 16 * 17);
-    TX *Qs = STG ? carve<TX>(sp, 64 * LDD) : nullptr;
     TX *Ks = STG ? carve<TX>(sp, 64 * LDD) : nullptr;
 
     const int n = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, tid = threadIdx.x, w = tid >> 5;
     const Chunk ck = chunk_at(b, h, n, T, H);
     const size_t ldg = (size_t)H * D;
     if (STG) {
-        cp_tile<TX, 64, D>(Qs, LDD, q + ck.row0 * D, ldg, ck.L);
         cp_tile<TX, 64, D>(Ks, LDD, k + ck.row0 * D, ldg, ck.L);
         cp_async_commit();
     }
@@ -268,24 +282,15 @@ __global__ void __launch_bounds__(NTHREADS) prep_kernel(TX *Tm_out, TX *M_out, c
     cp_async_wait<0>();
     __syncthreads();
 
-    const Mat<TX> Qm = STG ? Mat<TX>{Qs, LDD, 64} : Mat<TX>{q + ck.row0 * D, (int)ldg, ck.L};
     const Mat<TX> Km = STG ? Mat<TX>{Ks, LDD, 64} : Mat<TX>{k + ck.row0 * D, (int)ldg, ck.L};
-    TX *Mg = M_out + ((size_t)bh * NC + n) * 64 * 64;
     {
         const int m0 = 16 * (w & 3), n0 = 32 * (w >> 2);
-        float accA[1][4][4], accM[1][4][4];
+        float accA[1][4][4];
         zero_acc(accA);
-        zero_acc(accM);
-        if (n0 <= m0 + 15) { /* tiles entirely above the diagonal stay zero */
-            warp_mma<1, 4, false, true, D>(accA, Km, m0, Km, n0);
-            warp_mma<1, 4, false, true, D>(accM, Qm, m0, Km, n0);
-        }
+        if (n0 <= m0 + 15) warp_mma<1, 4, false, true, D>(accA, Km, m0, Km, n0); /* upper tiles stay zero */
         for_each_pair(accA, m0, n0, [&](int r, int c, float &x0, float &x1) {
             Af[r * LDF + c] = c < r ? bs[r] * x0 : 0.0f;
             Af[r * LDF + c + 1] = c + 1 < r ? bs[r] * x1 : 0.0f;
-        });
-        for_each_pair(accM, m0, n0, [&](int r, int c, float &x0, float &x1) {
-            st2(Mg + r * 64 + c, c <= r ? x0 : 0.0f, c + 1 <= r ? x1 : 0.0f);
         });
     }
     __syncthreads();
@@ -346,7 +351,7 @@ __global__ void __launch_bounds__(NTHREADS) prep_kernel(TX *Tm_out, TX *M_out, c
 /* ---- the state passes ------------------------------------------------------------------------------
  * One block per (V tile, b*H+h), sequential over chunks. Per chunk a "stage" in shared memory holds
  * beta and (bf16 only: fp32 reads global memory directly) the K tile, a V-wide tile (V or dO), Tm,
- * and when HAS_Q the Q tile and M. NST = 2 double-buffers the stages with cp.async. */
+ * and when HAS_Q the Q tile. NST = 2 double-buffers the stages with cp.async. */
 template <typename TX, int D, int BV, bool HAS_Q> struct StageLayout {
     static constexpr bool STG = sizeof(TX) == 2;
     static constexpr int LDD = padded<TX>(D), LDV = padded<TX>(BV), LDC = padded<TX>(64);
@@ -354,30 +359,30 @@ template <typename TX, int D, int BV, bool HAS_Q> struct StageLayout {
     static constexpr size_t O_V = O_K + (STG ? 64 * LDD * sizeof(TX) : 0);
     static constexpr size_t O_TM = O_V + (STG ? 64 * LDV * sizeof(TX) : 0);
     static constexpr size_t O_Q = O_TM + (STG ? 64 * LDC * sizeof(TX) : 0);
-    static constexpr size_t O_M = O_Q + (STG && HAS_Q ? 64 * LDD * sizeof(TX) : 0);
-    static constexpr size_t BYTES = O_M + (STG && HAS_Q ? 64 * LDC * sizeof(TX) : 0);
-    /* after NST stages: the state copy [D][LDV] and two [64][LDV] scratch tiles */
-    static constexpr size_t SCRATCH = (size_t)(D + 128) * LDV * sizeof(TX);
+    static constexpr size_t BYTES = O_Q + (STG && HAS_Q ? 64 * LDD * sizeof(TX) : 0);
+    /* after NST stages: the state copy [D][LDV], two [64][LDV] scratch tiles, M [64][LDC] */
+    static constexpr size_t SCRATCH = (size_t)(D + 128) * LDV * sizeof(TX) + (HAS_Q ? 64 * LDC * sizeof(TX) : 0);
     static constexpr size_t smem(int nst) { return nst * BYTES + SCRATCH; }
 };
 
 template <typename TX> struct StagePtrs {
     float *beta;
-    TX *K, *V, *Tm, *Q, *M;
+    TX *K, *V, *Tm, *Q;
 };
 template <typename TX, int D, int BV, bool HAS_Q>
 __device__ __forceinline__ StagePtrs<TX> stage_ptrs(unsigned char *smem, int s) {
     typedef StageLayout<TX, D, BV, HAS_Q> SL;
     unsigned char *p = smem + s * SL::BYTES;
     return StagePtrs<TX>{(float *)p, (TX *)(p + SL::O_K), (TX *)(p + SL::O_V), (TX *)(p + SL::O_TM),
-                         (TX *)(p + SL::O_Q), (TX *)(p + SL::O_M)};
+                         (TX *)(p + SL::O_Q)};
 }
 
-/* Forward state pass. OUT: write o (needs Q, M). !OUT: save S_n (hsave) and U' (usave). */
+/* Forward state pass. OUT: write o (needs Q; M is formed here). !OUT: save S_n (hsave) and U'
+ * (usave). */
 template <typename TX, int D, int BV, bool OUT, int NST>
 __device__ __forceinline__ void state_forward(unsigned char *smem, TX *o, TX *hsave, TX *usave, const TX *q,
-                                              const TX *k, const TX *v, const TX *beta, const TX *Tm,
-                                              const TX *Mm, float scale, int T, int H, int NC, int bh, int vt) {
+                                              const TX *k, const TX *v, const TX *beta, const TX *Tm, float scale,
+                                              int T, int H, int NC, int bh, int vt) {
     typedef StageLayout<TX, D, BV, OUT> SL;
     constexpr bool STG = SL::STG;
     constexpr int LDD = SL::LDD, LDV = SL::LDV, LDC = SL::LDC, NT = BV / 16, MTS = D / 64;
@@ -386,6 +391,7 @@ __device__ __forceinline__ void state_forward(unsigned char *smem, TX *o, TX *hs
     TX *Sb = (TX *)(smem + NST * SL::BYTES); /* [D][LDV]: S_n as floatX, the B operand */
     TX *Xs = Sb + D * LDV;                   /* [64][LDV]: diag(beta) X */
     TX *Us = Xs + 64 * LDV;                  /* [64][LDV]: U' */
+    TX *Ms = Us + 64 * LDV;                  /* [64][LDC]: M (OUT only) */
     const int cm0 = 16 * wr, cn0 = wc * (BV / 2), sm0 = wr * (D / 4);
 
     auto load = [&](int n, int s) {
@@ -396,10 +402,7 @@ __device__ __forceinline__ void state_forward(unsigned char *smem, TX *o, TX *hs
             cp_tile<TX, 64, D>(st.K, LDD, k + ck.row0 * D, ldg, ck.L);
             cp_tile<TX, 64, BV>(st.V, LDV, v + ck.row0 * D + v0, ldg, ck.L);
             cp_tile<TX, 64, 64>(st.Tm, LDC, Tm + ((size_t)bh * NC + n) * 4096, 64, 64);
-            if (OUT) {
-                cp_tile<TX, 64, D>(st.Q, LDD, q + ck.row0 * D, ldg, ck.L);
-                cp_tile<TX, 64, 64>(st.M, LDC, Mm + ((size_t)bh * NC + n) * 4096, 64, 64);
-            }
+            if (OUT) cp_tile<TX, 64, D>(st.Q, LDD, q + ck.row0 * D, ldg, ck.L);
             cp_async_commit();
         }
     };
@@ -424,8 +427,7 @@ __device__ __forceinline__ void state_forward(unsigned char *smem, TX *o, TX *hs
         const Mat<TX> Vm = STG ? Mat<TX>{st.V, LDV, 64} : Mat<TX>{v + ck.row0 * D + v0, (int)ldg, ck.L};
         const Mat<TX> Tmm = STG ? Mat<TX>{st.Tm, LDC, 64} : Mat<TX>{Tm + ((size_t)bh * NC + n) * 4096, 64, 64};
         const Mat<TX> Qm = STG ? Mat<TX>{st.Q, LDD, 64} : Mat<TX>{q + ck.row0 * D, (int)ldg, ck.L};
-        const Mat<TX> Mmm = STG ? Mat<TX>{st.M, LDC, 64} : Mat<TX>{Mm + ((size_t)bh * NC + n) * 4096, 64, 64};
-        const Mat<TX> Sm{Sb, LDV, D}, Xm{Xs, LDV, 64}, Um{Us, LDV, 64};
+        const Mat<TX> Sm{Sb, LDV, D}, Xm{Xs, LDV, 64}, Um{Us, LDV, 64}, Mmm{Ms, LDC, 64};
         if (!OUT) { /* save S_n (this tile's columns) */
             constexpr int VEC = 16 / sizeof(TX), CPR = BV / VEC;
             TX *hg = hsave + ((size_t)bh * NC + n) * D * D + v0;
@@ -434,12 +436,15 @@ __device__ __forceinline__ void state_forward(unsigned char *smem, TX *o, TX *hs
                 *reinterpret_cast<uint4 *>(hg + (size_t)r * D + c) = *reinterpret_cast<const uint4 *>(Sb + r * LDV + c);
             }
         }
-        /* X = V - K S_n, stored scaled by beta (rows); O1 = Q S_n */
+        /* X = V - K S_n, stored scaled by beta (rows); O1 = Q S_n; M = tril(Q K^T) */
         float accX[1][NT][4], accO[1][NT][4];
         zero_acc(accX);
         zero_acc(accO);
         warp_mma<1, NT, false, false, D>(accX, Km, cm0, Sm, cn0);
-        if (OUT) warp_mma<1, NT, false, false, D>(accO, Qm, cm0, Sm, cn0);
+        if (OUT) {
+            warp_mma<1, NT, false, false, D>(accO, Qm, cm0, Sm, cn0);
+            chunk_qk_tril<TX, D>(Ms, LDC, Qm, Km);
+        }
         for_each_pair(accX, cm0, cn0, [&](int r, int c, float &x0, float &x1) {
             const float2 vv = mat_ld2(Vm, r, c);
             const float bb = st.beta[r];
@@ -472,8 +477,8 @@ __device__ __forceinline__ void state_forward(unsigned char *smem, TX *o, TX *hs
  * (dhsave) and dU' (dusave), writes dv. Stage V slot holds the dO tile. */
 template <typename TX, int D, int BV, int NST>
 __device__ __forceinline__ void state_backward(unsigned char *smem, TX *dv, TX *dhsave, TX *dusave, const TX *dout,
-                                               const TX *q, const TX *k, const TX *beta, const TX *Tm,
-                                               const TX *Mm, float scale, int T, int H, int NC, int bh, int vt) {
+                                               const TX *q, const TX *k, const TX *beta, const TX *Tm, float scale,
+                                               int T, int H, int NC, int bh, int vt) {
     typedef StageLayout<TX, D, BV, true> SL;
     constexpr bool STG = SL::STG;
     constexpr int LDD = SL::LDD, LDV = SL::LDV, LDC = SL::LDC, NT = BV / 16, MTS = D / 64;
@@ -482,6 +487,7 @@ __device__ __forceinline__ void state_backward(unsigned char *smem, TX *dv, TX *
     TX *dSb = (TX *)(smem + NST * SL::BYTES); /* [D][LDV]: dS_{n+1} as floatX */
     TX *dUs = dSb + D * LDV;                  /* [64][LDV]: dU' */
     TX *dVs = dUs + 64 * LDV;                 /* [64][LDV]: -dV */
+    TX *Ms = dVs + 64 * LDV;                  /* [64][LDC]: M */
     const int cm0 = 16 * wr, cn0 = wc * (BV / 2), sm0 = wr * (D / 4);
 
     auto load = [&](int n, int s) {
@@ -493,7 +499,6 @@ __device__ __forceinline__ void state_backward(unsigned char *smem, TX *dv, TX *
             cp_tile<TX, 64, BV>(st.V, LDV, dout + ck.row0 * D + v0, ldg, ck.L);
             cp_tile<TX, 64, 64>(st.Tm, LDC, Tm + ((size_t)bh * NC + n) * 4096, 64, 64);
             cp_tile<TX, 64, D>(st.Q, LDD, q + ck.row0 * D, ldg, ck.L);
-            cp_tile<TX, 64, 64>(st.M, LDC, Mm + ((size_t)bh * NC + n) * 4096, 64, 64);
             cp_async_commit();
         }
     };
@@ -518,8 +523,7 @@ __device__ __forceinline__ void state_backward(unsigned char *smem, TX *dv, TX *
         const Mat<TX> dOm = STG ? Mat<TX>{st.V, LDV, 64} : Mat<TX>{dout + ck.row0 * D + v0, (int)ldg, ck.L};
         const Mat<TX> Tmm = STG ? Mat<TX>{st.Tm, LDC, 64} : Mat<TX>{Tm + ((size_t)bh * NC + n) * 4096, 64, 64};
         const Mat<TX> Qm = STG ? Mat<TX>{st.Q, LDD, 64} : Mat<TX>{q + ck.row0 * D, (int)ldg, ck.L};
-        const Mat<TX> Mmm = STG ? Mat<TX>{st.M, LDC, 64} : Mat<TX>{Mm + ((size_t)bh * NC + n) * 4096, 64, 64};
-        const Mat<TX> dSm{dSb, LDV, D}, dUm{dUs, LDV, 64}, dVm{dVs, LDV, 64};
+        const Mat<TX> dSm{dSb, LDV, D}, dUm{dUs, LDV, 64}, dVm{dVs, LDV, 64}, Mmm{Ms, LDC, 64};
         { /* save dS_{n+1} */
             constexpr int VEC = 16 / sizeof(TX), CPR = BV / VEC;
             TX *hg = dhsave + ((size_t)bh * NC + n) * D * D + v0;
@@ -528,12 +532,15 @@ __device__ __forceinline__ void state_backward(unsigned char *smem, TX *dv, TX *
                 *reinterpret_cast<uint4 *>(hg + (size_t)r * D + c) = *reinterpret_cast<const uint4 *>(dSb + r * LDV + c);
             }
         }
-        /* dU' = scale M^T dO + K dS */
+        /* M = tril(Q K^T); K dS */
         float acc1[1][NT][4], acc2[1][NT][4];
         zero_acc(acc1);
         zero_acc(acc2);
-        warp_mma<1, NT, true, false, 64>(acc1, Mmm, cm0, dOm, cn0);
+        chunk_qk_tril<TX, D>(Ms, LDC, Qm, Km);
         warp_mma<1, NT, false, false, D>(acc2, Km, cm0, dSm, cn0);
+        __syncthreads();
+        /* dU' = scale M^T dO + K dS */
+        warp_mma<1, NT, true, false, 64>(acc1, Mmm, cm0, dOm, cn0);
 #pragma unroll
         for (int nt = 0; nt < NT; nt++)
 #pragma unroll
@@ -568,29 +575,37 @@ __device__ __forceinline__ void state_backward(unsigned char *smem, TX *dv, TX *
     }
 }
 
+/* Shared-memory bytes -> how many blocks of 256 threads should fit on one SM (launch bounds). */
+__host__ __device__ constexpr int blocks_per_sm(size_t smem) { return 2 * (smem + 1024) <= 233472 ? 2 : 1; }
+
 template <typename TX, int D, int BV, int NST>
 __global__ void __launch_bounds__(NTHREADS, 1)
-    fwd_kernel(TX *o, const TX *q, const TX *k, const TX *v, const TX *beta, const TX *Tm, const TX *Mm,
-               float scale, int T, int H, int NC) {
+    fwd_kernel(TX *o, const TX *q, const TX *k, const TX *v, const TX *beta, const TX *Tm, float scale, int T,
+               int H, int NC) {
     extern __shared__ __align__(16) unsigned char smem[];
-    state_forward<TX, D, BV, true, NST>(smem, o, nullptr, nullptr, q, k, v, beta, Tm, Mm, scale, T, H, NC,
-                                        blockIdx.y, blockIdx.x);
+    state_forward<TX, D, BV, true, NST>(smem, o, nullptr, nullptr, q, k, v, beta, Tm, scale, T, H, NC, blockIdx.y,
+                                        blockIdx.x);
 }
 
-/* blockIdx.x = 2 * vtile + role (role 0: forward states, role 1: reverse pass). */
-template <typename TX, int D, int BV, int NST>
-__global__ void __launch_bounds__(NTHREADS, 2)
+/* Both state passes of the backward in one launch: blockIdx.x = 2 * vtile + role (role 0: the
+ * forward states again, NST0 stages; role 1: the reverse pass, NST1 stages). */
+template <typename TX, int D, int BV, int NST0, int NST1> struct StatesCfg {
+    static constexpr size_t S0 = StageLayout<TX, D, BV, false>::smem(NST0), S1 = StageLayout<TX, D, BV, true>::smem(NST1);
+    static constexpr size_t SMEM = S0 > S1 ? S0 : S1;
+    static constexpr int MINB = blocks_per_sm(SMEM);
+};
+template <typename TX, int D, int BV, int NST0, int NST1>
+__global__ void __launch_bounds__(NTHREADS, (StatesCfg<TX, D, BV, NST0, NST1>::MINB))
     bwd_states_kernel(TX *h_ws, TX *u_ws, TX *dh_ws, TX *du_ws, TX *dv, const TX *dout, const TX *q,
-                      const TX *k, const TX *v, const TX *beta, const TX *Tm, const TX *Mm, float scale, int T,
-                      int H, int NC) {
+                      const TX *k, const TX *v, const TX *beta, const TX *Tm, float scale, int T, int H, int NC) {
     extern __shared__ __align__(16) unsigned char smem[];
     const int vt = blockIdx.x >> 1;
     if ((blockIdx.x & 1) == 0)
-        state_forward<TX, D, BV, false, NST>(smem, nullptr, h_ws, u_ws, q, k, v, beta, Tm, Mm, scale, T, H, NC,
-                                             blockIdx.y, vt);
+        state_forward<TX, D, BV, false, NST0>(smem, nullptr, h_ws, u_ws, q, k, v, beta, Tm, scale, T, H, NC,
+                                              blockIdx.y, vt);
     else
-        state_backward<TX, D, BV, NST>(smem, dv, dh_ws, du_ws, dout, q, k, beta, Tm, Mm, scale, T, H, NC,
-                                       blockIdx.y, vt);
+        state_backward<TX, D, BV, NST1>(smem, dv, dh_ws, du_ws, dout, q, k, beta, Tm, scale, T, H, NC, blockIdx.y,
+                                        vt);
 }
 
 /* ---- bwd_chunk: everything chunk-parallel of the backward ---------------------------------------- */
@@ -634,18 +649,20 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         bs[tid] = tid < ck.L ? to_f(beta[ck.row0 + (size_t)tid * H]) : 0.0f;
         dbs[tid] = 0.0f;
     }
-    if (STG) {
-        cp_tile<TX, 64, D>(Qs, LDD, q + ck.row0 * D, ldg, ck.L);
-        cp_tile<TX, 64, D>(Ks, LDD, k + ck.row0 * D, ldg, ck.L);
-        cp_tile<TX, 64, D>(Vs, LDD, v + ck.row0 * D, ldg, ck.L);
+    if (STG) { /* three groups in order of first use: S1 | S2 | S3 on */
         cp_tile<TX, 64, D>(dOs, LDD, dout + ck.row0 * D, ldg, ck.L);
         cp_tile<TX, 64, D>(Us, LDD, Ug, D, 64);
-        cp_tile<TX, 64, D>(dUs, LDD, dUg, D, 64);
-        cp_tile<TX, 64, 64>(Tms, LDC, Tg, 64, 64);
+        cp_tile<TX, 64, D>(Ks, LDD, k + ck.row0 * D, ldg, ck.L);
+        cp_async_commit();
         cp_tile<TX, D, D>(Ss, LDD, Sg, D, D);
+        cp_tile<TX, 64, D>(dUs, LDD, dUg, D, 64);
+        cp_tile<TX, 64, D>(Qs, LDD, q + ck.row0 * D, ldg, ck.L);
         cp_tile<TX, D, D>(dSs, LDD, dSg, D, D);
         cp_async_commit();
-        cp_async_wait<0>();
+        cp_tile<TX, 64, D>(Vs, LDD, v + ck.row0 * D, ldg, ck.L);
+        cp_tile<TX, 64, 64>(Tms, LDC, Tg, 64, 64);
+        cp_async_commit();
+        cp_async_wait<2>();
     }
     __syncthreads();
     const Mat<TX> Qm = STG ? Mat<TX>{Qs, LDD, 64} : Mat<TX>{q + ck.row0 * D, (int)ldg, ck.L};
@@ -676,6 +693,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
     for_each_pair(a64, am0, an0, [&](int r, int c, float &x0, float &x1) {
         st2(dMs + r * LDC + c, c <= r ? scale * x0 : 0.0f, c + 1 <= r ? scale * x1 : 0.0f);
     });
+    cp_async_wait<1>();
     __syncthreads();
 
     /* S2: dQ = dM K + scale dO S_n^T; dW = -dU' S_n^T; dK = dM^T Q + U' dS^T (kept) */
@@ -698,6 +716,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
     zero_acc(accK);
     warp_mma<2, NTB, true, false, 64>(accK, dMm, bm0, Qm, bn0);
     warp_mma<2, NTB, false, true, D>(accK, Um, bm0, dSm, bn0);
+    cp_async_wait<0>();
     __syncthreads(); /* dW complete; S_n and dS are dead from here (their space is reused) */
 
     /* S3: dTm = strictly_lower((dW K^T + dU' V^T) diag(beta)) (the strictly-upper part and the
@@ -787,18 +806,19 @@ __global__ void __launch_bounds__(NTHREADS, 1)
 }
 
 /* ---- host side ------------------------------------------------------------------------------------ */
+inline size_t al256(size_t b) { return (b + 255) & ~(size_t)255; }
 struct Workspace {
-    void *Tm, *M, *h, *u, *dh, *du;
+    void *Tm, *h, *u, *dh, *du;
 };
+template <typename TX> inline size_t tm_bytes(int B, int T, int H) {
+    return al256((size_t)B * H * ceil_div(T, CH) * 4096 * sizeof(TX));
+}
 template <typename TX> inline Workspace carve_workspace(void *ws, int B, int T, int H, int D) {
     const size_t NC = (size_t)ceil_div(T, CH), BH = (size_t)B * H;
-    auto al = [](size_t b) { return (b + 255) & ~(size_t)255; };
-    const size_t tm = al(BH * NC * 4096 * sizeof(TX)), st = al(BH * NC * D * D * sizeof(TX)),
-                 u = al(BH * NC * 64 * D * sizeof(TX));
+    const size_t st = al256(BH * NC * D * D * sizeof(TX)), u = al256(BH * NC * 64 * D * sizeof(TX));
     char *p = (char *)ws;
     Workspace w;
-    w.Tm = p; p += tm;
-    w.M = p;  p += tm;
+    w.Tm = p; p += tm_bytes<TX>(B, T, H);
     w.h = p;  p += st;
     w.dh = p; p += st;
     w.u = p;  p += u;
@@ -810,60 +830,57 @@ template <typename K> inline void set_smem(K kernel, size_t bytes) {
     cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
-/* Configuration: V tile of the state passes and their stage depth. */
+/* Default configuration: V tile of the state passes and their stage depths (fp32 always 1). */
 template <int D> struct Cfg {
     static constexpr int BV = D == 128 ? 64 : 32;
-    static constexpr int FWD_NST = 2, BWD_NST = 1;
+    static constexpr int FWD_NST = 2, BWD_NST0 = 2, BWD_NST1 = 1;
 };
 
 template <typename TX, int D>
-void prep(Workspace w, const TX *q, const TX *k, const TX *beta, int B, int T, int H, cudaStream_t st) {
+void prep(TX *Tm, const TX *k, const TX *beta, int B, int T, int H, cudaStream_t st) {
     const int NC = ceil_div(T, CH);
     const size_t sm = prep_smem<TX, D>();
     static bool init = false;
     if (!init) { set_smem(prep_kernel<TX, D>, sm); init = true; }
-    prep_kernel<TX, D><<<dim3(NC, B * H), NTHREADS, sm, st>>>((TX *)w.Tm, (TX *)w.M, q, k, beta, T, H, NC);
+    prep_kernel<TX, D><<<dim3(NC, B * H), NTHREADS, sm, st>>>(Tm, k, beta, T, H, NC);
     cudaCheckLaunch();
 }
 
-template <typename TX, int D>
-void fwd(Workspace w, TX *o, const TX *q, const TX *k, const TX *v, const TX *beta, float scale, int B, int T,
+template <typename TX, int D, int BV = Cfg<D>::BV, int NST_ = Cfg<D>::FWD_NST>
+void fwd(const TX *Tm, TX *o, const TX *q, const TX *k, const TX *v, const TX *beta, float scale, int B, int T,
          int H, cudaStream_t st) {
-    constexpr int BV = Cfg<D>::BV, NST = StageLayout<TX, D, BV, true>::STG ? Cfg<D>::FWD_NST : 1;
+    constexpr int NST = sizeof(TX) == 2 ? NST_ : 1;
     const int NC = ceil_div(T, CH);
     const size_t sm = StageLayout<TX, D, BV, true>::smem(NST);
     static bool init = false;
     if (!init) { set_smem(fwd_kernel<TX, D, BV, NST>, sm); init = true; }
-    fwd_kernel<TX, D, BV, NST><<<dim3(D / BV, B * H), NTHREADS, sm, st>>>(o, q, k, v, beta, (const TX *)w.Tm,
-                                                                         (const TX *)w.M, scale, T, H, NC);
+    fwd_kernel<TX, D, BV, NST><<<dim3(D / BV, B * H), NTHREADS, sm, st>>>(o, q, k, v, beta, Tm, scale, T, H, NC);
     cudaCheckLaunch();
 }
 
-template <typename TX, int D>
-void bwd_states(Workspace w, TX *dv, const TX *dout, const TX *q, const TX *k, const TX *v, const TX *beta,
-                float scale, int B, int T, int H, cudaStream_t st) {
-    constexpr int BV = Cfg<D>::BV, NST = Cfg<D>::BWD_NST;
+template <typename TX, int D, int BV = Cfg<D>::BV, int NST0_ = Cfg<D>::BWD_NST0, int NST1_ = Cfg<D>::BWD_NST1>
+void bwd_states(Workspace w, const TX *Tm, TX *dv, const TX *dout, const TX *q, const TX *k, const TX *v,
+                const TX *beta, float scale, int B, int T, int H, cudaStream_t st) {
+    constexpr int NST0 = sizeof(TX) == 2 ? NST0_ : 1, NST1 = sizeof(TX) == 2 ? NST1_ : 1;
+    typedef StatesCfg<TX, D, BV, NST0, NST1> SC;
     const int NC = ceil_div(T, CH);
-    const size_t s0 = StageLayout<TX, D, BV, false>::smem(NST), s1 = StageLayout<TX, D, BV, true>::smem(NST);
-    const size_t sm = s0 > s1 ? s0 : s1;
     static bool init = false;
-    if (!init) { set_smem(bwd_states_kernel<TX, D, BV, NST>, sm); init = true; }
-    bwd_states_kernel<TX, D, BV, NST><<<dim3(2 * (D / BV), B * H), NTHREADS, sm, st>>>(
-        (TX *)w.h, (TX *)w.u, (TX *)w.dh, (TX *)w.du, dv, dout, q, k, v, beta, (const TX *)w.Tm, (const TX *)w.M,
-        scale, T, H, NC);
+    if (!init) { set_smem(bwd_states_kernel<TX, D, BV, NST0, NST1>, SC::SMEM); init = true; }
+    bwd_states_kernel<TX, D, BV, NST0, NST1><<<dim3(2 * (D / BV), B * H), NTHREADS, SC::SMEM, st>>>(
+        (TX *)w.h, (TX *)w.u, (TX *)w.dh, (TX *)w.du, dv, dout, q, k, v, beta, Tm, scale, T, H, NC);
     cudaCheckLaunch();
 }
 
 template <typename TX, int D>
-void bwd_chunk(Workspace w, TX *dq, TX *dk, TX *dbeta, const TX *dout, const TX *q, const TX *k, const TX *v,
-               const TX *beta, float scale, int B, int T, int H, cudaStream_t st) {
+void bwd_chunk(Workspace w, const TX *Tm, TX *dq, TX *dk, TX *dbeta, const TX *dout, const TX *q, const TX *k,
+               const TX *v, const TX *beta, float scale, int B, int T, int H, cudaStream_t st) {
     const int NC = ceil_div(T, CH);
     const size_t sm = ChunkLayout<TX, D>::BYTES;
     static bool init = false;
     if (!init) { set_smem(bwd_chunk_kernel<TX, D>, sm); init = true; }
-    bwd_chunk_kernel<TX, D><<<dim3(NC, B * H), NTHREADS, sm, st>>>(
-        dq, dk, dbeta, dout, q, k, v, beta, (const TX *)w.Tm, (const TX *)w.h, (const TX *)w.u,
-        (const TX *)w.dh, (const TX *)w.du, scale, T, H, NC);
+    bwd_chunk_kernel<TX, D><<<dim3(NC, B * H), NTHREADS, sm, st>>>(dq, dk, dbeta, dout, q, k, v, beta, Tm,
+                                                                 (const TX *)w.h, (const TX *)w.u,
+                                                                 (const TX *)w.dh, (const TX *)w.du, scale, T, H, NC);
     cudaCheckLaunch();
 }
 
@@ -873,51 +890,64 @@ inline void check_dims(int K, int V) {
         exit(EXIT_FAILURE);
     }
 }
+
+template <typename TX, int D>
+void forward(TX *o, TX *saved, const TX *q, const TX *k, const TX *v, const TX *beta, float scale, void *ws, int B,
+             int T, int H, cudaStream_t st) {
+    TX *Tm = saved ? saved : (TX *)carve_workspace<TX>(ws, B, T, H, D).Tm;
+    prep<TX, D>(Tm, k, beta, B, T, H, st);
+    fwd<TX, D>(Tm, o, q, k, v, beta, scale, B, T, H, st);
+}
+
+template <typename TX, int D>
+void backward(TX *dq, TX *dk, TX *dv, TX *dbeta, const TX *dout, const TX *saved, const TX *q, const TX *k,
+              const TX *v, const TX *beta, float scale, void *ws, int B, int T, int H, cudaStream_t st) {
+    Workspace w = carve_workspace<TX>(ws, B, T, H, D);
+    const TX *Tm = saved;
+    if (!Tm) {
+        prep<TX, D>((TX *)w.Tm, k, beta, B, T, H, st);
+        Tm = (const TX *)w.Tm;
+    }
+    bwd_states<TX, D>(w, Tm, dv, dout, q, k, v, beta, scale, B, T, H, st);
+    bwd_chunk<TX, D>(w, Tm, dq, dk, dbeta, dout, q, k, v, beta, scale, B, T, H, st);
+}
 } // namespace dr
 
 /* ---- kernel launchers -------------------------------------------------------------------------------- */
 
-/* Bytes of workspace that deltarule_forward and deltarule_backward need (the backward's; the
- * forward uses the first 2 * BH * NC * 64 * 64 floatX of it). */
+/* Bytes of scratch workspace for deltarule_forward and deltarule_backward (the backward's; the
+ * forward uses only the first BH * NC * 64 * 64 floatX, and none of it when given `saved`). */
 template <typename floatX_> size_t deltarule_workspace_size(int B, int T, int H, int K, int V) {
     (void)V;
     const size_t NC = (size_t)ceil_div(T, dr::CH), BH = (size_t)B * H;
-    auto al = [](size_t b) { return (b + 255) & ~(size_t)255; };
-    return 2 * al(BH * NC * 4096 * sizeof(floatX_)) + 2 * al(BH * NC * K * K * sizeof(floatX_)) +
-           2 * al(BH * NC * 64 * K * sizeof(floatX_));
+    return dr::tm_bytes<floatX_>(B, T, H) + 2 * dr::al256(BH * NC * K * K * sizeof(floatX_)) +
+           2 * dr::al256(BH * NC * 64 * K * sizeof(floatX_));
 }
+/* Bytes of the optional per-layer `saved` buffer: Tm of every chunk, B * H * ceil(T/64) * 64 * 64
+ * floatX (T * B * H * 64 rounded up: half the size of q at K = 128). */
+template <typename floatX_> size_t deltarule_saved_size(int B, int T, int H) { return dr::tm_bytes<floatX_>(B, T, H); }
 
 /* o [B,T,H,V] = the delta rule over q, k [B,T,H,K] (L2-normalised rows), v [B,T,H,V], beta [B,T,H],
- * zero initial state. Saves nothing beyond o: the backward recomputes. */
+ * zero initial state. saved: NULL (the backward will recompute everything), or a buffer of
+ * deltarule_saved_size bytes that receives Tm for this layer's backward (saves one kernel there). */
 template <typename floatX_>
-void deltarule_forward(floatX_ *o, const floatX_ *q, const floatX_ *k, const floatX_ *v, const floatX_ *beta,
-                       float scale, void *workspace, int B, int T, int H, int K, int V, cudaStream_t stream) {
+void deltarule_forward(floatX_ *o, floatX_ *saved, const floatX_ *q, const floatX_ *k, const floatX_ *v,
+                       const floatX_ *beta, float scale, void *workspace, int B, int T, int H, int K, int V,
+                       cudaStream_t stream) {
     dr::check_dims(K, V);
-    dr::Workspace w = dr::carve_workspace<floatX_>(workspace, B, T, H, K);
-    if (K == 128) {
-        dr::prep<floatX_, 128>(w, q, k, beta, B, T, H, stream);
-        dr::fwd<floatX_, 128>(w, o, q, k, v, beta, scale, B, T, H, stream);
-    } else {
-        dr::prep<floatX_, 64>(w, q, k, beta, B, T, H, stream);
-        dr::fwd<floatX_, 64>(w, o, q, k, v, beta, scale, B, T, H, stream);
-    }
+    if (K == 128) dr::forward<floatX_, 128>(o, saved, q, k, v, beta, scale, workspace, B, T, H, stream);
+    else dr::forward<floatX_, 64>(o, saved, q, k, v, beta, scale, workspace, B, T, H, stream);
 }
 
 /* Gradients of sum(o * dout) w.r.t. q, k, v, beta, WRITTEN (not accumulated) to dq, dk, dv, dbeta.
- * Needs only the forward's inputs (and the same scale): recomputes Tm, M and the states. */
+ * Needs the forward's inputs, the same scale, and `saved` as the forward filled it (or NULL:
+ * Tm is recomputed). Recomputes the states. */
 template <typename floatX_>
 void deltarule_backward(floatX_ *dq, floatX_ *dk, floatX_ *dv, floatX_ *dbeta, const floatX_ *dout,
-                        const floatX_ *q, const floatX_ *k, const floatX_ *v, const floatX_ *beta, float scale,
-                        void *workspace, int B, int T, int H, int K, int V, cudaStream_t stream) {
+                        const floatX_ *saved, const floatX_ *q, const floatX_ *k, const floatX_ *v,
+                        const floatX_ *beta, float scale, void *workspace, int B, int T, int H, int K, int V,
+                        cudaStream_t stream) {
     dr::check_dims(K, V);
-    dr::Workspace w = dr::carve_workspace<floatX_>(workspace, B, T, H, K);
-    if (K == 128) {
-        dr::prep<floatX_, 128>(w, q, k, beta, B, T, H, stream);
-        dr::bwd_states<floatX_, 128>(w, dv, dout, q, k, v, beta, scale, B, T, H, stream);
-        dr::bwd_chunk<floatX_, 128>(w, dq, dk, dbeta, dout, q, k, v, beta, scale, B, T, H, stream);
-    } else {
-        dr::prep<floatX_, 64>(w, q, k, beta, B, T, H, stream);
-        dr::bwd_states<floatX_, 64>(w, dv, dout, q, k, v, beta, scale, B, T, H, stream);
-        dr::bwd_chunk<floatX_, 64>(w, dq, dk, dbeta, dout, q, k, v, beta, scale, B, T, H, stream);
-    }
+    if (K == 128) dr::backward<floatX_, 128>(dq, dk, dv, dbeta, dout, saved, q, k, v, beta, scale, workspace, B, T, H, stream);
+    else dr::backward<floatX_, 64>(dq, dk, dv, dbeta, dout, saved, q, k, v, beta, scale, workspace, B, T, H, stream);
 }

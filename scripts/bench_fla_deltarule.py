@@ -9,8 +9,9 @@ FLOPs for the delta rule are the chunkwise algorithm's (the count bench_deltarul
 TFLOP/s compare like for like; SDPA counts 4 B H T^2 d / 2 forward (causal), 2.5x that backward.
 
 fla is not on the GPU machine: carry its wheels (.whl/) and install them first (see NOTES).
-Usage: python3 scripts/bench_fla_deltarule.py [iters] [all]   (all: every shape of the CUDA bench;
-default: the two headline shapes, since each new shape costs fla a round of Triton autotuning)
+Usage: python3 scripts/bench_fla_deltarule.py [iters] [what...]
+  what: main (B=8 T=2048 H=8 K=128), d12 (B=32 T=1024 H=6 K=128), all (every shape of the CUDA
+  bench), sdpa; default: main d12 sdpa. Each new shape costs fla a round of Triton autotuning.
 """
 import math
 import sys
@@ -42,9 +43,9 @@ def row(shape, pas, ms, flop, nbytes):
 def deltarule_flops(B, T, H, D):
     C, nch = 64.0, B * H * math.ceil(T / 64)
     CCD, CDD, CCC = 2 * C * C * D, 2 * C * D * D, 2 * C * C * C
-    f_prep = nch * (2 * CCD + CCC / 3)
-    f_fwd = nch * (3 * CDD + 2 * CCD)
-    f_states = nch * ((2 * CDD + CCD) + (CCD + CDD + CCD + 2 * CDD))
+    f_prep = nch * (CCD + CCC / 3)
+    f_fwd = nch * (3 * CDD + 3 * CCD)
+    f_states = nch * ((2 * CDD + CCD) + (CCD + CCD + CDD + CCD + 2 * CDD))
     f_chunk = nch * (CCD + CCD + (CDD + CCD) + CDD + (CCD + CDD) + 2 * CCD + CCD + CCD + 2 * CCC + 2 * CCD)
     return f_prep + f_fwd, f_prep + f_states + f_chunk
 
@@ -113,16 +114,19 @@ def main():
     p = torch.cuda.get_device_properties(0)
     print(f"device: {p.name}, torch {torch.__version__}", flush=True)
     print(f"{'shape (bf16)':<22} {'pass':<12} {'ms':>9} {'TFLOP/s':>9} {'GB/s':>8}", flush=True)
-    shapes = [(8, 2048, 8, 128), (32, 1024, 6, 128)]
-    if "all" in sys.argv[2:]:
-        shapes += [(4, 4096, 8, 128), (8, 2048, 16, 64), (1, 2048, 8, 128)]
+    what = sys.argv[2:] or ["main", "d12", "sdpa"]
+    if "sdpa" in what:
+        bench_sdpa(8, 2048, 8, 128)
+    named = {"main": (8, 2048, 8, 128), "d12": (32, 1024, 6, 128)}
+    shapes = [named[w] for w in what if w in named]
+    if "all" in what:
+        shapes = [(8, 2048, 8, 128), (32, 1024, 6, 128), (4, 4096, 8, 128), (8, 2048, 16, 64), (1, 2048, 8, 128)]
     for B, T, H, D in shapes:
         try:
             bench_fla(B, T, H, D)
         except Exception as e:
             print(f"fla B={B} T={T} H={H} D={D}: {type(e).__name__}: {e}", flush=True)
         torch.cuda.empty_cache()
-    bench_sdpa(8, 2048, 8, 128)
 
 
 if __name__ == "__main__":

@@ -63,13 +63,102 @@ static void row(const char *shape, const char *pass, float ms, double flop, doub
     printf("%-22s %-12s %9.3f %9.1f %8.0f\n", shape, pass, ms, flop / (ms * 1e-3) / 1e12, bytes / (ms * 1e-3) / 1e9);
 }
 
+/* a configuration of the state passes: V tile, stages of role 0 (or fwd), stages of role 1 */
+template <int BV_, int N0_, int N1_> struct Var {
+    static constexpr int BV = BV_, N0 = N0_, N1 = N1_;
+};
+
+static double rel_err_dev(const bf16 *a, const bf16 *ref, size_t n) {
+    std::vector<bf16> x(n), y(n);
+    cudaCheck(cudaMemcpy(x.data(), a, n * sizeof(bf16), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(y.data(), ref, n * sizeof(bf16), cudaMemcpyDeviceToHost));
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double d = (double)__bfloat162float(x[i]) - __bfloat162float(y[i]);
+        num += d * d;
+        den += (double)__bfloat162float(y[i]) * __bfloat162float(y[i]);
+    }
+    return sqrt(num / den);
+}
+
+template <int D>
+static void kernel_table(const std::vector<Inputs> &sets, int nsets, bf16 *o, bf16 *dq, bf16 *dk, bf16 *dv, bf16 *db,
+                         void *ws, bf16 *Tm, float scale, int B, int T, int H, int iters, double f_prep, double f_fwd,
+                         double f_states, double f_chunk) {
+    const size_t N = (size_t)B * T * H, nx = N * D;
+    const double nch = (double)B * H * ceil_div(T, 64), Dd = D;
+    dr::Workspace w = dr::carve_workspace<bf16>(ws, B, T, H, D);
+    const Inputs &s0 = sets[0];
+    bf16 *ref;
+    cudaCheck(cudaMalloc(&ref, 2 * nx * sizeof(bf16)));
+    auto snap = [&](bf16 *dst, const bf16 *src) { cudaCheck(cudaMemcpy(dst, src, nx * sizeof(bf16), cudaMemcpyDeviceToDevice)); };
+    auto prep = [&](int i) { const Inputs &s = sets[i % nsets]; dr::prep<bf16, D>(Tm, s.k, s.beta, B, T, H, 0); };
+    row("", " prep", median_ms(prep, iters), f_prep, 2.0 * (nx + N) + 2.0 * nch * 4096);
+    const double by_f = 2.0 * (4 * nx + N) + 2.0 * nch * 4096;
+    const double by_s = 2.0 * (5 * nx + N) + 2.0 * nch * (2 * Dd * Dd + 2 * 64 * Dd + 4096);
+    const double by_c = 2.0 * (6 * nx + 2 * N) + 2.0 * nch * (2 * Dd * Dd + 2 * 64 * Dd + 4096);
+    /* forward state pass: default first (its output is the reference for the variants) */
+    auto fwd_v = [&](auto tag, const char *name, bool is_ref) {
+        constexpr int BV = decltype(tag)::BV, NST = decltype(tag)::N0;
+        prep(0);
+        dr::fwd<bf16, D, BV, NST>(Tm, o, s0.q, s0.k, s0.v, s0.beta, scale, B, T, H, 0);
+        cudaCheck(cudaDeviceSynchronize());
+        if (is_ref) snap(ref, o);
+        const double err = is_ref ? 0.0 : rel_err_dev(o, ref, nx);
+        const float ms = median_ms([&](int i) { const Inputs &s = sets[i % nsets];
+            dr::fwd<bf16, D, BV, NST>(Tm, o, s.q, s.k, s.v, s.beta, scale, B, T, H, 0); }, iters);
+        char nm[64];
+        snprintf(nm, sizeof nm, " %s", name);
+        row("", nm, ms, f_fwd, by_f);
+        if (!is_ref) printf("%-22s   (o vs default: rel %.1e)\n", "", err);
+    };
+    auto states_v = [&](auto tag, const char *name, bool is_ref) {
+        constexpr int BV = decltype(tag)::BV, N0 = decltype(tag)::N0, N1 = decltype(tag)::N1;
+        prep(0);
+        dr::bwd_states<bf16, D, BV, N0, N1>(w, Tm, dv, s0.dout, s0.q, s0.k, s0.v, s0.beta, scale, B, T, H, 0);
+        dr::bwd_chunk<bf16, D>(w, Tm, dq, dk, db, s0.dout, s0.q, s0.k, s0.v, s0.beta, scale, B, T, H, 0);
+        cudaCheck(cudaDeviceSynchronize());
+        if (is_ref) { snap(ref, dv); snap(ref + nx, dq); }
+        const double e1 = is_ref ? 0.0 : rel_err_dev(dv, ref, nx), e2 = is_ref ? 0.0 : rel_err_dev(dq, ref + nx, nx);
+        const float ms = median_ms([&](int i) { const Inputs &s = sets[i % nsets];
+            dr::bwd_states<bf16, D, BV, N0, N1>(w, Tm, dv, s.dout, s.q, s.k, s.v, s.beta, scale, B, T, H, 0); }, iters);
+        char nm[64];
+        snprintf(nm, sizeof nm, " %s", name);
+        row("", nm, ms, f_states, by_s);
+        if (!is_ref) printf("%-22s   (dv, dq vs default: rel %.1e %.1e)\n", "", e1, e2);
+    };
+    fwd_v(Var<dr::Cfg<D>::BV, dr::Cfg<D>::FWD_NST, 0>{}, "fwd_state", true);
+    if (D == 128) {
+        fwd_v(Var<128, 2, 1>{}, "fwd BV128", false);
+        fwd_v(Var<32, 2, 2>{}, "fwd BV32", false);
+    } else {
+        fwd_v(Var<64, 2, 1>{}, "fwd BV64", false);
+    }
+    states_v(Var<dr::Cfg<D>::BV, dr::Cfg<D>::BWD_NST0, dr::Cfg<D>::BWD_NST1>{}, "bwd_states", true);
+    if (D == 128) {
+        states_v(Var<64, 1, 1>{}, "st BV64 1/1", false);
+        states_v(Var<64, 2, 2>{}, "st BV64 2/2", false);
+        states_v(Var<128, 2, 1>{}, "st BV128 2/1", false);
+        states_v(Var<128, 1, 1>{}, "st BV128 1/1", false);
+        states_v(Var<32, 2, 2>{}, "st BV32 2/2", false);
+    } else {
+        states_v(Var<64, 2, 1>{}, "st BV64 2/1", false);
+    }
+    prep(0);
+    dr::bwd_states<bf16, D>(w, Tm, dv, s0.dout, s0.q, s0.k, s0.v, s0.beta, scale, B, T, H, 0);
+    const float t_bc = median_ms([&](int i) { const Inputs &s = sets[i % nsets];
+        dr::bwd_chunk<bf16, D>(w, Tm, dq, dk, db, s.dout, s.q, s.k, s.v, s.beta, scale, B, T, H, 0); }, iters);
+    row("", " bwd_chunk", t_bc, f_chunk, by_c);
+    cudaCheck(cudaFree(ref));
+}
+
 static void bench_shape(int B, int T, int H, int D, int iters) {
     const size_t N = (size_t)B * T * H, nx = N * D;
     const double C = 64, Dd = D, nch = (double)B * H * ceil_div(T, 64);
     const double CCD = 2 * C * C * Dd, CDD = 2 * C * Dd * Dd, CCC = 2 * C * C * C;
-    const double f_prep = nch * (2 * CCD + CCC / 3);
-    const double f_fwd = nch * (3 * CDD + 2 * CCD);
-    const double f_states = nch * ((2 * CDD + CCD) + (CCD + CDD + CCD + 2 * CDD));
+    const double f_prep = nch * (CCD + CCC / 3);
+    const double f_fwd = nch * (3 * CDD + 3 * CCD);
+    const double f_states = nch * ((2 * CDD + CCD) + (CCD + CCD + CDD + CCD + 2 * CDD));
     const double f_chunk = nch * (CCD + CCD + (CDD + CCD) + CDD + (CCD + CDD) + 2 * CCD + CCD + CCD + 2 * CCC + 2 * CCD);
     const double F_fwd = f_prep + f_fwd, F_bwd = f_prep + f_states + f_chunk;
     const double by_fwd = 2.0 * (4 * nx + N), by_bwd = 2.0 * (7 * nx + 2 * N);
@@ -101,55 +190,45 @@ static void bench_shape(int B, int T, int H, int D, int iters) {
     cudaCheck(cudaMalloc(&dk, nx * sizeof(bf16)));
     cudaCheck(cudaMalloc(&dv, nx * sizeof(bf16)));
     cudaCheck(cudaMalloc(&db, N * sizeof(bf16)));
-    const size_t wsb = deltarule_workspace_size<bf16>(B, T, H, D, D);
+    const size_t wsb = deltarule_workspace_size<bf16>(B, T, H, D, D), svb = deltarule_saved_size<bf16>(B, T, H);
     void *ws;
+    bf16 *saved;
     cudaCheck(cudaMalloc(&ws, wsb));
+    cudaCheck(cudaMalloc(&saved, svb));
     const float scale = 1.0f / sqrtf((float)D);
     cudaCheck(cudaDeviceSynchronize());
 
-    auto fwd = [&](int i) {
+    auto fwd = [&](int i, bf16 *sv) {
         const Inputs &s = sets[i % nsets];
-        deltarule_forward<bf16>(o, s.q, s.k, s.v, s.beta, scale, ws, B, T, H, D, D, 0);
+        deltarule_forward<bf16>(o, sv, s.q, s.k, s.v, s.beta, scale, ws, B, T, H, D, D, 0);
     };
-    auto bwd = [&](int i) {
+    auto bwd = [&](int i, const bf16 *sv) {
         const Inputs &s = sets[i % nsets];
-        deltarule_backward<bf16>(dq, dk, dv, db, s.dout, s.q, s.k, s.v, s.beta, scale, ws, B, T, H, D, D, 0);
+        deltarule_backward<bf16>(dq, dk, dv, db, s.dout, sv, s.q, s.k, s.v, s.beta, scale, ws, B, T, H, D, D, 0);
     };
-    const float t_fwd = median_ms(fwd, iters), t_bwd = median_ms(bwd, iters);
-    const float t_all = median_ms([&](int i) { fwd(i); bwd(i); }, iters);
-
-    /* each kernel alone (its inputs prepared by the runs above) */
-    dr::Workspace w = dr::carve_workspace<bf16>(ws, B, T, H, D);
-    float t_prep, t_fs, t_bs, t_bc;
-    if (D == 128) {
-        t_prep = median_ms([&](int i) { const Inputs &s = sets[i % nsets]; dr::prep<bf16, 128>(w, s.q, s.k, s.beta, B, T, H, 0); }, iters);
-        t_fs = median_ms([&](int i) { const Inputs &s = sets[i % nsets]; dr::fwd<bf16, 128>(w, o, s.q, s.k, s.v, s.beta, scale, B, T, H, 0); }, iters);
-        t_bs = median_ms([&](int i) { const Inputs &s = sets[i % nsets]; dr::bwd_states<bf16, 128>(w, dv, s.dout, s.q, s.k, s.v, s.beta, scale, B, T, H, 0); }, iters);
-        t_bc = median_ms([&](int i) { const Inputs &s = sets[i % nsets]; dr::bwd_chunk<bf16, 128>(w, dq, dk, db, s.dout, s.q, s.k, s.v, s.beta, scale, B, T, H, 0); }, iters);
-    } else {
-        t_prep = median_ms([&](int i) { const Inputs &s = sets[i % nsets]; dr::prep<bf16, 64>(w, s.q, s.k, s.beta, B, T, H, 0); }, iters);
-        t_fs = median_ms([&](int i) { const Inputs &s = sets[i % nsets]; dr::fwd<bf16, 64>(w, o, s.q, s.k, s.v, s.beta, scale, B, T, H, 0); }, iters);
-        t_bs = median_ms([&](int i) { const Inputs &s = sets[i % nsets]; dr::bwd_states<bf16, 64>(w, dv, s.dout, s.q, s.k, s.v, s.beta, scale, B, T, H, 0); }, iters);
-        t_bc = median_ms([&](int i) { const Inputs &s = sets[i % nsets]; dr::bwd_chunk<bf16, 64>(w, dq, dk, db, s.dout, s.q, s.k, s.v, s.beta, scale, B, T, H, 0); }, iters);
-    }
+    const float t_fwd = median_ms([&](int i) { fwd(i, nullptr); }, iters);
+    const float t_bwd = median_ms([&](int i) { bwd(i, nullptr); }, iters);
+    const float t_all = median_ms([&](int i) { fwd(i, nullptr); bwd(i, nullptr); }, iters);
+    const float t_all_sv = median_ms([&](int i) { fwd(i, saved); bwd(i, saved); }, iters);
 
     char sh[64];
     snprintf(sh, sizeof sh, "B=%d T=%d H=%d K=%d", B, T, H, D);
     row(sh, "fwd", t_fwd, F_fwd, by_fwd);
     row("", "bwd", t_bwd, F_bwd, by_bwd);
     row("", "fwd+bwd", t_all, F_fwd + F_bwd, by_fwd + by_bwd);
-    row("", " prep", t_prep, f_prep, 2.0 * (2 * nx + N) + 2.0 * 2 * nch * 4096);
-    row("", " fwd_state", t_fs, f_fwd, 2.0 * (4 * nx + N) + 2.0 * 2 * nch * 4096);
-    row("", " bwd_states", t_bs, f_states, 2.0 * (5 * nx + N) + 2.0 * nch * (2 * Dd * Dd + 2 * 64 * Dd + 2 * 4096));
-    row("", " bwd_chunk", t_bc, f_chunk, 2.0 * (6 * nx + 2 * N) + 2.0 * nch * (2 * Dd * Dd + 2 * 64 * Dd + 4096));
-    printf("%-22s workspace %.1f MB, %d rotating input sets of %.1f MB\n", "", wsb / 1e6, nsets, set_bytes / 1e6);
+    row("", "fwd+bwd sv", t_all_sv, F_fwd + F_bwd - f_prep, by_fwd + by_bwd);
+    /* each kernel alone, and the variants of the state passes, each checked against the default */
+    if (D == 128) kernel_table<128>(sets, nsets, o, dq, dk, dv, db, ws, saved, scale, B, T, H, iters, f_prep, f_fwd, f_states, f_chunk);
+    else kernel_table<64>(sets, nsets, o, dq, dk, dv, db, ws, saved, scale, B, T, H, iters, f_prep, f_fwd, f_states, f_chunk);
+    printf("%-22s workspace %.1f MB, saved Tm %.1f MB, %d rotating input sets of %.1f MB\n", "", wsb / 1e6, svb / 1e6,
+           nsets, set_bytes / 1e6);
 
     for (auto &s : sets) {
         cudaCheck(cudaFree(s.q)); cudaCheck(cudaFree(s.k)); cudaCheck(cudaFree(s.v));
         cudaCheck(cudaFree(s.dout)); cudaCheck(cudaFree(s.beta));
     }
     cudaCheck(cudaFree(o)); cudaCheck(cudaFree(dq)); cudaCheck(cudaFree(dk)); cudaCheck(cudaFree(dv));
-    cudaCheck(cudaFree(db)); cudaCheck(cudaFree(ws));
+    cudaCheck(cudaFree(db)); cudaCheck(cudaFree(ws)); cudaCheck(cudaFree(saved));
 }
 
 int main(int argc, char **argv) {

@@ -7,7 +7,8 @@
  * and dout; bf16 inputs are rounded before the reference sees them. Outputs and the workspace are
  * poisoned (NaN) before every run, so an unwritten element fails. Errors are ||gpu - ref|| / ||ref||
  * for o, dq, dk, dv, dbeta; bounds 1e-5 (fp32) and 2e-2 (bf16). Each case runs twice: o, dq, dk,
- * dv must repeat bit for bit (a race would show), dbeta to rounding (shared-memory atomics).
+ * dv must repeat bit for bit (a race would show), dbeta to rounding (shared-memory atomics); the
+ * second run passes the forward's saved Tm to the backward, the first lets it recompute.
  * First, the warp-level matrix product helper is checked alone for every operand orientation.
  *
  * Usage: test_deltarule [--small]    (--small: the small shapes only, e.g. under compute-sanitizer)
@@ -137,22 +138,26 @@ static void run_case(int B, int T, int H, int D, DNRng *rng, double tol, const c
 
     Dev<TX> dq_(nx), dk_(nx), dv_(nx), db_(N), o_(nx), q_(nx), k_(nx), v_(nx), beta_(N), dout_(nx);
     q_.up(q); k_.up(k); v_.up(v); beta_.up(beta); dout_.up(dout);
-    const size_t wsb = deltarule_workspace_size<TX>(B, T, H, D, D);
-    void *ws;
+    const size_t wsb = deltarule_workspace_size<TX>(B, T, H, D, D), svb = deltarule_saved_size<TX>(B, T, H);
+    void *ws, *saved;
     cudaCheck(cudaMalloc(&ws, wsb));
+    cudaCheck(cudaMalloc(&saved, svb));
     std::vector<float> res[2][5];
-    for (int rep = 0; rep < 2; rep++) {
+    for (int rep = 0; rep < 2; rep++) { /* rep 0: backward recomputes Tm; rep 1: from `saved` */
+        TX *sv = rep ? (TX *)saved : NULL;
         o_.poison(); dq_.poison(); dk_.poison(); dv_.poison(); db_.poison();
         cudaCheck(cudaMemset(ws, 0xFF, wsb));
-        deltarule_forward<TX>(o_.p, q_.p, k_.p, v_.p, beta_.p, scale, ws, B, T, H, D, D, 0);
+        cudaCheck(cudaMemset(saved, 0xFF, svb));
+        deltarule_forward<TX>(o_.p, sv, q_.p, k_.p, v_.p, beta_.p, scale, ws, B, T, H, D, D, 0);
         cudaCheck(cudaMemset(ws, 0xFF, wsb));
-        deltarule_backward<TX>(dq_.p, dk_.p, dv_.p, db_.p, dout_.p, q_.p, k_.p, v_.p, beta_.p, scale, ws, B, T, H, D,
-                               D, 0);
+        deltarule_backward<TX>(dq_.p, dk_.p, dv_.p, db_.p, dout_.p, sv, q_.p, k_.p, v_.p, beta_.p, scale, ws, B, T,
+                               H, D, D, 0);
         cudaCheck(cudaDeviceSynchronize());
         res[rep][0] = o_.down(); res[rep][1] = dq_.down(); res[rep][2] = dk_.down();
         res[rep][3] = dv_.down(); res[rep][4] = db_.down();
     }
     cudaCheck(cudaFree(ws));
+    cudaCheck(cudaFree(saved));
     const char *names[5] = {"o", "dq", "dk", "dv", "dbeta"};
     const std::vector<float> *refs[5] = {&o_ref, &dq_ref, &dk_ref, &dv_ref, &db_ref};
     for (int i = 0; i < 5; i++)
