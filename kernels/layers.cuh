@@ -155,6 +155,11 @@ template <int W> __device__ __forceinline__ float group_sum(float v) {
     return v;
 }
 
+/* true when every pointer is 16-byte aligned (the vector paths need it besides the row length) */
+inline bool al16(const void *a, const void *b = nullptr, const void *c = nullptr, const void *d = nullptr) {
+    return (((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d) & 15) == 0;
+}
+
 /* 16-byte vector width (in elements) of T. */
 template <typename T> constexpr int vec16() { return 16 / (int)sizeof(T); }
 
@@ -314,7 +319,8 @@ rmsnorm_forward_kernel(floatX *res_out, floatX *out, float *rstd, const floatX *
         int c = (i * TPR + l) * VEC;
         if (c < C) {
             float y[VEC], gv[VEC];
-            load_f<float, VEC>(gv, g + c);
+#pragma unroll
+            for (int k = 0; k < VEC; k++) gv[k] = __ldg(g + c + k);
 #pragma unroll
             for (int k = 0; k < VEC; k++) y[k] = x[i][k] * r * gv[k];
             store_f<floatX, VEC>(out + base + c, y);
@@ -329,14 +335,11 @@ rmsnorm_backward_kernel(floatX *dinp, float *partial, const floatX *dout, const 
     extern __shared__ float sdg[]; /* [C] */
     const int RPB = RMS_THREADS / TPR;
     int grp = threadIdx.x / TPR, l = threadIdx.x % TPR;
-    float gv[NV][VEC], dg[NV][VEC];
+    float dg[NV][VEC]; /* g is re-read per row (L1 hits): fewer registers than keeping it */
 #pragma unroll
-    for (int i = 0; i < NV; i++) {
-        int c = (i * TPR + l) * VEC;
+    for (int i = 0; i < NV; i++)
 #pragma unroll
-        for (int k = 0; k < VEC; k++) { dg[i][k] = 0.0f; gv[i][k] = 0.0f; }
-        if (c < C) load_f<float, VEC>(gv[i], g + c);
-    }
+        for (int k = 0; k < VEC; k++) dg[i][k] = 0.0f;
     int nrb = ceil_div(N, RPB);
     for (int rb = blockIdx.x; rb < nrb; rb += gridDim.x) { /* uniform trip count within a block */
         int row = rb * RPB + grp;
@@ -349,12 +352,16 @@ rmsnorm_backward_kernel(floatX *dinp, float *partial, const floatX *dout, const 
         for (int i = 0; i < NV; i++) {
             int c = (i * TPR + l) * VEC;
             if (valid && c < C) {
+                float gv[VEC];
+#pragma unroll
+                for (int k = 0; k < VEC; k++) gv[k] = __ldg(g + c + k);
                 load_f<floatX, VEC>(x[i], inp + base + c);
                 load_f<floatX, VEC>(dy[i], dout + base + c);
 #pragma unroll
                 for (int k = 0; k < VEC; k++) {
-                    dot += dy[i][k] * gv[i][k] * x[i][k];
                     dg[i][k] += dy[i][k] * x[i][k] * r;
+                    dy[i][k] *= gv[k]; /* dy <- dy g from here on */
+                    dot += dy[i][k] * x[i][k];
                 }
             }
         }
@@ -369,7 +376,7 @@ rmsnorm_backward_kernel(floatX *dinp, float *partial, const floatX *dout, const 
                     if (accumulate) load_f<floatX, VEC>(dx, dinp + base + c);
 #pragma unroll
                     for (int k = 0; k < VEC; k++) {
-                        float v = r * dy[i][k] * gv[i][k] - x[i][k] * mr3;
+                        float v = r * dy[i][k] - x[i][k] * mr3;
                         dx[k] = accumulate ? dx[k] + v : v;
                     }
                     store_f<floatX, VEC>(dinp + base + c, dx);
@@ -404,9 +411,9 @@ rmsnorm_backward_kernel(floatX *dinp, float *partial, const floatX *dout, const 
  * per thread. */
 struct RmsShape { int vec, tpr, nv; };
 template <typename floatX>
-inline RmsShape rms_shape(int C) {
+inline RmsShape rms_shape(int C, bool aligned) {
     RmsShape s;
-    s.vec = (C % vec16<floatX>() == 0) ? vec16<floatX>() : 1;
+    s.vec = (aligned && C % vec16<floatX>() == 0) ? vec16<floatX>() : 1;
     int nvec = C / s.vec;
     s.tpr = 1;
     while (s.tpr < 32 && s.tpr < nvec) s.tpr <<= 1;
@@ -459,11 +466,16 @@ inline void rms_dispatch(const RmsShape &s, F &&f) {
 #define CONV_WARPS 8
 #define CONV_TT 32
 
+/* CPL adjacent channels of one row: one access of CPL*sizeof(floatX) bytes when that is 2..16 bytes,
+ * a power of two, and the row is aligned (vec_ok); else element by element, masked at C. */
+template <typename floatX, int CPL> struct ConvVec {
+    static constexpr bool ok = (CPL == 1 || CPL == 2 || CPL == 4 || CPL == 8) && CPL * sizeof(floatX) <= 16;
+    static constexpr int W = ok ? CPL : 1;
+};
 template <typename floatX, int CPL>
 __device__ __forceinline__ void conv_load(float (&dst)[CPL], const floatX *p, int c, int C, bool vec_ok) {
-    if (vec_ok && c + CPL <= C && (CPL == 1 || CPL == 2 || CPL == 4 || CPL == 8)) {
-        load_f<floatX, (CPL == 1 || CPL == 2 || CPL == 4 || CPL == 8) ? CPL : 1>(
-            *reinterpret_cast<float(*)[(CPL == 1 || CPL == 2 || CPL == 4 || CPL == 8) ? CPL : 1]>(&dst), p);
+    if (ConvVec<floatX, CPL>::ok && vec_ok && c + CPL <= C) {
+        load_f<floatX, ConvVec<floatX, CPL>::W>(*reinterpret_cast<float(*)[ConvVec<floatX, CPL>::W]>(&dst), p);
     } else {
 #pragma unroll
         for (int k = 0; k < CPL; k++) dst[k] = (c + k < C) ? to_f<floatX>(p[k]) : 0.0f;
@@ -471,9 +483,8 @@ __device__ __forceinline__ void conv_load(float (&dst)[CPL], const floatX *p, in
 }
 template <typename floatX, int CPL>
 __device__ __forceinline__ void conv_store(floatX *p, const float (&src)[CPL], int c, int C, bool vec_ok) {
-    if (vec_ok && c + CPL <= C && (CPL == 1 || CPL == 2 || CPL == 4 || CPL == 8)) {
-        store_f<floatX, (CPL == 1 || CPL == 2 || CPL == 4 || CPL == 8) ? CPL : 1>(
-            p, *reinterpret_cast<const float(*)[(CPL == 1 || CPL == 2 || CPL == 4 || CPL == 8) ? CPL : 1]>(&src));
+    if (ConvVec<floatX, CPL>::ok && vec_ok && c + CPL <= C) {
+        store_f<floatX, ConvVec<floatX, CPL>::W>(p, *reinterpret_cast<const float(*)[ConvVec<floatX, CPL>::W]>(&src));
     } else {
 #pragma unroll
         for (int k = 0; k < CPL; k++) if (c + k < C) p[k] = from_f<floatX>(src[k]);
@@ -483,7 +494,7 @@ __device__ __forceinline__ void conv_store(floatX *p, const float (&src)[CPL], i
 template <typename floatX, int CPL>
 __global__ void __launch_bounds__(CONV_WARPS * 32)
 conv_silu_l2norm_forward_kernel(floatX *out, const floatX *inp, const float *w, int T, int C, int C_norm, float eps,
-                                int ntb) {
+                                int ntb, bool aligned) {
     const int G = 32 * CPL;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int b = blockIdx.y / ntb, tb = blockIdx.y % ntb;
@@ -491,7 +502,7 @@ conv_silu_l2norm_forward_kernel(floatX *out, const floatX *inp, const float *w, 
     if (t0 >= T) return; /* whole warp */
     int g0 = blockIdx.x * G, c = g0 + lane * CPL;
     bool norm = g0 < C_norm;
-    bool vec_ok = (C % CPL) == 0;
+    bool vec_ok = aligned && (C % CPL) == 0;
     float w4[CPL][4];
 #pragma unroll
     for (int k = 0; k < CPL; k++)
@@ -530,7 +541,7 @@ conv_silu_l2norm_forward_kernel(floatX *out, const floatX *inp, const float *w, 
 template <typename floatX, int CPL>
 __global__ void __launch_bounds__(CONV_WARPS * 32)
 conv_silu_l2norm_backward_kernel(floatX *dinp, float *partial, const floatX *dout, const floatX *inp, const float *w,
-                                 int T, int C, int C_norm, float eps, int ntb) {
+                                 int T, int C, int C_norm, float eps, int ntb, bool aligned) {
     const int G = 32 * CPL;
     __shared__ float sdw[CONV_WARPS][G * 4];
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -538,7 +549,7 @@ conv_silu_l2norm_backward_kernel(floatX *dinp, float *partial, const floatX *dou
     int t0 = (tb * CONV_WARPS + warp) * CONV_TT;
     int g0 = blockIdx.x * G, c = g0 + lane * CPL;
     bool norm = g0 < C_norm;
-    bool vec_ok = (C % CPL) == 0;
+    bool vec_ok = aligned && (C % CPL) == 0;
     float dw[CPL][4];
 #pragma unroll
     for (int k = 0; k < CPL; k++)
@@ -781,7 +792,7 @@ __global__ void sum_float_kernel(float *out, const float *inp, int n, float scal
 template <typename floatX>
 void embedding_forward(floatX *out, const int *tokens, const floatX *wte, int N, int D, cudaStream_t stream) {
     if (N <= 0) return;
-    if (D % vec16<floatX>() == 0) {
+    if (D % vec16<floatX>() == 0 && al16(out, wte)) {
         long n = (long)N * (D / vec16<floatX>());
         embedding_forward_kernel<floatX, vec16<floatX>()><<<ceil_div(n, 256), 256, 0, stream>>>(out, tokens, wte, N, D);
     } else {
@@ -834,7 +845,7 @@ template <typename floatX>
 void rmsnorm_forward(floatX *out, float *rstd, const floatX *inp, const float *g, int N, int C, float eps,
                      cudaStream_t stream) {
     if (N <= 0) return;
-    RmsShape s = rms_shape<floatX>(C);
+    RmsShape s = rms_shape<floatX>(C, al16(out, inp));
     int blocks = ceil_div(N, RMS_THREADS / s.tpr);
     RmsFwdLaunch<floatX, false> l{nullptr, out, rstd, inp, nullptr, g, N, C, eps, blocks, stream};
     rms_dispatch<floatX>(s, l);
@@ -845,7 +856,7 @@ template <typename floatX>
 void residual_rmsnorm_forward(floatX *res_out, floatX *norm_out, float *rstd, const floatX *res_in,
                               const floatX *branch, const float *g, int N, int C, float eps, cudaStream_t stream) {
     if (N <= 0) return;
-    RmsShape s = rms_shape<floatX>(C);
+    RmsShape s = rms_shape<floatX>(C, al16(res_out, norm_out, res_in, branch));
     int blocks = ceil_div(N, RMS_THREADS / s.tpr);
     RmsFwdLaunch<floatX, true> l{res_out, norm_out, rstd, res_in, branch, g, N, C, eps, blocks, stream};
     rms_dispatch<floatX>(s, l);
@@ -861,7 +872,7 @@ template <typename floatX>
 void rmsnorm_backward(floatX *dinp, float *dg, float *scratch, const floatX *dout, const floatX *inp, const float *g,
                       const float *rstd, int N, int C, int accumulate, cudaStream_t stream) {
     if (N <= 0) return;
-    RmsShape s = rms_shape<floatX>(C);
+    RmsShape s = rms_shape<floatX>(C, al16(dinp, dout, inp));
     int blocks = min(ceil_div(N, RMS_THREADS / s.tpr), RMS_BWD_BLOCKS);
     RmsBwdLaunch<floatX> l{dinp, scratch, dout, inp, g, rstd, N, C, accumulate, blocks, stream};
     rms_dispatch<floatX>(s, l);
@@ -877,7 +888,7 @@ void conv_silu_l2norm_forward(floatX *out, const floatX *inp, const float *w, in
     int cpl = conv_cpl(C_norm, K), ntb = conv_ntb(T);
     dim3 grid(ceil_div(C, 32 * cpl), B * ntb);
 #define CONV_FWD(CPL) conv_silu_l2norm_forward_kernel<floatX, CPL><<<grid, CONV_WARPS * 32, 0, stream>>>( \
-        out, inp, w, T, C, C_norm, eps_l2, ntb)
+        out, inp, w, T, C, C_norm, eps_l2, ntb, al16(out, inp))
     CONV_CPL_SWITCH(cpl, CONV_FWD)
 #undef CONV_FWD
     cudaCheckLaunch();
@@ -897,7 +908,7 @@ void conv_silu_l2norm_backward(floatX *dinp, float *dw, float *scratch, const fl
     int cpl = conv_cpl(C_norm, K), ntb = conv_ntb(T);
     dim3 grid(ceil_div(C, 32 * cpl), B * ntb);
 #define CONV_BWD(CPL) conv_silu_l2norm_backward_kernel<floatX, CPL><<<grid, CONV_WARPS * 32, 0, stream>>>( \
-        dinp, scratch, dout, inp, w, T, C, C_norm, eps_l2, ntb)
+        dinp, scratch, dout, inp, w, T, C, C_norm, eps_l2, ntb, al16(dinp, dout, inp))
     CONV_CPL_SWITCH(cpl, CONV_BWD)
 #undef CONV_BWD
     cudaCheckLaunch();
@@ -922,7 +933,7 @@ template <typename floatX>
 void swiglu_forward(floatX *out, const floatX *gu, int N, int I, cudaStream_t stream) {
     if (N <= 0) return;
     const int V = vec16<floatX>();
-    if (I % V == 0) swiglu_forward_kernel<floatX, V><<<ceil_div((long)N * (I / V), 256), 256, 0, stream>>>(out, gu, N, I);
+    if (I % V == 0 && al16(out, gu)) swiglu_forward_kernel<floatX, V><<<ceil_div((long)N * (I / V), 256), 256, 0, stream>>>(out, gu, N, I);
     else swiglu_forward_kernel<floatX, 1><<<ceil_div((long)N * I, 256), 256, 0, stream>>>(out, gu, N, I);
     cudaCheckLaunch();
 }
@@ -931,7 +942,7 @@ template <typename floatX>
 void swiglu_backward(floatX *dgu, const floatX *dout, const floatX *gu, int N, int I, cudaStream_t stream) {
     if (N <= 0) return;
     const int V = vec16<floatX>();
-    if (I % V == 0)
+    if (I % V == 0 && al16(dgu, dout, gu))
         swiglu_backward_kernel<floatX, V><<<ceil_div((long)N * (I / V), 256), 256, 0, stream>>>(dgu, dout, gu, N, I);
     else swiglu_backward_kernel<floatX, 1><<<ceil_div((long)N * I, 256), 256, 0, stream>>>(dgu, dout, gu, N, I);
     cudaCheckLaunch();
@@ -942,7 +953,7 @@ void crossentropy_forward_backward(floatX *logits, float *losses, const int *tar
                                    int Vp, cudaStream_t stream) {
     if (N <= 0) return;
     float gs = dloss / (float)N;
-    if (Vp % vec16<floatX>() == 0)
+    if (Vp % vec16<floatX>() == 0 && al16(logits))
         crossentropy_kernel<floatX, vec16<floatX>(), true><<<N, XENT_THREADS, 0, stream>>>(logits, losses, targets, gs, V, Vp);
     else crossentropy_kernel<floatX, 1, true><<<N, XENT_THREADS, 0, stream>>>(logits, losses, targets, gs, V, Vp);
     cudaCheckLaunch();
@@ -953,7 +964,7 @@ void crossentropy_forward(float *losses, const floatX *logits, const int *target
                           cudaStream_t stream) {
     if (N <= 0) return;
     floatX *z = const_cast<floatX *>(logits); /* not written: BACKWARD = false */
-    if (Vp % vec16<floatX>() == 0)
+    if (Vp % vec16<floatX>() == 0 && al16(logits))
         crossentropy_kernel<floatX, vec16<floatX>(), false><<<N, XENT_THREADS, 0, stream>>>(z, losses, targets, 0.0f, V, Vp);
     else crossentropy_kernel<floatX, 1, false><<<N, XENT_THREADS, 0, stream>>>(z, losses, targets, 0.0f, V, Vp);
     cudaCheckLaunch();
