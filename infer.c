@@ -619,6 +619,7 @@ static int generate(const Model *m, RunState *s, Tokenizer *tok, Sampler *sp, co
     float *logits = NULL;
     for (int i = 0; i < n_prompt; i++) logits = forward_step(m, s, ids[i], i, i == n_prompt - 1);
     double t1 = now_s();
+    long rss0 = o->stats ? rss_kib() : 0;
     int pos = n_prompt, generated = 0;
     for (; generated < steps; generated++) {
         int next = sample(sp, logits);
@@ -635,6 +636,9 @@ static int generate(const Model *m, RunState *s, Tokenizer *tok, Sampler *sp, co
     if (generated > 0)
         fprintf(stderr, "decode: %d tokens in %.3f s (%.1f tok/s)%s\n", generated, t2 - t1, generated / (t2 - t1),
                 generated < steps ? ", stopped at <|endoftext|>" : "");
+    if (o->stats)
+        fprintf(stderr, "stats: recurrent state %zu bytes; RSS %ld KiB after the prefill, %ld KiB after %d tokens\n",
+                runstate_bytes(s, &m->cfg), rss0, rss_kib(), generated);
     free(ids);
     return 0;
 }
@@ -716,7 +720,8 @@ static void usage(FILE *f) {
         "      --ignore-eot     keep generating past <|endoftext|>\n"
         "      --max-context N  positions a global-attention ('G') layer may cache (default %d);\n"
         "                       DeltaNet and sliding-window layers keep fixed-size state, no limit\n"
-        "      --stats          print the recurrent-state bytes and the process RSS at the end\n"
+        "      --stats          print the recurrent-state bytes and the process RSS (after the\n"
+        "                       prefill and at the end: equal for DeltaNet / sliding-window models)\n"
         "  -e, --eval SHARD     score an llm.c token shard (magic 20240520) instead of generating\n"
         "  -b, --block N        eval: tokens per block, each block scored from a zero state (default 1024)\n"
         "      --eval-max N     eval: score at most N predictions (default: the whole shard)\n"
@@ -825,8 +830,6 @@ int main(int argc, char **argv) {
         sampler_free(&sp);
         tok_free(&tok);
     }
-    if (o.stats)
-        fprintf(stderr, "stats: recurrent state %zu bytes, RSS %ld KiB\n", runstate_bytes(&s, &m.cfg), rss_kib());
     runstate_free(&s, &m.cfg);
     model_free(&m);
     return rc ? 1 : 0;

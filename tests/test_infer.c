@@ -501,6 +501,14 @@ static void test_cli(void) {
     rc = run_cmd(cmd, a, sizeof a, errb, sizeof errb);
     run_cmd(cmd, b, sizeof b, errb, sizeof errb);
     CHECK(rc == 0 && !strcmp(a, b) && strstr(errb, "stats: recurrent state") != NULL, "greedy (-t 0) is deterministic; --stats reports");
+    snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=1 ./infer %s 'Hello' -n 3000 --ignore-eot --stats", ck);
+    rc = run_cmd(cmd, out, sizeof out, errb, sizeof errb);
+    long r0 = -1, r1 = -2;
+    size_t stb = 0;
+    const char *sl = strstr(errb, "stats:");
+    if (sl) sscanf(sl, "stats: recurrent state %zu bytes; RSS %ld KiB after the prefill, %ld KiB", &stb, &r0, &r1);
+    printf("   ./infer DSD model -n 3000 --stats: state %zu bytes, RSS %ld KiB after the prefill, %ld KiB at the end\n", stb, r0, r1);
+    CHECK(rc == 0 && r0 > 0 && r1 - r0 <= 64, "./infer --stats: RSS constant over a 3000-token generation (%ld -> %ld KiB)", r0, r1);
     snprintf(cmd, sizeof cmd, "./infer -h");
     rc = run_cmd(cmd, out, sizeof out, errb, sizeof errb);
     CHECK(rc == 0 && strstr(out, "usage:") && strstr(out, "--eval"), "-h prints the usage");
