@@ -56,6 +56,9 @@ $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(LIB_OBJS) $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< $(LIB_OBJS) -o $@ $(LDLIBS)
 
+# these include infer.c (llm.c's TESTING pattern)
+$(BUILD)/tests/test_infer $(BUILD)/tests/bench_infer: infer.c
+
 test: $(TEST_BINS) $(if $(wildcard tokenize.c),tokenize) $(if $(wildcard infer.c),infer)
 	@tests/run_tests.sh $(TEST_BINS)
 
