@@ -44,6 +44,11 @@
  *   rope_forward(x, cs, B, T, H, d, pos0, stream)       in place, positions pos0.. < maxpos
  *   rope_backward(dx, cs, B, T, H, d, pos0, stream)     in place
  * Pointers must be 16-byte aligned (cudaMalloc'd buffers and [B,T,H,d] slices of them are).
+ *
+ * Measured (H100 80GB HBM3, B=8 T=2048 Hq=Hkv=8 d=128 bf16, tests/gpu/bench_attention.cu): global
+ * causal fwd 0.33 ms (208 TFLOP/s), bwd 1.07 ms (160), fwd+bwd 1.40 ms = 2.2x cuDNN's 0.627 ms;
+ * window 512 fwd+bwd 0.74 ms. The other tile variants (forward_launch / backward_launch template
+ * arguments) are within ~5% of the defaults. Registers: fwd d=128 ~236, bwd d=128 255 (tiny spill).
  */
 #pragma once
 #include <cassert>
