@@ -14,6 +14,7 @@ BUILD    ?= build
 ifneq ($(DEPS),)
 DEP_CFLAGS  := -I$(DEPS)/usr/include
 DEP_LDFLAGS := -L$(DEPS)/usr/lib/x86_64-linux-gnu -Wl,-rpath,$(abspath $(DEPS))/usr/lib/x86_64-linux-gnu
+DEP_NVLDFLAGS := -L$(DEPS)/usr/lib/x86_64-linux-gnu -Xlinker -rpath -Xlinker $(abspath $(DEPS))/usr/lib/x86_64-linux-gnu
 endif
 
 CFLAGS  ?= -O2 -march=native
@@ -21,7 +22,7 @@ CFLAGS  += -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -fopenmp $(DEP_CFLAG
 LDLIBS  := $(DEP_LDFLAGS) -lcjson -lpcre2-8 -lm -fopenmp
 NVFLAGS ?= -O3 --use_fast_math
 NVFLAGS += -std=c++17 $(GPU_ARCH) $(DEP_CFLAGS) -Xcompiler -fopenmp -D_POSIX_C_SOURCE=200809L
-NVLIBS  := $(DEP_LDFLAGS) -lcublasLt -lcublas -lcjson -lpcre2-8 -lm -lgomp
+NVLIBS  := $(DEP_NVLDFLAGS) -lcublasLt -lcublas -lcjson -lpcre2-8 -lm -lgomp
 
 # Library code shared by every program: model.h's implementation, the tokenizer and shard code
 # (when present), and the CPU reference compiled twice (float, and double for gradient checks).
