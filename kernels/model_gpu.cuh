@@ -1,0 +1,688 @@
+/*
+ * model_gpu.cuh -- the whole model on the GPU: parameters, activations, forward, backward and the
+ * optimizer step, wired from the kernels of this folder. It computes exactly what the CPU reference
+ * (ref/model.c) computes; train_deltanet.cu (the trainer) and tests/gpu/test_model_gpu.cu include it.
+ *
+ * Forward (pre-norm residual; N = B*T rows, D = d_model, I = MLP hidden size):
+ *   h_0 = wte[inputs];  x = RMSNorm(h_0; g_attn_0)
+ *   layer l:  mid = h_l + Mixer(x),       x = RMSNorm(mid; g_mlp)          (one fused kernel)
+ *             h_{l+1} = mid + MLP(x),     x = RMSNorm(h_{l+1}; g_next)     (g_attn_{l+1} or g_final)
+ *   head: logits = x W_lm^T (padded_vocab columns, the padding rows of W_lm are zero), CE over the
+ *         first vocab_size columns.
+ *   DeltaNet mixer: per j in q, k, v: x W_j^T then silu(conv4(.)) (L2-normalised per head for q, k:
+ *     one fused kernel), into [3][N][D] (the delta-rule kernels take q, k, v as separate [B,T,H,K]
+ *     tensors, so the three projections stay separate matmuls rather than one [3D,D] one),
+ *     beta = sigmoid(x W_b^T), o = delta rule (chunkwise), on = RMSNorm_head(o; g_o), out = on W_o^T.
+ *   Attention mixer: q, k, v = x W^T, RoPE(q), RoPE(k), flash attention (window for 'S'), W_o.
+ *   MLP: gu = x W_gu^T (one [2I,D] matmul, gate_proj|up_proj adjacent), act = silu(g) u, act W_down^T.
+ *
+ * Memory. Parameters: one fp32 master buffer laid out by the DNParamTable (padding vocab rows
+ * zero), its floatX copy for the matmuls (the same buffer in fp32 mode), fp32 gradients, AdamW m
+ * and v: one allocation each. Activations: one allocation carved by gpu_act_table(), the single
+ * place where every buffer's size is computed. Per layer the backward keeps only
+ *   h_l (the layer input), mid, the MLP's gate|up, and for DeltaNet layers the pre-conv q, k, v, o,
+ *   beta, the rstd's and the chunks' (I+A)^-1 that the delta-rule forward hands to its backward; for
+ *   attention layers q, k, v (after RoPE), out and lse;
+ * everything else (the normed inputs, the conv/L2 outputs, the per-head normed o, silu(g) u) is
+ * recomputed in the backward from those, which costs a few memory-bound kernels per layer. The LM
+ * head runs in row chunks (head_rows rows at a time): logits of a chunk, the fused cross-entropy
+ * turns them into dlogits in place, and the chunk's backward matmuls run at once, so the logits
+ * never exist for all N rows (GPT-2's vocab would take N x 50304 x 2 bytes = 3.1 GiB at N = 32768).
+ *
+ * One optimizer step (gpu_train_step): copy the micro-batches' tokens and the AdamW hyperparameters
+ * from pinned host memory, zero the gradients, forward + head + backward per micro-batch (gradient
+ * accumulation), gradient norm (+ clip scale), fused AdamW that also writes the floatX copy, copy
+ * the loss and the norm back. After the first step has run eagerly (which caches every cuBLASLt
+ * plan), the whole step is captured once as a CUDA graph and replayed: one launch per step and
+ * one host sync, to read the loss.
+ */
+#pragma once
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include "common.cuh"
+#include "matmul.cuh"
+#include "layers.cuh"
+#include "attention.cuh"
+#include "deltarule.cuh"
+#include "adamw.cuh"
+#include "../model.h"
+
+#define GPU_HEAD_LOGITS_BYTES ((size_t)512 << 20) /* logits of one LM-head row chunk, at most */
+#define GPU_L2_EPS 1e-6f                          /* q, k L2 norm eps (MODEL.md) */
+#define GPU_ALIGN 256                             /* every carved buffer starts on this */
+
+// ----------------------------------------------------------------------------
+// allocation with a clear out-of-memory message
+
+static inline size_t gpu_round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+/* cudaMalloc that, on failure, prints one line naming what was being allocated and how much, with
+ * the free and total device memory, and exits (no CUDA error dump). */
+static inline void *gpu_malloc_or_die(size_t bytes, const char *what) {
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* clear the sticky-free error so the query below works */
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        fprintf(stderr, "out of GPU memory: allocating %s needs %.2f GiB, %.2f GiB free of %.2f GiB (%s)\n"
+                        "  HINT: lower the micro-batch -b or the sequence length -t (keep --total-batch: more "
+                        "gradient accumulation), or use a smaller model\n",
+                what, bytes / 1073741824.0, fr / 1073741824.0, tot / 1073741824.0, cudaGetErrorString(e));
+        exit(EXIT_FAILURE);
+    }
+    return p;
+}
+
+static inline void *gpu_host_alloc_or_die(size_t bytes, const char *what) {
+    void *p = NULL;
+    if (cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess) {
+        cudaGetLastError();
+        fprintf(stderr, "out of pinned host memory: allocating %s needs %.1f MiB\n", what, bytes / 1048576.0);
+        exit(EXIT_FAILURE);
+    }
+    return p;
+}
+
+// ----------------------------------------------------------------------------
+// the model's state
+
+/* The activations one layer keeps for its backward (NULL where the layer kind has none). */
+template <typename floatX> struct GPULayerActs {
+    floatX *mid;        /* [N,D]   residual stream after the mixer */
+    floatX *out;        /* [N,D]   residual stream after the MLP: the next layer's input */
+    float *rstd_attn;   /* [N]     1/rms of the layer input (attn_norm) */
+    float *rstd_mlp;    /* [N]     1/rms of mid (mlp_norm) */
+    floatX *gu;         /* [N,2I]  gate|up projections (the backward overwrites them with their gradient) */
+    /* DeltaNet */
+    floatX *qkv_pre;    /* [3][N,D] q, k, v projections before the conv */
+    floatX *beta;       /* [N,H]   sigmoid(x W_b^T) */
+    floatX *o;          /* [N,D]   delta-rule output [B,T,H,V] */
+    float *rstd_o;      /* [N*H]   1/rms of each head of o */
+    floatX *dr_saved;   /* what the delta-rule forward saves for its backward (the chunks' (I+A)^-1) */
+    /* attention */
+    floatX *q, *k, *v;  /* [N,D], [N,kvd], [N,kvd] (q, k after RoPE) */
+    floatX *att;        /* [N,D]   attention output */
+    float *lse;         /* [B,Hq,T] */
+};
+
+/* Buffers shared by all layers (their contents live for one layer's forward or backward). */
+template <typename floatX> struct GPUScratch {
+    floatX *emb;        /* [N,D]   h_0, the embedding (layer 0's input; kept for its backward) */
+    float *rstd_final;  /* [N] */
+    floatX *xn;         /* [N,D]   the normed input of the current sublayer (last: the head's input) */
+    floatX *a, *b;      /* [N,D]   branch outputs / gradients */
+    floatX *dres;       /* [N,D]   gradient of the residual stream */
+    floatX *big1;       /* [N*max(3D,I)]         q, k, v ([3][N,D]), silu(g)*u, their gradients */
+    floatX *big2;       /* [N*max(3D,D+2 kvd)]   dq, dk, dv */
+    floatX *bpre;       /* [N,H]   x W_b^T, then its gradient */
+    floatX *dbeta;      /* [N,H] */
+    floatX *logits;     /* [head_rows,Vp] */
+    float *losses;      /* [N] */
+    float *rope;        /* [T,dh/2,2] RoPE cos/sin table (attention layers only) */
+    void *kscratch;     /* kernel scratch, the largest any kernel asks for */
+    size_t kscratch_bytes;
+};
+
+template <typename floatX> struct GPUModel {
+    DNParamTable t;
+    DNConfig cfg;
+    int B, T;           /* micro-batch shape the activations are sized for */
+    int accum;          /* micro-batches per optimizer step */
+    int head_rows;      /* LM-head row chunk */
+    cudaStream_t stream;
+    MatmulContext *mm;
+    /* parameters (one allocation each) */
+    float *params;      /* fp32 master weights [t.total] */
+    floatX *wx;         /* floatX copy used by the matmuls (== params in fp32 mode) */
+    float *grads;       /* [t.total] */
+    float *adam_m, *adam_v;
+    AdamWSegments seg;
+    /* activations */
+    void *act_mem;
+    size_t act_bytes;
+    GPULayerActs<floatX> *L;
+    GPUScratch<floatX> S;
+    /* step I/O: device and pinned host mirrors */
+    int *d_tokens;      /* [accum][2][N] inputs | targets of each micro-batch */
+    int *h_tokens;      /* pinned mirror */
+    AdamWHParams *d_hp, *h_hp;
+    GradNorm *d_gn;
+    float *d_loss;      /* mean loss of the step (accumulated over micro-batches) */
+    float *h_out;       /* pinned: [0] loss, [1] grad norm */
+    float *norm_scratch;
+    /* the captured step */
+    int steps_run;
+    int use_graph;
+    cudaGraphExec_t graph;
+    int have_graph;
+};
+
+// ----------------------------------------------------------------------------
+// sizes: the one place that computes every activation buffer
+
+/* One activation buffer: a name (for messages), its size, where its pointer goes. */
+typedef struct { const char *name; size_t bytes; void **ptr; } GPUActBuf;
+
+template <typename floatX>
+static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
+    const DNConfig *c = &m->cfg;
+    const size_t N = (size_t)m->B * m->T, D = c->d_model, I = c->hidden_size, H = c->n_head;
+    const size_t Hq = c->attn_heads, dh = D / Hq, kvd = (size_t)c->attn_kv_heads * dh, Vp = c->padded_vocab;
+    const size_t X = sizeof(floatX), F = sizeof(float);
+    int n = 0, has_d = 0, has_a = 0;
+#define GPU_ACT(nm, bytes_, p) do { if (n < cap) { tab[n].name = nm; tab[n].bytes = (bytes_); tab[n].ptr = (void **)(p); } n++; } while (0)
+    for (int l = 0; l < c->n_layer; l++) {
+        GPULayerActs<floatX> *a = &m->L[l];
+        GPU_ACT("mid", N * D * X, &a->mid);
+        GPU_ACT("out", N * D * X, &a->out);
+        GPU_ACT("rstd_attn", N * F, &a->rstd_attn);
+        GPU_ACT("rstd_mlp", N * F, &a->rstd_mlp);
+        GPU_ACT("gate|up", N * 2 * I * X, &a->gu);
+        if (c->layers[l] == 'D') {
+            has_d = 1;
+            GPU_ACT("qkv_pre", N * 3 * D * X, &a->qkv_pre);
+            GPU_ACT("beta", N * H * X, &a->beta);
+            GPU_ACT("o", N * D * X, &a->o);
+            GPU_ACT("rstd_o", N * H * F, &a->rstd_o);
+            GPU_ACT("delta rule saved", deltarule_saved_size<floatX>(m->B, m->T, c->n_head), &a->dr_saved);
+        } else {
+            has_a = 1;
+            GPU_ACT("q", N * D * X, &a->q);
+            GPU_ACT("k", N * kvd * X, &a->k);
+            GPU_ACT("v", N * kvd * X, &a->v);
+            GPU_ACT("att", N * D * X, &a->att);
+            GPU_ACT("lse", N * Hq * F, &a->lse);
+        }
+    }
+    GPUScratch<floatX> *s = &m->S;
+    size_t big1 = I, big2 = 1;
+    if (has_d) { big1 = big1 > 3 * D ? big1 : 3 * D; big2 = 3 * D; }
+    if (has_a) { size_t w = D + 2 * kvd + 2 * 16; big2 = big2 > w ? big2 : w; } /* + alignment slack */
+    GPU_ACT("emb", N * D * X, &s->emb);
+    GPU_ACT("rstd_final", N * F, &s->rstd_final);
+    GPU_ACT("xn", N * D * X, &s->xn);
+    GPU_ACT("a", N * D * X, &s->a);
+    GPU_ACT("b", N * D * X, &s->b);
+    GPU_ACT("dres", N * D * X, &s->dres);
+    GPU_ACT("big1", N * big1 * X, &s->big1);
+    GPU_ACT("big2", N * big2 * X, &s->big2);
+    GPU_ACT("bpre", N * H * X, &s->bpre);
+    GPU_ACT("dbeta", N * H * X, &s->dbeta);
+    GPU_ACT("logits", (size_t)m->head_rows * Vp * X, &s->logits);
+    GPU_ACT("losses", N * F, &s->losses);
+    if (has_a) GPU_ACT("rope", (size_t)m->T * dh * F, &s->rope);
+    /* kernel scratch: the largest request of any kernel the step runs */
+    size_t ks = 0;
+#define GPU_KS(bytes_) do { size_t b_ = (bytes_); ks = ks > b_ ? ks : b_; } while (0)
+    GPU_KS(rmsnorm_backward_scratch_floats((int)N, (int)D) * F);
+    GPU_KS(embedding_backward_scratch_bytes((int)N, (int)D, (int)Vp));
+    GPU_KS(grad_norm_scratch_floats() * F);
+    if (has_d) {
+        GPU_KS(rmsnorm_backward_scratch_floats((int)(N * H), c->head_dim) * F);
+        GPU_KS(conv_silu_l2norm_backward_scratch_floats(m->B, m->T, (int)D, c->head_dim) * F);
+        GPU_KS(deltarule_workspace_size<floatX>(m->B, m->T, c->n_head, c->head_dim, c->head_dim));
+    }
+    if (has_a) GPU_KS(attention_backward_scratch_bytes(m->B, m->T, (int)Hq, (int)dh));
+#undef GPU_KS
+    s->kscratch_bytes = ks;
+    GPU_ACT("kernel scratch", ks, &s->kscratch);
+#undef GPU_ACT
+    return n;
+}
+
+// ----------------------------------------------------------------------------
+// what the kernels support
+
+/* 0 if the GPU kernels can run this config, else -1 with a one-line reason in err. */
+static inline int gpu_model_supported(const DNConfig *c, char *err, size_t errlen) {
+    int has_d = strchr(c->layers, 'D') != NULL, has_a = strpbrk(c->layers, "SG") != NULL;
+    if (has_d && c->head_dim != 64 && c->head_dim != 128) {
+        snprintf(err, errlen, "the GPU delta-rule kernels need head_dim 64 or 128; this model has d_model %d / %d heads = %d",
+                 c->d_model, c->n_head, c->head_dim);
+        return -1;
+    }
+    int dh = has_a ? c->d_model / c->attn_heads : 64;
+    if (dh != 32 && dh != 64 && dh != 128) {
+        snprintf(err, errlen, "the GPU attention kernels need a head size of 32, 64 or 128; this model has d_model %d / %d attention heads = %d",
+                 c->d_model, c->attn_heads, dh);
+        return -1;
+    }
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// create / destroy / host transfers
+
+/* Build the model for micro-batches of B x T, `accum` micro-batches per step, on `stream`. The
+ * parameters are zero until gpu_model_set_params. Exits with a clear message when out of memory. */
+template <typename floatX>
+static void gpu_model_create(GPUModel<floatX> *m, const DNConfig *cfg, int B, int T, int accum, cudaStream_t stream) {
+    memset(m, 0, sizeof *m);
+    char err[DN_ERR_LEN];
+    if (dn_build_param_table(&m->t, cfg, err, sizeof err) || gpu_model_supported(cfg, err, sizeof err)) {
+        fprintf(stderr, "model config: %s\n", err);
+        exit(EXIT_FAILURE);
+    }
+    m->cfg = *cfg;
+    m->B = B; m->T = T; m->accum = accum; m->stream = stream;
+    const size_t N = (size_t)B * T, Vp = cfg->padded_vocab;
+    size_t hr = GPU_HEAD_LOGITS_BYTES / (Vp * sizeof(floatX));
+    hr = hr < 1 ? 1 : hr;
+    m->head_rows = (int)(hr < N ? hr : N);
+    m->mm = matmul_create();
+    const size_t P = m->t.total;
+    char what[160];
+    snprintf(what, sizeof what, "the fp32 parameters (%zu)", P);
+    m->params = (float *)gpu_malloc_or_die(P * sizeof(float), what);
+    if (std::is_same<floatX, float>::value) m->wx = (floatX *)m->params;
+    else m->wx = (floatX *)gpu_malloc_or_die(P * sizeof(floatX), "the bf16 weight copy");
+    m->grads = (float *)gpu_malloc_or_die(P * sizeof(float), "the fp32 gradients");
+    m->adam_m = (float *)gpu_malloc_or_die(P * sizeof(float), "AdamW's first moments");
+    m->adam_v = (float *)gpu_malloc_or_die(P * sizeof(float), "AdamW's second moments");
+    cudaCheck(cudaMemsetAsync(m->params, 0, P * sizeof(float), stream));
+    cudaCheck(cudaMemsetAsync(m->grads, 0, P * sizeof(float), stream));
+    cudaCheck(cudaMemsetAsync(m->adam_m, 0, P * sizeof(float), stream));
+    cudaCheck(cudaMemsetAsync(m->adam_v, 0, P * sizeof(float), stream));
+    adamw_segments_create(&m->seg, &m->t);
+
+    m->L = (GPULayerActs<floatX> *)calloc((size_t)cfg->n_layer, sizeof(GPULayerActs<floatX>));
+    if (!m->L) { fprintf(stderr, "out of host memory\n"); exit(EXIT_FAILURE); }
+    int n = gpu_act_table(m, (GPUActBuf *)NULL, 0);
+    GPUActBuf *tab = (GPUActBuf *)calloc((size_t)n, sizeof(GPUActBuf));
+    if (!tab) { fprintf(stderr, "out of host memory\n"); exit(EXIT_FAILURE); }
+    gpu_act_table(m, tab, n);
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += gpu_round_up(tab[i].bytes, GPU_ALIGN);
+    snprintf(what, sizeof what, "the activations for micro-batch B=%d x T=%d (%d layers)", B, T, cfg->n_layer);
+    m->act_mem = gpu_malloc_or_die(total, what);
+    m->act_bytes = total;
+    char *p = (char *)m->act_mem;
+    for (int i = 0; i < n; i++) { *tab[i].ptr = p; p += gpu_round_up(tab[i].bytes, GPU_ALIGN); }
+    free(tab);
+    if (m->S.rope) rope_table_init(m->S.rope, T, cfg->d_model / cfg->attn_heads, cfg->rope_base, stream);
+
+    m->d_tokens = (int *)gpu_malloc_or_die((size_t)accum * 2 * N * sizeof(int), "the token buffer");
+    m->h_tokens = (int *)gpu_host_alloc_or_die((size_t)accum * 2 * N * sizeof(int), "the token buffer");
+    m->d_hp = (AdamWHParams *)gpu_malloc_or_die(sizeof(AdamWHParams), "AdamW hyperparameters");
+    m->h_hp = (AdamWHParams *)gpu_host_alloc_or_die(sizeof(AdamWHParams), "AdamW hyperparameters");
+    memset(m->h_hp, 0, sizeof *m->h_hp);
+    m->d_gn = (GradNorm *)gpu_malloc_or_die(sizeof(GradNorm), "the gradient norm");
+    m->d_loss = (float *)gpu_malloc_or_die(sizeof(float), "the loss");
+    m->h_out = (float *)gpu_host_alloc_or_die(4 * sizeof(float), "the step results");
+    m->norm_scratch = (float *)m->S.kscratch; /* grad_norm runs after the backward: shares it */
+    m->use_graph = 1;
+    cudaCheck(cudaStreamSynchronize(stream));
+}
+
+template <typename floatX>
+static void gpu_model_free(GPUModel<floatX> *m) {
+    if (m->have_graph) cudaCheck(cudaGraphExecDestroy(m->graph));
+    matmul_destroy(m->mm);
+    if ((void *)m->wx != (void *)m->params) cudaCheck(cudaFree(m->wx));
+    cudaCheck(cudaFree(m->params));
+    cudaCheck(cudaFree(m->grads));
+    cudaCheck(cudaFree(m->adam_m));
+    cudaCheck(cudaFree(m->adam_v));
+    adamw_segments_free(&m->seg);
+    cudaCheck(cudaFree(m->act_mem));
+    cudaCheck(cudaFree(m->d_tokens));
+    cudaCheck(cudaFreeHost(m->h_tokens));
+    cudaCheck(cudaFree(m->d_hp));
+    cudaCheck(cudaFreeHost(m->h_hp));
+    cudaCheck(cudaFree(m->d_gn));
+    cudaCheck(cudaFree(m->d_loss));
+    cudaCheck(cudaFreeHost(m->h_out));
+    free(m->L);
+    dn_free_param_table(&m->t);
+    memset(m, 0, sizeof *m);
+}
+
+/* Parameters (t.total floats, table layout) host -> device, and the floatX copy. */
+template <typename floatX>
+static void gpu_model_set_params(GPUModel<floatX> *m, const float *host) {
+    cudaCheck(cudaMemcpy(m->params, host, m->t.total * sizeof(float), cudaMemcpyHostToDevice));
+    if ((void *)m->wx != (void *)m->params) convert(m->wx, m->params, m->t.total, m->stream);
+    cudaCheck(cudaStreamSynchronize(m->stream));
+}
+template <typename floatX>
+static void gpu_model_get_params(const GPUModel<floatX> *m, float *host) {
+    cudaCheck(cudaStreamSynchronize(m->stream));
+    cudaCheck(cudaMemcpy(host, m->params, m->t.total * sizeof(float), cudaMemcpyDeviceToHost));
+}
+template <typename floatX>
+static void gpu_model_get_grads(const GPUModel<floatX> *m, float *host) {
+    cudaCheck(cudaStreamSynchronize(m->stream));
+    cudaCheck(cudaMemcpy(host, m->grads, m->t.total * sizeof(float), cudaMemcpyDeviceToHost));
+}
+/* AdamW moments host <-> device (checkpoints). */
+template <typename floatX>
+static void gpu_model_get_adam(const GPUModel<floatX> *m, float *hm, float *hv) {
+    cudaCheck(cudaStreamSynchronize(m->stream));
+    cudaCheck(cudaMemcpy(hm, m->adam_m, m->t.total * sizeof(float), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(hv, m->adam_v, m->t.total * sizeof(float), cudaMemcpyDeviceToHost));
+}
+template <typename floatX>
+static void gpu_model_set_adam(GPUModel<floatX> *m, const float *hm, const float *hv) {
+    cudaCheck(cudaMemcpy(m->adam_m, hm, m->t.total * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(m->adam_v, hv, m->t.total * sizeof(float), cudaMemcpyHostToDevice));
+}
+
+// ----------------------------------------------------------------------------
+// forward
+
+/* The layer input h_l. */
+template <typename floatX>
+static inline floatX *gpu_layer_input(GPUModel<floatX> *m, int l) { return l ? m->L[l - 1].out : m->S.emb; }
+
+/* Mixer of layer l: S.xn -> S.b (the branch output). */
+template <typename floatX>
+static void mixer_forward(GPUModel<floatX> *m, int l, int B, int T) {
+    const DNConfig *c = &m->cfg;
+    const size_t *P = m->t.layer[l].p;
+    GPULayerActs<floatX> *a = &m->L[l];
+    GPUScratch<floatX> *s = &m->S;
+    const int N = B * T, D = c->d_model;
+    cudaStream_t st = m->stream;
+    if (c->layers[l] == 'D') {
+        const int H = c->n_head, K = c->head_dim;
+        const size_t ND = (size_t)N * D;
+        for (int j = 0; j < 3; j++) { /* q, k, v: projection, then conv + silu (+ L2 norm for q, k) */
+            matmul_forward(m->mm, a->qkv_pre + j * ND, s->xn, m->wx + P[DN_P_Q + j], N, D, D, 0, st);
+            conv_silu_l2norm_forward(s->big1 + j * ND, a->qkv_pre + j * ND, m->params + P[DN_P_Q_CONV + j], B, T, D,
+                                     j < 2 ? D : 0, K, GPU_L2_EPS, st);
+        }
+        matmul_forward(m->mm, s->bpre, s->xn, m->wx + P[DN_P_B], N, D, H, 0, st);
+        sigmoid_forward(a->beta, s->bpre, N * H, st);
+        deltarule_forward(a->o, a->dr_saved, s->big1, s->big1 + ND, s->big1 + 2 * ND, a->beta, 1.0f / sqrtf((float)K),
+                          s->kscratch, B, T, H, K, K, st);
+        rmsnorm_forward(s->a, a->rstd_o, a->o, m->params + P[DN_P_O_NORM], N * H, K, c->norm_eps, st);
+        matmul_forward(m->mm, s->b, s->a, m->wx + P[DN_P_O], N, D, D, 0, st);
+    } else {
+        const int Hq = c->attn_heads, Hkv = c->attn_kv_heads, dh = D / Hq, kvd = Hkv * dh;
+        const int window = c->layers[l] == 'S' ? c->window : 0;
+        matmul_forward(m->mm, a->q, s->xn, m->wx + P[DN_P_Q], N, D, D, 0, st);
+        matmul_forward(m->mm, a->k, s->xn, m->wx + P[DN_P_K], N, D, kvd, 0, st);
+        matmul_forward(m->mm, a->v, s->xn, m->wx + P[DN_P_V], N, D, kvd, 0, st);
+        rope_forward(a->q, s->rope, B, T, Hq, dh, 0, st);
+        rope_forward(a->k, s->rope, B, T, Hkv, dh, 0, st);
+        attention_forward(a->att, a->lse, a->q, a->k, a->v, B, T, Hq, Hkv, dh, window, st);
+        matmul_forward(m->mm, s->b, a->att, m->wx + P[DN_P_O], N, D, D, 0, st);
+    }
+}
+
+/* Everything up to the head: tokens [B,T] (device) -> S.xn = RMSNorm(h_L; g_final). */
+template <typename floatX>
+static void gpu_forward(GPUModel<floatX> *m, const int *d_inputs, int B, int T) {
+    const DNConfig *c = &m->cfg;
+    const DNParamTable *t = &m->t;
+    GPUScratch<floatX> *s = &m->S;
+    const int N = B * T, D = c->d_model, I = c->hidden_size;
+    const float eps = c->norm_eps;
+    cudaStream_t st = m->stream;
+    embedding_forward(s->emb, d_inputs, m->wx + t->embed, N, D, st);
+    rmsnorm_forward(s->xn, m->L[0].rstd_attn, s->emb, m->params + t->layer[0].p[DN_P_ATTN_NORM], N, D, eps, st);
+    for (int l = 0; l < c->n_layer; l++) {
+        const size_t *P = t->layer[l].p;
+        GPULayerActs<floatX> *a = &m->L[l];
+        mixer_forward(m, l, B, T);
+        residual_rmsnorm_forward(a->mid, s->xn, a->rstd_mlp, gpu_layer_input(m, l), s->b,
+                                 m->params + P[DN_P_MLP_NORM], N, D, eps, st);
+        matmul_forward(m->mm, a->gu, s->xn, m->wx + P[DN_P_GATE], N, D, 2 * I, 0, st);
+        swiglu_forward(s->big1, a->gu, N, I, st);
+        matmul_forward(m->mm, s->b, s->big1, m->wx + P[DN_P_DOWN], N, I, D, 0, st);
+        const int last = l + 1 == c->n_layer;
+        const float *g_next = m->params + (last ? t->norm : t->layer[l + 1].p[DN_P_ATTN_NORM]);
+        float *rstd_next = last ? s->rstd_final : m->L[l + 1].rstd_attn;
+        residual_rmsnorm_forward(a->out, s->xn, rstd_next, a->mid, s->b, g_next, N, D, eps, st);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// the LM head: logits in row chunks, cross-entropy, and (training) its backward right away
+
+/* After gpu_forward: losses of the N rows (targets device [N]); *d_loss += loss_scale * sum(losses).
+ * train: also dlogits with weight dloss_scale / N per row (1/accum for gradient accumulation),
+ * dW_lm += ..., and S.dres = d loss / d h_L (through the final norm). */
+template <typename floatX>
+static void gpu_head(GPUModel<floatX> *m, const int *d_targets, int N, int train, float dloss_scale,
+                     float *d_loss, float loss_scale) {
+    const DNConfig *c = &m->cfg;
+    const DNParamTable *t = &m->t;
+    GPUScratch<floatX> *s = &m->S;
+    const int D = c->d_model, V = c->vocab_size, Vp = c->padded_vocab;
+    cudaStream_t st = m->stream;
+    const floatX *W = m->wx + t->lm_head;
+    for (int r0 = 0; r0 < N; r0 += m->head_rows) {
+        const int rows = N - r0 < m->head_rows ? N - r0 : m->head_rows;
+        matmul_forward(m->mm, s->logits, s->xn + (size_t)r0 * D, W, rows, D, Vp, 0, st);
+        if (train) {
+            crossentropy_forward_backward(s->logits, s->losses + r0, d_targets + r0, dloss_scale * rows / N, rows, V, Vp, st);
+            matmul_backward_data(m->mm, s->a + (size_t)r0 * D, s->logits, W, rows, D, Vp, 0, st);
+            matmul_backward_weight(m->mm, m->grads + t->lm_head, s->logits, s->xn + (size_t)r0 * D, rows, D, Vp, st);
+        } else {
+            crossentropy_forward(s->losses + r0, s->logits, d_targets + r0, rows, V, Vp, st);
+        }
+    }
+    if (d_loss) sum_float(d_loss, s->losses, N, loss_scale / N, 1, st);
+    if (train)
+        rmsnorm_backward(s->dres, m->grads + t->norm, (float *)s->kscratch, s->a, m->L[c->n_layer - 1].out,
+                         m->params + t->norm, s->rstd_final, N, D, 0, st);
+}
+
+// ----------------------------------------------------------------------------
+// backward
+
+/* Mixer of layer l: S.dres (gradient of its output) -> S.a = gradient of its input x (=), weight
+ * gradients (+=). S.xn holds x (recomputed by the caller). */
+template <typename floatX>
+static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
+    const DNConfig *c = &m->cfg;
+    const size_t *P = m->t.layer[l].p;
+    GPULayerActs<floatX> *a = &m->L[l];
+    GPUScratch<floatX> *s = &m->S;
+    float *G = m->grads;
+    const int N = B * T, D = c->d_model;
+    cudaStream_t st = m->stream;
+    if (c->layers[l] == 'D') {
+        const int H = c->n_head, K = c->head_dim;
+        /* out = on W_o^T */
+        rmsnorm_forward(s->b, a->rstd_o, a->o, m->params + P[DN_P_O_NORM], N * H, K, c->norm_eps, st); /* on */
+        matmul_backward_weight(m->mm, G + P[DN_P_O], s->dres, s->b, N, D, D, st);
+        matmul_backward_data(m->mm, s->b, s->dres, m->wx + P[DN_P_O], N, D, D, 0, st);                 /* don */
+        rmsnorm_backward(s->a, G + P[DN_P_O_NORM], (float *)s->kscratch, s->b, a->o, m->params + P[DN_P_O_NORM],
+                         a->rstd_o, N * H, K, 0, st);                                                   /* do */
+        /* the delta rule, from the recomputed q, k, v */
+        const size_t ND = (size_t)N * D;
+        for (int j = 0; j < 3; j++)
+            conv_silu_l2norm_forward(s->big1 + j * ND, a->qkv_pre + j * ND, m->params + P[DN_P_Q_CONV + j], B, T, D,
+                                     j < 2 ? D : 0, K, GPU_L2_EPS, st);
+        deltarule_backward(s->big2, s->big2 + ND, s->big2 + 2 * ND, s->dbeta, s->a, a->dr_saved, s->big1, s->big1 + ND,
+                           s->big1 + 2 * ND, a->beta, 1.0f / sqrtf((float)K), s->kscratch, B, T, H, K, K, st);
+        /* beta's sigmoid and projection */
+        sigmoid_backward(s->bpre, s->dbeta, a->beta, N * H, st);
+        matmul_backward_weight(m->mm, G + P[DN_P_B], s->bpre, s->xn, N, D, H, st);
+        matmul_backward_data(m->mm, s->a, s->bpre, m->wx + P[DN_P_B], N, D, H, 0, st);
+        /* q, k, v: conv + silu (+ L2 norm), projection */
+        for (int j = 0; j < 3; j++) {
+            conv_silu_l2norm_backward(s->big1 + j * ND, G + P[DN_P_Q_CONV + j], (float *)s->kscratch, s->big2 + j * ND,
+                                      a->qkv_pre + j * ND, m->params + P[DN_P_Q_CONV + j], B, T, D, j < 2 ? D : 0, K,
+                                      GPU_L2_EPS, st);
+            matmul_backward_weight(m->mm, G + P[DN_P_Q + j], s->big1 + j * ND, s->xn, N, D, D, st);
+            matmul_backward_data(m->mm, s->a, s->big1 + j * ND, m->wx + P[DN_P_Q + j], N, D, D, 1, st);
+        }
+    } else {
+        const int Hq = c->attn_heads, Hkv = c->attn_kv_heads, dh = D / Hq, kvd = Hkv * dh;
+        const int window = c->layers[l] == 'S' ? c->window : 0;
+        floatX *dq = s->big2;
+        floatX *dk = dq + gpu_round_up((size_t)N * D, 16);
+        floatX *dv = dk + gpu_round_up((size_t)N * kvd, 16);
+        matmul_backward_weight(m->mm, G + P[DN_P_O], s->dres, a->att, N, D, D, st);
+        matmul_backward_data(m->mm, s->b, s->dres, m->wx + P[DN_P_O], N, D, D, 0, st);
+        attention_backward(dq, dk, dv, s->kscratch, s->b, a->q, a->k, a->v, a->att, a->lse, B, T, Hq, Hkv, dh, window, st);
+        rope_backward(dq, s->rope, B, T, Hq, dh, 0, st);
+        rope_backward(dk, s->rope, B, T, Hkv, dh, 0, st);
+        matmul_backward_weight(m->mm, G + P[DN_P_Q], dq, s->xn, N, D, D, st);
+        matmul_backward_weight(m->mm, G + P[DN_P_K], dk, s->xn, N, D, kvd, st);
+        matmul_backward_weight(m->mm, G + P[DN_P_V], dv, s->xn, N, D, kvd, st);
+        matmul_backward_data(m->mm, s->a, dq, m->wx + P[DN_P_Q], N, D, D, 0, st);
+        matmul_backward_data(m->mm, s->a, dk, m->wx + P[DN_P_K], N, D, kvd, 1, st);
+        matmul_backward_data(m->mm, s->a, dv, m->wx + P[DN_P_V], N, D, kvd, 1, st);
+    }
+}
+
+/* After gpu_head(train): every parameter gradient (+=). d_inputs: the forward's tokens. */
+template <typename floatX>
+static void gpu_backward(GPUModel<floatX> *m, const int *d_inputs, int B, int T) {
+    const DNConfig *c = &m->cfg;
+    const DNParamTable *t = &m->t;
+    GPUScratch<floatX> *s = &m->S;
+    float *G = m->grads;
+    float *ks = (float *)s->kscratch;
+    const int N = B * T, D = c->d_model, I = c->hidden_size;
+    const float eps = c->norm_eps;
+    cudaStream_t st = m->stream;
+    for (int l = c->n_layer - 1; l >= 0; l--) {
+        const size_t *P = t->layer[l].p;
+        GPULayerActs<floatX> *a = &m->L[l];
+        /* MLP: S.dres = d out -> d mid */
+        rmsnorm_forward(s->xn, a->rstd_mlp, a->mid, m->params + P[DN_P_MLP_NORM], N, D, eps, st);
+        swiglu_forward(s->big1, a->gu, N, I, st);
+        matmul_backward_weight(m->mm, G + P[DN_P_DOWN], s->dres, s->big1, N, I, D, st);
+        matmul_backward_data(m->mm, s->big1, s->dres, m->wx + P[DN_P_DOWN], N, I, D, 0, st);
+        swiglu_backward(a->gu, s->big1, a->gu, N, I, st); /* in place: gu now holds dgate|dup */
+        matmul_backward_weight(m->mm, G + P[DN_P_GATE], a->gu, s->xn, N, D, 2 * I, st);
+        matmul_backward_data(m->mm, s->a, a->gu, m->wx + P[DN_P_GATE], N, D, 2 * I, 0, st);
+        rmsnorm_backward(s->dres, G + P[DN_P_MLP_NORM], ks, s->a, a->mid, m->params + P[DN_P_MLP_NORM],
+                         a->rstd_mlp, N, D, 1, st);
+        /* mixer: S.dres = d mid -> d h_l */
+        const floatX *h = gpu_layer_input(m, l);
+        rmsnorm_forward(s->xn, a->rstd_attn, h, m->params + P[DN_P_ATTN_NORM], N, D, eps, st);
+        mixer_backward(m, l, B, T);
+        rmsnorm_backward(s->dres, G + P[DN_P_ATTN_NORM], ks, s->a, h, m->params + P[DN_P_ATTN_NORM],
+                         a->rstd_attn, N, D, 1, st);
+    }
+    embedding_backward(G + t->embed, s->kscratch, s->dres, d_inputs, N, D, c->padded_vocab, st);
+}
+
+// ----------------------------------------------------------------------------
+// the optimizer step
+
+/* Enqueue one whole step on m->stream (what the graph captures): inputs of micro-batch i are
+ * h_tokens[(2i) N ..], its targets h_tokens[(2i+1) N ..]; hyperparameters from *h_hp. */
+template <typename floatX>
+static void gpu_step_enqueue(GPUModel<floatX> *m) {
+    const size_t N = (size_t)m->B * m->T, P = m->t.total;
+    cudaStream_t st = m->stream;
+    cudaCheck(cudaMemcpyAsync(m->d_hp, m->h_hp, sizeof(AdamWHParams), cudaMemcpyHostToDevice, st));
+    cudaCheck(cudaMemcpyAsync(m->d_tokens, m->h_tokens, (size_t)m->accum * 2 * N * sizeof(int), cudaMemcpyHostToDevice, st));
+    cudaCheck(cudaMemsetAsync(m->grads, 0, P * sizeof(float), st));
+    cudaCheck(cudaMemsetAsync(m->d_loss, 0, sizeof(float), st));
+    for (int i = 0; i < m->accum; i++) {
+        const int *inp = m->d_tokens + (size_t)2 * i * N, *tgt = inp + N;
+        gpu_forward(m, inp, m->B, m->T);
+        gpu_head(m, tgt, (int)N, 1, 1.0f / m->accum, m->d_loss, 1.0f / m->accum);
+        gpu_backward(m, inp, m->B, m->T);
+    }
+    grad_norm(m->d_gn, m->norm_scratch, m->grads, P, m->d_hp, st);
+    floatX *copy = (void *)m->wx == (void *)m->params ? (floatX *)NULL : m->wx;
+    adamw_update(m->params, copy, m->adam_m, m->adam_v, m->grads, P, &m->seg, m->d_hp, m->d_gn, st);
+    cudaCheck(cudaMemcpyAsync(m->h_out, m->d_loss, sizeof(float), cudaMemcpyDeviceToHost, st));
+    cudaCheck(cudaMemcpyAsync(m->h_out + 1, &m->d_gn->norm, sizeof(float), cudaMemcpyDeviceToHost, st));
+}
+
+typedef struct {
+    float lr, beta1, beta2, eps, weight_decay, grad_clip;
+} GPUOptim;
+
+/* One optimizer step over the micro-batches already in m->h_tokens; step counts from 1.
+ * Returns the mean loss; *norm gets the gradient norm (before clipping). */
+template <typename floatX>
+static float gpu_train_step(GPUModel<floatX> *m, const GPUOptim *o, long step, float *norm) {
+    AdamWHParams *hp = m->h_hp;
+    hp->lr = o->lr; hp->beta1 = o->beta1; hp->beta2 = o->beta2; hp->eps = o->eps;
+    hp->weight_decay = o->weight_decay; hp->grad_clip = o->grad_clip; hp->step = (int)step;
+    if (m->use_graph && m->steps_run >= 1 && !m->have_graph) {
+        /* every matmul plan is cached by now: capture the whole step once */
+        cudaGraph_t g;
+        cudaCheck(cudaStreamBeginCapture(m->stream, cudaStreamCaptureModeThreadLocal));
+        gpu_step_enqueue(m);
+        cudaCheck(cudaStreamEndCapture(m->stream, &g));
+        cudaCheck(cudaGraphInstantiate(&m->graph, g, 0));
+        cudaCheck(cudaGraphDestroy(g));
+        m->have_graph = 1;
+    }
+    if (m->have_graph) cudaCheck(cudaGraphLaunch(m->graph, m->stream));
+    else gpu_step_enqueue(m);
+    cudaCheck(cudaStreamSynchronize(m->stream));
+    m->steps_run++;
+    if (norm) *norm = m->h_out[1];
+    return m->h_out[0];
+}
+
+// ----------------------------------------------------------------------------
+// evaluation, logits, gradients (validation, sampling, tests)
+
+/* Mean loss of one batch of B <= m->B rows of m->T tokens (inputs, targets host [B*T]); no
+ * parameter change. */
+template <typename floatX>
+static float gpu_eval_loss(GPUModel<floatX> *m, const int *inputs, const int *targets, int B) {
+    const size_t N = (size_t)B * m->T;
+    cudaStream_t st = m->stream;
+    cudaCheck(cudaMemcpyAsync(m->d_tokens, inputs, N * sizeof(int), cudaMemcpyHostToDevice, st));
+    cudaCheck(cudaMemcpyAsync(m->d_tokens + N, targets, N * sizeof(int), cudaMemcpyHostToDevice, st));
+    cudaCheck(cudaMemsetAsync(m->d_loss, 0, sizeof(float), st));
+    gpu_forward(m, m->d_tokens, B, m->T);
+    gpu_head(m, m->d_tokens + N, (int)N, 0, 0.0f, m->d_loss, 1.0f);
+    float loss = 0.0f;
+    cudaCheck(cudaMemcpyAsync(&loss, m->d_loss, sizeof(float), cudaMemcpyDeviceToHost, st));
+    cudaCheck(cudaStreamSynchronize(st));
+    return loss;
+}
+
+/* Loss and gradients of one batch without an update (tests): grads = d loss / d params. */
+template <typename floatX>
+static float gpu_loss_and_grads(GPUModel<floatX> *m, const int *inputs, const int *targets) {
+    const size_t N = (size_t)m->B * m->T;
+    cudaStream_t st = m->stream;
+    cudaCheck(cudaMemcpyAsync(m->d_tokens, inputs, N * sizeof(int), cudaMemcpyHostToDevice, st));
+    cudaCheck(cudaMemcpyAsync(m->d_tokens + N, targets, N * sizeof(int), cudaMemcpyHostToDevice, st));
+    cudaCheck(cudaMemsetAsync(m->d_loss, 0, sizeof(float), st));
+    cudaCheck(cudaMemsetAsync(m->grads, 0, m->t.total * sizeof(float), st));
+    gpu_forward(m, m->d_tokens, m->B, m->T);
+    gpu_head(m, m->d_tokens + N, (int)N, 1, 1.0f, m->d_loss, 1.0f);
+    gpu_backward(m, m->d_tokens, m->B, m->T);
+    float loss = 0.0f;
+    cudaCheck(cudaMemcpyAsync(&loss, m->d_loss, sizeof(float), cudaMemcpyDeviceToHost, st));
+    cudaCheck(cudaStreamSynchronize(st));
+    return loss;
+}
+
+/* Logits of rows [row0, row0 + nrows) of the last forward (B*T rows), vocab_size columns each,
+ * into host out (float). */
+template <typename floatX>
+static void gpu_logits_rows(GPUModel<floatX> *m, int row0, int nrows, float *out) {
+    const DNConfig *c = &m->cfg;
+    const int D = c->d_model, V = c->vocab_size, Vp = c->padded_vocab;
+    floatX *tmp = (floatX *)malloc((size_t)m->head_rows * V * sizeof(floatX));
+    if (!tmp) { fprintf(stderr, "out of host memory\n"); exit(EXIT_FAILURE); }
+    for (int r = 0; r < nrows; r += m->head_rows) {
+        const int rows = nrows - r < m->head_rows ? nrows - r : m->head_rows;
+        matmul_forward(m->mm, m->S.logits, m->S.xn + (size_t)(row0 + r) * D, m->wx + m->t.lm_head, rows, D, Vp, 0, m->stream);
+        cudaCheck(cudaMemcpy2DAsync(tmp, (size_t)V * sizeof(floatX), m->S.logits, (size_t)Vp * sizeof(floatX),
+                                    (size_t)V * sizeof(floatX), rows, cudaMemcpyDeviceToHost, m->stream));
+        cudaCheck(cudaStreamSynchronize(m->stream));
+        for (size_t i = 0; i < (size_t)rows * V; i++) out[(size_t)r * V + i] = to_f<floatX>(tmp[i]);
+    }
+    free(tmp);
+}
+
+/* Forward of host tokens [B*T] (B <= m->B, T <= m->T; the graph is not used) then, if out is
+ * given, the logits of every row into out [B*T, vocab_size]. */
+template <typename floatX>
+static void gpu_forward_logits(GPUModel<floatX> *m, const int *inputs, int B, int T, float *out) {
+    cudaCheck(cudaMemcpyAsync(m->d_tokens, inputs, (size_t)B * T * sizeof(int), cudaMemcpyHostToDevice, m->stream));
+    gpu_forward(m, m->d_tokens, B, T);
+    if (out) gpu_logits_rows(m, 0, B * T, out);
+}

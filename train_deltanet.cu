@@ -1,0 +1,590 @@
+/*
+ * train_deltanet.cu -- the GPU trainer of deltanet.c: DeltaNet language models and their hybrids
+ * with sliding-window ('S') and global ('G') softmax attention layers, trained on llm.c-format
+ * token shards. This file only wires things up: the model (parameters, activations, forward,
+ * backward, the AdamW step, the CUDA graph) is kernels/model_gpu.cuh, the kernels are kernels/*.cuh,
+ * the config / parameter table / checkpoints are model.h, the shards data.h, the tokenizer
+ * tokenizer.h.
+ *
+ * One step: `accum` micro-batches of B x T tokens (accum = total batch / (B T)), gradients
+ * averaged over them, the global gradient norm clipped to --clip, AdamW (betas 0.9, 0.95,
+ * decoupled weight decay on matrices, the embedding and the conv weights; none on norm gains), the
+ * learning rate warmed up linearly over --warmup steps then cosine-decayed to the floor --lr-min
+ * at --steps:
+ *   lr(s) = lr * s / warmup                                                 s <= warmup (s from 1)
+ *         = lr_min + (lr - lr_min) (1 + cos(pi (s - warmup) / (steps - warmup))) / 2   after
+ * MFU counts the matmul and mixer FLOPs of one token (forward x 3 for training, see
+ * flops_per_token) against the H100's dense bf16 peak, 989 TFLOP/s (also in --fp32 mode).
+ *
+ * Resume: a checkpoint is <out>/model_<step>.safetensors (weights, F32, loads in PyTorch) plus
+ * <that>.state (AdamW moments, step, data position, sampling RNG). --resume restores all of it,
+ * so that N steps straight and N/2 + --resume + N/2 (same flags) give the same losses.
+ */
+#include <cerrno>
+#include <cstdarg>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <getopt.h>
+#include <sys/stat.h>
+#include "kernels/model_gpu.cuh"
+extern "C" {
+#include "data.h"
+#include "tokenizer.h"
+}
+
+#define H100_BF16_PEAK_FLOPS 989e12
+
+// ----------------------------------------------------------------------------
+// command line
+
+typedef struct {
+    const char *train_pattern, *val_pattern, *out_dir, *resume, *log_path, *model, *layers, *attn_layers;
+    int B, T;
+    long total_batch;          /* tokens per optimizer step (0: B*T) */
+    int window, attn_heads, kv_heads, tied; /* -1: the preset's */
+    float lr, lr_min, wd, clip, beta1, beta2, adam_eps;
+    int warmup, steps;
+    unsigned long long seed;
+    int val_every, val_batches, sample_every, sample_len;
+    float temperature;
+    int ckpt_every, fp32, no_graph;
+    char cmdline[128];
+} TrainArgs;
+
+static void args_defaults(TrainArgs *a) {
+    memset(a, 0, sizeof *a);
+    a->train_pattern = "data/tinyshakespeare/tinyshakespeare_train*.bin";
+    a->val_pattern = "data/tinyshakespeare/tinyshakespeare_val.bin";
+    a->out_dir = "out";
+    a->model = "small";
+    a->B = 8; a->T = 512;
+    a->window = -1; a->attn_heads = -1; a->kv_heads = -1; a->tied = -1;
+    a->lr = 1e-3f; a->lr_min = 1e-4f; a->wd = 0.1f; a->clip = 1.0f;
+    a->beta1 = 0.9f; a->beta2 = 0.95f; a->adam_eps = 1e-8f;
+    a->warmup = 20; a->steps = 300;
+    a->seed = 1337;
+    a->val_every = 25; a->val_batches = 8; a->sample_every = 100; a->sample_len = 128;
+    a->temperature = 1.0f;
+    a->ckpt_every = 0;
+}
+
+static void usage(const char *prog, FILE *f) {
+    TrainArgs d;
+    args_defaults(&d);
+    fprintf(f,
+        "usage: %s [options]\n"
+        "Train a DeltaNet (or hybrid) language model on token shards. Defaults in [].\n"
+        "data\n"
+        "  -i, --train PATTERN     training shards (glob) [%s]\n"
+        "  -j, --val PATTERN       validation shards (glob) [%s]\n"
+        "  -b, --batch B           micro-batch rows [%d]\n"
+        "  -t, --seq T             sequence length [%d]\n"
+        "  -d, --total-batch N     tokens per optimizer step, a multiple of B*T (gradient accumulation) [B*T]\n"
+        "model (ignored with --resume: the checkpoint has the config)\n"
+        "  -m, --model NAME        small | d12 | 340M | tiny [%s]\n"
+        "                          small: d12's width (D=768, H=6, K=128, GPT-2 vocab, tied), 6 DeltaNet layers;\n"
+        "                          tiny (D=64, K=32) is for the CPU reference: the GPU delta rule needs K = 64 or 128\n"
+        "      --layers STR        layer kinds, one letter per layer: D DeltaNet, S sliding window, G global\n"
+        "      --attn-layers LIST  comma-separated 0-based layers made global attention (G), e.g. 5,11\n"
+        "      --window W          sliding window in keys, itself included [preset: 512]\n"
+        "      --attn-heads N      softmax-attention heads [preset: the DeltaNet heads]\n"
+        "      --kv-heads N        grouped KV heads of the attention layers [= attention heads]\n"
+        "      --tied, --untied    LM head tied to the embedding or not [preset: tied]\n"
+        "optimization\n"
+        "  -l, --lr LR             peak learning rate [%g]\n"
+        "      --warmup N          linear warmup steps [%d]\n"
+        "      --lr-min LR         floor of the cosine decay [%g]\n"
+        "      --wd WD             AdamW weight decay (matrices, embedding, conv) [%g]\n"
+        "      --clip C            gradient-norm clip, 0 = off [%g]\n"
+        "      --beta1 B1, --beta2 B2, --adam-eps E   AdamW [%g, %g, %g]\n"
+        "  -x, --steps N           optimizer steps [%d]\n"
+        "  -s, --seed S            initialisation and sampling seed [%llu]\n"
+        "      --fp32              fp32 activations and matmuls (tests, exact resume) instead of bf16\n"
+        "      --no-graph          launch every kernel each step instead of replaying a CUDA graph\n"
+        "evaluation and output\n"
+        "  -v, --val-every N       validation loss every N steps, 0 = never [%d]\n"
+        "      --val-batches N     validation batches per evaluation [%d]\n"
+        "      --sample-every N    print a sample every N steps, 0 = never [%d]\n"
+        "      --sample-len N      tokens per sample [%d]\n"
+        "      --temperature X     sampling temperature, 0 = greedy [%g]\n"
+        "  -c, --ckpt-every N      checkpoint every N steps (and always at the end), 0 = at the end only [%d]\n"
+        "  -o, --out DIR           checkpoint directory [%s]\n"
+        "  -r, --resume PATH       continue from PATH (a model_<step>.safetensors with its .state beside it)\n"
+        "      --log FILE          per-step log, JSONL (or CSV if FILE ends in .csv)\n"
+        "  -h, --help              this text\n",
+        prog, d.train_pattern, d.val_pattern, d.B, d.T, d.model, d.lr, d.warmup, d.lr_min, d.wd, d.clip, d.beta1,
+        d.beta2, d.adam_eps, d.steps, d.seed, d.val_every, d.val_batches, d.sample_every, d.sample_len,
+        d.temperature, d.ckpt_every, d.out_dir);
+}
+
+static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(EXIT_FAILURE);
+}
+
+static long parse_long(const char *opt, const char *s, long lo, long hi) {
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) die("--%s: '%s' is not an integer in [%ld, %ld]", opt, s, lo, hi);
+    return v;
+}
+static float parse_float(const char *opt, const char *s, float lo, float hi) {
+    char *end = NULL;
+    double v = strtod(s, &end);
+    if (end == s || *end || !std::isfinite(v) || v < lo || v > hi) die("--%s: '%s' is not a number in [%g, %g]", opt, s, lo, hi);
+    return (float)v;
+}
+
+static void parse_args(TrainArgs *a, int argc, char **argv) {
+    enum { O_LAYERS = 1000, O_ATTN_LAYERS, O_WINDOW, O_ATTN_HEADS, O_KV_HEADS, O_TIED, O_UNTIED, O_WARMUP, O_LR_MIN,
+           O_WD, O_CLIP, O_BETA1, O_BETA2, O_ADAM_EPS, O_FP32, O_NO_GRAPH, O_VAL_BATCHES, O_SAMPLE_EVERY,
+           O_SAMPLE_LEN, O_TEMPERATURE, O_LOG };
+    static const struct option opts[] = {
+        {"train", required_argument, 0, 'i'}, {"val", required_argument, 0, 'j'},
+        {"batch", required_argument, 0, 'b'}, {"seq", required_argument, 0, 't'},
+        {"total-batch", required_argument, 0, 'd'}, {"model", required_argument, 0, 'm'},
+        {"layers", required_argument, 0, O_LAYERS}, {"attn-layers", required_argument, 0, O_ATTN_LAYERS},
+        {"window", required_argument, 0, O_WINDOW}, {"attn-heads", required_argument, 0, O_ATTN_HEADS},
+        {"kv-heads", required_argument, 0, O_KV_HEADS}, {"tied", no_argument, 0, O_TIED},
+        {"untied", no_argument, 0, O_UNTIED}, {"lr", required_argument, 0, 'l'},
+        {"warmup", required_argument, 0, O_WARMUP}, {"lr-min", required_argument, 0, O_LR_MIN},
+        {"wd", required_argument, 0, O_WD}, {"clip", required_argument, 0, O_CLIP},
+        {"beta1", required_argument, 0, O_BETA1}, {"beta2", required_argument, 0, O_BETA2},
+        {"adam-eps", required_argument, 0, O_ADAM_EPS}, {"steps", required_argument, 0, 'x'},
+        {"seed", required_argument, 0, 's'}, {"fp32", no_argument, 0, O_FP32},
+        {"no-graph", no_argument, 0, O_NO_GRAPH}, {"val-every", required_argument, 0, 'v'},
+        {"val-batches", required_argument, 0, O_VAL_BATCHES}, {"sample-every", required_argument, 0, O_SAMPLE_EVERY},
+        {"sample-len", required_argument, 0, O_SAMPLE_LEN}, {"temperature", required_argument, 0, O_TEMPERATURE},
+        {"ckpt-every", required_argument, 0, 'c'}, {"out", required_argument, 0, 'o'},
+        {"resume", required_argument, 0, 'r'}, {"log", required_argument, 0, O_LOG},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    args_defaults(a);
+    int c, idx = 0;
+    while ((c = getopt_long(argc, argv, "i:j:b:t:d:m:l:x:s:v:c:o:r:h", opts, &idx)) != -1) {
+        const char *name = NULL;
+        for (int k = 0; opts[k].name; k++) if (opts[k].val == c) name = opts[k].name;
+        switch (c) {
+        case 'i': a->train_pattern = optarg; break;
+        case 'j': a->val_pattern = optarg; break;
+        case 'b': a->B = (int)parse_long(name, optarg, 1, 1 << 16); break;
+        case 't': a->T = (int)parse_long(name, optarg, 1, 1 << 20); break;
+        case 'd': a->total_batch = parse_long(name, optarg, 1, 1L << 40); break;
+        case 'm': a->model = optarg; break;
+        case O_LAYERS: a->layers = optarg; break;
+        case O_ATTN_LAYERS: a->attn_layers = optarg; break;
+        case O_WINDOW: a->window = (int)parse_long(name, optarg, 1, 1 << 30); break;
+        case O_ATTN_HEADS: a->attn_heads = (int)parse_long(name, optarg, 1, 1 << 16); break;
+        case O_KV_HEADS: a->kv_heads = (int)parse_long(name, optarg, 1, 1 << 16); break;
+        case O_TIED: a->tied = 1; break;
+        case O_UNTIED: a->tied = 0; break;
+        case 'l': a->lr = parse_float(name, optarg, 0.0f, 10.0f); break;
+        case O_WARMUP: a->warmup = (int)parse_long(name, optarg, 0, 1 << 30); break;
+        case O_LR_MIN: a->lr_min = parse_float(name, optarg, 0.0f, 10.0f); break;
+        case O_WD: a->wd = parse_float(name, optarg, 0.0f, 10.0f); break;
+        case O_CLIP: a->clip = parse_float(name, optarg, 0.0f, 1e9f); break;
+        case O_BETA1: a->beta1 = parse_float(name, optarg, 0.0f, 0.999999f); break;
+        case O_BETA2: a->beta2 = parse_float(name, optarg, 0.0f, 0.999999f); break;
+        case O_ADAM_EPS: a->adam_eps = parse_float(name, optarg, 0.0f, 1.0f); break;
+        case 'x': a->steps = (int)parse_long(name, optarg, 1, 1 << 30); break;
+        case 's': a->seed = (unsigned long long)parse_long(name, optarg, 0, 0x7fffffffffffffffL); break;
+        case O_FP32: a->fp32 = 1; break;
+        case O_NO_GRAPH: a->no_graph = 1; break;
+        case 'v': a->val_every = (int)parse_long(name, optarg, 0, 1 << 30); break;
+        case O_VAL_BATCHES: a->val_batches = (int)parse_long(name, optarg, 1, 1 << 30); break;
+        case O_SAMPLE_EVERY: a->sample_every = (int)parse_long(name, optarg, 0, 1 << 30); break;
+        case O_SAMPLE_LEN: a->sample_len = (int)parse_long(name, optarg, 1, 1 << 20); break;
+        case O_TEMPERATURE: a->temperature = parse_float(name, optarg, 0.0f, 100.0f); break;
+        case 'c': a->ckpt_every = (int)parse_long(name, optarg, 0, 1 << 30); break;
+        case 'o': a->out_dir = optarg; break;
+        case 'r': a->resume = optarg; break;
+        case O_LOG: a->log_path = optarg; break;
+        case 'h': usage(argv[0], stdout); exit(0);
+        default: usage(argv[0], stderr); exit(EXIT_FAILURE);
+        }
+    }
+    if (optind < argc) die("unexpected argument '%s' (see -h)", argv[optind]);
+    if (a->total_batch == 0) a->total_batch = (long)a->B * a->T;
+    if (a->total_batch % ((long)a->B * a->T)) die("--total-batch %ld is not a multiple of B*T = %ld", a->total_batch, (long)a->B * a->T);
+    if (a->lr_min > a->lr) die("--lr-min %g is above --lr %g", a->lr_min, a->lr);
+    /* the command line, for the training-state note */
+    for (int i = 0; i < argc; i++) {
+        size_t n = strlen(a->cmdline);
+        snprintf(a->cmdline + n, sizeof a->cmdline - n, "%s%s", i ? " " : "", argv[i]);
+    }
+}
+
+/* The model config from the preset and the flags. */
+static DNConfig build_config(const TrainArgs *a) {
+    DNConfig c;
+    char err[DN_ERR_LEN];
+    const int small = !strcmp(a->model, "small");
+    if (dn_config_preset(&c, small ? "d12" : a->model))
+        die("--model '%s': unknown preset (small, tiny, d12, 340M)", a->model);
+    if (small && dn_config_set_layers(&c, "DDDDDD", err, sizeof err)) die("%s", err);
+    if (a->layers && dn_config_set_layers(&c, a->layers, err, sizeof err)) die("--layers: %s", err);
+    if (a->attn_layers) {
+        char buf[512];
+        snprintf(buf, sizeof buf, "%s", a->attn_layers);
+        for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+            long l = parse_long("attn-layers", tok, 0, c.n_layer - 1);
+            c.layers[l] = 'G';
+        }
+    }
+    if (a->window > 0) c.window = a->window;
+    if (a->attn_heads > 0) { c.attn_heads = a->attn_heads; c.attn_kv_heads = a->attn_heads; }
+    if (a->kv_heads > 0) c.attn_kv_heads = a->kv_heads;
+    if (a->tied >= 0) c.tie_embeddings = a->tied;
+    if (dn_config_validate(&c, err, sizeof err)) die("impossible model config: %s", err);
+    if (gpu_model_supported(&c, err, sizeof err)) die("--model %s: %s", a->model, err);
+    return c;
+}
+
+// ----------------------------------------------------------------------------
+// FLOPs and the learning rate
+
+/* Training FLOPs of one token: 3 x the forward's (the backward is twice the forward), counting
+ * multiply-adds as 2: every matmul, the delta rule's chunkwise products (chunk C = 64: per token and
+ * head, K K^T, Q K^T, the WY solve and products ~ C (4K + 2V) + K^2, and 3 K V for the state
+ * reads/writes), and attention's q k^T and p v over the keys actually visible. */
+static double flops_per_token(const DNConfig *c, int T) {
+    const double D = c->d_model, I = c->hidden_size, Vp = c->padded_vocab, K = c->head_dim;
+    double f = 2.0 * D * Vp; /* LM head */
+    for (int l = 0; l < c->n_layer; l++) {
+        f += 2.0 * 3.0 * D * I; /* MLP */
+        if (c->layers[l] == 'D') {
+            /* projections; per head the chunk's K K^T, W, U, Q K^T, tril(Q K^T) U' (C^2 (6K + 4V)),
+             * W S, Q S, K^T U' (6 C K V) and the triangular solve (2/3 C^3), per token */
+            const double C = T < 64 ? T : 64;
+            f += 2.0 * D * (3.0 * D + c->n_head) + 2.0 * D * D;
+            f += c->n_head * (C * (6.0 * K + 4.0 * K) + 6.0 * K * K + 2.0 / 3.0 * C * C);
+        } else {
+            const double dh = D / c->attn_heads, kvd = c->attn_kv_heads * dh;
+            double keys = 0; /* mean visible keys per query */
+            const int w = c->layers[l] == 'S' ? c->window : 0;
+            for (int t = 0; t < T; t++) keys += (w > 0 && t + 1 > w) ? w : t + 1;
+            keys /= T;
+            f += 2.0 * D * (D + 2.0 * kvd) + 2.0 * D * D + c->attn_heads * 2.0 * 2.0 * dh * keys;
+        }
+    }
+    return 3.0 * f;
+}
+
+static float lr_at(const TrainArgs *a, long step) {
+    if (a->warmup > 0 && step <= a->warmup) return a->lr * (float)step / (float)a->warmup;
+    if (a->steps <= a->warmup) return a->lr;
+    double p = (double)(step - a->warmup) / (double)(a->steps - a->warmup);
+    p = p > 1.0 ? 1.0 : p;
+    return (float)(a->lr_min + (a->lr - a->lr_min) * 0.5 * (1.0 + cos(M_PI * p)));
+}
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+// ----------------------------------------------------------------------------
+// the trainer
+
+template <typename floatX> struct Trainer {
+    TrainArgs a;
+    DNConfig cfg;
+    GPUModel<floatX> m;
+    cudaStream_t stream;
+    DataLoader train, val;
+    int have_val, val_B;
+    Tokenizer tok;
+    int have_tok;
+    DNRng rng;               /* sampling */
+    long step;               /* optimizer steps done */
+    int accum;
+    double flops_tok;
+    FILE *log;
+    int log_csv;
+    char last_ckpt[1024];
+    float *h_params, *h_m, *h_v; /* host staging for checkpoints */
+};
+
+static void missing_data(const char *pattern, const char *err) {
+    die("cannot open the shards '%s': %s\n"
+        "  HINT: run `make data` to build the TinyShakespeare shards, or point --train/--val at shards made by\n"
+        "  `./tokenize -o PREFIX file.txt` or by llm.c's data scripts (e.g. dev/data/fineweb.py: same format)",
+        pattern, err);
+}
+
+/* Data loaders, the tokenizer (optional: samples need it), the log file. */
+template <typename floatX>
+static void setup_io(Trainer<floatX> *tr) {
+    const TrainArgs *a = &tr->a;
+    char err[DN_ERR_LEN];
+    if (dl_init(&tr->train, a->train_pattern, a->B, a->T, tr->cfg.vocab_size, err, sizeof err)) missing_data(a->train_pattern, err);
+    if (a->val_every > 0) {
+        /* the validation shard may be small: fewer rows per batch if one batch of B rows does not fit */
+        for (tr->val_B = a->B; tr->val_B >= 1; tr->val_B /= 2) {
+            if (!dl_init(&tr->val, a->val_pattern, tr->val_B, a->T, tr->cfg.vocab_size, err, sizeof err)) break;
+            if (!strstr(err, "fewer than one batch")) missing_data(a->val_pattern, err);
+        }
+        if (tr->val_B < 1) missing_data(a->val_pattern, err);
+        tr->have_val = 1;
+    }
+    if (a->sample_every > 0) {
+        tr->have_tok = !tok_load(&tr->tok, NULL, err, sizeof err);
+        if (!tr->have_tok) fprintf(stderr, "note: no samples (%s)\n", err);
+        else if (tr->tok.vocab_size > tr->cfg.vocab_size) { tok_free(&tr->tok); tr->have_tok = 0; fprintf(stderr, "note: no samples: the model's vocabulary is smaller than GPT-2's\n"); }
+    }
+    mkdir(a->out_dir, 0755);
+    if (a->log_path) {
+        size_t n = strlen(a->log_path);
+        tr->log_csv = n >= 4 && !strcmp(a->log_path + n - 4, ".csv");
+        tr->log = fopen(a->log_path, a->resume ? "a" : "w");
+        if (!tr->log) die("--log %s: cannot open: %s", a->log_path, strerror(errno));
+        if (tr->log_csv && ftell(tr->log) == 0) fprintf(tr->log, "kind,step,loss,lr,norm,ms,tok_s,mfu\n");
+    }
+}
+
+/* The model on the GPU: fresh (host init from the seed, then copied) or from --resume. */
+template <typename floatX>
+static void setup_model(Trainer<floatX> *tr) {
+    const TrainArgs *a = &tr->a;
+    char err[DN_ERR_LEN];
+    float *params = NULL;
+    DNTrainState st;
+    memset(&st, 0, sizeof st);
+    if (a->resume) {
+        if (dn_checkpoint_read(a->resume, &tr->cfg, &params, err, sizeof err)) die("--resume: %s", err);
+    } else {
+        tr->cfg = build_config(a);
+    }
+    cudaCheck(cudaStreamCreate(&tr->stream));
+    tr->accum = (int)(a->total_batch / ((long)a->B * a->T));
+    gpu_model_create(&tr->m, &tr->cfg, a->B, a->T, tr->accum, tr->stream);
+    tr->m.use_graph = !a->no_graph;
+    const DNParamTable *t = &tr->m.t;
+    tr->h_params = (float *)malloc(t->total * sizeof(float));
+    tr->h_m = (float *)malloc(t->total * sizeof(float));
+    tr->h_v = (float *)malloc(t->total * sizeof(float));
+    if (!tr->h_params || !tr->h_m || !tr->h_v) die("out of host memory for %zu parameters", t->total);
+    dn_rng_seed(&tr->rng, a->seed ^ 0x5a4d504c45ull);
+    if (a->resume) {
+        char sp[1100];
+        snprintf(sp, sizeof sp, "%s.state", a->resume);
+        if (dn_state_read(sp, t, tr->h_m, tr->h_v, &st, err, sizeof err)) die("--resume: %s", err);
+        gpu_model_set_params(&tr->m, params);
+        gpu_model_set_adam(&tr->m, tr->h_m, tr->h_v);
+        tr->step = st.step;
+        tr->rng.s = st.rng_state;
+        free(params);
+        snprintf(tr->last_ckpt, sizeof tr->last_ckpt, "%s", a->resume);
+    } else {
+        dn_init_params(t, tr->h_params, a->seed);
+        gpu_model_set_params(&tr->m, tr->h_params);
+    }
+    setup_io(tr);
+    if (a->resume && dl_seek(&tr->train, st.data_shard, st.data_pos, err, sizeof err)) die("--resume: %s", err);
+    tr->flops_tok = flops_per_token(&tr->cfg, a->T);
+}
+
+template <typename floatX>
+static void print_summary(Trainer<floatX> *tr) {
+    const TrainArgs *a = &tr->a;
+    const DNConfig *c = &tr->cfg;
+    size_t fr = 0, tot = 0;
+    cudaCheck(cudaMemGetInfo(&fr, &tot));
+    cudaDeviceProp prop;
+    int dev = 0;
+    cudaCheck(cudaGetDevice(&dev));
+    cudaCheck(cudaGetDeviceProperties(&prop, dev));
+    printf("device: %s | %s mode%s\n", prop.name, a->fp32 ? "fp32" : "bf16", a->no_graph ? " (no CUDA graph)" : "");
+    printf("model: layers %s | D %d | heads %d (K %d) | MLP %d | vocab %d (padded %d) | %s", c->layers, c->d_model,
+           c->n_head, c->head_dim, c->hidden_size, c->vocab_size, c->padded_vocab, c->tie_embeddings ? "tied" : "untied");
+    if (strpbrk(c->layers, "SG")) printf(" | attention heads %d, kv %d, window %d", c->attn_heads, c->attn_kv_heads, c->window);
+    printf("\nparameters: %zu (%.1fM) | seed %llu%s%s\n", tr->m.t.total_real, tr->m.t.total_real / 1e6, a->seed,
+           a->resume ? " | resumed from " : "", a->resume ? a->resume : "");
+    printf("batch: %d x %d tokens x %d micro-batches = %ld tokens/step | steps %d | lr %g (warmup %d, floor %g) | wd %g | clip %g\n",
+           a->B, a->T, tr->accum, a->total_batch, a->steps, a->lr, a->warmup, a->lr_min, a->wd, a->clip);
+    printf("train: %s (%zu shards) | val: %s | %.3f GFLOP/token\n", a->train_pattern, tr->train.nfiles,
+           tr->have_val ? a->val_pattern : "off", tr->flops_tok / 1e9);
+    printf("GPU memory: activations %.2f GiB, parameters+grads+AdamW %.2f GiB, in use on the device %.2f of %.2f GiB\n",
+           tr->m.act_bytes / 1073741824.0, tr->m.t.total * (16.0 + (a->fp32 ? 0 : 2)) / 1073741824.0,
+           (tot - fr) / 1073741824.0, tot / 1073741824.0);
+    fflush(stdout);
+}
+
+template <typename floatX>
+static float validate(Trainer<floatX> *tr) {
+    char err[DN_ERR_LEN];
+    dl_reset(&tr->val);
+    long n = dl_epoch_batches(&tr->val);
+    n = n < tr->a.val_batches ? n : tr->a.val_batches;
+    double sum = 0;
+    for (long i = 0; i < n; i++) {
+        if (dl_next(&tr->val, err, sizeof err)) die("validation data: %s", err);
+        sum += gpu_eval_loss(&tr->m, tr->val.inputs, tr->val.targets, tr->val_B);
+    }
+    return (float)(sum / (n > 0 ? n : 1));
+}
+
+/* Print a sample of sample_len tokens after <|endoftext|>, the GPU forward over the last T tokens. */
+template <typename floatX>
+static void sample(Trainer<floatX> *tr) {
+    const int T = tr->a.T, V = tr->cfg.vocab_size, n = tr->a.sample_len;
+    int *seq = (int *)malloc((size_t)(n + 1) * sizeof(int)), *win = (int *)malloc((size_t)T * sizeof(int));
+    float *logits = (float *)malloc((size_t)V * sizeof(float));
+    if (!seq || !win || !logits) die("out of host memory");
+    seq[0] = tr->tok.eot;
+    printf("---- sample (step %ld, temperature %g)\n", tr->step, tr->a.temperature);
+    for (int i = 1; i <= n; i++) {
+        const int len = i < T ? i : T, start = i - len;
+        for (int t = 0; t < T; t++) win[t] = t < len ? seq[start + t] : tr->tok.eot;
+        gpu_forward_logits(&tr->m, win, 1, T, (float *)NULL);
+        gpu_logits_rows(&tr->m, len - 1, 1, logits);
+        int next = 0;
+        if (tr->a.temperature <= 0.0f) {
+            for (int j = 1; j < V; j++) if (logits[j] > logits[next]) next = j;
+        } else {
+            float mx = logits[0];
+            for (int j = 1; j < V; j++) mx = logits[j] > mx ? logits[j] : mx;
+            double z = 0;
+            for (int j = 0; j < V; j++) z += exp((logits[j] - mx) / tr->a.temperature);
+            double r = dn_rng_uniform(&tr->rng) * z, acc = 0;
+            next = V - 1;
+            for (int j = 0; j < V; j++) {
+                acc += exp((logits[j] - mx) / tr->a.temperature);
+                if (acc > r) { next = j; break; }
+            }
+        }
+        seq[i] = next;
+        size_t bl = 0;
+        const char *b = tok_token(&tr->tok, next, &bl);
+        if (b) fwrite(b, 1, bl, stdout);
+    }
+    printf("\n----\n");
+    fflush(stdout);
+    free(seq); free(win); free(logits);
+}
+
+/* Weights to <out>/model_<step>.safetensors (name: NULL) or <out>/<name>, and its .state. */
+template <typename floatX>
+static void save_checkpoint(Trainer<floatX> *tr) {
+    char path[1024], sp[1100], err[DN_ERR_LEN], stepbuf[32];
+    snprintf(path, sizeof path, "%s/model_%06ld.safetensors", tr->a.out_dir, tr->step);
+    snprintf(sp, sizeof sp, "%s.state", path);
+    snprintf(stepbuf, sizeof stepbuf, "%ld", tr->step);
+    const char *meta[] = {"step", stepbuf, NULL, NULL};
+    gpu_model_get_params(&tr->m, tr->h_params);
+    gpu_model_get_adam(&tr->m, tr->h_m, tr->h_v);
+    DNTrainState st;
+    memset(&st, 0, sizeof st);
+    st.step = tr->step;
+    st.rng_state = tr->rng.s;
+    dl_position(&tr->train, &st.data_shard, &st.data_pos);
+    snprintf(st.note, sizeof st.note, "%s", tr->a.cmdline);
+    /* state first, weights last: a weights file on disk always has its state beside it */
+    if (dn_state_write(sp, &tr->m.t, tr->h_m, tr->h_v, &st, err, sizeof err)) die("checkpoint: %s", err);
+    if (dn_checkpoint_write(path, &tr->m.t, tr->h_params, DN_F32, meta, err, sizeof err)) die("checkpoint: %s", err);
+    snprintf(tr->last_ckpt, sizeof tr->last_ckpt, "%s", path);
+    printf("checkpoint: %s (+ .state)\n", path);
+    fflush(stdout);
+}
+
+template <typename floatX>
+static void log_row(Trainer<floatX> *tr, const char *kind, float loss, float lr, float norm, double ms, double tok_s, double mfu) {
+    if (!tr->log) return;
+    if (tr->log_csv) {
+        if (!strcmp(kind, "val")) fprintf(tr->log, "val,%ld,%.6f,,,,,\n", tr->step, loss);
+        else fprintf(tr->log, "train,%ld,%.6f,%.6e,%.6f,%.3f,%.1f,%.5f\n", tr->step, loss, lr, norm, ms, tok_s, mfu);
+    } else {
+        if (!strcmp(kind, "val")) fprintf(tr->log, "{\"kind\":\"val\",\"step\":%ld,\"loss\":%.6f}\n", tr->step, loss);
+        else fprintf(tr->log, "{\"kind\":\"train\",\"step\":%ld,\"loss\":%.6f,\"lr\":%.6e,\"norm\":%.6f,\"ms\":%.3f,\"tok_s\":%.1f,\"mfu\":%.5f}\n",
+                     tr->step, loss, lr, norm, ms, tok_s, mfu);
+    }
+    fflush(tr->log);
+}
+
+/* One optimizer step: the next accum batches, the step, the stdout and log lines. */
+template <typename floatX>
+static void train_step(Trainer<floatX> *tr) {
+    char err[DN_ERR_LEN];
+    const size_t N = (size_t)tr->a.B * tr->a.T;
+    const double t0 = now_ms();
+    for (int i = 0; i < tr->accum; i++) {
+        if (dl_next(&tr->train, err, sizeof err)) die("training data: %s", err);
+        memcpy(tr->m.h_tokens + 2 * i * N, tr->train.inputs, N * sizeof(int));
+        memcpy(tr->m.h_tokens + (2 * i + 1) * N, tr->train.targets, N * sizeof(int));
+    }
+    const long step = tr->step + 1;
+    GPUOptim o = {lr_at(&tr->a, step), tr->a.beta1, tr->a.beta2, tr->a.adam_eps, tr->a.wd, tr->a.clip};
+    float norm = 0.0f;
+    const float loss = gpu_train_step(&tr->m, &o, step, &norm);
+    const double ms = now_ms() - t0;
+    tr->step = step;
+    if (!std::isfinite(loss)) {
+        fprintf(stderr, "step %ld: the loss is %f: stopping. ", step, loss);
+        if (tr->last_ckpt[0]) fprintf(stderr, "The last good checkpoint is %s (untouched).\n", tr->last_ckpt);
+        else fprintf(stderr, "No checkpoint was written before it.\n");
+        exit(EXIT_FAILURE);
+    }
+    const double tok_s = tr->a.total_batch / (ms / 1e3), mfu = tr->flops_tok * tok_s / H100_BF16_PEAK_FLOPS;
+    printf("step %5ld/%d | loss %.6f | lr %.3e | norm %.4f | %.1f ms | %.0f tok/s | MFU %.1f%%\n", step, tr->a.steps,
+           loss, o.lr, norm, ms, tok_s, 100.0 * mfu);
+    fflush(stdout);
+    log_row(tr, "train", loss, o.lr, norm, ms, tok_s, mfu);
+}
+
+template <typename floatX>
+static void finish(Trainer<floatX> *tr) {
+    size_t fr = 0, tot = 0;
+    cudaCheck(cudaMemGetInfo(&fr, &tot));
+    printf("done: %ld steps | GPU memory in use at the end %.2f GiB (all buffers are allocated up front: the peak)\n",
+           tr->step, (tot - fr) / 1073741824.0);
+    if (tr->log) fclose(tr->log);
+    if (tr->have_tok) tok_free(&tr->tok);
+    dl_free(&tr->train);
+    if (tr->have_val) dl_free(&tr->val);
+    gpu_model_free(&tr->m);
+    cudaCheck(cudaStreamDestroy(tr->stream));
+    free(tr->h_params); free(tr->h_m); free(tr->h_v);
+}
+
+template <typename floatX>
+static int run(const TrainArgs *a) {
+    Trainer<floatX> *tr = (Trainer<floatX> *)calloc(1, sizeof(Trainer<floatX>));
+    if (!tr) die("out of host memory");
+    tr->a = *a;
+    setup_model(tr);
+    print_summary(tr);
+    if (tr->step >= a->steps) printf("the checkpoint is at step %ld >= --steps %d: nothing to do\n", tr->step, a->steps);
+    while (tr->step < a->steps) {
+        train_step(tr);
+        const int last = tr->step == a->steps;
+        if (tr->have_val && (tr->step % a->val_every == 0 || last)) {
+            float vl = validate(tr);
+            printf("val loss %.6f (perplexity %.2f) at step %ld\n", vl, exp(vl), tr->step);
+            log_row(tr, "val", vl, 0, 0, 0, 0, 0);
+        }
+        if (tr->have_tok && (tr->step % a->sample_every == 0 || last)) sample(tr);
+        if ((a->ckpt_every > 0 && tr->step % a->ckpt_every == 0) || last) save_checkpoint(tr);
+    }
+    finish(tr);
+    free(tr);
+    return 0;
+}
+
+#ifndef TESTING
+int main(int argc, char **argv) {
+    TrainArgs a;
+    parse_args(&a, argc, argv);
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) die("no CUDA device found");
+    return a.fp32 ? run<float>(&a) : run<bf16>(&a);
+}
+#endif
