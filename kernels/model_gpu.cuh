@@ -269,7 +269,7 @@ static void gpu_model_create(GPUModel<floatX> *m, const DNConfig *cfg, int B, in
     m->B = B; m->T = T; m->accum = accum; m->stream = stream;
     const size_t N = (size_t)B * T, Vp = cfg->padded_vocab;
     size_t hr = GPU_HEAD_LOGITS_BYTES / (Vp * sizeof(floatX));
-    hr = hr < 1 ? 1 : hr;
+    hr = hr >= 64 ? hr / 64 * 64 : (hr < 1 ? 1 : hr); /* row chunks keep 16-byte alignment */
     m->head_rows = (int)(hr < N ? hr : N);
     m->mm = matmul_create();
     const size_t P = m->t.total;
