@@ -7,6 +7,14 @@
  * Median of event-timed runs after warm-up; random inputs (never zeros).
  *
  *   build/tests/gpu/bench_kernels [reps]
+ *
+ * Measured on an H100 80GB HBM3 (2026-11-23; copy ceiling 2.99 TB/s; matmul ceiling 8192^3 bf16
+ * 724 TFLOP/s), in ms: embedding fwd 0.036 (94%), bwd 0.170 (31%, incl. the radix sort);
+ * rmsnorm fwd 0.045 (74%), residual+rmsnorm 0.078 (86%), rmsnorm bwd 0.091 (55%), head-norm fwd
+ * 0.043 (79%), bwd 0.072 (70%); conv+silu+l2norm [N,3D] fwd 0.161 (63%), bwd 0.523 (29%);
+ * swiglu fwd 0.139 (97%), bwd 0.229 (98%); cross-entropy fwd 1.09 (102%), fwd+bwd 2.78 (79%);
+ * grad_norm 0.200 (83%), adamw 1.27 (98%). Matmuls 530-780 TFLOP/s except the beta projection
+ * (OC = 6: ~0.04 ms each, memory-bound at ~1.4 TB/s).
  */
 #include <algorithm>
 #include <vector>
