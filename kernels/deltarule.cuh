@@ -252,10 +252,29 @@ __device__ __forceinline__ void chunk_qk_tril(TX *Ms, int ldm, const Mat<TX> &Qm
 }
 
 /* ---- prep: Tm = (I + strictly_lower(diag(beta) K K^T))^-1 per chunk --------------------------- */
-constexpr int LDF = 65; /* fp32 64x64 work matrices */
+constexpr int LDF = 68; /* fp32 64x64 work matrices: rows 16-byte aligned, 4-bank row offset */
+constexpr int LDR = 20; /* fp32 16x16 products */
 template <typename TX, int D> constexpr size_t prep_smem() {
-    return align16(2 * 64 * LDF * 4) + 64 * 4 + align16(3 * 16 * 17 * 4) +
+    return align16(2 * 64 * LDF * 4) + 64 * 4 + align16(3 * 16 * LDR * 4) +
            (sizeof(TX) == 2 ? (size_t)64 * padded<TX>(D) * sizeof(TX) : 0);
+}
+
+/* out[4] (one row r, columns 4q..4q+3 of a 16x16 block) = sum_{l<16} a[l] * b[l * ldb + 4q ..]:
+ * a is a row of 16 (float4 loads), b a 16x16 block of row stride ldb. */
+__device__ __forceinline__ void row4_times_block(float4 &s, const float *a, const float *b, int ldb) {
+#pragma unroll
+    for (int l = 0; l < 16; l += 4) {
+        const float4 av = *reinterpret_cast<const float4 *>(a + l);
+        const float ax[4] = {av.x, av.y, av.z, av.w};
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const float4 bv = *reinterpret_cast<const float4 *>(b + (l + u) * ldb);
+            s.x = fmaf(ax[u], bv.x, s.x);
+            s.y = fmaf(ax[u], bv.y, s.y);
+            s.z = fmaf(ax[u], bv.z, s.z);
+            s.w = fmaf(ax[u], bv.w, s.w);
+        }
+    }
 }
 
 template <typename TX, int D>
@@ -268,7 +287,7 @@ __global__ void __launch_bounds__(NTHREADS) prep_kernel(TX *Tm_out, const TX *k,
     float *Af = carve<float>(sp, 2 * 64 * LDF); /* Af [64][LDF], then Tf [64][LDF] */
     float *Tf = Af + 64 * LDF;
     float *bs = carve<float>(sp, 64);
-    float *Rf = carve<float>(sp, 3 * 16 * 17);
+    float *Rf = carve<float>(sp, 3 * 16 * LDR);
     TX *Ks = STG ? carve<TX>(sp, 64 * LDD) : nullptr;
 
     const int n = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, tid = threadIdx.x, w = tid >> 5;
@@ -289,8 +308,7 @@ __global__ void __launch_bounds__(NTHREADS) prep_kernel(TX *Tm_out, const TX *k,
         zero_acc(accA);
         if (n0 <= m0 + 15) warp_mma<1, 4, false, true, D>(accA, Km, m0, Km, n0); /* upper tiles stay zero */
         for_each_pair(accA, m0, n0, [&](int r, int c, float &x0, float &x1) {
-            Af[r * LDF + c] = c < r ? bs[r] * x0 : 0.0f;
-            Af[r * LDF + c + 1] = c + 1 < r ? bs[r] * x1 : 0.0f;
+            st2(Af + r * LDF + c, c < r ? bs[r] * x0 : 0.0f, c + 1 < r ? bs[r] * x1 : 0.0f);
         });
     }
     __syncthreads();
@@ -319,32 +337,30 @@ __global__ void __launch_bounds__(NTHREADS) prep_kernel(TX *Tm_out, const TX *k,
     }
     __syncthreads();
     /* Off-diagonal blocks by distance d from the diagonal, block (i, j = i - d):
-     * Tm_ij = -Tm_ii sum_{kb=j}^{i-1} A_{i,kb} Tm_{kb,j}. */
+     * Tm_ij = -Tm_ii sum_{kb=j}^{i-1} A_{i,kb} Tm_{kb,j}. One thread per (block, row, 4 columns). */
     for (int d = 1; d < 4; d++) {
         const int nb = 4 - d;
-        for (int e = tid; e < nb * 256; e += NTHREADS) {
-            const int j = e >> 8, r = (e >> 4) & 15, c = e & 15, i = j + d;
-            float s = 0.0f;
+        for (int e = tid; e < nb * 64; e += NTHREADS) {
+            const int j = e >> 6, r = (e >> 2) & 15, q = e & 3, i = j + d;
+            float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             for (int kb = j; kb < i; kb++)
-#pragma unroll
-                for (int l = 0; l < 16; l++)
-                    s = fmaf(Af[(16 * i + r) * LDF + 16 * kb + l], Tf[(16 * kb + l) * LDF + 16 * j + c], s);
-            Rf[(j * 16 + r) * 17 + c] = s;
+                row4_times_block(s, Af + (16 * i + r) * LDF + 16 * kb, Tf + 16 * kb * LDF + 16 * j + 4 * q, LDF);
+            *reinterpret_cast<float4 *>(Rf + (j * 16 + r) * LDR + 4 * q) = s;
         }
         __syncthreads();
-        for (int e = tid; e < nb * 256; e += NTHREADS) {
-            const int j = e >> 8, r = (e >> 4) & 15, c = e & 15, i = j + d;
-            float s = 0.0f;
-#pragma unroll
-            for (int l = 0; l < 16; l++) s = fmaf(Tf[(16 * i + r) * LDF + 16 * i + l], Rf[(j * 16 + l) * 17 + c], s);
-            Tf[(16 * i + r) * LDF + 16 * j + c] = -s;
+        for (int e = tid; e < nb * 64; e += NTHREADS) {
+            const int j = e >> 6, r = (e >> 2) & 15, q = e & 3, i = j + d;
+            float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            row4_times_block(s, Tf + (16 * i + r) * LDF + 16 * i, Rf + j * 16 * LDR + 4 * q, LDR);
+            *reinterpret_cast<float4 *>(Tf + (16 * i + r) * LDF + 16 * j + 4 * q) = make_float4(-s.x, -s.y, -s.z, -s.w);
         }
         __syncthreads();
     }
     TX *Tg = Tm_out + ((size_t)bh * NC + n) * 64 * 64;
     for (int e = tid; e < 64 * 32; e += NTHREADS) {
         const int r = e >> 5, c = 2 * (e & 31);
-        st2(Tg + r * 64 + c, Tf[r * LDF + c], Tf[r * LDF + c + 1]);
+        const float2 t = *reinterpret_cast<const float2 *>(Tf + r * LDF + c);
+        st2(Tg + r * 64 + c, t.x, t.y);
     }
 }
 
@@ -830,9 +846,10 @@ template <typename K> inline void set_smem(K kernel, size_t bytes) {
     cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
-/* Default configuration: V tile of the state passes and their stage depths (fp32 always 1). */
+/* Template defaults of the launchers below (fwd_auto / bwd_states_auto pick by shape). fp32 always
+ * runs one stage. */
 template <int D> struct Cfg {
-    static constexpr int BV = D == 128 ? 64 : 32;
+    static constexpr int BV = 64;
     static constexpr int FWD_NST = 2, BWD_NST0 = 2, BWD_NST1 = 1;
 };
 
@@ -891,12 +908,54 @@ inline void check_dims(int K, int V) {
     }
 }
 
+/* Configuration by shape (measured on H100, NOTES-deltarule.md): the widest V tile (64, else 32)
+ * that still gives about one block per SM; the reverse pass double-buffers when its blocks do not
+ * need to share SMs. force_bv() (tests) overrides the V tile: 0 = by shape. */
+inline int &force_bv() {
+    static int bv = 0;
+    return bv;
+}
+inline int num_sms() {
+    static int n = 0;
+    if (!n) {
+        int dev;
+        cudaCheck(cudaGetDevice(&dev));
+        cudaCheck(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    }
+    return n;
+}
+struct AutoCfg {
+    int fwd_bv, st_bv, st_nst1;
+};
+inline AutoCfg auto_cfg(int B, int H, int D) {
+    const long f64 = (long)B * H * (D / 64), s64 = 2 * f64, enough = 9L * num_sms();
+    AutoCfg c;
+    c.fwd_bv = force_bv() ? force_bv() : (f64 * 10 >= enough ? 64 : 32);
+    c.st_bv = force_bv() ? force_bv() : (s64 * 10 >= enough ? 64 : 32);
+    c.st_nst1 = c.st_bv == 64 && s64 > num_sms() ? 1 : 2;
+    return c;
+}
+template <typename TX, int D>
+void fwd_auto(const TX *Tm, TX *o, const TX *q, const TX *k, const TX *v, const TX *beta, float scale, int B, int T,
+              int H, cudaStream_t st) {
+    if (auto_cfg(B, H, D).fwd_bv == 64) fwd<TX, D, 64, 2>(Tm, o, q, k, v, beta, scale, B, T, H, st);
+    else fwd<TX, D, 32, 2>(Tm, o, q, k, v, beta, scale, B, T, H, st);
+}
+template <typename TX, int D>
+void bwd_states_auto(Workspace w, const TX *Tm, TX *dv, const TX *dout, const TX *q, const TX *k, const TX *v,
+                     const TX *beta, float scale, int B, int T, int H, cudaStream_t st) {
+    const AutoCfg c = auto_cfg(B, H, D);
+    if (c.st_bv == 64 && c.st_nst1 == 1) bwd_states<TX, D, 64, 2, 1>(w, Tm, dv, dout, q, k, v, beta, scale, B, T, H, st);
+    else if (c.st_bv == 64) bwd_states<TX, D, 64, 2, 2>(w, Tm, dv, dout, q, k, v, beta, scale, B, T, H, st);
+    else bwd_states<TX, D, 32, 2, 2>(w, Tm, dv, dout, q, k, v, beta, scale, B, T, H, st);
+}
+
 template <typename TX, int D>
 void forward(TX *o, TX *saved, const TX *q, const TX *k, const TX *v, const TX *beta, float scale, void *ws, int B,
              int T, int H, cudaStream_t st) {
     TX *Tm = saved ? saved : (TX *)carve_workspace<TX>(ws, B, T, H, D).Tm;
     prep<TX, D>(Tm, k, beta, B, T, H, st);
-    fwd<TX, D>(Tm, o, q, k, v, beta, scale, B, T, H, st);
+    fwd_auto<TX, D>(Tm, o, q, k, v, beta, scale, B, T, H, st);
 }
 
 template <typename TX, int D>
@@ -908,7 +967,7 @@ void backward(TX *dq, TX *dk, TX *dv, TX *dbeta, const TX *dout, const TX *saved
         prep<TX, D>((TX *)w.Tm, k, beta, B, T, H, st);
         Tm = (const TX *)w.Tm;
     }
-    bwd_states<TX, D>(w, Tm, dv, dout, q, k, v, beta, scale, B, T, H, st);
+    bwd_states_auto<TX, D>(w, Tm, dv, dout, q, k, v, beta, scale, B, T, H, st);
     bwd_chunk<TX, D>(w, Tm, dq, dk, dbeta, dout, q, k, v, beta, scale, B, T, H, st);
 }
 } // namespace dr

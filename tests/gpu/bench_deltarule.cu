@@ -127,23 +127,13 @@ static void kernel_table(const std::vector<Inputs> &sets, int nsets, bf16 *o, bf
         row("", nm, ms, f_states, by_s);
         if (!is_ref) printf("%-22s   (dv, dq vs default: rel %.1e %.1e)\n", "", e1, e2);
     };
-    fwd_v(Var<dr::Cfg<D>::BV, dr::Cfg<D>::FWD_NST, 0>{}, "fwd_state", true);
-    if (D == 128) {
-        fwd_v(Var<128, 2, 1>{}, "fwd BV128", false);
-        fwd_v(Var<32, 2, 2>{}, "fwd BV32", false);
-    } else {
-        fwd_v(Var<64, 2, 1>{}, "fwd BV64", false);
-    }
-    states_v(Var<dr::Cfg<D>::BV, dr::Cfg<D>::BWD_NST0, dr::Cfg<D>::BWD_NST1>{}, "bwd_states", true);
-    if (D == 128) {
-        states_v(Var<64, 1, 1>{}, "st BV64 1/1", false);
-        states_v(Var<64, 2, 2>{}, "st BV64 2/2", false);
-        states_v(Var<128, 2, 1>{}, "st BV128 2/1", false);
-        states_v(Var<128, 1, 1>{}, "st BV128 1/1", false);
-        states_v(Var<32, 2, 2>{}, "st BV32 2/2", false);
-    } else {
-        states_v(Var<64, 2, 1>{}, "st BV64 2/1", false);
-    }
+    const dr::AutoCfg ac = dr::auto_cfg(B, H, D);
+    printf("%-22s   by shape: fwd BV=%d; states BV=%d, stages %d/%d\n", "", ac.fwd_bv, ac.st_bv, 2, ac.st_nst1);
+    fwd_v(Var<64, 2, 0>{}, "fwd BV64", true);
+    fwd_v(Var<32, 2, 0>{}, "fwd BV32", false);
+    states_v(Var<64, 2, 1>{}, "st BV64 2/1", true);
+    states_v(Var<64, 2, 2>{}, "st BV64 2/2", false);
+    states_v(Var<32, 2, 2>{}, "st BV32 2/2", false);
     prep(0);
     dr::bwd_states<bf16, D>(w, Tm, dv, s0.dout, s0.q, s0.k, s0.v, s0.beta, scale, B, T, H, 0);
     const float t_bc = median_ms([&](int i) { const Inputs &s = sets[i % nsets];

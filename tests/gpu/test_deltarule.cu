@@ -8,7 +8,8 @@
  * poisoned (NaN) before every run, so an unwritten element fails. Errors are ||gpu - ref|| / ||ref||
  * for o, dq, dk, dv, dbeta; bounds 1e-5 (fp32) and 2e-2 (bf16). Each case runs twice: o, dq, dk,
  * dv must repeat bit for bit (a race would show), dbeta to rounding (shared-memory atomics); the
- * second run passes the forward's saved Tm to the backward, the first lets it recompute.
+ * second run passes the forward's saved Tm to the backward (the first lets it recompute) and forces
+ * the state passes' V tile to 64 columns (the shape rule picks 32 for these small B*H).
  * First, the warp-level matrix product helper is checked alone for every operand orientation.
  *
  * Usage: test_deltarule [--small]    (--small: the small shapes only, e.g. under compute-sanitizer)
@@ -143,8 +144,9 @@ static void run_case(int B, int T, int H, int D, DNRng *rng, double tol, const c
     cudaCheck(cudaMalloc(&ws, wsb));
     cudaCheck(cudaMalloc(&saved, svb));
     std::vector<float> res[2][5];
-    for (int rep = 0; rep < 2; rep++) { /* rep 0: backward recomputes Tm; rep 1: from `saved` */
+    for (int rep = 0; rep < 2; rep++) { /* rep 0: by shape, Tm recomputed; rep 1: V tiles of 64, saved Tm */
         TX *sv = rep ? (TX *)saved : NULL;
+        dr::force_bv() = rep ? 64 : 0;
         o_.poison(); dq_.poison(); dk_.poison(); dv_.poison(); db_.poison();
         cudaCheck(cudaMemset(ws, 0xFF, wsb));
         cudaCheck(cudaMemset(saved, 0xFF, svb));
@@ -156,6 +158,7 @@ static void run_case(int B, int T, int H, int D, DNRng *rng, double tol, const c
         res[rep][0] = o_.down(); res[rep][1] = dq_.down(); res[rep][2] = dk_.down();
         res[rep][3] = dv_.down(); res[rep][4] = db_.down();
     }
+    dr::force_bv() = 0;
     cudaCheck(cudaFree(ws));
     cudaCheck(cudaFree(saved));
     const char *names[5] = {"o", "dq", "dk", "dv", "dbeta"};
