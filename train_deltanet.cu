@@ -17,8 +17,9 @@
  * flops_per_token) against the H100's dense bf16 peak, 989 TFLOP/s (also in --fp32 mode).
  *
  * Resume: a checkpoint is <out>/model_<step>.safetensors (weights, F32, loads in PyTorch) plus
- * <that>.state (AdamW moments, step, data position, sampling RNG). --resume restores all of it,
- * so that N steps straight and N/2 + --resume + N/2 (same flags) give the same losses.
+ * <that>.state (AdamW moments, step, data position, sampling RNG); the last one of a run is also
+ * linked as <out>/model.safetensors. --resume restores all of it, so that N steps straight and
+ * N/2 + --resume + N/2 (same flags) give the same losses.
  */
 #include <cerrno>
 #include <cstdarg>
@@ -29,6 +30,7 @@
 #include <ctime>
 #include <getopt.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include "kernels/model_gpu.cuh"
 extern "C" {
 #include "data.h"
@@ -50,7 +52,7 @@ typedef struct {
     unsigned long long seed;
     int val_every, val_batches, sample_every, sample_len;
     float temperature;
-    int ckpt_every, fp32, no_graph;
+    int ckpt_every, fp32, no_graph, profile;
     char cmdline[128];
 } TrainArgs;
 
@@ -104,6 +106,7 @@ static void usage(const char *prog, FILE *f) {
         "  -s, --seed S            initialisation and sampling seed [%llu]\n"
         "      --fp32              fp32 activations and matmuls (tests, exact resume) instead of bf16\n"
         "      --no-graph          launch every kernel each step instead of replaying a CUDA graph\n"
+        "      --profile           time the phases of each step with CUDA events (no graph) and print a table\n"
         "evaluation and output\n"
         "  -v, --val-every N       validation loss every N steps, 0 = never [%d]\n"
         "      --val-batches N     validation batches per evaluation [%d]\n"
@@ -147,7 +150,7 @@ static float parse_float(const char *opt, const char *s, float lo, float hi) {
 static void parse_args(TrainArgs *a, int argc, char **argv) {
     enum { O_LAYERS = 1000, O_ATTN_LAYERS, O_WINDOW, O_ATTN_HEADS, O_KV_HEADS, O_TIED, O_UNTIED, O_WARMUP, O_LR_MIN,
            O_WD, O_CLIP, O_BETA1, O_BETA2, O_ADAM_EPS, O_FP32, O_NO_GRAPH, O_VAL_BATCHES, O_SAMPLE_EVERY,
-           O_SAMPLE_LEN, O_TEMPERATURE, O_LOG };
+           O_SAMPLE_LEN, O_TEMPERATURE, O_LOG, O_PROFILE };
     static const struct option opts[] = {
         {"train", required_argument, 0, 'i'}, {"val", required_argument, 0, 'j'},
         {"batch", required_argument, 0, 'b'}, {"seq", required_argument, 0, 't'},
@@ -161,7 +164,7 @@ static void parse_args(TrainArgs *a, int argc, char **argv) {
         {"beta1", required_argument, 0, O_BETA1}, {"beta2", required_argument, 0, O_BETA2},
         {"adam-eps", required_argument, 0, O_ADAM_EPS}, {"steps", required_argument, 0, 'x'},
         {"seed", required_argument, 0, 's'}, {"fp32", no_argument, 0, O_FP32},
-        {"no-graph", no_argument, 0, O_NO_GRAPH}, {"val-every", required_argument, 0, 'v'},
+        {"no-graph", no_argument, 0, O_NO_GRAPH}, {"profile", no_argument, 0, O_PROFILE}, {"val-every", required_argument, 0, 'v'},
         {"val-batches", required_argument, 0, O_VAL_BATCHES}, {"sample-every", required_argument, 0, O_SAMPLE_EVERY},
         {"sample-len", required_argument, 0, O_SAMPLE_LEN}, {"temperature", required_argument, 0, O_TEMPERATURE},
         {"ckpt-every", required_argument, 0, 'c'}, {"out", required_argument, 0, 'o'},
@@ -198,6 +201,7 @@ static void parse_args(TrainArgs *a, int argc, char **argv) {
         case 's': a->seed = (unsigned long long)parse_long(name, optarg, 0, 0x7fffffffffffffffL); break;
         case O_FP32: a->fp32 = 1; break;
         case O_NO_GRAPH: a->no_graph = 1; break;
+        case O_PROFILE: a->profile = 1; break;
         case 'v': a->val_every = (int)parse_long(name, optarg, 0, 1 << 30); break;
         case O_VAL_BATCHES: a->val_batches = (int)parse_long(name, optarg, 1, 1 << 30); break;
         case O_SAMPLE_EVERY: a->sample_every = (int)parse_long(name, optarg, 0, 1 << 30); break;
@@ -312,6 +316,7 @@ template <typename floatX> struct Trainer {
     int log_csv;
     char last_ckpt[1024];
     float *h_params, *h_m, *h_v; /* host staging for checkpoints */
+    GPUProf prof;
 };
 
 static void missing_data(const char *pattern, const char *err) {
@@ -368,6 +373,11 @@ static void setup_model(Trainer<floatX> *tr) {
     tr->accum = (int)(a->total_batch / ((long)a->B * a->T));
     gpu_model_create(&tr->m, &tr->cfg, a->B, a->T, tr->accum, tr->stream);
     tr->m.use_graph = !a->no_graph;
+    if (a->profile) {
+        for (int i = 0; i < GPU_PROF_EVENTS; i++) cudaCheck(cudaEventCreate(&tr->prof.ev[i]));
+        tr->prof.on = 1;
+        tr->m.prof = &tr->prof;
+    }
     const DNParamTable *t = &tr->m.t;
     tr->h_params = (float *)malloc(t->total * sizeof(float));
     tr->h_m = (float *)malloc(t->total * sizeof(float));
@@ -472,9 +482,22 @@ static void sample(Trainer<floatX> *tr) {
     free(seq); free(win); free(logits);
 }
 
-/* Weights to <out>/model_<step>.safetensors (name: NULL) or <out>/<name>, and its .state. */
+/* dir/link -> target (a name in dir), replaced atomically. */
+static void link_latest(const char *dir, const char *link, const char *target) {
+    char lp[1100], tmp[1200];
+    snprintf(lp, sizeof lp, "%s/%s", dir, link);
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", lp, (long)getpid());
+    unlink(tmp);
+    if (symlink(target, tmp) != 0 || rename(tmp, lp) != 0) {
+        fprintf(stderr, "note: could not link %s -> %s: %s\n", lp, target, strerror(errno));
+        unlink(tmp);
+    }
+}
+
+/* Weights to <out>/model_<step>.safetensors and the training state to <that>.state; the final one
+ * is also linked as <out>/model.safetensors (+ .state). */
 template <typename floatX>
-static void save_checkpoint(Trainer<floatX> *tr) {
+static void save_checkpoint(Trainer<floatX> *tr, int final) {
     char path[1024], sp[1100], err[DN_ERR_LEN], stepbuf[32];
     snprintf(path, sizeof path, "%s/model_%06ld.safetensors", tr->a.out_dir, tr->step);
     snprintf(sp, sizeof sp, "%s.state", path);
@@ -492,7 +515,14 @@ static void save_checkpoint(Trainer<floatX> *tr) {
     if (dn_state_write(sp, &tr->m.t, tr->h_m, tr->h_v, &st, err, sizeof err)) die("checkpoint: %s", err);
     if (dn_checkpoint_write(path, &tr->m.t, tr->h_params, DN_F32, meta, err, sizeof err)) die("checkpoint: %s", err);
     snprintf(tr->last_ckpt, sizeof tr->last_ckpt, "%s", path);
-    printf("checkpoint: %s (+ .state)\n", path);
+    if (final) {
+        const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+        char bs[1100];
+        snprintf(bs, sizeof bs, "%s.state", base);
+        link_latest(tr->a.out_dir, "model.safetensors.state", bs);
+        link_latest(tr->a.out_dir, "model.safetensors", base);
+    }
+    printf("checkpoint: %s (+ .state)%s\n", path, final ? ", linked as model.safetensors" : "");
     fflush(stdout);
 }
 
@@ -540,13 +570,32 @@ static void train_step(Trainer<floatX> *tr) {
     log_row(tr, "train", loss, o.lr, norm, ms, tok_s, mfu);
 }
 
+/* The --profile table: milliseconds per step of each phase (steps after the first). */
+static void print_profile(const GPUProf *p) {
+    if (!p->on || p->steps == 0) return;
+    double total = 0;
+    for (int i = 0; i < p->nlab; i++) total += p->ms[i];
+    int order[GPU_PROF_LABELS];
+    for (int i = 0; i < p->nlab; i++) order[i] = i;
+    for (int i = 0; i < p->nlab; i++)
+        for (int j = i + 1; j < p->nlab; j++)
+            if (p->ms[order[j]] > p->ms[order[i]]) { int x = order[i]; order[i] = order[j]; order[j] = x; }
+    printf("profile over %ld steps (ms per step, eager launches):\n", p->steps);
+    for (int i = 0; i < p->nlab; i++)
+        printf("  %-22s %8.2f ms  %5.1f%%\n", p->label[order[i]], p->ms[order[i]] / p->steps, 100.0 * p->ms[order[i]] / total);
+    printf("  %-22s %8.2f ms\n", "total", total / p->steps);
+}
+
 template <typename floatX>
 static void finish(Trainer<floatX> *tr) {
+    print_profile(&tr->prof);
     size_t fr = 0, tot = 0;
     cudaCheck(cudaMemGetInfo(&fr, &tot));
     printf("done: %ld steps | GPU memory in use at the end %.2f GiB (all buffers are allocated up front: the peak)\n",
            tr->step, (tot - fr) / 1073741824.0);
     if (tr->log) fclose(tr->log);
+    if (tr->a.profile)
+        for (int i = 0; i < GPU_PROF_EVENTS; i++) cudaCheck(cudaEventDestroy(tr->prof.ev[i]));
     if (tr->have_tok) tok_free(&tr->tok);
     dl_free(&tr->train);
     if (tr->have_val) dl_free(&tr->val);
@@ -565,6 +614,7 @@ static int run(const TrainArgs *a) {
     if (tr->step >= a->steps) printf("the checkpoint is at step %ld >= --steps %d: nothing to do\n", tr->step, a->steps);
     while (tr->step < a->steps) {
         train_step(tr);
+        if (tr->prof.on && tr->prof.steps == 1) prof_reset(&tr->prof); /* the first step warms up */
         const int last = tr->step == a->steps;
         if (tr->have_val && (tr->step % a->val_every == 0 || last)) {
             float vl = validate(tr);
@@ -572,7 +622,7 @@ static int run(const TrainArgs *a) {
             log_row(tr, "val", vl, 0, 0, 0, 0, 0);
         }
         if (tr->have_tok && (tr->step % a->sample_every == 0 || last)) sample(tr);
-        if ((a->ckpt_every > 0 && tr->step % a->ckpt_every == 0) || last) save_checkpoint(tr);
+        if ((a->ckpt_every > 0 && tr->step % a->ckpt_every == 0) || last) save_checkpoint(tr, last);
     }
     finish(tr);
     free(tr);

@@ -86,6 +86,45 @@ static inline void *gpu_host_alloc_or_die(size_t bytes, const char *what) {
 }
 
 // ----------------------------------------------------------------------------
+// optional per-phase timing (train_deltanet --profile): CUDA events between the phases of a step,
+// summed per label. Off by default; a profiled step runs eagerly (no graph).
+
+#define GPU_PROF_EVENTS 2048
+#define GPU_PROF_LABELS 64
+
+typedef struct {
+    int on, n, nlab;
+    cudaEvent_t ev[GPU_PROF_EVENTS];
+    const char *ev_label[GPU_PROF_EVENTS]; /* the phase that ends at event i */
+    const char *label[GPU_PROF_LABELS];
+    double ms[GPU_PROF_LABELS];
+    long steps;
+} GPUProf;
+
+static inline void prof_mark(GPUProf *p, const char *label, cudaStream_t st) {
+    if (!p || !p->on || p->n >= GPU_PROF_EVENTS) return;
+    p->ev_label[p->n] = label;
+    cudaCheck(cudaEventRecord(p->ev[p->n++], st));
+}
+
+/* After the stream is synchronised: add the time between consecutive events to their labels. */
+static inline void prof_collect(GPUProf *p) {
+    if (!p || !p->on) return;
+    for (int i = 1; i < p->n; i++) {
+        float ms = 0;
+        cudaCheck(cudaEventElapsedTime(&ms, p->ev[i - 1], p->ev[i]));
+        int j = 0;
+        while (j < p->nlab && strcmp(p->label[j], p->ev_label[i])) j++;
+        if (j == p->nlab && p->nlab < GPU_PROF_LABELS) { p->label[p->nlab] = p->ev_label[i]; p->ms[p->nlab++] = 0; }
+        if (j < GPU_PROF_LABELS) p->ms[j] += ms;
+    }
+    p->n = 0;
+    p->steps++;
+}
+
+static inline void prof_reset(GPUProf *p) { p->nlab = 0; p->steps = 0; p->n = 0; }
+
+// ----------------------------------------------------------------------------
 // the model's state
 
 /* The activations one layer keeps for its backward (NULL where the layer kind has none). */
@@ -152,6 +191,7 @@ template <typename floatX> struct GPUModel {
     float *d_loss;      /* mean loss of the step (accumulated over micro-batches) */
     float *h_out;       /* pinned: [0] loss, [1] grad norm */
     float *norm_scratch;
+    GPUProf *prof;      /* NULL unless profiling */
     /* the captured step */
     int steps_run;
     int use_graph;
@@ -390,25 +430,35 @@ static void mixer_forward(GPUModel<floatX> *m, int l, int B, int T) {
         const size_t ND = (size_t)N * D;
         for (int j = 0; j < 3; j++) { /* q, k, v: projection, then conv + silu (+ L2 norm for q, k) */
             matmul_forward(m->mm, a->qkv_pre + j * ND, s->xn, m->wx + P[DN_P_Q + j], N, D, D, 0, st);
+            prof_mark(m->prof, "fwd matmuls", st);
             conv_silu_l2norm_forward(s->big1 + j * ND, a->qkv_pre + j * ND, m->params + P[DN_P_Q_CONV + j], B, T, D,
                                      j < 2 ? D : 0, K, GPU_L2_EPS, st);
+            prof_mark(m->prof, "fwd conv+silu+l2", st);
         }
         matmul_forward(m->mm, s->bpre, s->xn, m->wx + P[DN_P_B], N, D, H, 0, st);
         sigmoid_forward(a->beta, s->bpre, N * H, st);
+        prof_mark(m->prof, "fwd beta", st);
         deltarule_forward(a->o, a->dr_saved, s->big1, s->big1 + ND, s->big1 + 2 * ND, a->beta, 1.0f / sqrtf((float)K),
                           s->kscratch, B, T, H, K, K, st);
+        prof_mark(m->prof, "fwd delta rule", st);
         rmsnorm_forward(s->a, a->rstd_o, a->o, m->params + P[DN_P_O_NORM], N * H, K, c->norm_eps, st);
+        prof_mark(m->prof, "fwd norms", st);
         matmul_forward(m->mm, s->b, s->a, m->wx + P[DN_P_O], N, D, D, 0, st);
+        prof_mark(m->prof, "fwd matmuls", st);
     } else {
         const int Hq = c->attn_heads, Hkv = c->attn_kv_heads, dh = D / Hq, kvd = Hkv * dh;
         const int window = c->layers[l] == 'S' ? c->window : 0;
         matmul_forward(m->mm, a->q, s->xn, m->wx + P[DN_P_Q], N, D, D, 0, st);
         matmul_forward(m->mm, a->k, s->xn, m->wx + P[DN_P_K], N, D, kvd, 0, st);
         matmul_forward(m->mm, a->v, s->xn, m->wx + P[DN_P_V], N, D, kvd, 0, st);
+        prof_mark(m->prof, "fwd matmuls", st);
         rope_forward(a->q, s->rope, B, T, Hq, dh, 0, st);
         rope_forward(a->k, s->rope, B, T, Hkv, dh, 0, st);
+        prof_mark(m->prof, "fwd rope", st);
         attention_forward(a->att, a->lse, a->q, a->k, a->v, B, T, Hq, Hkv, dh, window, st);
+        prof_mark(m->prof, "fwd attention", st);
         matmul_forward(m->mm, s->b, a->att, m->wx + P[DN_P_O], N, D, D, 0, st);
+        prof_mark(m->prof, "fwd matmuls", st);
     }
 }
 
@@ -423,19 +473,25 @@ static void gpu_forward(GPUModel<floatX> *m, const int *d_inputs, int B, int T) 
     cudaStream_t st = m->stream;
     embedding_forward(s->emb, d_inputs, m->wx + t->embed, N, D, st);
     rmsnorm_forward(s->xn, m->L[0].rstd_attn, s->emb, m->params + t->layer[0].p[DN_P_ATTN_NORM], N, D, eps, st);
+    prof_mark(m->prof, "fwd embedding", st);
     for (int l = 0; l < c->n_layer; l++) {
         const size_t *P = t->layer[l].p;
         GPULayerActs<floatX> *a = &m->L[l];
         mixer_forward(m, l, B, T);
         residual_rmsnorm_forward(a->mid, s->xn, a->rstd_mlp, gpu_layer_input(m, l), s->b,
                                  m->params + P[DN_P_MLP_NORM], N, D, eps, st);
+        prof_mark(m->prof, "fwd norms", st);
         matmul_forward(m->mm, a->gu, s->xn, m->wx + P[DN_P_GATE], N, D, 2 * I, 0, st);
+        prof_mark(m->prof, "fwd matmuls", st);
         swiglu_forward(s->big1, a->gu, N, I, st);
+        prof_mark(m->prof, "fwd swiglu", st);
         matmul_forward(m->mm, s->b, s->big1, m->wx + P[DN_P_DOWN], N, I, D, 0, st);
+        prof_mark(m->prof, "fwd matmuls", st);
         const int last = l + 1 == c->n_layer;
         const float *g_next = m->params + (last ? t->norm : t->layer[l + 1].p[DN_P_ATTN_NORM]);
         float *rstd_next = last ? s->rstd_final : m->L[l + 1].rstd_attn;
         residual_rmsnorm_forward(a->out, s->xn, rstd_next, a->mid, s->b, g_next, N, D, eps, st);
+        prof_mark(m->prof, "fwd norms", st);
     }
 }
 
@@ -457,18 +513,23 @@ static void gpu_head(GPUModel<floatX> *m, const int *d_targets, int N, int train
     for (int r0 = 0; r0 < N; r0 += m->head_rows) {
         const int rows = N - r0 < m->head_rows ? N - r0 : m->head_rows;
         matmul_forward(m->mm, s->logits, s->xn + (size_t)r0 * D, W, rows, D, Vp, 0, st);
+        prof_mark(m->prof, "head matmuls", st);
         if (train) {
             crossentropy_forward_backward(s->logits, s->losses + r0, d_targets + r0, dloss_scale * rows / N, rows, V, Vp, st);
+            prof_mark(m->prof, "head cross-entropy", st);
             matmul_backward_data(m->mm, s->a + (size_t)r0 * D, s->logits, W, rows, D, Vp, 0, st);
             matmul_backward_weight(m->mm, m->grads + t->lm_head, s->logits, s->xn + (size_t)r0 * D, rows, D, Vp, st);
+            prof_mark(m->prof, "head matmuls", st);
         } else {
             crossentropy_forward(s->losses + r0, s->logits, d_targets + r0, rows, V, Vp, st);
+            prof_mark(m->prof, "head cross-entropy", st);
         }
     }
     if (d_loss) sum_float(d_loss, s->losses, N, loss_scale / N, 1, st);
     if (train)
         rmsnorm_backward(s->dres, m->grads + t->norm, (float *)s->kscratch, s->a, m->L[c->n_layer - 1].out,
                          m->params + t->norm, s->rstd_final, N, D, 0, st);
+    prof_mark(m->prof, "head cross-entropy", st);
 }
 
 // ----------------------------------------------------------------------------
@@ -489,28 +550,36 @@ static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
         const int H = c->n_head, K = c->head_dim;
         /* out = on W_o^T */
         rmsnorm_forward(s->b, a->rstd_o, a->o, m->params + P[DN_P_O_NORM], N * H, K, c->norm_eps, st); /* on */
+        prof_mark(m->prof, "bwd norms", st);
         matmul_backward_weight(m->mm, G + P[DN_P_O], s->dres, s->b, N, D, D, st);
         matmul_backward_data(m->mm, s->b, s->dres, m->wx + P[DN_P_O], N, D, D, 0, st);                 /* don */
+        prof_mark(m->prof, "bwd matmuls", st);
         rmsnorm_backward(s->a, G + P[DN_P_O_NORM], (float *)s->kscratch, s->b, a->o, m->params + P[DN_P_O_NORM],
                          a->rstd_o, N * H, K, 0, st);                                                   /* do */
+        prof_mark(m->prof, "bwd norms", st);
         /* the delta rule, from the recomputed q, k, v */
         const size_t ND = (size_t)N * D;
         for (int j = 0; j < 3; j++)
             conv_silu_l2norm_forward(s->big1 + j * ND, a->qkv_pre + j * ND, m->params + P[DN_P_Q_CONV + j], B, T, D,
                                      j < 2 ? D : 0, K, GPU_L2_EPS, st);
+        prof_mark(m->prof, "bwd conv+silu+l2", st);
         deltarule_backward(s->big2, s->big2 + ND, s->big2 + 2 * ND, s->dbeta, s->a, a->dr_saved, s->big1, s->big1 + ND,
                            s->big1 + 2 * ND, a->beta, 1.0f / sqrtf((float)K), s->kscratch, B, T, H, K, K, st);
+        prof_mark(m->prof, "bwd delta rule", st);
         /* beta's sigmoid and projection */
         sigmoid_backward(s->bpre, s->dbeta, a->beta, N * H, st);
         matmul_backward_weight(m->mm, G + P[DN_P_B], s->bpre, s->xn, N, D, H, st);
         matmul_backward_data(m->mm, s->a, s->bpre, m->wx + P[DN_P_B], N, D, H, 0, st);
+        prof_mark(m->prof, "bwd beta", st);
         /* q, k, v: conv + silu (+ L2 norm), projection */
         for (int j = 0; j < 3; j++) {
             conv_silu_l2norm_backward(s->big1 + j * ND, G + P[DN_P_Q_CONV + j], (float *)s->kscratch, s->big2 + j * ND,
                                       a->qkv_pre + j * ND, m->params + P[DN_P_Q_CONV + j], B, T, D, j < 2 ? D : 0, K,
                                       GPU_L2_EPS, st);
+            prof_mark(m->prof, "bwd conv+silu+l2", st);
             matmul_backward_weight(m->mm, G + P[DN_P_Q + j], s->big1 + j * ND, s->xn, N, D, D, st);
             matmul_backward_data(m->mm, s->a, s->big1 + j * ND, m->wx + P[DN_P_Q + j], N, D, D, 1, st);
+            prof_mark(m->prof, "bwd matmuls", st);
         }
     } else {
         const int Hq = c->attn_heads, Hkv = c->attn_kv_heads, dh = D / Hq, kvd = Hkv * dh;
@@ -520,15 +589,19 @@ static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
         floatX *dv = dk + gpu_round_up((size_t)N * kvd, 16);
         matmul_backward_weight(m->mm, G + P[DN_P_O], s->dres, a->att, N, D, D, st);
         matmul_backward_data(m->mm, s->b, s->dres, m->wx + P[DN_P_O], N, D, D, 0, st);
+        prof_mark(m->prof, "bwd matmuls", st);
         attention_backward(dq, dk, dv, s->kscratch, s->b, a->q, a->k, a->v, a->att, a->lse, B, T, Hq, Hkv, dh, window, st);
+        prof_mark(m->prof, "bwd attention", st);
         rope_backward(dq, s->rope, B, T, Hq, dh, 0, st);
         rope_backward(dk, s->rope, B, T, Hkv, dh, 0, st);
+        prof_mark(m->prof, "bwd rope", st);
         matmul_backward_weight(m->mm, G + P[DN_P_Q], dq, s->xn, N, D, D, st);
         matmul_backward_weight(m->mm, G + P[DN_P_K], dk, s->xn, N, D, kvd, st);
         matmul_backward_weight(m->mm, G + P[DN_P_V], dv, s->xn, N, D, kvd, st);
         matmul_backward_data(m->mm, s->a, dq, m->wx + P[DN_P_Q], N, D, D, 0, st);
         matmul_backward_data(m->mm, s->a, dk, m->wx + P[DN_P_K], N, D, kvd, 1, st);
         matmul_backward_data(m->mm, s->a, dv, m->wx + P[DN_P_V], N, D, kvd, 1, st);
+        prof_mark(m->prof, "bwd matmuls", st);
     }
 }
 
@@ -548,22 +621,30 @@ static void gpu_backward(GPUModel<floatX> *m, const int *d_inputs, int B, int T)
         GPULayerActs<floatX> *a = &m->L[l];
         /* MLP: S.dres = d out -> d mid */
         rmsnorm_forward(s->xn, a->rstd_mlp, a->mid, m->params + P[DN_P_MLP_NORM], N, D, eps, st);
+        prof_mark(m->prof, "bwd norms", st);
         swiglu_forward(s->big1, a->gu, N, I, st);
+        prof_mark(m->prof, "bwd swiglu", st);
         matmul_backward_weight(m->mm, G + P[DN_P_DOWN], s->dres, s->big1, N, I, D, st);
         matmul_backward_data(m->mm, s->big1, s->dres, m->wx + P[DN_P_DOWN], N, I, D, 0, st);
+        prof_mark(m->prof, "bwd matmuls", st);
         swiglu_backward(a->gu, s->big1, a->gu, N, I, st); /* in place: gu now holds dgate|dup */
+        prof_mark(m->prof, "bwd swiglu", st);
         matmul_backward_weight(m->mm, G + P[DN_P_GATE], a->gu, s->xn, N, D, 2 * I, st);
         matmul_backward_data(m->mm, s->a, a->gu, m->wx + P[DN_P_GATE], N, D, 2 * I, 0, st);
+        prof_mark(m->prof, "bwd matmuls", st);
         rmsnorm_backward(s->dres, G + P[DN_P_MLP_NORM], ks, s->a, a->mid, m->params + P[DN_P_MLP_NORM],
                          a->rstd_mlp, N, D, 1, st);
         /* mixer: S.dres = d mid -> d h_l */
         const floatX *h = gpu_layer_input(m, l);
         rmsnorm_forward(s->xn, a->rstd_attn, h, m->params + P[DN_P_ATTN_NORM], N, D, eps, st);
+        prof_mark(m->prof, "bwd norms", st);
         mixer_backward(m, l, B, T);
         rmsnorm_backward(s->dres, G + P[DN_P_ATTN_NORM], ks, s->a, h, m->params + P[DN_P_ATTN_NORM],
                          a->rstd_attn, N, D, 1, st);
+        prof_mark(m->prof, "bwd norms", st);
     }
     embedding_backward(G + t->embed, s->kscratch, s->dres, d_inputs, N, D, c->padded_vocab, st);
+    prof_mark(m->prof, "bwd embedding", st);
 }
 
 // ----------------------------------------------------------------------------
@@ -579,6 +660,7 @@ static void gpu_step_enqueue(GPUModel<floatX> *m) {
     cudaCheck(cudaMemcpyAsync(m->d_tokens, m->h_tokens, (size_t)m->accum * 2 * N * sizeof(int), cudaMemcpyHostToDevice, st));
     cudaCheck(cudaMemsetAsync(m->grads, 0, P * sizeof(float), st));
     cudaCheck(cudaMemsetAsync(m->d_loss, 0, sizeof(float), st));
+    prof_mark(m->prof, "start", st);
     for (int i = 0; i < m->accum; i++) {
         const int *inp = m->d_tokens + (size_t)2 * i * N, *tgt = inp + N;
         gpu_forward(m, inp, m->B, m->T);
@@ -588,6 +670,7 @@ static void gpu_step_enqueue(GPUModel<floatX> *m) {
     grad_norm(m->d_gn, m->norm_scratch, m->grads, P, m->d_hp, st);
     floatX *copy = (void *)m->wx == (void *)m->params ? (floatX *)NULL : m->wx;
     adamw_update(m->params, copy, m->adam_m, m->adam_v, m->grads, P, &m->seg, m->d_hp, m->d_gn, st);
+    prof_mark(m->prof, "grad norm + AdamW", st);
     cudaCheck(cudaMemcpyAsync(m->h_out, m->d_loss, sizeof(float), cudaMemcpyDeviceToHost, st));
     cudaCheck(cudaMemcpyAsync(m->h_out + 1, &m->d_gn->norm, sizeof(float), cudaMemcpyDeviceToHost, st));
 }
@@ -603,7 +686,8 @@ static float gpu_train_step(GPUModel<floatX> *m, const GPUOptim *o, long step, f
     AdamWHParams *hp = m->h_hp;
     hp->lr = o->lr; hp->beta1 = o->beta1; hp->beta2 = o->beta2; hp->eps = o->eps;
     hp->weight_decay = o->weight_decay; hp->grad_clip = o->grad_clip; hp->step = (int)step;
-    if (m->use_graph && m->steps_run >= 1 && !m->have_graph) {
+    const int profiling = m->prof && m->prof->on;
+    if (m->use_graph && !profiling && m->steps_run >= 1 && !m->have_graph) {
         /* every matmul plan is cached by now: capture the whole step once */
         cudaGraph_t g;
         cudaCheck(cudaStreamBeginCapture(m->stream, cudaStreamCaptureModeThreadLocal));
@@ -613,9 +697,10 @@ static float gpu_train_step(GPUModel<floatX> *m, const GPUOptim *o, long step, f
         cudaCheck(cudaGraphDestroy(g));
         m->have_graph = 1;
     }
-    if (m->have_graph) cudaCheck(cudaGraphLaunch(m->graph, m->stream));
+    if (m->have_graph && !profiling) cudaCheck(cudaGraphLaunch(m->graph, m->stream));
     else gpu_step_enqueue(m);
     cudaCheck(cudaStreamSynchronize(m->stream));
+    prof_collect(m->prof);
     m->steps_run++;
     if (norm) *norm = m->h_out[1];
     return m->h_out[0];
@@ -630,6 +715,8 @@ template <typename floatX>
 static float gpu_eval_loss(GPUModel<floatX> *m, const int *inputs, const int *targets, int B) {
     const size_t N = (size_t)B * m->T;
     cudaStream_t st = m->stream;
+    GPUProf *prof = m->prof; /* only training steps are profiled */
+    m->prof = NULL;
     cudaCheck(cudaMemcpyAsync(m->d_tokens, inputs, N * sizeof(int), cudaMemcpyHostToDevice, st));
     cudaCheck(cudaMemcpyAsync(m->d_tokens + N, targets, N * sizeof(int), cudaMemcpyHostToDevice, st));
     cudaCheck(cudaMemsetAsync(m->d_loss, 0, sizeof(float), st));
@@ -638,6 +725,7 @@ static float gpu_eval_loss(GPUModel<floatX> *m, const int *inputs, const int *ta
     float loss = 0.0f;
     cudaCheck(cudaMemcpyAsync(&loss, m->d_loss, sizeof(float), cudaMemcpyDeviceToHost, st));
     cudaCheck(cudaStreamSynchronize(st));
+    m->prof = prof;
     return loss;
 }
 
@@ -683,6 +771,9 @@ static void gpu_logits_rows(GPUModel<floatX> *m, int row0, int nrows, float *out
 template <typename floatX>
 static void gpu_forward_logits(GPUModel<floatX> *m, const int *inputs, int B, int T, float *out) {
     cudaCheck(cudaMemcpyAsync(m->d_tokens, inputs, (size_t)B * T * sizeof(int), cudaMemcpyHostToDevice, m->stream));
+    GPUProf *prof = m->prof;
+    m->prof = NULL;
     gpu_forward(m, m->d_tokens, B, T);
+    m->prof = prof;
     if (out) gpu_logits_rows(m, 0, B * T, out);
 }
