@@ -251,6 +251,55 @@ __device__ __forceinline__ void chunk_qk_tril(TX *Ms, int ldm, const Mat<TX> &Qm
     });
 }
 
+/* The forward pass's first products, sharing fragments: accX += K S, accO += Q S (S loaded once),
+ * and M = tril(Q K^T) into Ms (Q loaded once). Rows m0.. of the chunk, state columns n0.., M
+ * columns mn0... fp32: the plain products. */
+template <int NT, int D>
+__device__ __forceinline__ void fwd_first(float (&accX)[1][NT][4], float (&accO)[1][NT][4], const Mat<bf16> &Km,
+                                          const Mat<bf16> &Qm, const Mat<bf16> &Sm, bf16 *Ms, int ldm, int m0, int n0,
+                                          int mn0) {
+    const int lane = threadIdx.x & 31, lr = lane & 7, l8 = (lane >> 3) & 1, l16 = lane >> 4;
+    const bool withM = mn0 <= m0 + 15;
+    float accM[1][4][4];
+    zero_acc(accM);
+#pragma unroll
+    for (int k = 0; k < D; k += 16) {
+        uint32_t aK[4], aQ[4];
+        ldsm_x4(aK, Km.p + (m0 + lr + 8 * l8) * Km.ld + k + 8 * l16);
+        ldsm_x4(aQ, Qm.p + (m0 + lr + 8 * l8) * Qm.ld + k + 8 * l16);
+#pragma unroll
+        for (int nt = 0; nt < NT; nt += 2) {
+            uint32_t r[4];
+            ldsm_x4_t(r, Sm.p + (k + lr + 8 * l8) * Sm.ld + n0 + 8 * nt + 8 * l16);
+            mma_bf16(accX[0][nt], aK, r[0], r[1]);
+            mma_bf16(accX[0][nt + 1], aK, r[2], r[3]);
+            mma_bf16(accO[0][nt], aQ, r[0], r[1]);
+            mma_bf16(accO[0][nt + 1], aQ, r[2], r[3]);
+        }
+        if (withM) {
+#pragma unroll
+            for (int nt = 0; nt < 4; nt += 2) {
+                uint32_t r[4];
+                ldsm_x4(r, Km.p + (mn0 + 8 * nt + lr + 8 * l16) * Km.ld + k + 8 * l8);
+                mma_bf16(accM[0][nt], aQ, r[0], r[1]);
+                mma_bf16(accM[0][nt + 1], aQ, r[2], r[3]);
+            }
+        }
+    }
+    for_each_pair(accM, m0, mn0, [&](int r, int c, float &x0, float &x1) {
+        st2(Ms + r * ldm + c, c <= r ? x0 : 0.0f, c + 1 <= r ? x1 : 0.0f);
+    });
+}
+template <int NT, int D>
+__device__ __forceinline__ void fwd_first(float (&accX)[1][NT][4], float (&accO)[1][NT][4], const Mat<float> &Km,
+                                          const Mat<float> &Qm, const Mat<float> &Sm, float *Ms, int ldm, int m0,
+                                          int n0, int mn0) {
+    (void)mn0;
+    warp_mma<1, NT, false, false, D>(accX, Km, m0, Sm, n0);
+    warp_mma<1, NT, false, false, D>(accO, Qm, m0, Sm, n0);
+    chunk_qk_tril<float, D>(Ms, ldm, Qm, Km);
+}
+
 /* ---- prep: Tm = (I + strictly_lower(diag(beta) K K^T))^-1 per chunk --------------------------- */
 constexpr int LDF = 68; /* fp32 64x64 work matrices: rows 16-byte aligned, 4-bank row offset */
 constexpr int LDR = 20; /* fp32 16x16 products */
@@ -259,20 +308,27 @@ template <typename TX, int D> constexpr size_t prep_smem() {
            (sizeof(TX) == 2 ? (size_t)64 * padded<TX>(D) * sizeof(TX) : 0);
 }
 
-/* out[4] (one row r, columns 4q..4q+3 of a 16x16 block) = sum_{l<16} a[l] * b[l * ldb + 4q ..]:
- * a is a row of 16 (float4 loads), b a 16x16 block of row stride ldb. */
-__device__ __forceinline__ void row4_times_block(float4 &s, const float *a, const float *b, int ldb) {
+/* s[u] (rows u = 0..3, 4 columns) += sum_{l<16} a[u * lda + l] * b[l * ldb + 0..3]: a 4 x 16 slab
+ * times a 16 x 4 slab, float4 loads (rows of a and b 16-byte aligned). */
+__device__ __forceinline__ void block4x4(float4 (&s)[4], const float *a, int lda, const float *b, int ldb) {
 #pragma unroll
     for (int l = 0; l < 16; l += 4) {
-        const float4 av = *reinterpret_cast<const float4 *>(a + l);
-        const float ax[4] = {av.x, av.y, av.z, av.w};
+        float av[4][4];
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-            const float4 bv = *reinterpret_cast<const float4 *>(b + (l + u) * ldb);
-            s.x = fmaf(ax[u], bv.x, s.x);
-            s.y = fmaf(ax[u], bv.y, s.y);
-            s.z = fmaf(ax[u], bv.z, s.z);
-            s.w = fmaf(ax[u], bv.w, s.w);
+            const float4 t = *reinterpret_cast<const float4 *>(a + u * lda + l);
+            av[u][0] = t.x; av[u][1] = t.y; av[u][2] = t.z; av[u][3] = t.w;
+        }
+#pragma unroll
+        for (int ll = 0; ll < 4; ll++) {
+            const float4 bv = *reinterpret_cast<const float4 *>(b + (l + ll) * ldb);
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                s[u].x = fmaf(av[u][ll], bv.x, s[u].x);
+                s[u].y = fmaf(av[u][ll], bv.y, s[u].y);
+                s[u].z = fmaf(av[u][ll], bv.z, s[u].z);
+                s[u].w = fmaf(av[u][ll], bv.w, s[u].w);
+            }
         }
     }
 }
@@ -329,30 +385,37 @@ __global__ void __launch_bounds__(NTHREADS) prep_kernel(TX *Tm_out, const TX *k,
 #pragma unroll
         for (int i = 0; i < 16; i++) Tf[(o + i) * LDF + o + c] = x[i];
     } else {
-        for (int e = tid - 64; e < 6 * 256; e += NTHREADS - 64) {
-            const int p = e >> 8, r = (e >> 4) & 15, c = e & 15;
+        for (int e = tid - 64; e < 6 * 64; e += NTHREADS - 64) {
+            const int p = e >> 6, r = (e >> 2) & 15, c = 4 * (e & 3);
             const int bi = p < 3 ? 0 : (p < 5 ? 1 : 2), bj = p < 3 ? p + 1 : (p < 5 ? p - 1 : 3);
-            Tf[(16 * bi + r) * LDF + 16 * bj + c] = 0.0f;
+            *reinterpret_cast<float4 *>(Tf + (16 * bi + r) * LDF + 16 * bj + c) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
     }
     __syncthreads();
     /* Off-diagonal blocks by distance d from the diagonal, block (i, j = i - d):
-     * Tm_ij = -Tm_ii sum_{kb=j}^{i-1} A_{i,kb} Tm_{kb,j}. One thread per (block, row, 4 columns). */
+     * Tm_ij = -Tm_ii sum_{kb=j}^{i-1} A_{i,kb} Tm_{kb,j}. One thread per 4 x 4 piece of a block
+     * (few threads, few shared loads: this part was bound by the shared-memory pipe). */
     for (int d = 1; d < 4; d++) {
-        const int nb = 4 - d;
-        for (int e = tid; e < nb * 64; e += NTHREADS) {
-            const int j = e >> 6, r = (e >> 2) & 15, q = e & 3, i = j + d;
-            float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        const int nb = 4 - d, j = tid >> 4, rq = (tid >> 2) & 3, cq = tid & 3, i = j + d;
+        if (tid < nb * 16) {
+            float4 s4[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) s4[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             for (int kb = j; kb < i; kb++)
-                row4_times_block(s, Af + (16 * i + r) * LDF + 16 * kb, Tf + 16 * kb * LDF + 16 * j + 4 * q, LDF);
-            *reinterpret_cast<float4 *>(Rf + (j * 16 + r) * LDR + 4 * q) = s;
+                block4x4(s4, Af + (16 * i + 4 * rq) * LDF + 16 * kb, LDF, Tf + 16 * kb * LDF + 16 * j + 4 * cq, LDF);
+#pragma unroll
+            for (int u = 0; u < 4; u++) *reinterpret_cast<float4 *>(Rf + (j * 16 + 4 * rq + u) * LDR + 4 * cq) = s4[u];
         }
         __syncthreads();
-        for (int e = tid; e < nb * 64; e += NTHREADS) {
-            const int j = e >> 6, r = (e >> 2) & 15, q = e & 3, i = j + d;
-            float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            row4_times_block(s, Tf + (16 * i + r) * LDF + 16 * i, Rf + j * 16 * LDR + 4 * q, LDR);
-            *reinterpret_cast<float4 *>(Tf + (16 * i + r) * LDF + 16 * j + 4 * q) = make_float4(-s.x, -s.y, -s.z, -s.w);
+        if (tid < nb * 16) {
+            float4 s4[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) s4[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            block4x4(s4, Tf + (16 * i + 4 * rq) * LDF + 16 * i, LDF, Rf + j * 16 * LDR + 4 * cq, LDR);
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+                *reinterpret_cast<float4 *>(Tf + (16 * i + 4 * rq + u) * LDF + 16 * j + 4 * cq) =
+                    make_float4(-s4[u].x, -s4[u].y, -s4[u].z, -s4[u].w);
         }
         __syncthreads();
     }
@@ -456,11 +519,8 @@ __device__ __forceinline__ void state_forward(unsigned char *smem, TX *o, TX *hs
         float accX[1][NT][4], accO[1][NT][4];
         zero_acc(accX);
         zero_acc(accO);
-        warp_mma<1, NT, false, false, D>(accX, Km, cm0, Sm, cn0);
-        if (OUT) {
-            warp_mma<1, NT, false, false, D>(accO, Qm, cm0, Sm, cn0);
-            chunk_qk_tril<TX, D>(Ms, LDC, Qm, Km);
-        }
+        if (OUT) fwd_first<NT, D>(accX, accO, Km, Qm, Sm, Ms, LDC, cm0, cn0, 32 * wc);
+        else warp_mma<1, NT, false, false, D>(accX, Km, cm0, Sm, cn0);
         for_each_pair(accX, cm0, cn0, [&](int r, int c, float &x0, float &x1) {
             const float2 vv = mat_ld2(Vm, r, c);
             const float bb = st.beta[r];
