@@ -612,9 +612,10 @@ static int run(const TrainArgs *a) {
     setup_model(tr);
     print_summary(tr);
     if (tr->step >= a->steps) printf("the checkpoint is at step %ld >= --steps %d: nothing to do\n", tr->step, a->steps);
+    const long first = tr->step;
     while (tr->step < a->steps) {
         train_step(tr);
-        if (tr->prof.on && tr->prof.steps == 1) prof_reset(&tr->prof); /* the first step warms up */
+        if (tr->prof.on && tr->step == first + 1) prof_reset(&tr->prof); /* the first step warms up */
         const int last = tr->step == a->steps;
         if (tr->have_val && (tr->step % a->val_every == 0 || last)) {
             float vl = validate(tr);

@@ -35,6 +35,15 @@
  * the loss and the norm back. After the first step has run eagerly (which caches every cuBLASLt
  * plan), the whole step is captured once as a CUDA graph and replayed: one launch per step and
  * one host sync, to read the loss.
+ *
+ * Measured (H100 80GB HBM3, bf16, 2026-11-23; tok/s of steps after the first, memory = the device's
+ * in-use total after every allocation, context included; all buffers are allocated up front):
+ *   d12 (124M, DeltaNet x12), B=32 T=1024:            420k tok/s (78 ms/step, MFU 33%), 10.6 GiB
+ *   d12 hybrid, global attention in layers 5 and 11:   422k tok/s, 10.6 GiB
+ *   d12 hybrid DDSDDSDDSDDS (window 512):              443k tok/s, 10.5 GiB
+ *   340M (DeltaNet x24, vocab 32000), B=16 T=2048:     164k tok/s (200 ms/step, MFU 36%), 25.9 GiB
+ *   the default `small` (6 DeltaNet layers), B=8 T=512: 485k tok/s (8.4 ms/step), 2.8 GiB
+ * The CUDA graph saves ~1 ms per d12 step over eager launches (77-78 vs 78-79 ms).
  */
 #pragma once
 #include <cmath>

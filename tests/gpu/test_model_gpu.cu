@@ -10,11 +10,13 @@
  * (dn_init_params: the trainer's N(0, 0.02) init):
  *   - logits of every position, the loss, the validation-path loss (forward-only head), and the
  *     gradient of EVERY parameter tensor; padding vocab rows get exactly zero gradient.
- *     fp32 mode: bound 1e-5 (both sets). bf16 mode, against the reference run on the same
- *     parameters rounded to bf16 (the weights the bf16 matmuls see): bound 2e-2 on "init"; on
- *     "stress" the bf16 activations' rounding compounds through the four layers (measured on an
- *     H100: logits 2.4e-2, gradients 3-5e-2 before the rounding of the reference's parameters),
- *     so there the bound is 1e-1, which still catches any wiring or kernel error (those are O(1));
+ *     fp32 mode: bound 1e-5 (both sets; measured on an H100: at most 3.6e-6). bf16 mode, against
+ *     the reference run on the same parameters rounded to bf16 (the weights the bf16 matmuls
+ *     see): the rounding of bf16 activations (residual stream, q/k/v, o, gate|up, logits and their
+ *     gradients) compounds through the four layers. Measured on an H100: "init": logits 1.1e-2,
+ *     loss 4e-5, every gradient <= 2e-2 but two (mlp_norm of layer 2 at 2.06e-2, b_proj of layer 3
+ *     at 2.34e-2): bound 3e-2; "stress": logits 2.0e-2, gradients up to 4.9e-2: bound 1e-1. Both
+ *     still catch any wiring or kernel error, which shows up as O(1);
  *   - gradient accumulation: 2 micro-batches of B = 1 give the gradients of one batch of B = 2;
  *   - 20 AdamW steps on a fixed batch (clip, weight decay, constant lr) through gpu_train_step --
  *     the first step eager, the other 19 replaying the captured CUDA graph -- against the CPU loop
@@ -243,7 +245,7 @@ int main(void) {
             check_grads<float>(&cfg, name, p, inp.data(), tgt.data(), ref, 1e-5, st);
             std::vector<float> pb = round_bf16(p);
             RefResult refb = ref_run(&t, pb, inp.data(), tgt.data());
-            check_grads<bf16>(&cfg, name, pb, inp.data(), tgt.data(), refb, set ? 2e-2 : 1e-1, st);
+            check_grads<bf16>(&cfg, name, pb, inp.data(), tgt.data(), refb, set ? 3e-2 : 1e-1, st);
         }
         check_accumulation<float>(&cfg, params, inp.data(), tgt.data(), st);
         check_training(&cfg, params, inp.data(), tgt.data(), st);
