@@ -2,7 +2,7 @@
 """Score a deltanet.c checkpoint with the PyTorch reference model (flash-linear-attention's
 DeltaNetForCausalLM), to check that checkpoints load there as they are and give the same loss.
 
-usage: python3 scripts/fla_check.py CHECKPOINT.safetensors SHARD.bin [-b 1024] [-n 8] [--recurrent]
+usage: python3 scripts/fla_check.py CHECKPOINT.safetensors SHARD.bin [-b 1024] [-n 8] [--chunk]
 
 Builds the reference model from the checkpoint's __metadata__ fla_config, loads the tensors with
 strict name/shape checking, reads blocks of b+1 tokens from an llm.c shard, and prints the mean
@@ -34,7 +34,8 @@ def main():
     ap.add_argument("shard")
     ap.add_argument("-b", type=int, default=1024, help="tokens predicted per block")
     ap.add_argument("-n", type=int, default=8, help="number of blocks")
-    ap.add_argument("--recurrent", action="store_true", help="use fla's fused_recurrent kernels")
+    ap.add_argument("--chunk", action="store_true",
+                    help="use fla's chunk kernels (bf16 only) instead of fused_recurrent in fp32")
     args = ap.parse_args()
 
     from safetensors import safe_open
@@ -64,12 +65,13 @@ def main():
         meta = f.metadata()
     fla_cfg = json.loads(meta["fla_config"])
     fla_cfg.pop("model_type", None)
-    if args.recurrent:
-        fla_cfg["attn_mode"] = "fused_recurrent"
+    # fla's chunk kernels refuse float32; its fused_recurrent kernels compute the sequential form
+    fla_cfg["attn_mode"] = "chunk" if args.chunk else "fused_recurrent"
     fla_cfg.update(fuse_cross_entropy=False, fuse_norm=False, fuse_swiglu=False)
     cfg = DeltaNetConfig(**fla_cfg)
     torch.manual_seed(0)
-    model = DeltaNetForCausalLM(cfg).cuda().float().eval()
+    dtype = torch.bfloat16 if args.chunk else torch.float32
+    model = DeltaNetForCausalLM(cfg).cuda().to(dtype).eval()
     sd = load_file(args.checkpoint)
     expected = set(model.state_dict().keys())
     if cfg.tie_word_embeddings:
@@ -77,7 +79,7 @@ def main():
     got = set(sd.keys())
     if expected != got:
         sys.exit(f"tensor names differ: missing {sorted(expected - got)[:5]}, unexpected {sorted(got - expected)[:5]}")
-    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=not cfg.tie_word_embeddings)
+    model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=not cfg.tie_word_embeddings)
     if cfg.tie_word_embeddings:
         model.tie_weights()
     print(f"loaded {len(sd)} tensors into DeltaNetForCausalLM ({sum(p.numel() for p in model.parameters())/1e6:.2f}M parameters), layers {meta.get('layers')}")
