@@ -79,8 +79,8 @@ $(BUILD)/tests/gpu/%: tests/gpu/%.cu $(wildcard tests/gpu/*.h tests/gpu/*.cuh) $
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) $< $(LIB_OBJS) -o $@ $(NVLIBS)
 
-test-gpu: $(GPU_TEST_BINS)
-	@tests/run_tests.sh $(GPU_TEST_BINS)
+test-gpu: $(GPU_TEST_BINS) train_deltanet infer data
+	@tests/run_tests.sh $(GPU_TEST_BINS) tests/gpu/test_trainer.sh
 
 # Benchmarks print tables; the GPU ones run only where a GPU is (BENCH_GPU=1, set by bench-gpu).
 bench: $(BENCH_BINS)

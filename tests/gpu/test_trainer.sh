@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# test_trainer.sh -- end-to-end checks of ./train_deltanet on a GPU (part of `make test-gpu`, run
+# from the repo root after `make train infer`):
+#   1. the trainer's printed val loss equals `./infer --eval` on its checkpoint over the same
+#      tokens (fp32 hybrid DSDG with sliding window and grouped KV heads: within 1e-3);
+#   2. exact resume: N steps straight == N/2 + --resume + N/2 (fp32, losses within 1e-5);
+#   3. missing shards are one clear message and a non-zero exit.
+# Ends with "[test_trainer] N passed, N failed" like the other test programs.
+set -u
+cd "$(dirname "$0")/../.."
+pass=0; fail=0
+ok()  { echo "  ok  $*"; pass=$((pass + 1)); }
+bad() { echo "FAIL $*"; fail=$((fail + 1)); }
+tmp=$(mktemp -d /tmp/dn_trainer_XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+val=data/tinyshakespeare/tinyshakespeare_val.bin
+common="--fp32 --layers DSDG --window 64 --kv-heads 2 --sample-every 0"
+
+# 1. trainer val loss == infer --eval (8 rows x 512 tokens = the first 4096 predictions)
+if ./train_deltanet $common -x 40 -v 40 --val-batches 1 -o "$tmp/a" >"$tmp/a.log" 2>&1; then
+    tl=$(grep -E '^val loss' "$tmp/a.log" | tail -1 | awk '{print $3}')
+    il=$(./infer "$tmp/a/model.safetensors" --eval "$val" -b 512 --eval-max 4096 2>/dev/null | sed -E 's/.*loss ([0-9.]+).*/\1/')
+    if [ -n "$tl" ] && [ -n "$il" ] && awk -v a="$tl" -v b="$il" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-3) }'; then
+        ok "trainer val loss $tl == infer --eval $il (within 1e-3)"
+    else
+        bad "trainer val loss '$tl' vs infer --eval '$il'"
+    fi
+else
+    bad "training run failed: $(tail -3 "$tmp/a.log")"
+fi
+
+# 2. resume: 20 steps straight vs 10 + resume + 10
+r="$common -b 4 -t 256 -x 20 -v 0"
+if ./train_deltanet $r -c 10 -o "$tmp/r1" --log "$tmp/r1.jsonl" >"$tmp/r1.log" 2>&1 &&
+   ./train_deltanet $r -o "$tmp/r2" --resume "$tmp/r1/model_000010.safetensors" --log "$tmp/r2.jsonl" >"$tmp/r2.log" 2>&1; then
+    d=$(python3 - "$tmp/r1.jsonl" "$tmp/r2.jsonl" <<'PY'
+import json, sys
+a = {r["step"]: r["loss"] for r in map(json.loads, open(sys.argv[1])) if r["kind"] == "train"}
+b = {r["step"]: r["loss"] for r in map(json.loads, open(sys.argv[2])) if r["kind"] == "train"}
+common = sorted(set(a) & set(b))
+print(max(abs(a[s] - b[s]) / abs(a[s]) for s in common) if len(common) == 10 else "nan")
+PY
+)
+    if awk -v d="$d" 'BEGIN { exit !(d == d + 0 && d <= 1e-5) }'; then
+        ok "resume: steps 11..20 after --resume match the straight run (max rel diff $d)"
+    else
+        bad "resume: max rel loss diff '$d'"
+    fi
+else
+    bad "resume runs failed: $(tail -2 "$tmp/r2.log")"
+fi
+
+# 3. missing shards
+if ./train_deltanet -i "$tmp/none_*.bin" -x 1 >"$tmp/m.log" 2>&1; then
+    bad "missing shards were accepted"
+elif grep -q "none_" "$tmp/m.log" && ! grep -qi "cuda error\|segmentation\|core dumped" "$tmp/m.log"; then
+    ok "missing shards: $(grep "none_" "$tmp/m.log" | head -1)"
+else
+    bad "missing shards: unclear message: $(head -3 "$tmp/m.log")"
+fi
+
+echo "[test_trainer] $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
