@@ -35,6 +35,7 @@ HEADERS   := model.h $(wildcard ref/*.h tokenizer.h data.h)
 
 TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+TEST_SCRIPTS := $(wildcard tests/test_*.sh)
 GPU_TEST_SRCS := $(wildcard tests/gpu/test_*.cu)
 GPU_TEST_BINS := $(GPU_TEST_SRCS:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 KERNEL_HDRS   := $(wildcard kernels/*.cuh)
@@ -61,7 +62,7 @@ $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(LIB_OBJS) $(HEADERS)
 $(BUILD)/tests/test_infer $(BUILD)/tests/bench_infer: infer.c
 
 test: $(TEST_BINS) $(if $(wildcard tokenize.c),tokenize) $(if $(wildcard infer.c),infer)
-	@tests/run_tests.sh $(TEST_BINS)
+	@tests/run_tests.sh $(TEST_BINS) $(TEST_SCRIPTS)
 
 infer: infer.c $(LIB_OBJS) $(HEADERS)
 	$(CC) $(CFLAGS) $< $(LIB_OBJS) -o $@ $(LDLIBS)

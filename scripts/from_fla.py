@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Convert a flash-linear-attention DeltaNet checkpoint (a Hugging Face model folder: config.json
+plus model.safetensors, or several *.safetensors shards) into a deltanet.c checkpoint that
+./infer and ./train_deltanet --resume read.
+
+usage: python3 scripts/from_fla.py FLA_MODEL_DIR OUT.safetensors
+
+deltanet.c checkpoints already use the reference's tensor names and layouts, so this only checks
+that the config is one deltanet.c computes (DeltaNet with short convolutions, beta, L2-normalised
+silu q/k, output RMSNorm, no gate; attention layers sharing one set of heads / KV heads / RoPE base),
+copies the tensors (F32 and BF16 as they are, F16 widened to F32), and writes the config into
+__metadata__. Pure Python: no torch or numpy needed.
+"""
+import glob
+import json
+import os
+import struct
+import sys
+
+FORMAT_VERSION = "1"
+
+
+def die(msg):
+    sys.exit(f"from_fla.py: {msg}")
+
+
+def read_safetensors(path):
+    """-> (header dict without __metadata__, data offset, file size)"""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            die(f"{path}: too short to be safetensors")
+        (n,) = struct.unpack("<Q", raw)
+        if n > size - 8:
+            die(f"{path}: header length {n} runs past the end of the file")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            die(f"{path}: header is not JSON ({e})")
+    header.pop("__metadata__", None)
+    return header, 8 + n, size
+
+
+def config_from_fla(cfg):
+    def need(key, want):
+        got = cfg.get(key, want)
+        if got != want:
+            die(f"config.json: {key} = {got!r}; deltanet.c computes {key} = {want!r}")
+
+    for key, want in [("use_short_conv", True), ("use_beta", True), ("use_gate", False),
+                      ("use_output_norm", True), ("qk_norm", "l2"), ("qk_activation", "silu"),
+                      ("expand_k", 1), ("expand_v", 1), ("allow_neg_eigval", False)]:
+        need(key, want)
+    if cfg.get("hidden_act", "swish") not in ("swish", "silu"):
+        die(f"config.json: hidden_act {cfg['hidden_act']!r}; deltanet.c's MLP is SwiGLU")
+    D, L, H = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_heads"]
+    if D % H:
+        die(f"config.json: hidden_size {D} is not a multiple of num_heads {H}")
+    inter = cfg.get("intermediate_size")
+    if inter is None:
+        ratio = cfg.get("hidden_ratio") or 4
+        inter = int(D * ratio * 2 / 3)
+        inter = 256 * ((inter + 255) // 256)
+    vocab = cfg["vocab_size"]
+    layers = ["D"] * L
+    attn = cfg.get("attn")
+    heads = kv = window = None
+    rope = 10000.0
+    specs = [] if attn is None else ([attn] if isinstance(attn, dict) else attn)
+    for spec in specs:
+        if spec.get("qkv_bias") or spec.get("qk_norm"):
+            die("config.json: attention with qkv_bias or qk_norm is not what deltanet.c computes")
+        h, k = spec["num_heads"], spec.get("num_kv_heads") or spec["num_heads"]
+        r = float(spec.get("rope_theta", 10000.0))
+        if heads is not None and (h, k, r) != (heads, kv, rope):
+            die("config.json: attention specs with different heads / KV heads / rope_theta; deltanet.c has one set")
+        heads, kv, rope = h, k, r
+        w = spec.get("window_size")
+        if w is not None:
+            if window is not None and w != window:
+                die("config.json: two different window sizes; deltanet.c has one")
+            window = w
+        for l in spec["layers"]:
+            layers[l] = "S" if w is not None else "G"
+    return {
+        "format": "deltanet.c", "format_version": FORMAT_VERSION,
+        "vocab_size": vocab, "padded_vocab": (vocab + 127) // 128 * 128, "d_model": D, "n_layer": L,
+        "n_head": H, "head_dim": D // H, "conv_size": cfg.get("conv_size", 4), "hidden_size": inter,
+        "norm_eps": cfg.get("norm_eps", 1e-6), "tie_embeddings": int(bool(cfg.get("tie_word_embeddings", False))),
+        "attn_heads": heads or H, "attn_kv_heads": kv or heads or H, "window": window or 512,
+        "rope_base": rope, "layers": "".join(layers), "fla_config": json.dumps(cfg),
+    }
+
+
+def main():
+    if len(sys.argv) != 3 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0 if len(sys.argv) == 2 else 2)
+    src, out = sys.argv[1], sys.argv[2]
+    cfg_path = os.path.join(src, "config.json")
+    try:
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        die(f"{cfg_path}: {e}")
+    meta = {k: str(v) for k, v in config_from_fla(cfg).items()}
+    files = sorted(glob.glob(os.path.join(src, "*.safetensors")))
+    if not files:
+        die(f"{src}: no *.safetensors file")
+    tensors = []  # (name, dtype, shape, path, begin, end)
+    for path in files:
+        header, start, size = read_safetensors(path)
+        for name, t in header.items():
+            b, e = t["data_offsets"]
+            if start + e > size:
+                die(f"{path}: tensor {name} runs past the end of the file")
+            if t["dtype"] not in ("F32", "BF16", "F16"):
+                die(f"{path}: tensor {name} has dtype {t['dtype']}")
+            if name == "lm_head.weight" and meta["tie_embeddings"] == "1":
+                continue  # tied: the embedding is the head
+            tensors.append((name, t["dtype"], t["shape"], path, start + b, start + e))
+    tensors.sort(key=lambda x: x[0])
+    hdr, off = {"__metadata__": meta}, 0
+    for name, dtype, shape, _, b, e in tensors:
+        n = (e - b) * (2 if dtype == "F16" else 1)
+        hdr[name] = {"dtype": "F32" if dtype == "F16" else dtype, "shape": shape, "data_offsets": [off, off + n]}
+        off += n
+    js = json.dumps(hdr, separators=(",", ":")).encode()
+    js += b" " * (-len(js) % 8)
+    tmp = out + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(js)) + js)
+        for name, dtype, _, path, b, e in tensors:
+            with open(path, "rb") as g:
+                g.seek(b)
+                data = g.read(e - b)
+            if dtype == "F16":
+                vals = [v for (v,) in struct.iter_unpack("<e", data)]
+                data = struct.pack(f"<{len(vals)}f", *vals)
+            f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    print(f"wrote {out}: {len(tensors)} tensors, layers {meta['layers']}, d_model {meta['d_model']}")
+
+
+if __name__ == "__main__":
+    main()
