@@ -13,6 +13,7 @@
 #include <vector>
 #include <cstring>
 #include "../../kernels/attention.cuh"
+#include "gpu_util.cuh"
 
 using attn::forward_launch;
 using attn::backward_launch;
@@ -27,41 +28,6 @@ __global__ void fill_kernel(bf16 *x, long n, uint32_t seed) {
         float u = ((h >> 8) + 0.5f) / 16777216.0f; /* (0,1) */
         x[i] = __float2bfloat16(3.4f * (u - 0.5f));    /* uniform(-1.7, 1.7), variance ~1, never 0 */
     }
-}
-
-template <typename F>
-static float median_ms(F fn, int reps) {
-    cudaEvent_t a, b;
-    cudaCheck(cudaEventCreate(&a));
-    cudaCheck(cudaEventCreate(&b));
-    for (int i = 0; i < 3; i++) fn();
-    std::vector<float> t;
-    for (int i = 0; i < reps; i++) {
-        cudaCheck(cudaEventRecord(a));
-        fn();
-        cudaCheck(cudaEventRecord(b));
-        cudaCheck(cudaEventSynchronize(b));
-        float ms;
-        cudaCheck(cudaEventElapsedTime(&ms, a, b));
-        t.push_back(ms);
-    }
-    std::sort(t.begin(), t.end());
-    cudaCheck(cudaEventDestroy(a));
-    cudaCheck(cudaEventDestroy(b));
-    return t[t.size() / 2];
-}
-
-static double rel_err(const bf16 *a_d, const bf16 *b_d, size_t n) {
-    std::vector<bf16> a(n), b(n);
-    cudaCheck(cudaMemcpy(a.data(), a_d, n * 2, cudaMemcpyDeviceToHost));
-    cudaCheck(cudaMemcpy(b.data(), b_d, n * 2, cudaMemcpyDeviceToHost));
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double x = __bfloat162float(a[i]), y = __bfloat162float(b[i]);
-        num += (x - y) * (x - y);
-        den += y * y;
-    }
-    return sqrt(num / den);
 }
 
 static void row(const char *what, int window, float ms, double flops) {
@@ -120,7 +86,7 @@ int main(int argc, char **argv) {
         float ms = median_ms(f, reps);                                                                      \
         char name[80];                                                                                      \
         snprintf(name, sizeof name, "fwd NW=%d MT=%d BK=%d minB=%d Qreg=%d (err %.1e)", NW, MT, BK, MINB, (int)(QR && MT == 1), \
-                 rel_err(out2, out, n));                                                                    \
+                 rel_err_dev(out2, out, n));                                                                \
         row(name, window, ms, ffwd);                                                                        \
     } while (0)
         FWD_VARIANT(4, 1, 64, 1, true);
@@ -135,7 +101,7 @@ int main(int argc, char **argv) {
                                                           B, T, H, H, window, 0); };                       \
         float ms = median_ms(f, reps);                                                                      \
         char name[80];                                                                                      \
-        snprintf(name, sizeof name, "bwd NW=%d (err dq %.1e dk %.1e)", NW, rel_err(dq2, dq, n), rel_err(dk2, dk, n)); \
+        snprintf(name, sizeof name, "bwd NW=%d (err dq %.1e dk %.1e)", NW, rel_err_dev(dq2, dq, n), rel_err_dev(dk2, dk, n)); \
         row(name, window, ms, fbwd);                                                                        \
     } while (0)
         BWD_VARIANT(4);

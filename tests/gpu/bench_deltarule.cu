@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <vector>
 #include "../../kernels/deltarule.cuh"
+#include "gpu_util.cuh"
 
 __global__ void fill_kernel(bf16 *x, size_t n, uint64_t seed, float lo, float hi, int normal) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
@@ -42,7 +43,9 @@ struct Inputs {
     bf16 *q, *k, *v, *beta, *dout;
 };
 
-template <typename F> static float median_ms(F run, int iters) {
+/* run(i) for i = 0.. (the index picks the input set); all events recorded before one synchronise
+ * (unlike gpu_util.cuh's median_ms, which synchronises after every run) */
+template <typename F> static float median_ms_pipelined(F run, int iters) {
     for (int i = 0; i < 3; i++) run(i);
     std::vector<cudaEvent_t> ev(2 * iters);
     for (auto &e : ev) cudaCheck(cudaEventCreate(&e));
@@ -68,19 +71,6 @@ template <int BV_, int N0_, int N1_> struct Var {
     static constexpr int BV = BV_, N0 = N0_, N1 = N1_;
 };
 
-static double rel_err_dev(const bf16 *a, const bf16 *ref, size_t n) {
-    std::vector<bf16> x(n), y(n);
-    cudaCheck(cudaMemcpy(x.data(), a, n * sizeof(bf16), cudaMemcpyDeviceToHost));
-    cudaCheck(cudaMemcpy(y.data(), ref, n * sizeof(bf16), cudaMemcpyDeviceToHost));
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        const double d = (double)__bfloat162float(x[i]) - __bfloat162float(y[i]);
-        num += d * d;
-        den += (double)__bfloat162float(y[i]) * __bfloat162float(y[i]);
-    }
-    return sqrt(num / den);
-}
-
 template <int D>
 static void kernel_table(const std::vector<Inputs> &sets, int nsets, bf16 *o, bf16 *dq, bf16 *dk, bf16 *dv, bf16 *db,
                          void *ws, bf16 *Tm, float scale, int B, int T, int H, int iters, double f_prep, double f_fwd,
@@ -93,7 +83,7 @@ static void kernel_table(const std::vector<Inputs> &sets, int nsets, bf16 *o, bf
     cudaCheck(cudaMalloc(&ref, 2 * nx * sizeof(bf16)));
     auto snap = [&](bf16 *dst, const bf16 *src) { cudaCheck(cudaMemcpy(dst, src, nx * sizeof(bf16), cudaMemcpyDeviceToDevice)); };
     auto prep = [&](int i) { const Inputs &s = sets[i % nsets]; dr::prep<bf16, D>(Tm, s.k, s.beta, B, T, H, 0); };
-    row("", " prep", median_ms(prep, iters), f_prep, 2.0 * (nx + N) + 2.0 * nch * 4096);
+    row("", " prep", median_ms_pipelined(prep, iters), f_prep, 2.0 * (nx + N) + 2.0 * nch * 4096);
     const double by_f = 2.0 * (4 * nx + N) + 2.0 * nch * 4096;
     const double by_s = 2.0 * (5 * nx + N) + 2.0 * nch * (2 * Dd * Dd + 2 * 64 * Dd + 4096);
     const double by_c = 2.0 * (6 * nx + 2 * N) + 2.0 * nch * (2 * Dd * Dd + 2 * 64 * Dd + 4096);
@@ -105,7 +95,7 @@ static void kernel_table(const std::vector<Inputs> &sets, int nsets, bf16 *o, bf
         cudaCheck(cudaDeviceSynchronize());
         if (is_ref) snap(ref, o);
         const double err = is_ref ? 0.0 : rel_err_dev(o, ref, nx);
-        const float ms = median_ms([&](int i) { const Inputs &s = sets[i % nsets];
+        const float ms = median_ms_pipelined([&](int i) { const Inputs &s = sets[i % nsets];
             dr::fwd<bf16, D, BV, NST>(Tm, o, s.q, s.k, s.v, s.beta, scale, B, T, H, 0); }, iters);
         char nm[64];
         snprintf(nm, sizeof nm, " %s", name);
@@ -120,7 +110,7 @@ static void kernel_table(const std::vector<Inputs> &sets, int nsets, bf16 *o, bf
         cudaCheck(cudaDeviceSynchronize());
         if (is_ref) { snap(ref, dv); snap(ref + nx, dq); }
         const double e1 = is_ref ? 0.0 : rel_err_dev(dv, ref, nx), e2 = is_ref ? 0.0 : rel_err_dev(dq, ref + nx, nx);
-        const float ms = median_ms([&](int i) { const Inputs &s = sets[i % nsets];
+        const float ms = median_ms_pipelined([&](int i) { const Inputs &s = sets[i % nsets];
             dr::bwd_states<bf16, D, BV, N0, N1>(w, Tm, dv, s.dout, s.q, s.k, s.v, s.beta, scale, B, T, H, 0); }, iters);
         char nm[64];
         snprintf(nm, sizeof nm, " %s", name);
@@ -136,7 +126,7 @@ static void kernel_table(const std::vector<Inputs> &sets, int nsets, bf16 *o, bf
     states_v(Var<32, 2, 2>{}, "st BV32 2/2", false);
     prep(0);
     dr::bwd_states<bf16, D>(w, Tm, dv, s0.dout, s0.q, s0.k, s0.v, s0.beta, scale, B, T, H, 0);
-    const float t_bc = median_ms([&](int i) { const Inputs &s = sets[i % nsets];
+    const float t_bc = median_ms_pipelined([&](int i) { const Inputs &s = sets[i % nsets];
         dr::bwd_chunk<bf16, D>(w, Tm, dq, dk, db, s.dout, s.q, s.k, s.v, s.beta, scale, B, T, H, 0); }, iters);
     row("", " bwd_chunk", t_bc, f_chunk, by_c);
     cudaCheck(cudaFree(ref));
@@ -196,10 +186,10 @@ static void bench_shape(int B, int T, int H, int D, int iters) {
         const Inputs &s = sets[i % nsets];
         deltarule_backward<bf16>(dq, dk, dv, db, s.dout, sv, s.q, s.k, s.v, s.beta, scale, ws, B, T, H, D, D, 0);
     };
-    const float t_fwd = median_ms([&](int i) { fwd(i, nullptr); }, iters);
-    const float t_bwd = median_ms([&](int i) { bwd(i, nullptr); }, iters);
-    const float t_all = median_ms([&](int i) { fwd(i, nullptr); bwd(i, nullptr); }, iters);
-    const float t_all_sv = median_ms([&](int i) { fwd(i, saved); bwd(i, saved); }, iters);
+    const float t_fwd = median_ms_pipelined([&](int i) { fwd(i, nullptr); }, iters);
+    const float t_bwd = median_ms_pipelined([&](int i) { bwd(i, nullptr); }, iters);
+    const float t_all = median_ms_pipelined([&](int i) { fwd(i, nullptr); bwd(i, nullptr); }, iters);
+    const float t_all_sv = median_ms_pipelined([&](int i) { fwd(i, saved); bwd(i, saved); }, iters);
 
     char sh[64];
     snprintf(sh, sizeof sh, "B=%d T=%d H=%d K=%d", B, T, H, D);
@@ -232,7 +222,7 @@ int main(int argc, char **argv) {
         cudaCheck(cudaMalloc(&a, n));
         cudaCheck(cudaMalloc(&b, n));
         cudaCheck(cudaMemset(a, 1, n));
-        const float ms = median_ms([&](int) { cudaCheck(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice)); }, 10);
+        const float ms = median_ms_pipelined([&](int) { cudaCheck(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice)); }, 10);
         printf("device: %s, %d SMs, L2 %d MB; copy %.0f GB/s (read+write); bf16 dense ceiling ~800 TFLOP/s\n",
                prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, 2.0 * n / (ms * 1e-3) / 1e9);
         cudaCheck(cudaFree(a));

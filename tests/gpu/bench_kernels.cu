@@ -22,6 +22,7 @@
 #include "../../kernels/matmul.cuh"
 #include "../../kernels/layers.cuh"
 #include "../../kernels/adamw.cuh"
+#include "gpu_util.cuh"
 
 static const int B = 32, T = 1024, N = B * T, D = 768, H = 6, K = 128, I = 2048, V = 50257, Vp = 50304;
 
@@ -46,26 +47,7 @@ static Tp *rand_buf(size_t n, uint32_t seed, float scale = 3.4f, float offset = 
 static int g_reps = 20;
 
 template <typename F>
-static float median_ms(F fn) {
-    cudaEvent_t a, b;
-    cudaCheck(cudaEventCreate(&a));
-    cudaCheck(cudaEventCreate(&b));
-    for (int i = 0; i < 3; i++) fn();
-    std::vector<float> t;
-    for (int i = 0; i < g_reps; i++) {
-        cudaCheck(cudaEventRecord(a));
-        fn();
-        cudaCheck(cudaEventRecord(b));
-        cudaCheck(cudaEventSynchronize(b));
-        float ms;
-        cudaCheck(cudaEventElapsedTime(&ms, a, b));
-        t.push_back(ms);
-    }
-    std::sort(t.begin(), t.end());
-    cudaCheck(cudaEventDestroy(a));
-    cudaCheck(cudaEventDestroy(b));
-    return t[t.size() / 2];
-}
+static float median_ms(F fn) { return median_ms(fn, g_reps); }
 
 static double g_copy_gbs = 0;
 static void row_bw(const char *name, double bytes, float ms) {

@@ -13,6 +13,7 @@
 #include <vector>
 #include <cstring>
 #include "../../kernels/attention.cuh"
+#include "gpu_util.cuh"
 #include "../test.h"
 #include "../../ref/reference.h"
 
@@ -31,30 +32,6 @@ static std::vector<float> rand_vec(size_t n, DNRng *r, float scale) {
         x[i] = sizeof(T) == 2 ? round_bf16(v) : v;
     }
     return x;
-}
-template <typename T>
-static T *upload(const std::vector<float> &h) {
-    std::vector<T> t(h.size());
-    for (size_t i = 0; i < h.size(); i++) t[i] = from_f<T>(h[i]);
-    T *d;
-    cudaCheck(cudaMalloc(&d, h.size() * sizeof(T) + 16));
-    cudaCheck(cudaMemcpy(d, t.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
-    return d;
-}
-template <typename T>
-static T *alloc_poisoned(size_t n) {
-    T *d;
-    cudaCheck(cudaMalloc(&d, n * sizeof(T) + 16));
-    cudaCheck(cudaMemset(d, 0xff, n * sizeof(T))); /* all-ones bits: NaN in float and bf16 */
-    return d;
-}
-template <typename T>
-static std::vector<float> download(const T *d, size_t n) {
-    std::vector<T> t(n);
-    cudaCheck(cudaMemcpy(t.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
-    std::vector<float> h(n);
-    for (size_t i = 0; i < n; i++) h[i] = to_f(t[i]);
-    return h;
 }
 
 /* Worst error seen per (precision, quantity), printed at the end. */
@@ -128,16 +105,16 @@ static void attention_case(int B, int T_, int Hq, int Hkv, int d, int window, DN
     float *dlse = alloc_poisoned<float>(nl);
     fwd(dout_, dlse, dq_, dk_, dv_, B, T_, Hq, Hkv, d, window, 0);
     cudaCheck(cudaDeviceSynchronize());
-    check(prec, Q_OUT, download(dout_, nq), out_ref, tol, label);
-    check(prec, Q_LSE, download(dlse, nl), lse_ref, prec ? 2e-2 : 1e-5, label);
+    check(prec, Q_OUT, download(dout_, nq, false), out_ref, tol, label);
+    check(prec, Q_LSE, download(dlse, nl, false), lse_ref, prec ? 2e-2 : 1e-5, label);
 
     size_t sbytes = attention_backward_scratch_bytes(B, T_, Hq, d);
     float *scratch = alloc_poisoned<float>(sbytes / sizeof(float));
     T *gq = alloc_poisoned<T>(nq), *gk = alloc_poisoned<T>(nk), *gv = alloc_poisoned<T>(nk);
     bwd(gq, gk, gv, scratch, ddout, dq_, dk_, dv_, dout_in, dlse_in, B, T_, Hq, Hkv, d, window, 0);
     cudaCheck(cudaDeviceSynchronize());
-    std::vector<float> gk1 = download(gk, nk), gv1 = download(gv, nk);
-    check(prec, Q_DQ, download(gq, nq), dq_ref, tol, label);
+    std::vector<float> gk1 = download(gk, nk, false), gv1 = download(gv, nk, false);
+    check(prec, Q_DQ, download(gq, nq, false), dq_ref, tol, label);
     check(prec, Q_DK, gk1, dk_ref, tol, label);
     check(prec, Q_DV, gv1, dv_ref, tol, label);
 
@@ -146,7 +123,7 @@ static void attention_case(int B, int T_, int Hq, int Hkv, int d, int window, DN
     cudaCheck(cudaMemset(gv, 0xff, nk * sizeof(T)));
     bwd(gq, gk, gv, scratch, ddout, dq_, dk_, dv_, dout_in, dlse_in, B, T_, Hq, Hkv, d, window, 0);
     cudaCheck(cudaDeviceSynchronize());
-    std::vector<float> gk2 = download(gk, nk), gv2 = download(gv, nk);
+    std::vector<float> gk2 = download(gk, nk, false), gv2 = download(gv, nk, false);
     CHECK(memcmp(gk1.data(), gk2.data(), nk * sizeof(float)) == 0 && memcmp(gv1.data(), gv2.data(), nk * sizeof(float)) == 0,
           "%s dk/dv not reproducible: %s", tname((T *)0), label);
 
@@ -174,14 +151,14 @@ static void rope_case(int B, int T_, int H, int d, int pos0, DNRng *rng) {
     T *dx = upload<T>(x);
     rope_forward(dx, cs, B, T_, H, d, pos0, 0);
     cudaCheck(cudaDeviceSynchronize());
-    check(prec, Q_ROPE_F, download(dx, n), ref, tol, label);
+    check(prec, Q_ROPE_F, download(dx, n, false), ref, tol, label);
 
     std::vector<float> g = rand_vec<T>(n, rng, 1.0f), gref(g);
     ref_rope_backward(gref.data(), B, T_, H, d, base, pos0);
     T *dg = upload<T>(g);
     rope_backward(dg, cs, B, T_, H, d, pos0, 0);
     cudaCheck(cudaDeviceSynchronize());
-    check(prec, Q_ROPE_B, download(dg, n), gref, tol, label);
+    check(prec, Q_ROPE_B, download(dg, n, false), gref, tol, label);
     cudaCheck(cudaFree(dx));
     cudaCheck(cudaFree(dg));
     cudaCheck(cudaFree(cs));

@@ -17,6 +17,7 @@
 #include "../../kernels/matmul.cuh"
 #include "../../kernels/layers.cuh"
 #include "../../kernels/adamw.cuh"
+#include "gpu_util.cuh"
 #include "../test.h"
 #include "../../ref/reference.h"
 
@@ -41,43 +42,10 @@ static Vec rand_vec(size_t n, DNRng *r, float scale) {
     return x;
 }
 template <typename T>
-static T *upload(const Vec &h) {
-    std::vector<T> t(h.size());
-    for (size_t i = 0; i < h.size(); i++) t[i] = from_f<T>(h[i]);
-    T *d;
-    cudaCheck(cudaMalloc(&d, h.size() * sizeof(T) + 16));
-    cudaCheck(cudaMemcpy(d, t.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
-    return d;
-}
-static int *upload_int(const std::vector<int> &h) {
-    int *d;
-    cudaCheck(cudaMalloc(&d, h.size() * sizeof(int) + 16));
-    cudaCheck(cudaMemcpy(d, h.data(), h.size() * sizeof(int), cudaMemcpyHostToDevice));
-    return d;
-}
-template <typename T>
-static T *alloc_poisoned(size_t n) {
-    T *d;
-    cudaCheck(cudaMalloc(&d, n * sizeof(T) + 16));
-    cudaCheck(cudaMemset(d, 0xff, n * sizeof(T))); /* all-ones bits: NaN in float and bf16 */
-    return d;
-}
-template <typename T>
-static void poison(T *d, size_t n) { cudaCheck(cudaMemset(d, 0xff, n * sizeof(T))); }
-template <typename T>
 static void set(T *d, const Vec &h) {
     std::vector<T> t(h.size());
     for (size_t i = 0; i < h.size(); i++) t[i] = from_f<T>(h[i]);
     cudaCheck(cudaMemcpy(d, t.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
-}
-template <typename T>
-static Vec download(const T *d, size_t n) {
-    cudaCheck(cudaDeviceSynchronize());
-    std::vector<T> t(n);
-    cudaCheck(cudaMemcpy(t.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
-    Vec h(n);
-    for (size_t i = 0; i < n; i++) h[i] = to_f(t[i]);
-    return h;
 }
 static double rel(const Vec &a, const Vec &ref) { return rel_err_f(a.data(), ref.data(), ref.size()); }
 static bool same_bits(const Vec &a, const Vec &b) { return a.size() == b.size() && !memcmp(a.data(), b.data(), a.size() * 4); }
