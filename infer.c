@@ -28,7 +28,9 @@
  * the conv-tail step, the cached-attention step, a matrix-vector product that is parallel over
  * output rows (the reference's linear layer parallelises over tokens, and here there is one), and
  * the sampler. tests/test_infer.c checks that stepping through a sequence gives the logits of the
- * reference's full-sequence (chunkwise) forward, and that --eval gives its loss.
+ * reference's full-sequence (chunkwise) forward, and that --eval gives its loss. --eval scores each
+ * block with one full-sequence forward instead (forward_block: matrix products over the block);
+ * --eval-step scores it through forward_step, token by token.
  *
  * Weights are held in fp32 (a BF16 checkpoint is widened when loaded), so every decoded token
  * streams all matrices and the LM head from memory once: tokens/s is bounded by memory bandwidth
@@ -424,6 +426,208 @@ static float *forward_step(const Model *m, RunState *s, int token, int pos, int 
 }
 
 /* ----------------------------------------------------------------------------------------------
+ * Block forward: --eval scores a whole block with one full-sequence pass, in the sequential form
+ * of ref_model_forward (chunk = 0: the delta rule's recurrence over the block, causal attention
+ * over the block), layer by layer over all its tokens at once. The layer math is the reference's
+ * (ref_conv_silu_forward, ref_attention_forward, ref_rmsnorm_forward, ...) except for two hot
+ * spots: ref_linear_forward computes each output as a double dot product, one at a time (about one
+ * multiply-add per cycle: ref_model_forward itself runs a d12 model at half the decode step's
+ * speed), whereas gemm_nt below is an fp32 tiled matrix product that keeps a block of weight rows
+ * in cache while it meets every token of the block; and delta_rule_block is the same recurrence as
+ * ref_delta_rule_recurrent_forward with S walked row by row. Sums are fp32 (the reference's double
+ * sums differ by rounding only, ~1e-6 relative; tests/test_infer.c checks the loss against
+ * ref_model_forward and against the decode step). Only one layer's activations are held. */
+
+#define GEMM_WROWS 64   /* weight rows per cache block (64 x 768 fp32: 192 KiB, in L2) */
+#define GEMM_TOKS 64    /* tokens per cache block */
+#define EVAL_HEAD_TOKS 128  /* tokens per LM-head pass (logits buffer [128, vocab]) */
+
+/* y[i*ldy + j] = x_i . w_j for i < ni <= 4 tokens, j < nj <= 4 weight rows, rows of C floats.
+ * The full 4 x 4 tile keeps 16 vector sums in registers (8 loads per 16 multiply-adds). */
+static void gemm_tile(float *y, int ldy, const float *x, const float *w, int C, int ni, int nj) {
+    if (ni == 4 && nj == 4) {
+        const float *x0 = x, *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C;
+        const float *w0 = w, *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;
+        float s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
+        float s20 = 0, s21 = 0, s22 = 0, s23 = 0, s30 = 0, s31 = 0, s32 = 0, s33 = 0;
+        #pragma omp simd reduction(+:s00,s01,s02,s03,s10,s11,s12,s13,s20,s21,s22,s23,s30,s31,s32,s33)
+        for (int c = 0; c < C; c++) {
+            float a0 = x0[c], a1 = x1[c], a2 = x2[c], a3 = x3[c];
+            float b0 = w0[c], b1 = w1[c], b2 = w2[c], b3 = w3[c];
+            s00 += a0 * b0; s01 += a0 * b1; s02 += a0 * b2; s03 += a0 * b3;
+            s10 += a1 * b0; s11 += a1 * b1; s12 += a1 * b2; s13 += a1 * b3;
+            s20 += a2 * b0; s21 += a2 * b1; s22 += a2 * b2; s23 += a2 * b3;
+            s30 += a3 * b0; s31 += a3 * b1; s32 += a3 * b2; s33 += a3 * b3;
+        }
+        float *y0 = y, *y1 = y0 + ldy, *y2 = y1 + ldy, *y3 = y2 + ldy;
+        y0[0] = s00; y0[1] = s01; y0[2] = s02; y0[3] = s03;
+        y1[0] = s10; y1[1] = s11; y1[2] = s12; y1[3] = s13;
+        y2[0] = s20; y2[1] = s21; y2[2] = s22; y2[3] = s23;
+        y3[0] = s30; y3[1] = s31; y3[2] = s32; y3[3] = s33;
+        return;
+    }
+    for (int i = 0; i < ni; i++)       /* edges: one dot product at a time */
+        for (int j = 0; j < nj; j++) {
+            const float *xi = x + (size_t)i * C, *wj = w + (size_t)j * C;
+            float s = 0.0f;
+            #pragma omp simd reduction(+:s)
+            for (int c = 0; c < C; c++) s += xi[c] * wj[c];
+            y[(size_t)i * ldy + j] = s;
+        }
+}
+
+/* out[N, OC] = inp[N, C] W[OC, C]^T: ref_linear_forward's contract (PyTorch layout). Parallel over
+ * (weight block, token block) pairs; each pair walks 4 x 4 tiles with both blocks in cache. */
+static void gemm_nt(float *out, const float *inp, const float *W, int N, int C, int OC) {
+    int nwb = (OC + GEMM_WROWS - 1) / GEMM_WROWS, ntb = (N + GEMM_TOKS - 1) / GEMM_TOKS;
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int wb = 0; wb < nwb; wb++)
+        for (int tb = 0; tb < ntb; tb++) {
+            int o1 = (wb + 1) * GEMM_WROWS < OC ? (wb + 1) * GEMM_WROWS : OC;
+            int n1 = (tb + 1) * GEMM_TOKS < N ? (tb + 1) * GEMM_TOKS : N;
+            for (int n = tb * GEMM_TOKS; n < n1; n += 4)
+                for (int o = wb * GEMM_WROWS; o < o1; o += 4)
+                    gemm_tile(out + (size_t)n * OC + o, OC, inp + (size_t)n * C, W + (size_t)o * C, C,
+                              n1 - n < 4 ? n1 - n : 4, o1 - o < 4 ? o1 - o : 4);
+        }
+}
+
+/* The delta rule over a block from a zero state, sequentially (ref_delta_rule_recurrent_forward
+ * with B = 1, S0 = NULL): per head and token, u = v - S^T k, S <- S + beta k u^T, o = scale S^T q.
+ * q, k, v, o [T, H, K], beta [T, H]. The reference sums down the columns of S in double (strided
+ * reads); here S is walked row by row, fp32, vectorised over the value index, and the update of S
+ * and the output share one pass. Parallel over heads. */
+static void delta_rule_block(float *o, const float *q, const float *k, const float *v, const float *beta,
+                             int T, int H, int K, float scale) {
+    #pragma omp parallel
+    {
+        float *S = ALLOC(float, (size_t)K * K), *u = ALLOC(float, K);
+        #pragma omp for schedule(static)
+        for (int h = 0; h < H; h++) {
+            memset(S, 0, (size_t)K * K * sizeof(float));
+            for (int t = 0; t < T; t++) {
+                size_t row = ((size_t)t * H + h) * K;
+                const float *qt = q + row, *kt = k + row, *vt = v + row;
+                float *ot = o + row, b = beta[(size_t)t * H + h];
+                for (int c = 0; c < K; c++) { u[c] = vt[c]; ot[c] = 0.0f; }
+                for (int a = 0; a < K; a++) {
+                    const float *Sa = S + (size_t)a * K, ka = kt[a];
+                    #pragma omp simd
+                    for (int c = 0; c < K; c++) u[c] -= ka * Sa[c];
+                }
+                for (int a = 0; a < K; a++) {
+                    float *Sa = S + (size_t)a * K, bk = b * kt[a], qa = scale * qt[a];
+                    #pragma omp simd
+                    for (int c = 0; c < K; c++) { Sa[c] += bk * u[c]; ot[c] += qa * Sa[c]; }
+                }
+            }
+        }
+        free(S);
+        free(u);
+    }
+}
+
+/* Activations of one layer over a block of up to cap tokens, and the LM head's logits. */
+typedef struct {
+    int cap;
+    float *h, *x, *mix;                   /* residual stream, normed input, mixer / MLP output [cap, D] */
+    float *q, *k, *v, *qc, *kc, *vc;      /* projections, conv+silu outputs [cap, D] */
+    float *qn, *kn, *o, *on;              /* normalised q, k; mixer output before / after its norm */
+    float *rstd, *bpre, *beta, *lse;      /* [cap * max(H, attention heads)] */
+    float *gate, *up;                     /* [cap, hidden_size] */
+    float *logits, *losses;               /* [EVAL_HEAD_TOKS, vocab_size], [EVAL_HEAD_TOKS] */
+    int *inputs, *targets;                /* [cap] */
+} BlockState;
+
+static void blockstate_build(BlockState *b, const DNConfig *c, int cap) {
+    memset(b, 0, sizeof *b);
+    b->cap = cap;
+    size_t nd = (size_t)cap * c->d_model, heads = c->n_head > c->attn_heads ? c->n_head : c->attn_heads;
+    float **vecs[] = {&b->h, &b->x, &b->mix, &b->q, &b->k, &b->v, &b->qc, &b->kc, &b->vc,
+                      &b->qn, &b->kn, &b->o, &b->on};
+    for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++) *vecs[i] = ALLOC(float, nd);
+    float **small[] = {&b->rstd, &b->bpre, &b->beta, &b->lse};
+    for (size_t i = 0; i < sizeof small / sizeof small[0]; i++) *small[i] = ALLOC(float, (size_t)cap * (heads > 0 ? heads : 1));
+    b->gate = ALLOC(float, (size_t)cap * c->hidden_size);
+    b->up = ALLOC(float, (size_t)cap * c->hidden_size);
+    b->logits = ALLOC(float, (size_t)EVAL_HEAD_TOKS * c->vocab_size);
+    b->losses = ALLOC(float, EVAL_HEAD_TOKS);
+    b->inputs = ALLOC(int, cap);
+    b->targets = ALLOC(int, cap);
+}
+
+static void blockstate_free(BlockState *b) {
+    float *vecs[] = {b->h, b->x, b->mix, b->q, b->k, b->v, b->qc, b->kc, b->vc, b->qn, b->kn, b->o,
+                     b->on, b->rstd, b->bpre, b->beta, b->lse, b->gate, b->up, b->logits, b->losses};
+    for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++) free(vecs[i]);
+    free(b->inputs);
+    free(b->targets);
+    memset(b, 0, sizeof *b);
+}
+
+static void vec_add(float *h, const float *x, size_t n) {
+    #pragma omp parallel for simd schedule(static) if (n >= (1u << 16))
+    for (size_t i = 0; i < n; i++) h[i] += x[i];
+}
+
+/* The sum of the next-token losses of b->inputs[0..T) against b->targets[0..T), T <= b->cap,
+ * from a zero state: ref_model_forward(model of B = 1, T, chunk = 0) * T, up to rounding. */
+static double forward_block(const Model *m, BlockState *b, int T) {
+    const DNConfig *c = &m->cfg;
+    const float *w = m->w;
+    int D = c->d_model, I = c->hidden_size, V = c->vocab_size;
+    size_t TD = (size_t)T * D;
+    float eps = c->norm_eps;
+    ref_embedding_forward(b->h, b->inputs, w + m->t.embed, T, D);
+    for (int l = 0; l < c->n_layer; l++) {
+        const size_t *P = m->t.layer[l].p;
+        ref_rmsnorm_forward(b->x, b->rstd, b->h, w + P[DN_P_ATTN_NORM], T, D, eps);
+        if (c->layers[l] == 'D') {
+            int H = c->n_head, K = c->head_dim, cs = c->conv_size;
+            gemm_nt(b->q, b->x, w + P[DN_P_Q], T, D, D);
+            gemm_nt(b->k, b->x, w + P[DN_P_K], T, D, D);
+            gemm_nt(b->v, b->x, w + P[DN_P_V], T, D, D);
+            gemm_nt(b->bpre, b->x, w + P[DN_P_B], T, D, H);
+            ref_conv_silu_forward(b->qc, b->q, w + P[DN_P_Q_CONV], 1, T, D, cs);
+            ref_conv_silu_forward(b->kc, b->k, w + P[DN_P_K_CONV], 1, T, D, cs);
+            ref_conv_silu_forward(b->vc, b->v, w + P[DN_P_V_CONV], 1, T, D, cs);
+            ref_l2norm_forward(b->qn, b->qc, T * H, K, 1e-6f);
+            ref_l2norm_forward(b->kn, b->kc, T * H, K, 1e-6f);
+            ref_sigmoid_forward(b->beta, b->bpre, T * H);
+            delta_rule_block(b->o, b->qn, b->kn, b->vc, b->beta, T, H, K, (float)(1.0 / sqrt((double)K)));
+            ref_rmsnorm_forward(b->on, b->rstd, b->o, w + P[DN_P_O_NORM], T * H, K, eps);
+            gemm_nt(b->mix, b->on, w + P[DN_P_O], T, D, D);
+        } else {
+            int Hq = c->attn_heads, Hkv = c->attn_kv_heads, dh = dn_attn_head_dim(c), kvd = Hkv * dh;
+            gemm_nt(b->q, b->x, w + P[DN_P_Q], T, D, D);
+            gemm_nt(b->k, b->x, w + P[DN_P_K], T, D, kvd);
+            gemm_nt(b->v, b->x, w + P[DN_P_V], T, D, kvd);
+            ref_rope_forward(b->q, 1, T, Hq, dh, c->rope_base, 0);
+            ref_rope_forward(b->k, 1, T, Hkv, dh, c->rope_base, 0);
+            ref_attention_forward(b->o, b->lse, b->q, b->k, b->v, 1, T, Hq, Hkv, dh,
+                                  c->layers[l] == 'S' ? c->window : 0);
+            gemm_nt(b->mix, b->o, w + P[DN_P_O], T, D, D);
+        }
+        vec_add(b->h, b->mix, TD);
+        ref_rmsnorm_forward(b->x, b->rstd, b->h, w + P[DN_P_MLP_NORM], T, D, eps);
+        gemm_nt(b->gate, b->x, w + P[DN_P_GATE], T, D, I);
+        gemm_nt(b->up, b->x, w + P[DN_P_UP], T, D, I);
+        ref_swiglu_forward(b->gate, b->gate, b->up, T * I);
+        gemm_nt(b->mix, b->gate, w + P[DN_P_DOWN], T, I, D);
+        vec_add(b->h, b->mix, TD);
+    }
+    ref_rmsnorm_forward(b->x, b->rstd, b->h, w + m->t.norm, T, D, eps);
+    double sum = 0.0;
+    for (int n0 = 0; n0 < T; n0 += EVAL_HEAD_TOKS) {   /* the LM head a slice of tokens at a time */
+        int n = T - n0 < EVAL_HEAD_TOKS ? T - n0 : EVAL_HEAD_TOKS;
+        gemm_nt(b->logits, b->x + (size_t)n0 * D, w + m->t.lm_head, n, D, V);
+        ref_crossentropy_forward(b->losses, b->logits, b->targets + n0, n, V, V);
+        for (int i = 0; i < n; i++) sum += b->losses[i];
+    }
+    return sum;
+}
+
+/* ----------------------------------------------------------------------------------------------
  * Sampler: temperature, then top-k and/or top-p (nucleus) over the softmax */
 
 typedef struct { float p; int i; } Candidate;
@@ -568,6 +772,7 @@ typedef struct {
     int max_context;    /* --max-context */
     int ignore_eot;     /* --ignore-eot: keep generating past <|endoftext|> */
     int stats;          /* --stats: state bytes and RSS at the end */
+    int eval_step;      /* --eval-step: score through the decode step, token by token */
 } Options;
 
 static int encode_prompt(Tokenizer *tok, const char *prompt, int **ids, int *n, int vocab) {
@@ -645,9 +850,37 @@ static int generate(const Model *m, RunState *s, Tokenizer *tok, Sampler *sp, co
 
 /* Mean next-token loss over ntok tokens in blocks of block + 1 tokens (the last may be shorter):
  * block i starts at token i*block, its first tokens are the inputs, the next ones the targets, and
- * the state starts from zero at each block. At most max_pred predictions (0: all). */
-static double eval_tokens(const Model *m, RunState *s, const uint16_t *tok, size_t ntok, int block,
-                          long max_pred, long *npred) {
+ * the state starts from zero at each block. At most max_pred predictions (0: all); the mean is
+ * over predictions (token-weighted), so a short last block weighs by its length.
+ *
+ * eval_tokens scores a block with one forward over all its tokens (forward_block);
+ * eval_tokens_step (--eval-step) feeds it token by token through the decode step, forward_step,
+ * the path generation takes: much slower, and the proof that decoding gives the same losses. */
+static double eval_tokens(const Model *m, const uint16_t *tok, size_t ntok, int block, long max_pred,
+                          long *npred) {
+    double sum = 0.0;
+    long count = 0;
+    int tty = isatty(2);
+    size_t nblocks = ntok > 1 ? (ntok - 2) / block + 1 : 0;
+    BlockState b;
+    blockstate_build(&b, &m->cfg, ntok - 1 < (size_t)block ? (int)(ntok - 1) : block);
+    for (size_t i = 0; i < nblocks && (max_pred <= 0 || count < max_pred); i++) {
+        size_t start = i * block;
+        int len = ntok - 1 - start < (size_t)block ? (int)(ntok - 1 - start) : block;
+        if (max_pred > 0 && len > max_pred - count) len = (int)(max_pred - count);  /* causal: a prefix */
+        for (int t = 0; t < len; t++) { b.inputs[t] = tok[start + t]; b.targets[t] = tok[start + t + 1]; }
+        sum += forward_block(m, &b, len);
+        count += len;
+        if (tty) fprintf(stderr, "\reval: block %zu/%zu, loss %.4f", i + 1, nblocks, sum / count);
+    }
+    if (tty) fprintf(stderr, "\n");
+    blockstate_free(&b);
+    *npred = count;
+    return count ? sum / count : 0.0;
+}
+
+static double eval_tokens_step(const Model *m, RunState *s, const uint16_t *tok, size_t ntok, int block,
+                               long max_pred, long *npred) {
     double sum = 0.0;
     long count = 0;
     int V = m->cfg.vocab_size, tty = isatty(2);
@@ -683,18 +916,20 @@ static int evaluate(const Model *m, RunState *s, const Options *o) {
         free(tok);
         return -1;
     }
-    if (cfg_has_global(&m->cfg) && o->block > o->max_context) {
+    if (o->eval_step && cfg_has_global(&m->cfg) && o->block > o->max_context) {
         fprintf(stderr, "infer: -b %d is more than --max-context %d (the global-attention cache limit)\n", o->block, o->max_context);
         free(tok);
         return -1;
     }
     long npred = 0;
     double t0 = now_s();
-    double loss = eval_tokens(m, s, tok, ntok, o->block, o->eval_max, &npred);
+    double loss = o->eval_step ? eval_tokens_step(m, s, tok, ntok, o->block, o->eval_max, &npred)
+                               : eval_tokens(m, tok, ntok, o->block, o->eval_max, &npred);
     double t1 = now_s();
     printf("eval %s: %ld predictions in blocks of %d: loss %.6f perplexity %.4f\n", o->eval_path, npred,
            o->block, loss, exp(loss));
-    fprintf(stderr, "eval: %ld tokens in %.3f s (%.1f tok/s)\n", npred, t1 - t0, npred / (t1 - t0));
+    fprintf(stderr, "eval: %ld tokens in %.3f s (%.1f tok/s%s)\n", npred, t1 - t0, npred / (t1 - t0),
+            o->eval_step ? ", token by token" : "");
     free(tok);
     return 0;
 }
@@ -723,10 +958,14 @@ static void usage(FILE *f) {
         "      --stats          print the recurrent-state bytes and the process RSS (after the\n"
         "                       prefill and at the end: equal for DeltaNet / sliding-window models)\n"
         "  -e, --eval SHARD     score an llm.c token shard (magic 20240520) instead of generating\n"
-        "  -b, --block N        eval: tokens per block, each block scored from a zero state (default 1024)\n"
+        "  -b, --block N        eval: tokens per block, each block scored from a zero state by one\n"
+        "                       full-sequence forward (matrix products over the block; default 1024)\n"
         "      --eval-max N     eval: score at most N predictions (default: the whole shard)\n"
+        "      --eval-step      eval: score token by token through the decode step instead (the path\n"
+        "                       generation takes; same loss, many times slower)\n"
         "  -h, --help           this help\n"
-        "Threads: OMP_NUM_THREADS (matrix-vector products are split over output rows).\n",
+        "Threads: OMP_NUM_THREADS (decoding splits matrix-vector products over output rows; --eval\n"
+        "splits matrix products over blocks of weight rows and tokens).\n",
         INFER_DEFAULT_SEED, TOK_DEFAULT_DIR, INFER_DEFAULT_MAX_CONTEXT);
 }
 
@@ -764,7 +1003,7 @@ static void parse_args(Options *o, int argc, char **argv) {
     *o = (Options){.prompt = "", .vocab_dir = TOK_DEFAULT_DIR, .steps = 256, .temperature = 1.0f,
                    .topp = 1.0f, .seed = INFER_DEFAULT_SEED, .block = 1024,
                    .max_context = INFER_DEFAULT_MAX_CONTEXT};
-    enum { O_IGNORE_EOT = 1000, O_MAX_CONTEXT, O_STATS, O_EVAL_MAX };
+    enum { O_IGNORE_EOT = 1000, O_MAX_CONTEXT, O_STATS, O_EVAL_MAX, O_EVAL_STEP };
     static const struct option longs[] = {
         {"steps", required_argument, 0, 'n'}, {"temperature", required_argument, 0, 't'},
         {"top-p", required_argument, 0, 'p'}, {"top-k", required_argument, 0, 'k'},
@@ -772,7 +1011,8 @@ static void parse_args(Options *o, int argc, char **argv) {
         {"eval", required_argument, 0, 'e'}, {"block", required_argument, 0, 'b'},
         {"help", no_argument, 0, 'h'}, {"ignore-eot", no_argument, 0, O_IGNORE_EOT},
         {"max-context", required_argument, 0, O_MAX_CONTEXT}, {"stats", no_argument, 0, O_STATS},
-        {"eval-max", required_argument, 0, O_EVAL_MAX}, {0, 0, 0, 0}};
+        {"eval-max", required_argument, 0, O_EVAL_MAX}, {"eval-step", no_argument, 0, O_EVAL_STEP},
+        {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "n:t:p:k:s:V:e:b:h", longs, NULL)) != -1) {
         switch (ch) {
@@ -789,6 +1029,7 @@ static void parse_args(Options *o, int argc, char **argv) {
         case O_MAX_CONTEXT: o->max_context = (int)parse_long(optarg, 1, INT_MAX / 2, "--max-context"); break;
         case O_STATS: o->stats = 1; break;
         case O_EVAL_MAX: o->eval_max = parse_long(optarg, 0, LONG_MAX, "--eval-max"); break;
+        case O_EVAL_STEP: o->eval_step = 1; break;
         default: die_usage("%s", "unknown option or missing argument");
         }
     }

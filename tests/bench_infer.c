@@ -5,13 +5,19 @@
  *
  *   bandwidth: memcpy of a 256 MiB buffer (read + write bytes counted), and a read-only sum over
  *              a 512 MiB array (the access pattern of weight streaming) on 1 and 2 threads;
- *   decode:    forward_step + sampling, 2 warm-up tokens then 12 timed, on 1 and 2 threads.
- * Run with `make bench` (or build/tests/bench_infer); about half a minute on 2 cores.
+ *   decode:    forward_step + sampling, 2 warm-up tokens then 12 timed, on 1 and 2 threads;
+ *   eval:      --eval's scoring of a shard in blocks of 256: batched (eval_tokens, one forward per
+ *              block: matrix products) over 2 blocks, against token by token (eval_tokens_step,
+ *              --eval-step: the decode step) over 32 predictions, on 1 and 2 threads.
+ * Run with `make bench` (or build/tests/bench_infer); about a minute on 2 cores.
  */
 #define INFER_TESTING
 #include "../infer.c"
 
 #define BENCH_STEPS 12
+#define BENCH_EVAL_BLOCK 256
+#define BENCH_EVAL_BLOCKS 2
+#define BENCH_EVAL_STEP_PRED 32
 
 static double memcpy_bandwidth(size_t bytes) {
     char *a = malloc(bytes), *b = malloc(bytes);
@@ -102,6 +108,38 @@ int main(void) {
         sampler_free(&sp);
         runstate_free(&s, &m.cfg);
     }
+
+    /* eval: random tokens (the speed does not depend on them) */
+    size_t ntok = (size_t)BENCH_EVAL_BLOCK * BENCH_EVAL_BLOCKS + 1;
+    uint16_t *toks = malloc(ntok * sizeof(uint16_t));
+    if (!toks) { fprintf(stderr, "bench_infer: out of memory\n"); return 1; }
+    DNRng r;
+    dn_rng_seed(&r, 5);
+    for (size_t i = 0; i < ntok; i++) toks[i] = (uint16_t)(dn_rng_u64(&r) % (uint64_t)m.cfg.vocab_size);
+    printf("\n--eval -b %d: batched (one forward per block, %d blocks) vs --eval-step (token by token, %d predictions)\n",
+           BENCH_EVAL_BLOCK, BENCH_EVAL_BLOCKS, BENCH_EVAL_STEP_PRED);
+    printf("| threads | batched tok/s | --eval-step tok/s | speed-up | batched loss | step loss (first %d) |\n", BENCH_EVAL_STEP_PRED);
+    printf("|---------|---------------|-------------------|----------|--------------|----------------------|\n");
+    double best = 0;
+    for (int nt = 1; nt <= 2; nt++) {
+        omp_set_num_threads(nt);
+        long np = 0, nps = 0;
+        double t0 = now_s();
+        double lb = eval_tokens(&m, toks, ntok, BENCH_EVAL_BLOCK, 0, &np);
+        double t1 = now_s();
+        RunState s;
+        runstate_build(&s, &m.cfg, INFER_DEFAULT_MAX_CONTEXT);
+        double t2 = now_s();
+        double ls = eval_tokens_step(&m, &s, toks, ntok, BENCH_EVAL_BLOCK, BENCH_EVAL_STEP_PRED, &nps);
+        double t3 = now_s();
+        runstate_free(&s, &m.cfg);
+        double tb = np / (t1 - t0), ts = nps / (t3 - t2);
+        printf("| %7d | %13.1f | %17.1f | %7.1fx | %12.6f | %20.6f |\n", nt, tb, ts, tb / ts, lb, ls);
+        if (tb > best) best = tb;
+    }
+    printf("(a 32768-token shard at the best batched rate: %.0f s)\n", 32768 / best);
+    free(toks);
+
     printf("\nrecurrent state: %.2f MB (12 DeltaNet layers x 6 heads x 128 x 128 fp32, + conv tails), read and\n"
            "written once per token: %.1f%% of the weight bytes\n", state / 1e6, 100.0 * state / bytes);
     free(big);

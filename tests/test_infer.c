@@ -7,7 +7,9 @@
  *      hybrid with grouped KV heads, a window smaller than T (the ring wraps), a global cache that
  *      has to grow, and T = 77 (not a multiple of the chunk size 64). Both are also compared with
  *      the float64 reference, and a reset state decodes the sequence again bit for bit.
- *   2. ./infer --eval equals the reference's chunkwise mean loss over the same blocks (to 1e-4).
+ *   2. ./infer --eval equals the reference's chunkwise mean loss over the same blocks (to 1e-4);
+ *      its batched form (one forward per block) equals the sequential reference (chunk 0) and
+ *      --eval-step (the decode path) to 1e-5, with a partial last block and with --eval-max.
  *   3. Memory per token: a "DSDS" model decodes 100k sampled tokens; the process RSS and the
  *      recurrent-state bytes after 10k and after 100k tokens are the same (small slack for RSS).
  *      Control: a model with a global layer grows by its KV cache, and the same RSS measurement
@@ -207,26 +209,47 @@ static void test_eval(void) {
     for (int i = 0; i < ntok; i++) toks[i] = (uint16_t)(dn_rng_u64(&r) % (uint64_t)m.cfg.vocab_size);
     CHECK(shard_write(sh, toks, (size_t)ntok, err, sizeof err) == 0, "shard_write: %s", err);
 
-    /* reference: each block from a zero state, chunk 64 (so a block of 100 spans two chunks) */
-    double sum = 0;
+    /* reference: each block from a zero state, chunk 64 (so a block of 100 spans two chunks), and
+     * the sequential form (chunk 0) that the batched eval follows */
+    double sum = 0, sum_seq = 0, last_seq = 0;
     long npred = 0;
     for (int start = 0; start + 1 < ntok; start += block) {
         int len = ntok - 1 - start < block ? ntok - 1 - start : block;
         int in[100], tg[100];
         for (int t = 0; t < len; t++) { in[t] = toks[start + t]; tg[t] = toks[start + t + 1]; }
-        RefModel *rm = ref_model_create(&m.t, 1, len, 64);
+        RefModel *rm = ref_model_create(&m.t, 1, len, 64), *rs = ref_model_create(&m.t, 1, len, 0);
         sum += (double)ref_model_forward(rm, m.w, in, tg) * len;
+        last_seq = ref_model_forward(rs, m.w, in, tg);
+        sum_seq += last_seq * len;
         npred += len;
         ref_model_free(rm);
+        ref_model_free(rs);
     }
-    double ref_loss = sum / npred;
+    double ref_loss = sum / npred, seq_loss = sum_seq / npred;
 
     RunState s;
     runstate_build(&s, &m.cfg, 1 << 20);
-    long np2 = 0;
-    double here = eval_tokens(&m, &s, toks, (size_t)ntok, block, 0, &np2);
-    CHECK(np2 == npred, "eval_tokens scored %ld predictions, reference %ld", np2, npred);
-    CHECK_REL(fabs(here - ref_loss), 1e-4, "eval_tokens loss %.7f vs reference %.7f (abs diff)", here, ref_loss);
+    long np2 = 0, np3 = 0;
+    double here = eval_tokens_step(&m, &s, toks, (size_t)ntok, block, 0, &np2);
+    CHECK(np2 == npred, "eval_tokens_step scored %ld predictions, reference %ld", np2, npred);
+    CHECK_REL(fabs(here - ref_loss), 1e-4, "eval_tokens_step loss %.7f vs reference %.7f (abs diff)", here, ref_loss);
+    double batched = eval_tokens(&m, toks, (size_t)ntok, block, 0, &np3);
+    CHECK(np3 == npred, "eval_tokens (batched) scored %ld predictions, reference %ld", np3, npred);
+    CHECK_REL(fabs(batched - ref_loss), 1e-4, "eval_tokens loss %.7f vs chunkwise reference %.7f (abs diff)", batched, ref_loss);
+    CHECK_REL(fabs(batched - seq_loss), 1e-5, "eval_tokens loss %.7f vs sequential (chunk 0) reference %.7f (abs diff)", batched, seq_loss);
+    CHECK_REL(fabs(batched - here), 1e-5, "batched eval %.7f vs --eval-step %.7f, partial last block of 37 (abs diff)", batched, here);
+    /* the last, partial block alone (37 predictions) against the sequential reference */
+    BlockState bs;
+    blockstate_build(&bs, &m.cfg, block);
+    for (int t = 0; t < 37; t++) { bs.inputs[t] = toks[3 * block + t]; bs.targets[t] = toks[3 * block + t + 1]; }
+    double part = forward_block(&m, &bs, 37) / 37;
+    CHECK_REL(fabs(part - last_seq), 1e-5, "forward_block on the 37-token last block %.7f vs ref_model_forward(T=37, chunk 0) %.7f", part, last_seq);
+    blockstate_free(&bs);
+    /* --eval-max cutting a block short: the batched eval scores the prefix, like the step one */
+    double cut_b = eval_tokens(&m, toks, (size_t)ntok, block, 150, &np3);
+    double cut_s = eval_tokens_step(&m, &s, toks, (size_t)ntok, block, 150, &np2);
+    CHECK(np2 == 150 && np3 == 150, "eval-max 150: %ld and %ld predictions", np3, np2);
+    CHECK_REL(fabs(cut_b - cut_s), 1e-5, "eval-max 150: batched %.7f vs step %.7f", cut_b, cut_s);
 
     snprintf(cmd, sizeof cmd, "./infer %s --eval %s -b %d", ck, sh, block);
     int rc = run_cmd(cmd, out, sizeof out, errb, sizeof errb);
@@ -242,6 +265,16 @@ static void test_eval(void) {
     CHECK_REL(fabs(cli - ref_loss), 1e-4, "./infer --eval loss %.6f vs reference %.6f (abs diff)", cli, ref_loss);
     CHECK_REL(fabs(ppl - exp(ref_loss)) / exp(ref_loss), 1e-4, "perplexity %.4f = exp(loss)", ppl);
     CHECK(strstr(errb, "tok/s") != NULL, "tokens/s on stderr");
+
+    snprintf(cmd, sizeof cmd, "./infer %s --eval %s -b %d --eval-step", ck, sh, block);
+    rc = run_cmd(cmd, out, sizeof out, errb, sizeof errb);
+    double cli_step = NAN;
+    p = strstr(out, "loss ");
+    if (p) sscanf(p, "loss %lf", &cli_step);
+    printf("   ./infer --eval-step: %s", out);
+    CHECK(rc == 0 && strstr(out, "337 predictions") != NULL, "./infer --eval-step exit %d: %s", rc, errb);
+    CHECK_REL(fabs(cli_step - cli), 2e-6, "./infer --eval-step loss %.6f vs --eval %.6f (printed to 6 decimals)", cli_step, cli);
+    CHECK(strstr(errb, "token by token") != NULL, "--eval-step says so on stderr");
 
     snprintf(cmd, sizeof cmd, "./infer %s --eval %s -b %d --eval-max 150", ck, sh, block);
     rc = run_cmd(cmd, out, sizeof out, errb, sizeof errb);
@@ -511,7 +544,7 @@ static void test_cli(void) {
     CHECK(rc == 0 && r0 > 0 && r1 - r0 <= 64, "./infer --stats: RSS constant over a 3000-token generation (%ld -> %ld KiB)", r0, r1);
     snprintf(cmd, sizeof cmd, "./infer -h");
     rc = run_cmd(cmd, out, sizeof out, errb, sizeof errb);
-    CHECK(rc == 0 && strstr(out, "usage:") && strstr(out, "--eval"), "-h prints the usage");
+    CHECK(rc == 0 && strstr(out, "usage:") && strstr(out, "--eval") && strstr(out, "--eval-step"), "-h prints the usage");
 
     /* bad inputs: one clear message each, non-zero exit */
     snprintf(cmd, sizeof cmd, "./infer %s/no_such.bin 'hi'", g_dir);
