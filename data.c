@@ -2,6 +2,7 @@
  * data.c -- token shards and the data loader (see data.h for the format and the batch layout).
  */
 #include "data.h"
+#include "model.h"
 
 #include <errno.h>
 #include <glob.h>
@@ -12,29 +13,22 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ----------------------------------------------------------------------------------------------
  * Shards */
 
 int shard_write(const char *path, const uint16_t *tokens, size_t n, char *err, size_t errlen) {
     if (n > (size_t)SHARD_MAX_TOKENS) {
-        seterr(err, errlen, "%s: %zu tokens, more than a shard holds (%ld)", path, n, SHARD_MAX_TOKENS);
+        dn_seterr(err, errlen, "%s: %zu tokens, more than a shard holds (%ld)", path, n, SHARD_MAX_TOKENS);
         return -1;
     }
     size_t tl = strlen(path) + 32;
     char *tmp = malloc(tl);
-    if (!tmp) { seterr(err, errlen, "%s: out of memory", path); return -1; }
+    if (!tmp) { dn_seterr(err, errlen, "%s: out of memory", path); return -1; }
     snprintf(tmp, tl, "%s.tmp.%ld", path, (long)getpid());
     FILE *f = fopen(tmp, "wb");
     if (!f) {
-        seterr(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
+        dn_seterr(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
         free(tmp);
         return -1;
     }
@@ -49,7 +43,7 @@ int shard_write(const char *path, const uint16_t *tokens, size_t n, char *err, s
     ok = (fclose(f) == 0) && ok;
     if (ok && rename(tmp, path) != 0) { ok = 0; e = errno; }
     if (!ok) {
-        seterr(err, errlen, "%s: write failed: %s", path, strerror(e));
+        dn_seterr(err, errlen, "%s: write failed: %s", path, strerror(e));
         remove(tmp);
     }
     free(tmp);
@@ -59,21 +53,21 @@ int shard_write(const char *path, const uint16_t *tokens, size_t n, char *err, s
 /* Open path and check its header against its size; the stream is left after the header. */
 static FILE *open_shard(const char *path, size_t *ntok, char *err, size_t errlen) {
     FILE *f = fopen(path, "rb");
-    if (!f) { seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return NULL; }
+    if (!f) { dn_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return NULL; }
     struct stat st;
     int32_t h[SHARD_HEADER_INTS];
     if (fstat(fileno(f), &st) != 0) {
-        seterr(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
+        dn_seterr(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
     } else if ((size_t)st.st_size < SHARD_HEADER_BYTES || fread(h, sizeof h, 1, f) != 1) {
-        seterr(err, errlen, "%s: %lld bytes, too small for the %d-byte shard header", path,
+        dn_seterr(err, errlen, "%s: %lld bytes, too small for the %d-byte shard header", path,
                (long long)st.st_size, SHARD_HEADER_BYTES);
     } else if (h[0] != SHARD_MAGIC) {
-        seterr(err, errlen, "%s: not a token shard (magic %d, expected %d)", path, h[0], SHARD_MAGIC);
+        dn_seterr(err, errlen, "%s: not a token shard (magic %d, expected %d)", path, h[0], SHARD_MAGIC);
     } else if (h[1] != SHARD_VERSION) {
-        seterr(err, errlen, "%s: shard version %d, this code reads version %d (re-run tokenize)", path,
+        dn_seterr(err, errlen, "%s: shard version %d, this code reads version %d (re-run tokenize)", path,
                h[1], SHARD_VERSION);
     } else if (h[2] < 0 || (long long)st.st_size != SHARD_HEADER_BYTES + 2LL * h[2]) {
-        seterr(err, errlen, "%s: the header says %d tokens (%lld bytes) but the file has %lld bytes",
+        dn_seterr(err, errlen, "%s: the header says %d tokens (%lld bytes) but the file has %lld bytes",
                path, h[2], SHARD_HEADER_BYTES + 2LL * h[2], (long long)st.st_size);
     } else {
         *ntok = (size_t)h[2];
@@ -97,12 +91,12 @@ int shard_read(const char *path, int vocab_size, uint16_t **tokens, size_t *ntok
     if (!f) return -1;
     uint16_t *t = malloc(n ? n * sizeof *t : 1);
     if (!t) {
-        seterr(err, errlen, "%s: out of memory for %zu tokens", path, n);
+        dn_seterr(err, errlen, "%s: out of memory for %zu tokens", path, n);
         fclose(f);
         return -1;
     }
     if (fread(t, sizeof *t, n, f) != n) {
-        seterr(err, errlen, "%s: read error", path);
+        dn_seterr(err, errlen, "%s: read error", path);
         fclose(f);
         free(t);
         return -1;
@@ -110,7 +104,7 @@ int shard_read(const char *path, int vocab_size, uint16_t **tokens, size_t *ntok
     fclose(f);
     for (size_t i = 0; i < n; i++) {
         if (t[i] >= vocab_size) {
-            seterr(err, errlen, "%s: token %u at position %zu is not below the vocabulary size %d",
+            dn_seterr(err, errlen, "%s: token %u at position %zu is not below the vocabulary size %d",
                    path, t[i], i, vocab_size);
             free(t);
             return -1;
@@ -127,11 +121,11 @@ int shard_read(const char *path, int vocab_size, uint16_t **tokens, size_t *ntok
 int dl_init(DataLoader *dl, const char *pattern, int B, int T, int vocab_size,
             char *err, size_t errlen) {
     memset(dl, 0, sizeof *dl);
-    if (B <= 0 || T <= 0) { seterr(err, errlen, "data loader: B=%d, T=%d must be positive", B, T); return -1; }
+    if (B <= 0 || T <= 0) { dn_seterr(err, errlen, "data loader: B=%d, T=%d must be positive", B, T); return -1; }
     glob_t g;
     int grc = glob(pattern, 0, NULL, &g);
     if (grc != 0) {
-        seterr(err, errlen, "%s: %s", pattern, grc == GLOB_NOMATCH ? "no file matches" : "glob failed");
+        dn_seterr(err, errlen, "%s: %s", pattern, grc == GLOB_NOMATCH ? "no file matches" : "glob failed");
         if (grc != GLOB_NOMATCH) globfree(&g);
         return -1;
     }
@@ -146,15 +140,15 @@ int dl_init(DataLoader *dl, const char *pattern, int B, int T, int vocab_size,
     dl->targets = malloc((size_t)B * T * sizeof *dl->targets);
     int rc = -1;
     if (!dl->files || !dl->file_ntok || !dl->inputs || !dl->targets) {
-        seterr(err, errlen, "%s: out of memory", pattern);
+        dn_seterr(err, errlen, "%s: out of memory", pattern);
         goto done;
     }
     for (size_t i = 0; i < dl->nfiles; i++) {
         dl->files[i] = strdup(g.gl_pathv[i]);
-        if (!dl->files[i]) { seterr(err, errlen, "%s: out of memory", pattern); goto done; }
+        if (!dl->files[i]) { dn_seterr(err, errlen, "%s: out of memory", pattern); goto done; }
         if (shard_read_header(dl->files[i], &dl->file_ntok[i], err, errlen) != 0) goto done;
         if (dl->file_ntok[i] < (size_t)B * T + 1) {
-            seterr(err, errlen, "%s: %zu tokens, fewer than one batch needs (B*T+1 = %zu)", dl->files[i],
+            dn_seterr(err, errlen, "%s: %zu tokens, fewer than one batch needs (B*T+1 = %zu)", dl->files[i],
                    dl->file_ntok[i], (size_t)B * T + 1);
             goto done;
         }
@@ -174,7 +168,7 @@ static int load_shard(DataLoader *dl, size_t i, char *err, size_t errlen) {
     size_t n;
     if (shard_read(dl->files[i], dl->vocab_size, &dl->tokens, &n, err, errlen) != 0) return -1;
     if (n != dl->file_ntok[i]) {  /* rewritten since dl_init */
-        seterr(err, errlen, "%s: changed while in use (%zu tokens, was %zu)", dl->files[i], n, dl->file_ntok[i]);
+        dn_seterr(err, errlen, "%s: changed while in use (%zu tokens, was %zu)", dl->files[i], n, dl->file_ntok[i]);
         return -1;
     }
     dl->loaded = i;
@@ -204,11 +198,11 @@ void dl_position(const DataLoader *dl, long *shard, long *pos) {
 
 int dl_seek(DataLoader *dl, long shard, long pos, char *err, size_t errlen) {
     if (shard < 0 || (size_t)shard >= dl->nfiles) {
-        seterr(err, errlen, "data loader: shard %ld out of range (%zu shards)", shard, dl->nfiles);
+        dn_seterr(err, errlen, "data loader: shard %ld out of range (%zu shards)", shard, dl->nfiles);
         return -1;
     }
     if (pos < 0 || (size_t)pos > dl->file_ntok[shard]) {
-        seterr(err, errlen, "%s: position %ld beyond its %zu tokens", dl->files[shard], pos,
+        dn_seterr(err, errlen, "%s: position %ld beyond its %zu tokens", dl->files[shard], pos,
                dl->file_ntok[shard]);
         return -1;
     }

@@ -47,6 +47,14 @@ extern "C" {
 #define DN_NAME_LEN 64
 #define DN_ERR_LEN 512
 
+/* Format a one-line error message into err (errlen bytes; err may be NULL). Every reader and
+ * writer of the project reports problems this way: return -1 and leave the reason in err. */
+void dn_seterr(char *err, size_t errlen, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
 /* ----------------------------------------------------------------------------------------------
  * Config */
 
@@ -217,7 +225,7 @@ int dn_state_read(const char *path, const DNParamTable *t, float *m, float *v, D
 #include <unistd.h>
 #include <cjson/cJSON.h>
 
-static void dn_seterr(char *err, size_t errlen, const char *fmt, ...) {
+void dn_seterr(char *err, size_t errlen, const char *fmt, ...) {
     if (!err || errlen == 0) return;
     va_list ap;
     va_start(ap, fmt);

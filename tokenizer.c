@@ -8,6 +8,7 @@
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "tokenizer.h"
+#include "model.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -32,13 +33,6 @@ static const char EOT_TEXT[] = "<|endoftext|>";
 #define CACHE_MAX_IDS (1u << 23)
 #define CACHE_MAX_KEY_BYTES (32u << 20)
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ----------------------------------------------------------------------------------------------
  * Byte-string map: open addressing, linear probing; keys are copied into an arena. */
@@ -226,11 +220,11 @@ static long unprintable(const int char_byte[0x144], const char *src, size_t n, c
 
 static int read_whole(const char *path, char **buf, size_t *len, char *err, size_t errlen) {
     FILE *f = fopen(path, "rb");
-    if (!f) { seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return -1; }
+    if (!f) { dn_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return -1; }
     size_t cap = 1 << 20, n = 0;
     char *b = malloc(cap + 1);
     for (;;) {
-        if (!b) { fclose(f); seterr(err, errlen, "%s: out of memory", path); return -1; }
+        if (!b) { fclose(f); dn_seterr(err, errlen, "%s: out of memory", path); return -1; }
         n += fread(b + n, 1, cap - n, f);
         if (n < cap) break;
         cap *= 2;
@@ -240,7 +234,7 @@ static int read_whole(const char *path, char **buf, size_t *len, char *err, size
     }
     int bad = ferror(f);
     fclose(f);
-    if (bad) { free(b); seterr(err, errlen, "%s: read error", path); return -1; }
+    if (bad) { free(b); dn_seterr(err, errlen, "%s: read error", path); return -1; }
     b[n] = 0;
     *buf = b;
     *len = n;
@@ -256,7 +250,7 @@ static int load_encoder(Tokenizer *t, const char *path, const int char_byte[0x14
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     if (!root) {
-        seterr(err, errlen, "%s: not valid JSON (cut short or corrupt?) near byte %zu", path,
+        dn_seterr(err, errlen, "%s: not valid JSON (cut short or corrupt?) near byte %zu", path,
                end ? (size_t)(end - text) : (size_t)0);
         free(text);
         return -1;
@@ -266,9 +260,9 @@ static int load_encoder(Tokenizer *t, const char *path, const int char_byte[0x14
     char **tok = calloc(TOK_GPT2_VOCAB, sizeof *tok);   /* raw bytes of each id */
     uint32_t *tlen = calloc(TOK_GPT2_VOCAB, sizeof *tlen);
     struct TokMap *m = map_new(1 << 17);
-    if (!tok || !tlen || !m) { seterr(err, errlen, "%s: out of memory", path); goto done; }
+    if (!tok || !tlen || !m) { dn_seterr(err, errlen, "%s: out of memory", path); goto done; }
     if (!cJSON_IsObject(root) || n != TOK_GPT2_VOCAB) {
-        seterr(err, errlen, "%s: expected a JSON object of %d tokens, found %s%d entries", path,
+        dn_seterr(err, errlen, "%s: expected a JSON object of %d tokens, found %s%d entries", path,
                TOK_GPT2_VOCAB, cJSON_IsObject(root) ? "" : "not an object, ", n);
         goto done;
     }
@@ -277,45 +271,45 @@ static int load_encoder(Tokenizer *t, const char *path, const int char_byte[0x14
         const char *key = it->string;
         double v = it->valuedouble;
         if (!cJSON_IsNumber(it) || v < 0 || v >= TOK_GPT2_VOCAB || v != (double)(int)v) {
-            seterr(err, errlen, "%s: token \"%s\" has id %s, not an integer in [0, %d)", path, key,
+            dn_seterr(err, errlen, "%s: token \"%s\" has id %s, not an integer in [0, %d)", path, key,
                    cJSON_IsNumber(it) ? "out of range" : "that is not a number", TOK_GPT2_VOCAB);
             goto done;
         }
         int id = (int)v;
-        if (tok[id]) { seterr(err, errlen, "%s: id %d appears twice", path, id); goto done; }
+        if (tok[id]) { dn_seterr(err, errlen, "%s: id %d appears twice", path, id); goto done; }
         size_t klen = strlen(key);
         tok[id] = malloc(klen + 1);
-        if (!tok[id]) { seterr(err, errlen, "%s: out of memory", path); goto done; }
+        if (!tok[id]) { dn_seterr(err, errlen, "%s: out of memory", path); goto done; }
         long bl = unprintable(char_byte, key, klen, tok[id]);
         if (bl <= 0) {
-            seterr(err, errlen, "%s: token \"%s\" (id %d) is not in GPT-2's byte alphabet", path, key, id);
+            dn_seterr(err, errlen, "%s: token \"%s\" (id %d) is not in GPT-2's byte alphabet", path, key, id);
             goto done;
         }
         tlen[id] = (uint32_t)bl;
         total += (size_t)bl;
         uint64_t h = hash_bytes(tok[id], (size_t)bl);
         if (map_get(m, tok[id], (size_t)bl, h)) {
-            seterr(err, errlen, "%s: token \"%s\" (id %d) appears twice", path, key, id);
+            dn_seterr(err, errlen, "%s: token \"%s\" (id %d) appears twice", path, key, id);
             goto done;
         }
-        if (map_put(m, tok[id], (size_t)bl, h, id, 0) != 0) { seterr(err, errlen, "%s: out of memory", path); goto done; }
+        if (map_put(m, tok[id], (size_t)bl, h, id, 0) != 0) { dn_seterr(err, errlen, "%s: out of memory", path); goto done; }
     }
     const TokSlot *eot = map_get(m, EOT_TEXT, strlen(EOT_TEXT), hash_bytes(EOT_TEXT, strlen(EOT_TEXT)));
     if (!eot || eot->v0 != TOK_GPT2_EOT) {
-        seterr(err, errlen, "%s: %s must be token %d", path, EOT_TEXT, TOK_GPT2_EOT);
+        dn_seterr(err, errlen, "%s: %s must be token %d", path, EOT_TEXT, TOK_GPT2_EOT);
         goto done;
     }
     for (int b = 0; b < 256; b++) {
         char c = (char)b;
         const TokSlot *s = map_get(m, &c, 1, hash_bytes(&c, 1));
-        if (!s) { seterr(err, errlen, "%s: byte 0x%02x has no token", path, b); goto done; }
+        if (!s) { dn_seterr(err, errlen, "%s: byte 0x%02x has no token", path, b); goto done; }
         t->byte_token[b] = s->v0;
     }
     t->vocab_size = TOK_GPT2_VOCAB;
     t->eot = TOK_GPT2_EOT;
     t->bytes = malloc(total);
     t->off = malloc((TOK_GPT2_VOCAB + 1) * sizeof *t->off);
-    if (!t->bytes || !t->off) { seterr(err, errlen, "%s: out of memory", path); goto done; }
+    if (!t->bytes || !t->off) { dn_seterr(err, errlen, "%s: out of memory", path); goto done; }
     t->off[0] = 0;
     for (int i = 0; i < TOK_GPT2_VOCAB; i++) {
         memcpy(t->bytes + t->off[i], tok[i], tlen[i]);
@@ -344,11 +338,11 @@ static int load_merges(Tokenizer *t, const char *path, const int char_byte[0x144
     t->merges = calloc(1, sizeof *t->merges);
     size_t cap = 1 << 17;
     if (t->merges) t->merges->slot = malloc(cap * sizeof *t->merges->slot);
-    if (!buf || !t->merges || !t->merges->slot) { seterr(err, errlen, "%s: out of memory", path); goto done; }
+    if (!buf || !t->merges || !t->merges->slot) { dn_seterr(err, errlen, "%s: out of memory", path); goto done; }
     t->merges->mask = cap - 1;
     for (size_t i = 0; i < cap; i++) t->merges->slot[i].key = UINT64_MAX;
     if (strncmp(text, "#version", 8) != 0) {
-        seterr(err, errlen, "%s: line 1: expected a \"#version\" header", path);
+        dn_seterr(err, errlen, "%s: line 1: expected a \"#version\" header", path);
         goto done;
     }
     char *line = strchr(text, '\n');
@@ -359,36 +353,36 @@ static int load_merges(Tokenizer *t, const char *path, const int char_byte[0x144
         size_t ll = eol ? (size_t)(eol - line) : strlen(line);
         char *sp = memchr(line, ' ', ll);
         if (rank == TOK_GPT2_MERGES) {
-            seterr(err, errlen, "%s: line %d: more than %d merge rules", path, lineno, TOK_GPT2_MERGES);
+            dn_seterr(err, errlen, "%s: line %d: more than %d merge rules", path, lineno, TOK_GPT2_MERGES);
             goto done;
         }
         if (!sp || sp == line || sp == line + ll - 1 || memchr(sp + 1, ' ', ll - (size_t)(sp + 1 - line))) {
-            seterr(err, errlen, "%s: line %d: expected two tokens separated by one space", path, lineno);
+            dn_seterr(err, errlen, "%s: line %d: expected two tokens separated by one space", path, lineno);
             goto done;
         }
         long la = unprintable(char_byte, line, (size_t)(sp - line), buf);
         long lb = la < 0 ? -1 : unprintable(char_byte, sp + 1, ll - (size_t)(sp + 1 - line), buf + la);
         if (la < 0 || lb < 0) {
-            seterr(err, errlen, "%s: line %d: a character outside GPT-2's byte alphabet", path, lineno);
+            dn_seterr(err, errlen, "%s: line %d: a character outside GPT-2's byte alphabet", path, lineno);
             goto done;
         }
         const TokSlot *a = map_get(vocab, buf, (size_t)la, hash_bytes(buf, (size_t)la));
         const TokSlot *b = map_get(vocab, buf + la, (size_t)lb, hash_bytes(buf + la, (size_t)lb));
         const TokSlot *ab = map_get(vocab, buf, (size_t)(la + lb), hash_bytes(buf, (size_t)(la + lb)));
         if (!a || !b || !ab) {
-            seterr(err, errlen, "%s: line %d: \"%.*s\": %s is not in the vocabulary", path, lineno,
+            dn_seterr(err, errlen, "%s: line %d: \"%.*s\": %s is not in the vocabulary", path, lineno,
                    (int)ll, line, !a ? "the left token" : !b ? "the right token" : "their concatenation");
             goto done;
         }
         if (pair_put(t->merges, a->v0, b->v0, rank, ab->v0)) {
-            seterr(err, errlen, "%s: line %d: the rule \"%.*s\" appears twice", path, lineno, (int)ll, line);
+            dn_seterr(err, errlen, "%s: line %d: the rule \"%.*s\" appears twice", path, lineno, (int)ll, line);
             goto done;
         }
         rank++;
         line = eol;
     }
     if (rank != TOK_GPT2_MERGES) {
-        seterr(err, errlen, "%s: %d merge rules, expected %d (file cut short?)", path, rank, TOK_GPT2_MERGES);
+        dn_seterr(err, errlen, "%s: %d merge rules, expected %d (file cut short?)", path, rank, TOK_GPT2_MERGES);
         goto done;
     }
     rc = 0;
@@ -406,13 +400,13 @@ static int compile_pattern(Tokenizer *t, char *err, size_t errlen) {
     if (!re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(code, msg, sizeof msg);
-        seterr(err, errlen, "tokenizer: PCRE2 cannot compile GPT-2's pattern at offset %zu: %s", (size_t)at, msg);
+        dn_seterr(err, errlen, "tokenizer: PCRE2 cannot compile GPT-2's pattern at offset %zu: %s", (size_t)at, msg);
         return -1;
     }
     pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);  /* if JIT is unavailable pcre2_match interprets */
     t->re = re;
     t->match = pcre2_match_data_create_from_pattern(re, NULL);
-    if (!t->match) { seterr(err, errlen, "tokenizer: out of memory"); return -1; }
+    if (!t->match) { dn_seterr(err, errlen, "tokenizer: out of memory"); return -1; }
     return 0;
 }
 
@@ -421,7 +415,7 @@ int tok_load(Tokenizer *t, const char *dir, char *err, size_t errlen) {
     if (!dir) dir = TOK_DEFAULT_DIR;
     size_t dl = strlen(dir) + 32;
     char *path = malloc(dl);
-    if (!path) { seterr(err, errlen, "%s: out of memory", dir); return -1; }
+    if (!path) { dn_seterr(err, errlen, "%s: out of memory", dir); return -1; }
     int char_byte[0x144];
     printable_map(char_byte);
     struct TokMap *vocab = NULL;
@@ -432,7 +426,7 @@ int tok_load(Tokenizer *t, const char *dir, char *err, size_t errlen) {
     if (load_merges(t, path, char_byte, vocab, err, errlen) != 0) goto done;
     if (compile_pattern(t, err, errlen) != 0) goto done;
     t->cache = map_new(1 << 12);
-    if (!t->cache) { seterr(err, errlen, "tokenizer: out of memory"); goto done; }
+    if (!t->cache) { dn_seterr(err, errlen, "tokenizer: out of memory"); goto done; }
     rc = 0;
 done:
     free(path);
@@ -595,7 +589,7 @@ static int encode_text(Tokenizer *t, const char *s, size_t n, IdVec *out, char *
         } else if (rc != PCRE2_ERROR_NOMATCH) {
             PCRE2_UCHAR msg[256];
             pcre2_get_error_message(rc, msg, sizeof msg);
-            seterr(err, errlen, "tokenizer: PCRE2 match failed at byte %zu: %s", off, msg);
+            dn_seterr(err, errlen, "tokenizer: PCRE2 match failed at byte %zu: %s", off, msg);
             return -1;
         }
         if (end <= start && start < n) end = start + 1;  /* an empty match: cannot happen, but never loop */
@@ -605,7 +599,7 @@ static int encode_text(Tokenizer *t, const char *s, size_t n, IdVec *out, char *
     }
     return 0;
 oom:
-    seterr(err, errlen, "tokenizer: out of memory");
+    dn_seterr(err, errlen, "tokenizer: out of memory");
     return -1;
 }
 
@@ -623,14 +617,14 @@ static const char *find_eot(const char *s, size_t n) {
 int tok_encode(Tokenizer *t, const char *bytes, size_t n, int flags, int **ids, size_t *nids,
                char *err, size_t errlen) {
     IdVec out = {0};
-    if (ids_reserve(&out, n / 3 + 16) != 0) { seterr(err, errlen, "tokenizer: out of memory"); return -1; }
+    if (ids_reserve(&out, n / 3 + 16) != 0) { dn_seterr(err, errlen, "tokenizer: out of memory"); return -1; }
     const char *p = bytes, *e = bytes + n;
     for (;;) {
         const char *q = (flags & TOK_ALLOW_EOT) ? find_eot(p, (size_t)(e - p)) : NULL;
         const char *stop = q ? q : e;
         if (encode_text(t, p, (size_t)(stop - p), &out, err, errlen) != 0) { free(out.a); return -1; }
         if (!q) break;
-        if (ids_reserve(&out, 1) != 0) { free(out.a); seterr(err, errlen, "tokenizer: out of memory"); return -1; }
+        if (ids_reserve(&out, 1) != 0) { free(out.a); dn_seterr(err, errlen, "tokenizer: out of memory"); return -1; }
         out.a[out.n++] = t->eot;
         p = q + sizeof EOT_TEXT - 1;
     }
@@ -661,14 +655,14 @@ int tok_decode(const Tokenizer *t, const int *ids, size_t nids, char **out, size
     size_t total = 0;
     for (size_t i = 0; i < nids; i++) {
         if (ids[i] < 0 || ids[i] >= t->vocab_size) {
-            seterr(err, errlen, "tokenizer: id %d at position %zu is out of range [0, %d)", ids[i], i,
+            dn_seterr(err, errlen, "tokenizer: id %d at position %zu is out of range [0, %d)", ids[i], i,
                    t->vocab_size);
             return -1;
         }
         total += t->off[ids[i] + 1] - t->off[ids[i]];
     }
     char *b = malloc(total + 1);
-    if (!b) { seterr(err, errlen, "tokenizer: out of memory"); return -1; }
+    if (!b) { dn_seterr(err, errlen, "tokenizer: out of memory"); return -1; }
     size_t k = 0;
     for (size_t i = 0; i < nids; i++) {
         size_t l = t->off[ids[i] + 1] - t->off[ids[i]];
