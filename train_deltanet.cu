@@ -315,6 +315,7 @@ template <typename floatX> struct Trainer {
     FILE *log;
     int log_csv;
     char last_ckpt[1024];
+    long nan_step;           /* test hook: env DN_TEST_NAN_STEP=N makes step N's loss NaN (0: off) */
     float *h_params, *h_m, *h_v; /* host staging for checkpoints */
     GPUProf prof;
 };
@@ -552,6 +553,10 @@ static void train_step(Trainer<floatX> *tr) {
         memcpy(tr->m.h_tokens + (2 * i + 1) * N, tr->train.targets, N * sizeof(int));
     }
     const long step = tr->step + 1;
+    if (step == tr->nan_step) { /* test hook (DN_TEST_NAN_STEP): poison the weights so this step's loss is NaN */
+        cudaCheck(cudaMemset(tr->m.params, 0xff, tr->m.t.total * sizeof(float)));
+        if ((void *)tr->m.wx != (void *)tr->m.params) cudaCheck(cudaMemset(tr->m.wx, 0xff, tr->m.t.total * sizeof(floatX)));
+    }
     GPUOptim o = {lr_at(&tr->a, step), tr->a.beta1, tr->a.beta2, tr->a.adam_eps, tr->a.wd, tr->a.clip};
     float norm = 0.0f;
     const float loss = gpu_train_step(&tr->m, &o, step, &norm);
@@ -609,6 +614,8 @@ static int run(const TrainArgs *a) {
     Trainer<floatX> *tr = (Trainer<floatX> *)calloc(1, sizeof(Trainer<floatX>));
     if (!tr) die("out of host memory");
     tr->a = *a;
+    const char *ns = getenv("DN_TEST_NAN_STEP");
+    tr->nan_step = ns ? atol(ns) : 0;
     setup_model(tr);
     print_summary(tr);
     if (tr->step >= a->steps) printf("the checkpoint is at step %ld >= --steps %d: nothing to do\n", tr->step, a->steps);

@@ -4,7 +4,8 @@
 #   1. the trainer's printed val loss equals `./infer --eval` on its checkpoint over the same
 #      tokens (fp32 hybrid DSDG with sliding window and grouped KV heads: within 1e-3);
 #   2. exact resume: N steps straight == N/2 + --resume + N/2 (fp32, losses within 1e-5);
-#   3. missing shards are one clear message and a non-zero exit.
+#   3. missing shards are one clear message and a non-zero exit;
+#   4. a NaN loss stops the run naming the step, and the last checkpoint survives.
 # Ends with "[test_trainer] N passed, N failed" like the other test programs.
 set -u
 cd "$(dirname "$0")/../.."
@@ -57,6 +58,22 @@ elif grep -q "none_" "$tmp/m.log" && ! grep -qi "cuda error\|segmentation\|core 
     ok "missing shards: $(grep "none_" "$tmp/m.log" | head -1)"
 else
     bad "missing shards: unclear message: $(head -3 "$tmp/m.log")"
+fi
+
+# 4. a NaN loss stops the run naming the step; the last good checkpoint survives and still loads
+#    (DN_TEST_NAN_STEP=8 poisons the weights before step 8: a test hook, see train_deltanet.cu)
+n="$common -b 4 -t 256 -x 20 -v 0 -c 5"
+if DN_TEST_NAN_STEP=8 ./train_deltanet $n -o "$tmp/n" >"$tmp/n.log" 2>&1; then
+    bad "NaN loss: the run exited 0"
+else
+    msg=$(grep -i "step 8: the loss is" "$tmp/n.log")
+    il=$(./infer "$tmp/n/model_000005.safetensors" --eval "$val" -b 256 --eval-max 1024 2>/dev/null | sed -E 's/.*loss ([0-9.]+).*/\1/')
+    if [ -n "$msg" ] && echo "$msg" | grep -q "model_000005" && [ ! -e "$tmp/n/model_000008.safetensors" ] &&
+       ! grep -q "^step     8" "$tmp/n.log" && awk -v l="$il" 'BEGIN { exit !(l == l + 0 && l > 0 && l < 20) }'; then
+        ok "NaN loss: '$msg'; model_000005 evaluates to $il"
+    else
+        bad "NaN loss: message '$msg', checkpoint 5 eval '$il': $(tail -2 "$tmp/n.log")"
+    fi
 fi
 
 echo "[test_trainer] $pass passed, $fail failed"
