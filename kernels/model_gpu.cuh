@@ -631,13 +631,12 @@ static void gpu_backward(GPUModel<floatX> *m, const int *d_inputs, int B, int T)
         /* MLP: S.dres = d out -> d mid */
         rmsnorm_forward(s->xn, a->rstd_mlp, a->mid, m->params + P[DN_P_MLP_NORM], N, D, eps, st);
         prof_mark(m->prof, "bwd norms", st);
-        swiglu_forward(s->big1, a->gu, N, I, st);
-        prof_mark(m->prof, "bwd swiglu", st);
-        matmul_backward_weight(m->mm, G + P[DN_P_DOWN], s->dres, s->big1, N, I, D, st);
         matmul_backward_data(m->mm, s->big1, s->dres, m->wx + P[DN_P_DOWN], N, I, D, 0, st);
         prof_mark(m->prof, "bwd matmuls", st);
-        swiglu_backward(a->gu, s->big1, a->gu, N, I, st); /* in place: gu now holds dgate|dup */
+        /* in place: gu now holds dgate|dup, big1 the forward's silu(gate) up (was its gradient) */
+        swiglu_backward(a->gu, s->big1, a->gu, N, I, st, s->big1);
         prof_mark(m->prof, "bwd swiglu", st);
+        matmul_backward_weight(m->mm, G + P[DN_P_DOWN], s->dres, s->big1, N, I, D, st);
         matmul_backward_weight(m->mm, G + P[DN_P_GATE], a->gu, s->xn, N, D, 2 * I, st);
         matmul_backward_data(m->mm, s->a, a->gu, m->wx + P[DN_P_GATE], N, D, 2 * I, 0, st);
         prof_mark(m->prof, "bwd matmuls", st);

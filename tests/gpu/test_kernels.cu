@@ -247,8 +247,13 @@ static void test_swiglu(int N, int I, DNRng *r) {
     CHECK_REL(rel(download(d_y, ry.size()), ry), tol<T>(), "%s swiglu fwd N=%d I=%d", tn, N, I);
     swiglu_backward(d_dgu, d_dy, d_gu, N, I, 0);
     CHECK_REL(rel(download(d_dgu, rdgu.size()), rdgu), tol<T>(), "%s swiglu bwd N=%d I=%d", tn, N, I);
+    T *d_gu2 = upload<T>(gu), *d_dy2 = upload<T>(dy);
     swiglu_backward(d_gu, d_dy, d_gu, N, I, 0); /* in place */
     CHECK_REL(rel(download(d_gu, rdgu.size()), rdgu), tol<T>(), "%s swiglu bwd in place N=%d I=%d", tn, N, I);
+    swiglu_backward(d_gu2, d_dy2, d_gu2, N, I, 0, d_dy2); /* in place, and y over dy (the trainer's call) */
+    CHECK_REL(rel(download(d_gu2, rdgu.size()), rdgu), tol<T>(), "%s swiglu bwd in place + y N=%d I=%d", tn, N, I);
+    CHECK_REL(rel(download(d_dy2, ry.size()), ry), tol<T>(), "%s swiglu bwd's y over dy N=%d I=%d", tn, N, I);
+    cudaFree(d_gu2); cudaFree(d_dy2);
     cudaFree(d_gu); cudaFree(d_dy); cudaFree(d_y); cudaFree(d_dgu);
 }
 

@@ -5,7 +5,8 @@
 #      tokens (fp32 hybrid DSDG with sliding window and grouped KV heads: within 1e-3);
 #   2. exact resume: N steps straight == N/2 + --resume + N/2 (fp32, losses within 1e-5);
 #   3. missing shards are one clear message and a non-zero exit;
-#   4. a NaN loss stops the run naming the step, and the last checkpoint survives.
+#   4. a NaN loss stops the run naming the step, and the last checkpoint survives;
+#   5. running out of GPU memory is one clear message.
 # Ends with "[test_trainer] N passed, N failed" like the other test programs.
 set -u
 cd "$(dirname "$0")/../.."
@@ -74,6 +75,15 @@ else
     else
         bad "NaN loss: message '$msg', checkpoint 5 eval '$il': $(tail -2 "$tmp/n.log")"
     fi
+fi
+
+# 5. out of GPU memory: one clear message (340M at B=64 T=2048 needs ~100 GiB of activations)
+if ./train_deltanet -m 340M -b 64 -t 2048 -x 1 -v 0 --sample-every 0 -o "$tmp/o" >"$tmp/o.log" 2>&1; then
+    bad "out of memory: the run exited 0 (a GPU with more than ~110 GiB?)"
+elif grep -q "^out of GPU memory" "$tmp/o.log" && ! grep -qi "cuda error\|segmentation\|core dumped\|terminate" "$tmp/o.log"; then
+    ok "out of memory: $(grep "^out of GPU memory" "$tmp/o.log" | head -1)"
+else
+    bad "out of memory: unclear message: $(tail -3 "$tmp/o.log")"
 fi
 
 echo "[test_trainer] $pass passed, $fail failed"
