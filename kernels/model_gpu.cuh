@@ -164,7 +164,6 @@ template <typename floatX> struct GPUScratch {
     floatX *dres;       /* [N,D]   gradient of the residual stream */
     floatX *big1;       /* [N*max(3D,I)]         q, k, v ([3][N,D]), silu(g)*u, their gradients */
     floatX *big2;       /* [N*max(3D,D+2 kvd)]   dq, dk, dv */
-    floatX *bpre;       /* [N,H]   x W_b^T, then its gradient */
     floatX *dbeta;      /* [N,H] */
     floatX *logits;     /* [head_rows,Vp] */
     float *losses;      /* [N] */
@@ -257,7 +256,6 @@ static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
     GPU_ACT("dres", N * D * X, &s->dres);
     GPU_ACT("big1", N * big1 * X, &s->big1);
     GPU_ACT("big2", N * big2 * X, &s->big2);
-    GPU_ACT("bpre", N * H * X, &s->bpre);
     GPU_ACT("dbeta", N * H * X, &s->dbeta);
     GPU_ACT("logits", (size_t)m->head_rows * Vp * X, &s->logits);
     GPU_ACT("losses", N * F, &s->losses);
@@ -271,6 +269,7 @@ static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
     if (has_d) {
         GPU_KS(rmsnorm_backward_scratch_floats((int)(N * H), c->head_dim) * F);
         GPU_KS(conv_silu_l2norm_backward_scratch_floats(m->B, m->T, (int)D, c->head_dim) * F);
+        GPU_KS(beta_backward_scratch_floats((int)N, (int)D, c->n_head) * F);
         GPU_KS(deltarule_workspace_size<floatX>(m->B, m->T, c->n_head, c->head_dim, c->head_dim));
     }
     if (has_a) GPU_KS(attention_backward_scratch_bytes(m->B, m->T, (int)Hq, (int)dh));
@@ -444,8 +443,7 @@ static void mixer_forward(GPUModel<floatX> *m, int l, int B, int T) {
                                      j < 2 ? D : 0, K, GPU_L2_EPS, st);
             prof_mark(m->prof, "fwd conv+silu+l2", st);
         }
-        matmul_forward(m->mm, s->bpre, s->xn, m->wx + P[DN_P_B], N, D, H, 0, st);
-        sigmoid_forward(a->beta, s->bpre, N * H, st);
+        beta_forward(a->beta, s->xn, m->wx + P[DN_P_B], N, D, H, st);
         prof_mark(m->prof, "fwd beta", st);
         deltarule_forward(a->o, a->dr_saved, s->big1, s->big1 + ND, s->big1 + 2 * ND, a->beta, 1.0f / sqrtf((float)K),
                           s->kscratch, B, T, H, K, K, st);
@@ -576,9 +574,8 @@ static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
                            s->big1 + 2 * ND, a->beta, 1.0f / sqrtf((float)K), s->kscratch, B, T, H, K, K, st);
         prof_mark(m->prof, "bwd delta rule", st);
         /* beta's sigmoid and projection */
-        sigmoid_backward(s->bpre, s->dbeta, a->beta, N * H, st);
-        matmul_backward_weight(m->mm, G + P[DN_P_B], s->bpre, s->xn, N, D, H, st);
-        matmul_backward_data(m->mm, s->a, s->bpre, m->wx + P[DN_P_B], N, D, H, 0, st);
+        beta_backward(s->a, G + P[DN_P_B], (float *)s->kscratch, s->dbeta, a->beta, s->xn, m->wx + P[DN_P_B], N, D, H,
+                      0, st);
         prof_mark(m->prof, "bwd beta", st);
         /* q, k, v: conv + silu (+ L2 norm), projection */
         for (int j = 0; j < 3; j++) {
