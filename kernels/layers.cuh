@@ -365,7 +365,7 @@ rmsnorm_backward_kernel(floatX *dinp, float *partial, const floatX *dout, const 
         int row = rb * RPB + grp;
         bool valid = row < N;
         size_t base = (size_t)row * C;
-        float x[NV][VEC], dy[NV][VEC];
+        float x[NV][VEC], dy[NV][VEC], dx0[NV][VEC];
         float dot = 0.0f;
         float r = valid ? rstd[row] : 0.0f;
 #pragma unroll
@@ -377,6 +377,7 @@ rmsnorm_backward_kernel(floatX *dinp, float *partial, const floatX *dout, const 
                 for (int k = 0; k < VEC; k++) gv[k] = __ldg(g + c + k);
                 load_f<floatX, VEC>(x[i], inp + base + c);
                 load_f<floatX, VEC>(dy[i], dout + base + c);
+                if (accumulate) load_f<floatX, VEC>(dx0[i], dinp + base + c); /* in flight with x, dy */
 #pragma unroll
                 for (int k = 0; k < VEC; k++) {
                     dg[i][k] += dy[i][k] * x[i][k] * r;
@@ -393,11 +394,10 @@ rmsnorm_backward_kernel(floatX *dinp, float *partial, const floatX *dout, const 
                 int c = (i * TPR + l) * VEC;
                 if (c < C) {
                     float dx[VEC];
-                    if (accumulate) load_f<floatX, VEC>(dx, dinp + base + c);
 #pragma unroll
                     for (int k = 0; k < VEC; k++) {
                         float v = r * dy[i][k] - x[i][k] * mr3;
-                        dx[k] = accumulate ? dx[k] + v : v;
+                        dx[k] = accumulate ? dx0[i][k] + v : v;
                     }
                     store_f<floatX, VEC>(dinp + base + c, dx);
                 }
