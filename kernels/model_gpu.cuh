@@ -291,6 +291,10 @@ static inline int gpu_model_supported(const DNConfig *c, char *err, size_t errle
                  c->d_model, c->n_head, c->head_dim);
         return -1;
     }
+    if (has_d && c->conv_size != 4) {
+        snprintf(err, errlen, "the GPU conv kernels need conv_size 4; this model has %d", c->conv_size);
+        return -1;
+    }
     int dh = has_a ? c->d_model / c->attn_heads : 64;
     if (dh != 32 && dh != 64 && dh != 128) {
         snprintf(err, errlen, "the GPU attention kernels need a head size of 32, 64 or 128; this model has d_model %d / %d attention heads = %d",
