@@ -142,6 +142,8 @@ template <typename floatX> struct GPULayerActs {
     floatX *out;        /* [N,D]   residual stream after the MLP: the next layer's input */
     float *rstd_attn;   /* [N]     1/rms of the layer input (attn_norm) */
     float *rstd_mlp;    /* [N]     1/rms of mid (mlp_norm) */
+    floatX *xn_attn;    /* [N,D]   the mixer's input attn_norm(h_l) (kept: the backward needs no recompute) */
+    floatX *xn_mlp;     /* [N,D]   the MLP's input mlp_norm(mid) (kept too) */
     floatX *gu;         /* [N,2I]  gate|up projections (the backward overwrites them with their gradient) */
     /* DeltaNet */
     floatX *qkv_pre;    /* [3][N,D] q, k, v projections before the conv */
@@ -227,6 +229,8 @@ static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
         GPU_ACT("out", N * D * X, &a->out);
         GPU_ACT("rstd_attn", N * F, &a->rstd_attn);
         GPU_ACT("rstd_mlp", N * F, &a->rstd_mlp);
+        GPU_ACT("xn_attn", N * D * X, &a->xn_attn);
+        GPU_ACT("xn_mlp", N * D * X, &a->xn_mlp);
         GPU_ACT("gate|up", N * 2 * I * X, &a->gu);
         if (c->layers[l] == 'D') {
             has_d = 1;
@@ -428,7 +432,7 @@ static void gpu_model_set_adam(GPUModel<floatX> *m, const float *hm, const float
 template <typename floatX>
 static inline floatX *gpu_layer_input(GPUModel<floatX> *m, int l) { return l ? m->L[l - 1].out : m->S.emb; }
 
-/* Mixer of layer l: S.xn -> S.b (the branch output). */
+/* Mixer of layer l: L[l].xn_attn -> S.b (the branch output). */
 template <typename floatX>
 static void mixer_forward(GPUModel<floatX> *m, int l, int B, int T) {
     const DNConfig *c = &m->cfg;
@@ -441,13 +445,13 @@ static void mixer_forward(GPUModel<floatX> *m, int l, int B, int T) {
         const int H = c->n_head, K = c->head_dim;
         const size_t ND = (size_t)N * D;
         for (int j = 0; j < 3; j++) { /* q, k, v: projection, then conv + silu (+ L2 norm for q, k) */
-            matmul_forward(m->mm, a->qkv_pre + j * ND, s->xn, m->wx + P[DN_P_Q + j], N, D, D, 0, st);
+            matmul_forward(m->mm, a->qkv_pre + j * ND, a->xn_attn, m->wx + P[DN_P_Q + j], N, D, D, 0, st);
             prof_mark(m->prof, "fwd matmuls", st);
             conv_silu_l2norm_forward(s->big1 + j * ND, a->qkv_pre + j * ND, m->params + P[DN_P_Q_CONV + j], B, T, D,
                                      j < 2 ? D : 0, K, GPU_L2_EPS, st);
             prof_mark(m->prof, "fwd conv+silu+l2", st);
         }
-        beta_forward(a->beta, s->xn, m->wx + P[DN_P_B], N, D, H, st);
+        beta_forward(a->beta, a->xn_attn, m->wx + P[DN_P_B], N, D, H, st);
         prof_mark(m->prof, "fwd beta", st);
         deltarule_forward(a->o, a->dr_saved, s->big1, s->big1 + ND, s->big1 + 2 * ND, a->beta, 1.0f / sqrtf((float)K),
                           s->kscratch, B, T, H, K, K, st);
@@ -459,9 +463,9 @@ static void mixer_forward(GPUModel<floatX> *m, int l, int B, int T) {
     } else {
         const int Hq = c->attn_heads, Hkv = c->attn_kv_heads, dh = D / Hq, kvd = Hkv * dh;
         const int window = c->layers[l] == 'S' ? c->window : 0;
-        matmul_forward(m->mm, a->q, s->xn, m->wx + P[DN_P_Q], N, D, D, 0, st);
-        matmul_forward(m->mm, a->k, s->xn, m->wx + P[DN_P_K], N, D, kvd, 0, st);
-        matmul_forward(m->mm, a->v, s->xn, m->wx + P[DN_P_V], N, D, kvd, 0, st);
+        matmul_forward(m->mm, a->q, a->xn_attn, m->wx + P[DN_P_Q], N, D, D, 0, st);
+        matmul_forward(m->mm, a->k, a->xn_attn, m->wx + P[DN_P_K], N, D, kvd, 0, st);
+        matmul_forward(m->mm, a->v, a->xn_attn, m->wx + P[DN_P_V], N, D, kvd, 0, st);
         prof_mark(m->prof, "fwd matmuls", st);
         rope_forward(a->q, s->rope, B, T, Hq, dh, 0, st);
         rope_forward(a->k, s->rope, B, T, Hkv, dh, 0, st);
@@ -483,16 +487,16 @@ static void gpu_forward(GPUModel<floatX> *m, const int *d_inputs, int B, int T) 
     const float eps = c->norm_eps;
     cudaStream_t st = m->stream;
     embedding_forward(s->emb, d_inputs, m->wx + t->embed, N, D, st);
-    rmsnorm_forward(s->xn, m->L[0].rstd_attn, s->emb, m->params + t->layer[0].p[DN_P_ATTN_NORM], N, D, eps, st);
+    rmsnorm_forward(m->L[0].xn_attn, m->L[0].rstd_attn, s->emb, m->params + t->layer[0].p[DN_P_ATTN_NORM], N, D, eps, st);
     prof_mark(m->prof, "fwd embedding", st);
     for (int l = 0; l < c->n_layer; l++) {
         const size_t *P = t->layer[l].p;
         GPULayerActs<floatX> *a = &m->L[l];
         mixer_forward(m, l, B, T);
-        residual_rmsnorm_forward(a->mid, s->xn, a->rstd_mlp, gpu_layer_input(m, l), s->b,
+        residual_rmsnorm_forward(a->mid, a->xn_mlp, a->rstd_mlp, gpu_layer_input(m, l), s->b,
                                  m->params + P[DN_P_MLP_NORM], N, D, eps, st);
         prof_mark(m->prof, "fwd norms", st);
-        matmul_forward(m->mm, a->gu, s->xn, m->wx + P[DN_P_GATE], N, D, 2 * I, 0, st);
+        matmul_forward(m->mm, a->gu, a->xn_mlp, m->wx + P[DN_P_GATE], N, D, 2 * I, 0, st);
         prof_mark(m->prof, "fwd matmuls", st);
         swiglu_forward(s->big1, a->gu, N, I, st);
         prof_mark(m->prof, "fwd swiglu", st);
@@ -501,7 +505,7 @@ static void gpu_forward(GPUModel<floatX> *m, const int *d_inputs, int B, int T) 
         const int last = l + 1 == c->n_layer;
         const float *g_next = m->params + (last ? t->norm : t->layer[l + 1].p[DN_P_ATTN_NORM]);
         float *rstd_next = last ? s->rstd_final : m->L[l + 1].rstd_attn;
-        residual_rmsnorm_forward(a->out, s->xn, rstd_next, a->mid, s->b, g_next, N, D, eps, st);
+        residual_rmsnorm_forward(a->out, last ? s->xn : m->L[l + 1].xn_attn, rstd_next, a->mid, s->b, g_next, N, D, eps, st);
         prof_mark(m->prof, "fwd norms", st);
     }
 }
@@ -547,7 +551,7 @@ static void gpu_head(GPUModel<floatX> *m, const int *d_targets, int N, int train
 // backward
 
 /* Mixer of layer l: S.dres (gradient of its output) -> S.a = gradient of its input x (=), weight
- * gradients (+=). S.xn holds x (recomputed by the caller). */
+ * gradients (+=); x = L[l].xn_attn, kept by the forward. */
 template <typename floatX>
 static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
     const DNConfig *c = &m->cfg;
@@ -578,7 +582,7 @@ static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
                            s->big1 + 2 * ND, a->beta, 1.0f / sqrtf((float)K), s->kscratch, B, T, H, K, K, st);
         prof_mark(m->prof, "bwd delta rule", st);
         /* beta's sigmoid and projection */
-        beta_backward(s->a, G + P[DN_P_B], (float *)s->kscratch, s->dbeta, a->beta, s->xn, m->wx + P[DN_P_B], N, D, H,
+        beta_backward(s->a, G + P[DN_P_B], (float *)s->kscratch, s->dbeta, a->beta, a->xn_attn, m->wx + P[DN_P_B], N, D, H,
                       0, st);
         prof_mark(m->prof, "bwd beta", st);
         /* q, k, v: conv + silu (+ L2 norm), projection */
@@ -587,7 +591,7 @@ static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
                                       a->qkv_pre + j * ND, m->params + P[DN_P_Q_CONV + j], B, T, D, j < 2 ? D : 0, K,
                                       GPU_L2_EPS, st);
             prof_mark(m->prof, "bwd conv+silu+l2", st);
-            matmul_backward_weight(m->mm, G + P[DN_P_Q + j], s->big1 + j * ND, s->xn, N, D, D, st);
+            matmul_backward_weight(m->mm, G + P[DN_P_Q + j], s->big1 + j * ND, a->xn_attn, N, D, D, st);
             matmul_backward_data(m->mm, s->a, s->big1 + j * ND, m->wx + P[DN_P_Q + j], N, D, D, 1, st);
             prof_mark(m->prof, "bwd matmuls", st);
         }
@@ -605,9 +609,9 @@ static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
         rope_backward(dq, s->rope, B, T, Hq, dh, 0, st);
         rope_backward(dk, s->rope, B, T, Hkv, dh, 0, st);
         prof_mark(m->prof, "bwd rope", st);
-        matmul_backward_weight(m->mm, G + P[DN_P_Q], dq, s->xn, N, D, D, st);
-        matmul_backward_weight(m->mm, G + P[DN_P_K], dk, s->xn, N, D, kvd, st);
-        matmul_backward_weight(m->mm, G + P[DN_P_V], dv, s->xn, N, D, kvd, st);
+        matmul_backward_weight(m->mm, G + P[DN_P_Q], dq, a->xn_attn, N, D, D, st);
+        matmul_backward_weight(m->mm, G + P[DN_P_K], dk, a->xn_attn, N, D, kvd, st);
+        matmul_backward_weight(m->mm, G + P[DN_P_V], dv, a->xn_attn, N, D, kvd, st);
         matmul_backward_data(m->mm, s->a, dq, m->wx + P[DN_P_Q], N, D, D, 0, st);
         matmul_backward_data(m->mm, s->a, dk, m->wx + P[DN_P_K], N, D, kvd, 1, st);
         matmul_backward_data(m->mm, s->a, dv, m->wx + P[DN_P_V], N, D, kvd, 1, st);
@@ -624,29 +628,24 @@ static void gpu_backward(GPUModel<floatX> *m, const int *d_inputs, int B, int T)
     float *G = m->grads;
     float *ks = (float *)s->kscratch;
     const int N = B * T, D = c->d_model, I = c->hidden_size;
-    const float eps = c->norm_eps;
     cudaStream_t st = m->stream;
     for (int l = c->n_layer - 1; l >= 0; l--) {
         const size_t *P = t->layer[l].p;
         GPULayerActs<floatX> *a = &m->L[l];
         /* MLP: S.dres = d out -> d mid */
-        rmsnorm_forward(s->xn, a->rstd_mlp, a->mid, m->params + P[DN_P_MLP_NORM], N, D, eps, st);
-        prof_mark(m->prof, "bwd norms", st);
         matmul_backward_data(m->mm, s->big1, s->dres, m->wx + P[DN_P_DOWN], N, I, D, 0, st);
         prof_mark(m->prof, "bwd matmuls", st);
         /* in place: gu now holds dgate|dup, big1 the forward's silu(gate) up (was its gradient) */
         swiglu_backward(a->gu, s->big1, a->gu, N, I, st, s->big1);
         prof_mark(m->prof, "bwd swiglu", st);
         matmul_backward_weight(m->mm, G + P[DN_P_DOWN], s->dres, s->big1, N, I, D, st);
-        matmul_backward_weight(m->mm, G + P[DN_P_GATE], a->gu, s->xn, N, D, 2 * I, st);
+        matmul_backward_weight(m->mm, G + P[DN_P_GATE], a->gu, a->xn_mlp, N, D, 2 * I, st);
         matmul_backward_data(m->mm, s->a, a->gu, m->wx + P[DN_P_GATE], N, D, 2 * I, 0, st);
         prof_mark(m->prof, "bwd matmuls", st);
         rmsnorm_backward(s->dres, G + P[DN_P_MLP_NORM], ks, s->a, a->mid, m->params + P[DN_P_MLP_NORM],
                          a->rstd_mlp, N, D, 1, st);
         /* mixer: S.dres = d mid -> d h_l */
         const floatX *h = gpu_layer_input(m, l);
-        rmsnorm_forward(s->xn, a->rstd_attn, h, m->params + P[DN_P_ATTN_NORM], N, D, eps, st);
-        prof_mark(m->prof, "bwd norms", st);
         mixer_backward(m, l, B, T);
         rmsnorm_backward(s->dres, G + P[DN_P_ATTN_NORM], ks, s->a, h, m->params + P[DN_P_ATTN_NORM],
                          a->rstd_attn, N, D, 1, st);
