@@ -486,7 +486,7 @@ static void run_all(DNRng *r) {
     test_beta<T>(7 * 33, 72, 6, 1, r);
     test_beta<T>(37, 45, 12, 0, r);
     test_beta<T>(37, 128, 1, 1, r);
-    if (!g_small) { test_beta<T>(1000, 768, 6, 1, r); test_beta<T>(300, 1024, 16, 0, r); test_beta<T>(77, 256, 8, 1, r); }
+    if (!g_small) { test_beta<T>(1000, 768, 6, 1, r); test_beta<T>(300, 1024, 16, 0, r); test_beta<T>(130, 2048, 3, 1, r); test_beta<T>(77, 256, 8, 1, r); }
     /* embedding: long runs of one token across chunks, many distinct tokens, odd D */
     test_embedding<T>(7 * 33, 72, 100, 128, 1, r);
     test_embedding<T>(7 * 33, 37, 100, 100, 7, r);

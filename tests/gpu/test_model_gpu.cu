@@ -172,7 +172,7 @@ static void check_training(const DNConfig *cfg, const std::vector<float> &params
                            cudaStream_t st) {
     const char *tie = cfg->tie_embeddings ? "tied" : "untied";
     const int steps = 20;
-    const float lr = 3e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, clip = 1.0f;
+    const float lr = 1e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, clip = 1.0f;
     GPUModel<float> m;
     gpu_model_create(&m, cfg, TB, TT, 1, st);
     gpu_model_set_params(&m, params.data());
