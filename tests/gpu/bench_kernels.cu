@@ -11,7 +11,10 @@
  * Measured on an H100 80GB HBM3 (2026-11-23; copy ceiling 2.99 TB/s; matmul ceiling 8192^3 bf16
  * 724 TFLOP/s), in ms: embedding fwd 0.036 (94%), bwd 0.170 (31%, incl. the radix sort);
  * rmsnorm fwd 0.045 (74%), residual+rmsnorm 0.078 (86%), rmsnorm bwd 0.091 (55%), head-norm fwd
- * 0.043 (79%), bwd 0.072 (70%); conv+silu+l2norm [N,3D] fwd 0.161 (63%), bwd 0.523 (29%);
+ * 0.043 (79%), bwd 0.072 (70%); conv+silu+l2norm (2026-11-23, copy 2.94 TB/s) per [N,D] tensor
+ * q/k fwd 0.049 (70%), bwd 0.089 (58%), v fwd 0.047 (72%), bwd 0.091 (57%), [N,3D] rows fwd 0.124
+ * (83%), bwd 0.234 (66%), [N,3D] rows -> planar q, k, v fwd 0.122 (84%), bwd 0.234 (66%) (before
+ * this kernel: [N,D] fwd 0.071 (48%), bwd 0.195 (26%); [N,3D] fwd 0.161 (63%), bwd 0.523 (29%));
  * swiglu fwd 0.139 (97%), bwd 0.229 (98%); cross-entropy fwd 1.09 (102%), fwd+bwd 2.78 (79%);
  * grad_norm 0.200 (83%), adamw 1.27 (98%). Matmuls 530-780 TFLOP/s except the beta projection
  * (OC = 6: ~0.04 ms each, memory-bound at ~1.4 TB/s).
@@ -89,7 +92,8 @@ int main(int argc, char **argv) {
     bf16 *dy = rand_buf<bf16>(ND, 5);
     float *g = rand_buf<float>(D, 6, 0.2f, 1.0f), *dg = rand_buf<float>(D, 7), *rstd = rand_buf<float>((size_t)N * H, 8, 0.1f, 1.0f);
     size_t scr_f = std::max({rmsnorm_backward_scratch_floats(N * H, K), rmsnorm_backward_scratch_floats(N, D),
-                             conv_silu_l2norm_backward_scratch_floats(B, T, 3 * D, K)});
+                             conv_silu_l2norm_backward_scratch_floats(B, T, 3 * D, K),
+                             conv_silu_l2norm_backward_scratch_floats(B, T, D, K)});
     float *scr = rand_buf<float>(scr_f, 9);
 
     /* embedding */
@@ -131,15 +135,24 @@ int main(int argc, char **argv) {
         ms = median_ms([&] { rmsnorm_backward(y, dg, scr, dy, x, g, rstd, N * H, K, 0, st); });
         row_bw("head rmsnorm bwd (C=128, N*H rows)", 3.0 * ND * 2, ms);
     }
-    /* conv + silu + l2norm on [N, 3D] */
+    /* conv + silu + l2norm: per tensor (C = D; q, k normalised, v not), on [N, 3D] q|k|v rows, and
+     * on q|k|v rows writing planar q, k, v (the fused projection's layout; backward reads dy planar) */
     {
         size_t n3 = 3 * ND;
         bf16 *a = rand_buf<bf16>(n3, 20), *o = rand_buf<bf16>(n3, 21), *da = rand_buf<bf16>(n3, 22), *dO = rand_buf<bf16>(n3, 23);
         float *w = rand_buf<float>((size_t)3 * D * 4, 24, 1.0f), *dw = rand_buf<float>((size_t)3 * D * 4, 25);
-        float ms = median_ms([&] { conv_silu_l2norm_forward(o, a, w, B, T, 3 * D, 2 * D, K, 1e-6f, st); });
-        row_bw("conv+silu+l2norm fwd (C=3D)", 2.0 * n3 * 2, ms);
-        ms = median_ms([&] { conv_silu_l2norm_backward(da, dw, scr, dO, a, w, B, T, 3 * D, 2 * D, K, 1e-6f, st); });
-        row_bw("conv+silu+l2norm bwd (C=3D)", 3.0 * n3 * 2, ms);
+        struct { const char *name; int C, Cn, plane; } cs[] = {
+            {"C=D, q/k", D, D, 0}, {"C=D, v", D, 0, 0}, {"C=3D rows", 3 * D, 2 * D, 0}, {"C=3D planar", 3 * D, 2 * D, D}};
+        for (auto &c : cs) {
+            char nm[64];
+            size_t n = (size_t)N * c.C;
+            float ms = median_ms([&] { conv_silu_l2norm_forward(o, a, w, B, T, c.C, c.Cn, K, 1e-6f, st, c.plane); });
+            snprintf(nm, sizeof nm, "conv+silu+l2 fwd (%s)", c.name);
+            row_bw(nm, 2.0 * n * 2, ms);
+            ms = median_ms([&] { conv_silu_l2norm_backward(da, dw, scr, dO, a, w, B, T, c.C, c.Cn, K, 1e-6f, st, c.plane); });
+            snprintf(nm, sizeof nm, "conv+silu+l2 bwd (%s)", c.name);
+            row_bw(nm, 3.0 * n * 2, ms);
+        }
         cudaFree(a); cudaFree(o); cudaFree(da); cudaFree(dO); cudaFree(w); cudaFree(dw);
     }
     /* sigmoid, swiglu */

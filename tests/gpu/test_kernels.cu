@@ -5,8 +5,8 @@
  * Inputs are random and never zero; every output is poisoned (NaN bits) before each run, so an
  * unwritten element fails; gradient outputs that accumulate (+=) start from random values.
  * Odd shapes throughout (N = 1, N = 7*33, C not a multiple of 8, T across time tiles, runs of
- * equal tokens across embedding chunks). Parameter-gradient reductions are also checked to be
- * bitwise reproducible.
+ * equal tokens across embedding chunks; the conv's planar layout against the re-laid-out reference).
+ * Parameter-gradient reductions are also checked to be bitwise reproducible.
  *
  *   build/tests/gpu/test_kernels            all shapes
  *   build/tests/gpu/test_kernels --small    small shapes only (for compute-sanitizer)
@@ -158,8 +158,17 @@ static void scatter_heads(Vec &dst, const Vec &src, int N, int C, int Cn, int K)
         for (int c = 0; c < Cn; c++) dst[(size_t)n * C + c] = src[((size_t)n * H + c / K) * K + c % K];
 }
 
+/* [N, C] rows <-> C/plane planes [N, plane] (plane j = channels [j*plane, (j+1)*plane)) */
+static Vec to_planar(const Vec &v, int N, int C, int plane) {
+    Vec o(v.size());
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) o[((size_t)(c / plane) * N + n) * plane + c % plane] = v[(size_t)n * C + c];
+    return o;
+}
+
+/* plane > 0: the delta-rule side (y, dy) planar, x and dx rows */
 template <typename T>
-static void test_conv(int B, int T_, int C, int Cn, int K, DNRng *r) {
+static void test_conv(int B, int T_, int C, int Cn, int K, int plane, DNRng *r) {
     const char *tn = tname((T *)0);
     const float eps = 1e-6f;
     int N = B * T_;
@@ -176,8 +185,9 @@ static void test_conv(int B, int T_, int C, int Cn, int K, DNRng *r) {
     }
     T *d_x = upload<T>(x), *d_y = alloc_poisoned<T>((size_t)N * C);
     float *d_w = upload<float>(w);
-    conv_silu_l2norm_forward(d_y, d_x, d_w, B, T_, C, Cn, K, eps, 0);
-    CHECK_REL(rel(download(d_y, y.size()), y), tol<T>(), "%s conv_silu_l2 fwd B=%d T=%d C=%d Cn=%d K=%d", tn, B, T_, C, Cn, K);
+    conv_silu_l2norm_forward(d_y, d_x, d_w, B, T_, C, Cn, K, eps, 0, plane);
+    CHECK_REL(rel(download(d_y, y.size()), plane ? to_planar(y, N, C, plane) : y), tol<T>(),
+              "%s conv_silu_l2 fwd    B=%d T=%d C=%d Cn=%d K=%d plane=%d", tn, B, T_, C, Cn, K, plane);
     /* backward: du = l2norm_backward(dy) on the normalised channels, then the conv backward */
     Vec dy = rand_vec<T>((size_t)N * C, r, 1.0f), du = dy;
     if (Cn > 0) {
@@ -189,15 +199,17 @@ static void test_conv(int B, int T_, int C, int Cn, int K, DNRng *r) {
     Vec dw0 = rand_vec<float>((size_t)C * 4, r, 1.0f);
     Vec rdx((size_t)N * C, 0.0f), rdw = dw0;
     ref_conv_silu_backward(rdx.data(), rdw.data(), du.data(), x.data(), w.data(), B, T_, C, 4);
-    T *d_dy = upload<T>(dy), *d_dx = alloc_poisoned<T>((size_t)N * C);
+    T *d_dy = upload<T>(plane ? to_planar(dy, N, C, plane) : dy), *d_dx = alloc_poisoned<T>((size_t)N * C);
     float *d_dw = upload<float>(dw0);
     float *d_scr = alloc_poisoned<float>(conv_silu_l2norm_backward_scratch_floats(B, T_, C, K));
-    conv_silu_l2norm_backward(d_dx, d_dw, d_scr, d_dy, d_x, d_w, B, T_, C, Cn, K, eps, 0);
-    CHECK_REL(rel(download(d_dx, rdx.size()), rdx), tol<T>(), "%s conv_silu_l2 bwd dx   B=%d T=%d C=%d Cn=%d", tn, B, T_, C, Cn);
+    conv_silu_l2norm_backward(d_dx, d_dw, d_scr, d_dy, d_x, d_w, B, T_, C, Cn, K, eps, 0, plane);
+    CHECK_REL(rel(download(d_dx, rdx.size()), rdx), tol<T>(),
+              "%s conv_silu_l2 bwd dx   B=%d T=%d C=%d Cn=%d K=%d plane=%d", tn, B, T_, C, Cn, K, plane);
     Vec dw1 = download(d_dw, rdw.size());
-    CHECK_REL(rel(dw1, rdw), tol<T>(), "%s conv_silu_l2 bwd dw+= B=%d T=%d C=%d Cn=%d", tn, B, T_, C, Cn);
+    CHECK_REL(rel(dw1, rdw), tol<T>(), "%s conv_silu_l2 bwd dw+= B=%d T=%d C=%d Cn=%d K=%d plane=%d", tn, B, T_, C, Cn,
+              K, plane);
     set(d_dw, dw0);
-    conv_silu_l2norm_backward(d_dx, d_dw, d_scr, d_dy, d_x, d_w, B, T_, C, Cn, K, eps, 0);
+    conv_silu_l2norm_backward(d_dx, d_dw, d_scr, d_dy, d_x, d_w, B, T_, C, Cn, K, eps, 0, plane);
     CHECK(same_bits(download(d_dw, rdw.size()), dw1), "%s conv dw not bitwise reproducible", tn);
     cudaFree(d_x); cudaFree(d_y); cudaFree(d_w); cudaFree(d_dy); cudaFree(d_dx); cudaFree(d_dw); cudaFree(d_scr);
 }
@@ -467,14 +479,25 @@ static void run_all(DNRng *r) {
             test_rmsnorm<T>(3, 5, resid, r);
         }
     }
-    /* conv + silu + l2norm: T = 1, T across time tiles (256 rows per block), K = 32, 64, 128, plain odd C */
-    test_conv<T>(1, 1, 96, 64, 32, r);
-    test_conv<T>(2, 37, 3 * 64, 128, 64, r);
-    test_conv<T>(2, 37, 45, 0, 128, r);
+    /* conv + silu + l2norm: T = 1, warps' row ranges across sequence starts (T = 37, 257, 300),
+     * K = 32, 64, 128 (heads of 8..32 lanes), 96 and 256 (K/32 channels per lane), plain odd C, a warp
+     * whose channels are partly normalised (C = 5*128, Cn = 3*128), the planar layout (plane = K, D) */
+    test_conv<T>(1, 1, 96, 64, 32, 0, r);
+    test_conv<T>(2, 37, 3 * 64, 128, 64, 0, r);
+    test_conv<T>(2, 37, 45, 0, 128, 0, r);
+    test_conv<T>(1, 1, 3 * 64, 128, 64, 64, r);
+    test_conv<T>(2, 37, 3 * 128, 256, 128, 128, r);
+    test_conv<T>(2, 37, 5 * 128, 3 * 128, 128, 0, r);
     if (!g_small) {
-        test_conv<T>(2, 300, 3 * 128, 256, 128, r);
-        test_conv<T>(1, 600, 3 * 768, 2 * 768, 128, r);
-        test_conv<T>(3, 257, 77, 0, 128, r);
+        test_conv<T>(2, 300, 3 * 128, 256, 128, 0, r);
+        test_conv<T>(1, 600, 3 * 768, 2 * 768, 128, 0, r);
+        test_conv<T>(3, 257, 77, 0, 128, 0, r);
+        test_conv<T>(2, 300, 768, 768, 128, 0, r);
+        test_conv<T>(2, 300, 768, 0, 128, 0, r);
+        test_conv<T>(3, 257, 3 * 768, 2 * 768, 128, 768, r);
+        test_conv<T>(2, 45, 3 * 96, 2 * 96, 96, 0, r);
+        test_conv<T>(2, 45, 3 * 96, 2 * 96, 96, 96, r);
+        test_conv<T>(1, 70, 2 * 256 + 64, 2 * 256, 256, 0, r);
     }
     test_sigmoid<T>(1, r);
     test_sigmoid<T>(7 * 33 * 6, r);
