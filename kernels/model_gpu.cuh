@@ -146,7 +146,7 @@ template <typename floatX> struct GPULayerActs {
     floatX *xn_mlp;     /* [N,D]   the MLP's input mlp_norm(mid) (kept too) */
     floatX *gu;         /* [N,2I]  gate|up projections (the backward overwrites them with their gradient) */
     /* DeltaNet */
-    floatX *qkv_pre;    /* [3][N,D] q, k, v projections before the conv */
+    floatX *qkv_pre;    /* [N,3D] rows q|k|v: the fused projection, before the conv */
     floatX *beta;       /* [N,H]   sigmoid(x W_b^T) */
     floatX *o;          /* [N,D]   delta-rule output [B,T,H,V] */
     float *rstd_o;      /* [N*H]   1/rms of each head of o */
@@ -272,7 +272,7 @@ static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
     GPU_KS(grad_norm_scratch_floats() * F);
     if (has_d) {
         GPU_KS(rmsnorm_backward_scratch_floats((int)(N * H), c->head_dim) * F);
-        GPU_KS(conv_silu_l2norm_backward_scratch_floats(m->B, m->T, (int)D, c->head_dim) * F);
+        GPU_KS(conv_silu_l2norm_backward_scratch_floats(m->B, m->T, 3 * (int)D, c->head_dim) * F);
         GPU_KS(beta_backward_scratch_floats((int)N, (int)D, c->n_head) * F);
         GPU_KS(deltarule_workspace_size<floatX>(m->B, m->T, c->n_head, c->head_dim, c->head_dim));
     }
@@ -320,6 +320,14 @@ static void gpu_model_create(GPUModel<floatX> *m, const DNConfig *cfg, int B, in
     if (dn_build_param_table(&m->t, cfg, err, sizeof err) || gpu_model_supported(cfg, err, sizeof err)) {
         fprintf(stderr, "model config: %s\n", err);
         exit(EXIT_FAILURE);
+    }
+    for (int l = 0; l < cfg->n_layer; l++) { /* the fused q|k|v products need their tensors adjacent */
+        const size_t *q = m->t.layer[l].p, DD = (size_t)cfg->d_model * cfg->d_model, D4 = (size_t)cfg->d_model * cfg->conv_size;
+        if (cfg->layers[l] == 'D' && (q[DN_P_K] != q[DN_P_Q] + DD || q[DN_P_V] != q[DN_P_K] + DD ||
+                                      q[DN_P_K_CONV] != q[DN_P_Q_CONV] + D4 || q[DN_P_V_CONV] != q[DN_P_K_CONV] + D4)) {
+            fprintf(stderr, "internal error: layer %d's q, k, v tensors are not adjacent in the parameter table\n", l);
+            exit(EXIT_FAILURE);
+        }
     }
     m->cfg = *cfg;
     m->B = B; m->T = T; m->accum = accum; m->stream = stream;
@@ -444,13 +452,12 @@ static void mixer_forward(GPUModel<floatX> *m, int l, int B, int T) {
     if (c->layers[l] == 'D') {
         const int H = c->n_head, K = c->head_dim;
         const size_t ND = (size_t)N * D;
-        for (int j = 0; j < 3; j++) { /* q, k, v: projection, then conv + silu (+ L2 norm for q, k) */
-            matmul_forward(m->mm, a->qkv_pre + j * ND, a->xn_attn, m->wx + P[DN_P_Q + j], N, D, D, 0, st);
-            prof_mark(m->prof, "fwd matmuls", st);
-            conv_silu_l2norm_forward(s->big1 + j * ND, a->qkv_pre + j * ND, m->params + P[DN_P_Q_CONV + j], B, T, D,
-                                     j < 2 ? D : 0, K, GPU_L2_EPS, st);
-            prof_mark(m->prof, "fwd conv+silu+l2", st);
-        }
+        /* q|k|v: one projection with the adjacent [3D, D] weights into rows q|k|v, then one conv + silu
+         * (+ L2 norm on q, k) over the 3D channels, written as the three [N, D] planes the delta rule reads */
+        matmul_forward(m->mm, a->qkv_pre, a->xn_attn, m->wx + P[DN_P_Q], N, D, 3 * D, 0, st);
+        prof_mark(m->prof, "fwd matmuls", st);
+        conv_silu_l2norm_forward(s->big1, a->qkv_pre, m->params + P[DN_P_Q_CONV], B, T, 3 * D, 2 * D, K, GPU_L2_EPS, st, D);
+        prof_mark(m->prof, "fwd conv+silu+l2", st);
         beta_forward(a->beta, a->xn_attn, m->wx + P[DN_P_B], N, D, H, st);
         prof_mark(m->prof, "fwd beta", st);
         deltarule_forward(a->o, a->dr_saved, s->big1, s->big1 + ND, s->big1 + 2 * ND, a->beta, 1.0f / sqrtf((float)K),
@@ -574,9 +581,7 @@ static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
         prof_mark(m->prof, "bwd norms", st);
         /* the delta rule, from the recomputed q, k, v */
         const size_t ND = (size_t)N * D;
-        for (int j = 0; j < 3; j++)
-            conv_silu_l2norm_forward(s->big1 + j * ND, a->qkv_pre + j * ND, m->params + P[DN_P_Q_CONV + j], B, T, D,
-                                     j < 2 ? D : 0, K, GPU_L2_EPS, st);
+        conv_silu_l2norm_forward(s->big1, a->qkv_pre, m->params + P[DN_P_Q_CONV], B, T, 3 * D, 2 * D, K, GPU_L2_EPS, st, D);
         prof_mark(m->prof, "bwd conv+silu+l2", st);
         deltarule_backward(s->big2, s->big2 + ND, s->big2 + 2 * ND, s->dbeta, s->a, a->dr_saved, s->big1, s->big1 + ND,
                            s->big1 + 2 * ND, a->beta, 1.0f / sqrtf((float)K), s->kscratch, B, T, H, K, K, st);
@@ -585,16 +590,13 @@ static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
         beta_backward(s->a, G + P[DN_P_B], (float *)s->kscratch, s->dbeta, a->beta, a->xn_attn, m->wx + P[DN_P_B], N, D, H,
                       0, st);
         prof_mark(m->prof, "bwd beta", st);
-        /* q, k, v: conv + silu (+ L2 norm), projection */
-        for (int j = 0; j < 3; j++) {
-            conv_silu_l2norm_backward(s->big1 + j * ND, G + P[DN_P_Q_CONV + j], (float *)s->kscratch, s->big2 + j * ND,
-                                      a->qkv_pre + j * ND, m->params + P[DN_P_Q_CONV + j], B, T, D, j < 2 ? D : 0, K,
-                                      GPU_L2_EPS, st);
-            prof_mark(m->prof, "bwd conv+silu+l2", st);
-            matmul_backward_weight(m->mm, G + P[DN_P_Q + j], s->big1 + j * ND, a->xn_attn, N, D, D, st);
-            matmul_backward_data(m->mm, s->a, s->big1 + j * ND, m->wx + P[DN_P_Q + j], N, D, D, 1, st);
-            prof_mark(m->prof, "bwd matmuls", st);
-        }
+        /* q|k|v: conv + silu (+ L2 norm) from the planes dq, dk, dv into rows dq|dk|dv, then the fused projection */
+        conv_silu_l2norm_backward(s->big1, G + P[DN_P_Q_CONV], (float *)s->kscratch, s->big2, a->qkv_pre,
+                                  m->params + P[DN_P_Q_CONV], B, T, 3 * D, 2 * D, K, GPU_L2_EPS, st, D);
+        prof_mark(m->prof, "bwd conv+silu+l2", st);
+        matmul_backward_weight(m->mm, G + P[DN_P_Q], s->big1, a->xn_attn, N, D, 3 * D, st);
+        matmul_backward_data(m->mm, s->a, s->big1, m->wx + P[DN_P_Q], N, D, 3 * D, 1, st);
+        prof_mark(m->prof, "bwd matmuls", st);
     } else {
         const int Hq = c->attn_heads, Hkv = c->attn_kv_heads, dh = D / Hq, kvd = Hkv * dh;
         const int window = c->layers[l] == 'S' ? c->window : 0;
