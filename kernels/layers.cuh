@@ -117,18 +117,6 @@ void sigmoid_forward(Tout *out, const Tin *inp, int count, cudaStream_t stream);
 template <typename Tdinp, typename Tdout, typename Tout>
 void sigmoid_backward(Tdinp *dinp, const Tdout *dout, const Tout *out, int count, cudaStream_t stream);
 
-/* ---- beta: DeltaNet's sigmoid(x W_b^T) with few heads, projection and sigmoid fused ---- */
-/* beta [N,H] = sigmoid(x [N,C] w^T), w floatX [H,C], H <= 16. */
-template <typename floatX>
-void beta_forward(floatX *beta, const floatX *x, const floatX *w, int N, int C, int H, cudaStream_t stream);
-/* Scratch floats beta_backward needs (per-block partial dW). */
-inline size_t beta_backward_scratch_floats(int N, int C, int H);
-/* From dbeta [N,H] and the forward's beta: g = dbeta beta (1 - beta); dx [N,C] = g w (+= with
- * accumulate), dw (fp32 [H,C]) += g^T x (deterministic). */
-template <typename floatX>
-void beta_backward(floatX *dx, float *dw, float *scratch, const floatX *dbeta, const floatX *beta, const floatX *x,
-                   const floatX *w, int N, int C, int H, int accumulate, cudaStream_t stream);
-
 /* ---- SwiGLU ---- */
 /* gu [N,2I] rows gate|up; out [N,I] = silu(gate) * up. */
 template <typename floatX>
@@ -1015,103 +1003,6 @@ __global__ void swiglu_backward_kernel(floatX *dgu, floatX *y, const floatX *dou
 }
 
 // ----------------------------------------------------------------------------
-// beta = sigmoid(x W_b^T) with H <= 16 rows in W_b. As a cuBLAS product its 6 output columns keep
-// the tensor cores ~1% busy and cost three launches per direction; here it is one pass over x.
-// Forward: a warp per row, H warp sums (W_b read through L1). Backward: a block owns
-// BETA_ROWS rows and every column (thread t: columns [t VEC, t VEC + VEC)), keeps its slice of
-// W_b and of the block's partial dW in registers, and walks the rows: dx = g W_b, dW += g^T x.
-
-#define BETA_ROWS 64
-#define BETA_BATCH 4
-#define BETA_FWD_WARPS 8
-
-template <typename floatX, int VEC, int HM>
-__global__ void __launch_bounds__(BETA_FWD_WARPS * 32)
-beta_forward_kernel(floatX *beta, const floatX *x, const floatX *w, int N, int C, int H) {
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int n = blockIdx.x * BETA_FWD_WARPS + warp;
-    if (n >= N) return;
-    float acc[HM];
-#pragma unroll
-    for (int h = 0; h < HM; h++) acc[h] = 0.0f;
-    for (int j = lane * VEC; j < C; j += 32 * VEC) {
-        float xv[VEC];
-        load_f<floatX, VEC>(xv, x + (size_t)n * C + j);
-#pragma unroll
-        for (int h = 0; h < HM; h++)
-            if (h < H) {
-                float wv[VEC]; /* W_b is small: L1 hits after the first row */
-                load_f<floatX, VEC>(wv, w + (size_t)h * C + j);
-#pragma unroll
-                for (int k = 0; k < VEC; k++) acc[h] += xv[k] * wv[k];
-            }
-    }
-#pragma unroll
-    for (int h = 0; h < HM; h++)
-        if (h < H) {
-            float v = group_sum<32>(acc[h]);
-            if (lane == h) beta[(size_t)n * H + h] = from_f<floatX>(sigmoid_f(v));
-        }
-}
-
-template <typename floatX, int VEC, int HM>
-__global__ void beta_backward_kernel(floatX *dx, float *partial, const floatX *dbeta, const floatX *beta,
-                                     const floatX *x, const floatX *w, int N, int C, int H, int accumulate) {
-    __shared__ float sg[BETA_ROWS][HM];
-    int r0 = blockIdx.x * BETA_ROWS;
-    for (int i = threadIdx.x; i < BETA_ROWS * HM; i += blockDim.x) {
-        int r = i / HM, h = i % HM;
-        float g = 0.0f;
-        if (r0 + r < N && h < H) {
-            float b = to_f<floatX>(beta[(size_t)(r0 + r) * H + h]);
-            g = to_f<floatX>(dbeta[(size_t)(r0 + r) * H + h]) * b * (1.0f - b);
-        }
-        sg[r][h] = g;
-    }
-    __syncthreads();
-    int j = threadIdx.x * VEC;
-    if (j >= C) return;
-    float wr[HM][VEC], dw[HM][VEC];
-#pragma unroll
-    for (int h = 0; h < HM; h++) {
-        if (h < H) load_f<floatX, VEC>(wr[h], w + (size_t)h * C + j);
-#pragma unroll
-        for (int k = 0; k < VEC; k++) { dw[h][k] = 0.0f; if (h >= H) wr[h][k] = 0.0f; }
-    }
-    int rend = min(BETA_ROWS, N - r0);
-    for (int rb = 0; rb < rend; rb += BETA_BATCH) { /* BETA_BATCH rows' loads in flight together */
-        float xv[BETA_BATCH][VEC], d[BETA_BATCH][VEC];
-#pragma unroll
-        for (int b = 0; b < BETA_BATCH; b++) {
-            const size_t off = (size_t)(r0 + rb + b) * C + j;
-#pragma unroll
-            for (int k = 0; k < VEC; k++) { xv[b][k] = 0.0f; d[b][k] = 0.0f; }
-            if (rb + b < rend) {
-                load_f<floatX, VEC>(xv[b], x + off);
-                if (accumulate) load_f<floatX, VEC>(d[b], dx + off);
-            }
-        }
-#pragma unroll
-        for (int b = 0; b < BETA_BATCH; b++) {
-#pragma unroll
-            for (int h = 0; h < HM; h++) {
-                float g = sg[rb + b][h]; /* 0 past the end */
-#pragma unroll
-                for (int k = 0; k < VEC; k++) { d[b][k] += g * wr[h][k]; dw[h][k] += g * xv[b][k]; }
-            }
-            if (rb + b < rend) store_f<floatX, VEC>(dx + (size_t)(r0 + rb + b) * C + j, d[b]);
-        }
-    }
-    float *dst = partial + (size_t)blockIdx.x * H * C;
-#pragma unroll
-    for (int h = 0; h < HM; h++)
-        if (h < H) {
-#pragma unroll
-            for (int k = 0; k < VEC; k++) dst[(size_t)h * C + j + k] = dw[h][k];
-        }
-}
-
-// ----------------------------------------------------------------------------
 // softmax cross-entropy: one block per row, online (max, sum) in one pass, gradient in a second.
 
 #define XENT_THREADS 512
@@ -1407,51 +1298,6 @@ void sigmoid_backward(Tdinp *dinp, const Tdout *dout, const Tout *out, int count
     if (count <= 0) return;
     sigmoid_backward_kernel<Tdinp, Tdout, Tout><<<ceil_div(count, 256), 256, 0, stream>>>(dinp, dout, out, count);
     cudaCheckLaunch();
-}
-
-/* Calls f.template operator()<VEC, HM>() for the beta kernels: HM (4, 8, 16) the smallest >= H,
- * VEC the widest access the row allows (with 16 heads at most 4, to keep W_b's slice in registers). */
-template <typename floatX, typename F>
-inline void beta_dispatch(int C, int H, bool aligned, F &&f) {
-    if (H < 1 || H > 16) { fprintf(stderr, "beta: H=%d heads, 1..16 supported\n", H); exit(EXIT_FAILURE); }
-    constexpr int V = vec16<floatX>(), V4 = V < 4 ? V : 4;
-    const bool v = aligned && C % V == 0, v4 = aligned && C % V4 == 0;
-    if (H <= 4) { if (v) f.template operator()<V, 4>(); else f.template operator()<1, 4>(); }
-    else if (H <= 8) { if (v) f.template operator()<V, 8>(); else f.template operator()<1, 8>(); }
-    else { if (v4) f.template operator()<V4, 16>(); else f.template operator()<1, 16>(); }
-}
-template <typename floatX> struct BetaFwdLaunch {
-    floatX *beta; const floatX *x, *w; int N, C, H; cudaStream_t st;
-    template <int VEC, int HM> void operator()() const {
-        beta_forward_kernel<floatX, VEC, HM><<<ceil_div(N, BETA_FWD_WARPS), BETA_FWD_WARPS * 32, 0, st>>>(beta, x, w, N, C, H);
-    }
-};
-template <typename floatX> struct BetaBwdLaunch {
-    floatX *dx; float *partial; const floatX *dbeta, *beta, *x, *w; int N, C, H, accumulate, nb; cudaStream_t st;
-    template <int VEC, int HM> void operator()() const {
-        const int threads = ceil_div(C, VEC);
-        if (threads > 1024) { fprintf(stderr, "beta_backward: C=%d is too wide\n", C); exit(EXIT_FAILURE); }
-        beta_backward_kernel<floatX, VEC, HM><<<nb, ceil_div(threads, 32) * 32, 0, st>>>(dx, partial, dbeta, beta, x, w, N, C, H, accumulate);
-    }
-};
-
-template <typename floatX>
-void beta_forward(floatX *beta, const floatX *x, const floatX *w, int N, int C, int H, cudaStream_t stream) {
-    if (N <= 0) return;
-    beta_dispatch<floatX>(C, H, al16(x, w), BetaFwdLaunch<floatX>{beta, x, w, N, C, H, stream});
-    cudaCheckLaunch();
-}
-
-inline size_t beta_backward_scratch_floats(int N, int C, int H) { return (size_t)ceil_div(N, BETA_ROWS) * H * C; }
-
-template <typename floatX>
-void beta_backward(floatX *dx, float *dw, float *scratch, const floatX *dbeta, const floatX *beta, const floatX *x,
-                   const floatX *w, int N, int C, int H, int accumulate, cudaStream_t stream) {
-    if (N <= 0) return;
-    const int nb = ceil_div(N, BETA_ROWS);
-    beta_dispatch<floatX>(C, H, al16(dx, x, w), BetaBwdLaunch<floatX>{dx, scratch, dbeta, beta, x, w, N, C, H, accumulate, nb, stream});
-    cudaCheckLaunch();
-    colsum_add(dw, scratch, nb, H * C, stream);
 }
 
 template <typename floatX>

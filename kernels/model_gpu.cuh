@@ -166,6 +166,7 @@ template <typename floatX> struct GPUScratch {
     floatX *dres;       /* [N,D]   gradient of the residual stream */
     floatX *big1;       /* [N*max(3D,I)]         q, k, v ([3][N,D]), silu(g)*u, their gradients */
     floatX *big2;       /* [N*max(3D,D+2 kvd)]   dq, dk, dv */
+    floatX *bpre;       /* [N,H]   x W_b^T, then its gradient */
     floatX *dbeta;      /* [N,H] */
     floatX *logits;     /* [head_rows,Vp] */
     float *losses;      /* [N] */
@@ -260,6 +261,7 @@ static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
     GPU_ACT("dres", N * D * X, &s->dres);
     GPU_ACT("big1", N * big1 * X, &s->big1);
     GPU_ACT("big2", N * big2 * X, &s->big2);
+    GPU_ACT("bpre", N * H * X, &s->bpre);
     GPU_ACT("dbeta", N * H * X, &s->dbeta);
     GPU_ACT("logits", (size_t)m->head_rows * Vp * X, &s->logits);
     GPU_ACT("losses", N * F, &s->losses);
@@ -273,7 +275,6 @@ static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
     if (has_d) {
         GPU_KS(rmsnorm_backward_scratch_floats((int)(N * H), c->head_dim) * F);
         GPU_KS(conv_silu_l2norm_backward_scratch_floats(m->B, m->T, 3 * (int)D, c->head_dim) * F);
-        GPU_KS(beta_backward_scratch_floats((int)N, (int)D, c->n_head) * F);
         GPU_KS(deltarule_workspace_size<floatX>(m->B, m->T, c->n_head, c->head_dim, c->head_dim));
     }
     if (has_a) GPU_KS(attention_backward_scratch_bytes(m->B, m->T, (int)Hq, (int)dh));
@@ -458,7 +459,8 @@ static void mixer_forward(GPUModel<floatX> *m, int l, int B, int T) {
         prof_mark(m->prof, "fwd matmuls", st);
         conv_silu_l2norm_forward(s->big1, a->qkv_pre, m->params + P[DN_P_Q_CONV], B, T, 3 * D, 2 * D, K, GPU_L2_EPS, st, D);
         prof_mark(m->prof, "fwd conv+silu+l2", st);
-        beta_forward(a->beta, a->xn_attn, m->wx + P[DN_P_B], N, D, H, st);
+        matmul_forward(m->mm, s->bpre, a->xn_attn, m->wx + P[DN_P_B], N, D, H, 0, st);
+        sigmoid_forward(a->beta, s->bpre, N * H, st);
         prof_mark(m->prof, "fwd beta", st);
         deltarule_forward(a->o, a->dr_saved, s->big1, s->big1 + ND, s->big1 + 2 * ND, a->beta, 1.0f / sqrtf((float)K),
                           s->kscratch, B, T, H, K, K, st);
@@ -587,8 +589,9 @@ static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
                            s->big1 + 2 * ND, a->beta, 1.0f / sqrtf((float)K), s->kscratch, B, T, H, K, K, st);
         prof_mark(m->prof, "bwd delta rule", st);
         /* beta's sigmoid and projection */
-        beta_backward(s->a, G + P[DN_P_B], (float *)s->kscratch, s->dbeta, a->beta, a->xn_attn, m->wx + P[DN_P_B], N, D, H,
-                      0, st);
+        sigmoid_backward(s->bpre, s->dbeta, a->beta, N * H, st);
+        matmul_backward_weight(m->mm, G + P[DN_P_B], s->bpre, a->xn_attn, N, D, H, st);
+        matmul_backward_data(m->mm, s->a, s->bpre, m->wx + P[DN_P_B], N, D, H, 0, st);
         prof_mark(m->prof, "bwd beta", st);
         /* q|k|v: conv + silu (+ L2 norm) from the planes dq, dk, dv into rows dq|dk|dv, then the fused projection */
         conv_silu_l2norm_backward(s->big1, G + P[DN_P_Q_CONV], (float *)s->kscratch, s->big2, a->qkv_pre,

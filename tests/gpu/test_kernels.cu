@@ -269,53 +269,6 @@ static void test_swiglu(int N, int I, DNRng *r) {
     cudaFree(d_gu); cudaFree(d_dy); cudaFree(d_y); cudaFree(d_dgu);
 }
 
-/* ---- beta = sigmoid(x W_b^T), fused ------------------------------------------------------------ */
-
-template <typename T>
-static void test_beta(int N, int C, int H, int accumulate, DNRng *r) {
-    const char *tn = tname((T *)0);
-    Vec x = rand_vec<T>((size_t)N * C, r, 1.0f), w = rand_vec<T>((size_t)H * C, r, 0.05f);
-    Vec dbeta = rand_vec<T>((size_t)N * H, r, 1.0f), dx0 = rand_vec<T>((size_t)N * C, r, 1.0f);
-    Vec dw0 = rand_vec<float>((size_t)H * C, r, 1.0f);
-    /* reference in double: z = x w^T, beta = s(z); g = dbeta beta (1 - beta) with beta as stored */
-    Vec rb((size_t)N * H), rdx((size_t)N * C), rdw((size_t)H * C);
-    std::vector<double> g((size_t)N * H);
-    for (int n = 0; n < N; n++)
-        for (int h = 0; h < H; h++) {
-            double z = 0;
-            for (int c = 0; c < C; c++) z += (double)x[(size_t)n * C + c] * w[(size_t)h * C + c];
-            rb[(size_t)n * H + h] = (float)(1.0 / (1.0 + exp(-z)));
-            double b = round_to<T>(rb[(size_t)n * H + h]);
-            g[(size_t)n * H + h] = dbeta[(size_t)n * H + h] * b * (1.0 - b);
-        }
-    for (int n = 0; n < N; n++)
-        for (int c = 0; c < C; c++) {
-            double d = accumulate ? dx0[(size_t)n * C + c] : 0.0;
-            for (int h = 0; h < H; h++) d += g[(size_t)n * H + h] * w[(size_t)h * C + c];
-            rdx[(size_t)n * C + c] = (float)d;
-        }
-    for (int h = 0; h < H; h++)
-        for (int c = 0; c < C; c++) {
-            double d = dw0[(size_t)h * C + c];
-            for (int n = 0; n < N; n++) d += g[(size_t)n * H + h] * x[(size_t)n * C + c];
-            rdw[(size_t)h * C + c] = (float)d;
-        }
-    T *d_x = upload<T>(x), *d_w = upload<T>(w), *d_b = alloc_poisoned<T>((size_t)N * H), *d_db = upload<T>(dbeta);
-    T *d_dx = accumulate ? upload<T>(dx0) : alloc_poisoned<T>((size_t)N * C);
-    float *d_dw = upload<float>(dw0), *d_scr = alloc_poisoned<float>(beta_backward_scratch_floats(N, C, H));
-    beta_forward(d_b, d_x, d_w, N, C, H, 0);
-    CHECK_REL(rel(download(d_b, rb.size()), rb), tol<T>(), "%s beta fwd N=%d C=%d H=%d", tn, N, C, H);
-    beta_backward(d_dx, d_dw, d_scr, d_db, d_b, d_x, d_w, N, C, H, accumulate, 0);
-    CHECK_REL(rel(download(d_dx, rdx.size()), rdx), tol<T>(), "%s beta bwd dx%s N=%d C=%d H=%d", tn, accumulate ? " +=" : "", N, C, H);
-    Vec dw1 = download(d_dw, rdw.size());
-    CHECK_REL(rel(dw1, rdw), tol<T>(), "%s beta bwd dW N=%d C=%d H=%d", tn, N, C, H);
-    set<float>(d_dw, dw0);
-    if (accumulate) set<T>(d_dx, dx0);
-    beta_backward(d_dx, d_dw, d_scr, d_db, d_b, d_x, d_w, N, C, H, accumulate, 0);
-    CHECK(same_bits(download(d_dw, rdw.size()), dw1), "%s beta dW not bitwise reproducible", tn);
-    cudaFree(d_x); cudaFree(d_w); cudaFree(d_b); cudaFree(d_db); cudaFree(d_dx); cudaFree(d_dw); cudaFree(d_scr);
-}
-
 /* ---- embedding --------------------------------------------------------------------------------- */
 
 template <typename T>
@@ -504,12 +457,6 @@ static void run_all(DNRng *r) {
     test_swiglu<T>(1, 24, r);
     test_swiglu<T>(7 * 33, 13, r);
     if (!g_small) test_swiglu<T>(7 * 33, 2048, r);
-    /* fused beta: N = 1, rows across blocks, odd C (scalar path), H = 1, 6, 8, 12, 16 */
-    test_beta<T>(1, 64, 6, 0, r);
-    test_beta<T>(7 * 33, 72, 6, 1, r);
-    test_beta<T>(37, 45, 12, 0, r);
-    test_beta<T>(37, 128, 1, 1, r);
-    if (!g_small) { test_beta<T>(1000, 768, 6, 1, r); test_beta<T>(300, 1024, 16, 0, r); test_beta<T>(130, 2048, 3, 1, r); test_beta<T>(77, 256, 8, 1, r); }
     /* embedding: long runs of one token across chunks, many distinct tokens, odd D */
     test_embedding<T>(7 * 33, 72, 100, 128, 1, r);
     test_embedding<T>(7 * 33, 37, 100, 100, 7, r);
