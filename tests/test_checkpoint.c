@@ -117,6 +117,16 @@ static void expect_refused(const char *path, const char *what, const char *needl
     if (rc == 0) free(p);
 }
 
+/* Write the edited header root (then freed) over data to path and expect the reader to refuse it. */
+static void expect_refused_json(const char *path, cJSON *root, const unsigned char *data, size_t ndata,
+                                const char *what, const char *needle) {
+    char *j = cJSON_PrintUnformatted(root);
+    write_with_header(path, j, data, ndata);
+    expect_refused(path, what, needle);
+    free(j);
+    cJSON_Delete(root);
+}
+
 static void test_roundtrip_and_corruption(void) {
     DNConfig c, c2;
     DNParamTable t;
@@ -215,11 +225,7 @@ static void test_roundtrip_and_corruption(void) {
     {
         cJSON *root = cJSON_Parse(json);
         cJSON_DeleteItemFromObject(root, "model.norm.weight");
-        char *j = cJSON_PrintUnformatted(root);
-        write_with_header(bad, j, data, ndata);
-        expect_refused(bad, "tensor removed from header", "the tensors cover");
-        free(j);
-        cJSON_Delete(root);
+        expect_refused_json(bad, root, data, ndata, "tensor removed from header", "the tensors cover");
         /* same, but also cut its bytes off: now it is plainly missing */
         root = cJSON_Parse(json);
         cJSON *nw = cJSON_GetObjectItem(root, "model.norm.weight");
@@ -227,11 +233,7 @@ static void test_roundtrip_and_corruption(void) {
         double b0 = cJSON_GetArrayItem(ofs, 0)->valuedouble, b1 = cJSON_GetArrayItem(ofs, 1)->valuedouble;
         CHECK(b1 == (double)ndata, "test setup: model.norm.weight is the last tensor of a tied model");
         cJSON_DeleteItemFromObject(root, "model.norm.weight");
-        j = cJSON_PrintUnformatted(root);
-        write_with_header(bad, j, data, (size_t)b0);
-        expect_refused(bad, "missing tensor", "missing tensor 'model.norm.weight'");
-        free(j);
-        cJSON_Delete(root);
+        expect_refused_json(bad, root, data, (size_t)b0, "missing tensor", "missing tensor 'model.norm.weight'");
         /* extra tensor */
         root = cJSON_Parse(json);
         cJSON *x = cJSON_AddObjectToObject(root, "model.layers.9.attn.q_proj.weight");
@@ -241,44 +243,29 @@ static void test_roundtrip_and_corruption(void) {
         cJSON *o = cJSON_AddArrayToObject(x, "data_offsets");
         cJSON_AddItemToArray(o, cJSON_CreateNumber((double)ndata));
         cJSON_AddItemToArray(o, cJSON_CreateNumber((double)ndata + 8));
-        j = cJSON_PrintUnformatted(root);
         unsigned char *d2 = xcalloc(ndata + 8, 1);
         memcpy(d2, data, ndata);
-        write_with_header(bad, j, d2, ndata + 8);
-        expect_refused(bad, "extra tensor", "unexpected tensor 'model.layers.9");
-        free(j); free(d2);
-        cJSON_Delete(root);
+        expect_refused_json(bad, root, d2, ndata + 8, "extra tensor", "unexpected tensor 'model.layers.9");
+        free(d2);
         /* wrong shape (same byte count: [32] -> [2,16]) */
         root = cJSON_Parse(json);
         nw = cJSON_GetObjectItem(root, "model.norm.weight");
         cJSON_ReplaceItemInObject(nw, "shape", cJSON_CreateIntArray((const int[]){2, 16}, 2));
-        j = cJSON_PrintUnformatted(root);
-        write_with_header(bad, j, data, ndata);
-        expect_refused(bad, "wrong shape", "shape [2,16], the config needs [32]");
-        free(j);
-        cJSON_Delete(root);
+        expect_refused_json(bad, root, data, ndata, "wrong shape", "shape [2,16], the config needs [32]");
         /* overlapping byte ranges: point model.norm.weight at the bytes of the tensor before it */
         root = cJSON_Parse(json);
         nw = cJSON_GetObjectItem(root, "model.norm.weight");
         ofs = cJSON_GetObjectItem(nw, "data_offsets");
         cJSON_ReplaceItemInArray(ofs, 0, cJSON_CreateNumber(b0 - 128));
         cJSON_ReplaceItemInArray(ofs, 1, cJSON_CreateNumber(b1 - 128));
-        j = cJSON_PrintUnformatted(root);
-        write_with_header(bad, j, data, ndata);
-        expect_refused(bad, "overlapping byte ranges", "overlaps");
-        free(j);
-        cJSON_Delete(root);
+        expect_refused_json(bad, root, data, ndata, "overlapping byte ranges", "overlaps");
         /* byte range past the data */
         root = cJSON_Parse(json);
         nw = cJSON_GetObjectItem(root, "model.norm.weight");
         ofs = cJSON_GetObjectItem(nw, "data_offsets");
         cJSON_ReplaceItemInArray(ofs, 0, cJSON_CreateNumber(b0 + 64));
         cJSON_ReplaceItemInArray(ofs, 1, cJSON_CreateNumber(b1 + 64));
-        j = cJSON_PrintUnformatted(root);
-        write_with_header(bad, j, data, ndata);
-        expect_refused(bad, "byte range past the data", "past the end of the data");
-        free(j);
-        cJSON_Delete(root);
+        expect_refused_json(bad, root, data, ndata, "byte range past the data", "past the end of the data");
     }
     /* trailing garbage after the data */
     {
