@@ -35,6 +35,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -54,6 +55,45 @@ void dn_seterr(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)))
 #endif
     ;
+
+/* ----------------------------------------------------------------------------------------------
+ * Files. Every reader and writer of the project goes through these: readers open only regular
+ * files (a FIFO would block forever, a directory reads as garbage), strings that came from a file
+ * are escaped before they are printed, paths are built with a length check, and files that matter
+ * are written atomically. */
+
+#define DN_PATH_MAX 4096  /* the longest path the tools build (Linux's PATH_MAX) */
+#define DN_ESC_LEN 80     /* a buffer that holds one escaped, cut string for a message */
+
+/* Copy s (len bytes, or up to its NUL if len == (size_t)-1) into buf (cap bytes) with control
+ * characters, quotes, backslashes and bytes >= 0x7f escaped (\n, \t, \", \\, \xNN), cut with
+ * "..." when it does not fit. Returns buf, always NUL-terminated. */
+const char *dn_escape(char *buf, size_t cap, const char *s, size_t len);
+/* Open path for reading if it is a regular file; otherwise NULL with a one-line err naming what it
+ * is ("a FIFO", "a directory", ...). Never blocks. The FILE is opened "rb". */
+FILE *dn_open_regular(const char *path, char *err, size_t errlen);
+/* snprintf into a path buffer of cap bytes: 0, or -1 with err "path too long" if it does not fit. */
+int dn_path(char *buf, size_t cap, char *err, size_t errlen, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 5, 6)))
+#endif
+    ;
+
+/* An atomic write: dn_atomic_begin removes stale temporaries of path (<path>.tmp.<pid> left by a
+ * process that no longer exists, say one killed with -9), then creates <path>.tmp.<our pid> with
+ * O_CREAT|O_EXCL|O_NOFOLLOW (never through a planted link); write to a.f; dn_atomic_commit
+ * flushes, fsyncs, closes, renames it over path and fsyncs the directory; dn_atomic_abort closes
+ * and removes it. Both return 0 or -1 with err; on any failure nothing is left behind. */
+typedef struct {
+    FILE *f;
+    char path[DN_PATH_MAX];
+    char tmp[DN_PATH_MAX];
+} DNAtomic;
+int dn_atomic_begin(DNAtomic *a, const char *path, char *err, size_t errlen);
+int dn_atomic_commit(DNAtomic *a, char *err, size_t errlen);
+void dn_atomic_abort(DNAtomic *a);
+/* Remove the stale temporaries of path (see dn_atomic_begin). Returns how many were removed. */
+int dn_remove_stale_temps(const char *path);
 
 /* ----------------------------------------------------------------------------------------------
  * Config */
@@ -221,7 +261,11 @@ int dn_state_read(const char *path, const DNParamTable *t, float *m, float *v, D
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <unistd.h>
 #include <cjson/cJSON.h>
 
@@ -231,6 +275,148 @@ void dn_seterr(char *err, size_t errlen, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
+}
+
+/* ---- files ----------------------------------------------------------------------------------- */
+
+const char *dn_escape(char *buf, size_t cap, const char *s, size_t len) {
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    if (!buf || cap == 0) return buf;
+    if (!s) s = "(null)";
+    if (len == (size_t)-1) len = strlen(s);
+    for (size_t i = 0; i < len; i++) {
+        const unsigned char c = (unsigned char)s[i];
+        char e[5];
+        size_t n = 0;
+        if (c == '\n') { e[0] = '\\'; e[1] = 'n'; n = 2; }
+        else if (c == '\t') { e[0] = '\\'; e[1] = 't'; n = 2; }
+        else if (c == '\r') { e[0] = '\\'; e[1] = 'r'; n = 2; }
+        else if (c == '"' || c == '\\') { e[0] = '\\'; e[1] = (char)c; n = 2; }
+        else if (c < 0x20 || c >= 0x7f) { e[0] = '\\'; e[1] = 'x'; e[2] = hex[c >> 4]; e[3] = hex[c & 15]; n = 4; }
+        else { e[0] = (char)c; n = 1; }
+        /* keep room for "..." and the NUL unless this is the last character */
+        const size_t need = n + (i + 1 < len ? 3 : 0);
+        if (o + need + 1 > cap) {
+            if (cap >= 4) { while (o + 4 > cap) o--; memcpy(buf + o, "...", 3); o += 3; }
+            break;
+        }
+        memcpy(buf + o, e, n);
+        o += n;
+    }
+    buf[o < cap ? o : cap - 1] = 0;
+    return buf;
+}
+
+static const char *dn_file_kind(mode_t m) {
+    return S_ISDIR(m) ? "a directory" : S_ISFIFO(m) ? "a FIFO" : S_ISCHR(m) ? "a character device"
+         : S_ISBLK(m) ? "a block device" : S_ISSOCK(m) ? "a socket" : "not a regular file";
+}
+
+FILE *dn_open_regular(const char *path, char *err, size_t errlen) {
+    /* O_NONBLOCK: opening a FIFO with no writer would otherwise block before fstat can refuse it */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) { dn_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return NULL; }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) { dn_seterr(err, errlen, "%s: cannot stat: %s", path, strerror(errno)); close(fd); return NULL; }
+    if (!S_ISREG(sb.st_mode)) { dn_seterr(err, errlen, "%s: is %s, not a regular file", path, dn_file_kind(sb.st_mode)); close(fd); return NULL; }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) { dn_seterr(err, errlen, "%s: %s", path, strerror(errno)); close(fd); return NULL; }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) { dn_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); close(fd); }
+    return f;
+}
+
+int dn_path(char *buf, size_t cap, char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, cap, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= cap) {
+        char e[DN_ESC_LEN];
+        dn_seterr(err, errlen, "path too long (%d bytes, at most %zu): %s", n, cap - 1, dn_escape(e, sizeof e, buf, (size_t)-1));
+        if (cap) buf[0] = 0;
+        return -1;
+    }
+    return 0;
+}
+
+/* Split path into its directory (or ".") and base name. */
+static void dn_split_path(const char *path, char *dir, size_t dcap, const char **base) {
+    const char *sl = strrchr(path, '/');
+    *base = sl ? sl + 1 : path;
+    if (!sl) snprintf(dir, dcap, ".");
+    else if (sl == path) snprintf(dir, dcap, "/");
+    else snprintf(dir, dcap, "%.*s", (int)(sl - path), path);
+}
+
+int dn_remove_stale_temps(const char *path) {
+    char dir[DN_PATH_MAX];
+    const char *base;
+    if (strlen(path) >= sizeof dir) return 0;
+    dn_split_path(path, dir, sizeof dir, &base);
+    const size_t bl = strlen(base);
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int removed = 0;
+    for (struct dirent *de; (de = readdir(d)) != NULL;) {
+        const char *n = de->d_name;
+        if (strncmp(n, base, bl) || strncmp(n + bl, ".tmp.", 5)) continue;
+        const char *pid = n + bl + 5;
+        char *end = NULL;
+        errno = 0;
+        long p = strtol(pid, &end, 10);
+        if (errno || end == pid || *end || p <= 0) continue;
+        if (p != (long)getpid() && !(kill((pid_t)p, 0) != 0 && errno == ESRCH)) continue; /* its writer still runs */
+        char full[DN_PATH_MAX];
+        if (dn_path(full, sizeof full, NULL, 0, "%s/%s", dir, n)) continue;
+        struct stat sb;
+        if (lstat(full, &sb) == 0 && (S_ISREG(sb.st_mode) || S_ISLNK(sb.st_mode)) && unlink(full) == 0) removed++;
+    }
+    closedir(d);
+    return removed;
+}
+
+int dn_atomic_begin(DNAtomic *a, const char *path, char *err, size_t errlen) {
+    memset(a, 0, sizeof *a);
+    if (dn_path(a->path, sizeof a->path, err, errlen, "%s", path)) return -1;
+    if (dn_path(a->tmp, sizeof a->tmp, err, errlen, "%s.tmp.%ld", path, (long)getpid())) return -1;
+    dn_remove_stale_temps(path);
+    int fd = open(a->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) { dn_seterr(err, errlen, "%s: cannot create: %s", a->tmp, strerror(errno)); a->tmp[0] = 0; return -1; }
+    a->f = fdopen(fd, "wb");
+    if (!a->f) { dn_seterr(err, errlen, "%s: %s", a->tmp, strerror(errno)); close(fd); unlink(a->tmp); a->tmp[0] = 0; return -1; }
+    return 0;
+}
+
+void dn_atomic_abort(DNAtomic *a) {
+    if (a->f) fclose(a->f);
+    a->f = NULL;
+    if (a->tmp[0]) unlink(a->tmp);
+    a->tmp[0] = 0;
+}
+
+int dn_atomic_commit(DNAtomic *a, char *err, size_t errlen) {
+    int ok = a->f != NULL;
+    ok = ok && fflush(a->f) == 0;
+    ok = ok && fsync(fileno(a->f)) == 0;
+    const int e = errno;
+    if (a->f && fclose(a->f) != 0) ok = 0;
+    a->f = NULL;
+    if (!ok) { dn_seterr(err, errlen, "%s: write failed: %s", a->tmp, strerror(e ? e : EIO)); dn_atomic_abort(a); return -1; }
+    if (rename(a->tmp, a->path) != 0) {
+        dn_seterr(err, errlen, "%s: cannot rename into place: %s", a->path, strerror(errno));
+        dn_atomic_abort(a);
+        return -1;
+    }
+    a->tmp[0] = 0;
+    /* the rename itself reaches the disk only when the directory does */
+    char dir[DN_PATH_MAX];
+    const char *base;
+    dn_split_path(a->path, dir, sizeof dir, &base);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) { fsync(dfd); close(dfd); }
+    return 0;
 }
 
 /* ---- config ---------------------------------------------------------------------------------- */
@@ -501,10 +687,9 @@ static int dn_st_write(const char *path, const DNStWrite *ts, int n, const char 
     if (!json) { dn_seterr(err, errlen, "%s: out of memory building the header", path); return -1; }
     size_t jlen = strlen(json), padded = (jlen + 7) / 8 * 8;
 
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f) { dn_seterr(err, errlen, "%s: cannot create: %s", tmp, strerror(errno)); free(json); return -1; }
+    DNAtomic a;
+    if (dn_atomic_begin(&a, path, err, errlen)) { free(json); return -1; }
+    FILE *f = a.f;
     int ok = 1;
     uint64_t hl = padded;
     ok &= fwrite(&hl, 8, 1, f) == 1;
@@ -526,11 +711,8 @@ static int dn_st_write(const char *path, const DNStWrite *ts, int n, const char 
     }
     ok &= buf != NULL;
     free(buf);
-    ok &= fflush(f) == 0;
-    ok &= fsync(fileno(f)) == 0;
-    ok &= fclose(f) == 0;
-    if (!ok) { dn_seterr(err, errlen, "%s: write failed: %s", tmp, strerror(errno)); remove(tmp); return -1; }
-    if (rename(tmp, path) != 0) { dn_seterr(err, errlen, "%s: cannot rename into place: %s", path, strerror(errno)); remove(tmp); return -1; }
+    if (!ok) { dn_seterr(err, errlen, "%s: write failed: %s", a.tmp, strerror(errno)); dn_atomic_abort(&a); return -1; }
+    if (dn_atomic_commit(&a, err, errlen)) return -1;
     return 0;
 }
 
@@ -571,9 +753,9 @@ static int dn_st_open(DNStFile *s, const char *path, char *err, size_t errlen) {
     unsigned char b8[8];
     int cnt = 0;
     memset(s, 0, sizeof *s);
-    s->f = fopen(path, "rb");
-    if (!s->f) { dn_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return -1; }
-    if (fstat(fileno(s->f), &sb) != 0 || !S_ISREG(sb.st_mode)) { dn_seterr(err, errlen, "%s: not a regular file", path); goto fail; }
+    s->f = dn_open_regular(path, err, errlen);
+    if (!s->f) return -1;
+    if (fstat(fileno(s->f), &sb) != 0) { dn_seterr(err, errlen, "%s: cannot stat: %s", path, strerror(errno)); goto fail; }
     fsize = (uint64_t)sb.st_size;
     if (fsize < 8 || fread(b8, 1, 8, s->f) != 8) { dn_seterr(err, errlen, "%s: file too short (%llu bytes) to be a safetensors file", path, (unsigned long long)fsize); goto fail; }
     for (int i = 7; i >= 0; i--) hl = (hl << 8) | b8[i];
