@@ -399,6 +399,14 @@ void dn_atomic_abort(DNAtomic *a) {
 int dn_atomic_commit(DNAtomic *a, char *err, size_t errlen) {
     int ok = a->f != NULL;
     ok = ok && fflush(a->f) == 0;
+    /* test hook: DN_TEST_WRITE_PAUSE=TEXT holds a finished temporary whose path contains TEXT for
+     * a minute before it is committed, so that a test can kill -9 a writer mid-save
+     * (tests/test_trainer.sh) */
+    const char *pause = getenv("DN_TEST_WRITE_PAUSE");
+    if (ok && pause && *pause && strstr(a->path, pause)) {
+        fprintf(stderr, "test hook: holding %s\n", a->tmp);
+        sleep(60);
+    }
     ok = ok && fsync(fileno(a->f)) == 0;
     const int e = errno;
     if (a->f && fclose(a->f) != 0) ok = 0;
