@@ -1,9 +1,12 @@
 /*
  * test_data.c -- token shards and the data loader: exact write/read round trips, refusal of
- * corrupt shards (magic, version, size, token ids), the loader's windows checked against the raw
- * token arrays, wrap-around, exact resume, and ./tokenize -o (run from the repo root).
+ * corrupt shards (magic, version, size, token ids), shards that are FIFOs or directories (refused
+ * at once: alarm() turns a hang into a failure), names with control characters (escaped: every
+ * message one line), 0-token shards, the loader's windows checked against the raw token arrays,
+ * wrap-around, exact resume, and ./tokenize -o (run from the repo root).
  */
 #include <glob.h>
+#include <signal.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -112,6 +115,73 @@ static void test_corrupt(DNRng *r) {
     CHECK(shard_read("/nonexistent/x.bin", VOCAB, &t, &m, err, sizeof err) == -1 && strstr(err, "/nonexistent/x.bin"),
           "missing shard refused: %s", err);
     free(tok);
+}
+
+static void on_alarm(int sig) {
+    (void)sig;
+    static const char msg[] = "FAIL test_data: timed out: a read blocked (a FIFO opened as a file?)\n";
+    if (write(1, msg, sizeof msg - 1) < 0) _exit(3);
+    _exit(3);
+}
+
+/* Shard names that are not regular files, or that hold control characters, and ids beyond the
+ * vocabulary: one line each, naming the shard (escaped), refused without blocking. */
+static void test_odd_files(DNRng *r) {
+    char path[300], pattern[300], err[DN_ERR_LEN] = "";
+    uint16_t *t = NULL;
+    size_t m = 0;
+    DataLoader dl;
+    /* a FIFO and a directory, read directly and through a glob; alarm() turns a hang into a failure */
+    snprintf(path, sizeof path, "%s/odd_fifo_000000.bin", dir);
+    CHECK(mkfifo(path, 0600) == 0, "mkfifo %s", path);
+    signal(SIGALRM, on_alarm);
+    alarm(20);
+    CHECK(shard_read(path, VOCAB, &t, &m, err, sizeof err) == -1 && strstr(err, "FIFO") && strstr(err, "odd_fifo_000000.bin"),
+          "a FIFO as a shard is refused at once: %s", err);
+    CHECK(shard_read_header(path, &m, err, sizeof err) == -1 && strstr(err, "FIFO"), "shard_read_header refuses a FIFO: %s", err);
+    snprintf(pattern, sizeof pattern, "%s/odd_fifo_*.bin", dir);
+    CHECK(dl_init(&dl, pattern, 2, 8, VOCAB, err, sizeof err) == -1 && strstr(err, "FIFO"), "dl_init refuses a FIFO in its glob: %s", err);
+    alarm(0);
+    remove(path);
+    snprintf(path, sizeof path, "%s/odd_dir_000000.bin", dir);
+    mkdir(path, 0700);
+    CHECK(shard_read(path, VOCAB, &t, &m, err, sizeof err) == -1 && strstr(err, "is a directory") && !strstr(err, "too small"),
+          "a directory as a shard is refused as one: %s", err);
+    snprintf(pattern, sizeof pattern, "%s/odd_dir_*.bin", dir);
+    CHECK(dl_init(&dl, pattern, 2, 8, VOCAB, err, sizeof err) == -1 && strstr(err, "odd_dir_000000.bin: is a directory"),
+          "dl_init refuses a directory in its glob: %s", err);
+    rmdir(path);
+
+    /* a name with a newline and a tab (any byte but '/' and NUL may be in a file name) */
+    snprintf(path, sizeof path, "%s/odd\nname\t_000000.bin", dir);
+    write_bytes(path, "not a shard", 11);
+    snprintf(pattern, sizeof pattern, "%s/odd*name*_*.bin", dir);
+    CHECK(dl_init(&dl, pattern, 2, 8, VOCAB, err, sizeof err) == -1 && strstr(err, "odd\\nname\\t_000000.bin") &&
+          !strchr(err, '\n') && !strchr(err, '\t'), "a corrupt shard's control characters are escaped: %s", err);
+    /* the same name, now a valid shard with an id beyond the vocabulary: found when loaded */
+    uint16_t *tok = random_tokens(r, 100, VOCAB);
+    tok[41] = 60000;
+    char err2[DN_ERR_LEN] = "";
+    CHECK(shard_write(path, tok, 100, err, sizeof err) == 0, "shard_write: %s", err);
+    int init = dl_init(&dl, pattern, 2, 8, VOCAB, err, sizeof err);
+    CHECK(init == 0, "dl_init checks headers only: %s", err);
+    if (init == 0) {
+        CHECK(dl_next(&dl, err2, sizeof err2) == -1 && strstr(err2, "odd\\nname\\t_000000.bin") && strstr(err2, "token 60000") &&
+              strstr(err2, "position 41") && strstr(err2, "vocabulary size 50257") && !strchr(err2, '\n') && !strchr(err2, '\t'),
+              "an id >= the vocabulary: one line naming the shard, the token, its position, the vocabulary size: %s", err2);
+        dl_free(&dl);
+    }
+    printf("  ok   %s\n", err2);
+    remove(path);
+    free(tok);
+
+    /* a shard of zero tokens: readable, but no batch fits in it */
+    snprintf(path, sizeof path, "%s/zero_000000.bin", dir);
+    CHECK(shard_write(path, NULL, 0, err, sizeof err) == 0, "shard_write of 0 tokens: %s", err);
+    snprintf(pattern, sizeof pattern, "%s/zero_*.bin", dir);
+    CHECK(dl_init(&dl, pattern, 1, 1, VOCAB, err, sizeof err) == -1 && strstr(err, "zero_000000.bin: 0 tokens, fewer than one batch"),
+          "a 0-token shard refused by the loader: %s", err);
+    remove(path);
 }
 
 /* The loader's batches against the raw arrays: batch k starts at (s, p), computed here. */
@@ -302,6 +372,7 @@ int main(void) {
     test_round_trip(&r);
     test_corrupt(&r);
     test_loader(&r);
+    test_odd_files(&r);
     test_cli();
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
