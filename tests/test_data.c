@@ -3,7 +3,8 @@
  * corrupt shards (magic, version, size, token ids), shards that are FIFOs or directories (refused
  * at once: alarm() turns a hang into a failure), names with control characters (escaped: every
  * message one line), 0-token shards, the loader's windows checked against the raw token arrays,
- * wrap-around, exact resume, and ./tokenize -o (run from the repo root).
+ * wrap-around, exact resume, and ./tokenize -o (run from the repo root): empty inputs add no
+ * tokens, FIFO and directory inputs are refused.
  */
 #include <glob.h>
 #include <signal.h>
@@ -36,6 +37,18 @@ static uint16_t *random_tokens(DNRng *r, size_t n, int vocab) {
 static int sh(const char *cmd) {
     int st = system(cmd);
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* Run cmd with its stdout and stderr captured in out; returns its exit status. */
+static int sh_out(const char *cmd, char *out, size_t n) {
+    char full[2048], path[300];
+    snprintf(path, sizeof path, "%s/cmd.out", dir);
+    snprintf(full, sizeof full, "%s >%s 2>&1", cmd, path);
+    int rc = sh(full);
+    out[0] = 0;
+    FILE *f = fopen(path, "rb");
+    if (f) { size_t k = fread(out, 1, n - 1, f); out[k] = 0; fclose(f); }
+    return rc;
 }
 
 static void test_round_trip(DNRng *r) {
@@ -335,7 +348,36 @@ static void test_cli(void) {
     train = read_all_shards(pat, &nt, &ft);
     CHECK(ft == 1 && nt == nw - 5 && memcmp(train, want + 5, 2 * nt) == 0, "b_train.bin holds %zu tokens", nt);
     free(train);
+    /* an empty file is no document: doc1 empty doc2 gives the tokens of doc1 doc2, no extra eot
+     * (it used to double its read buffer until "out of memory") */
+    char fe[256], fifo[256], out[8192];
+    snprintf(fe, sizeof fe, "%s/empty.txt", dir);
+    write_bytes(fe, "", 0);
+    snprintf(cmd, sizeof cmd, "timeout 60 ./tokenize -o %s/e --val-tokens 5 %s %s %s", dir, f1, fe, f2);
+    int rc = sh_out(cmd, out, sizeof out);
+    snprintf(pat, sizeof pat, "%s/e_val.bin", dir);
+    val = read_all_shards(pat, &nv, &fv);
+    snprintf(pat, sizeof pat, "%s/e_train.bin", dir);
+    train = read_all_shards(pat, &nt, &ft);
+    CHECK(rc == 0 && strstr(out, "empty.txt is empty") && nv == 5 && nt == nw - 5 && memcmp(val, want, 10) == 0 &&
+          memcmp(train, want + 5, 2 * nt) == 0, "an empty input adds no tokens (exit %d, %zu + %zu tokens, want %zu): %s", rc, nv, nt, nw, out);
+    free(val);
+    free(train);
     free(want);
+    snprintf(cmd, sizeof cmd, "timeout 60 ./tokenize -o %s/f %s %s", dir, fe, fe);
+    rc = sh_out(cmd, out, sizeof out);
+    CHECK(rc != 0 && rc != 124 && strstr(out, "all empty"), "only empty inputs: refused (exit %d): %s", rc, out);
+    /* inputs that are not regular files: refused at once, saying what they are */
+    snprintf(fifo, sizeof fifo, "%s/in.fifo", dir);
+    CHECK(mkfifo(fifo, 0600) == 0, "mkfifo %s", fifo);
+    snprintf(cmd, sizeof cmd, "timeout 20 ./tokenize -o %s/g %s %s", dir, f1, fifo);
+    rc = sh_out(cmd, out, sizeof out);
+    CHECK(rc != 0 && rc != 124 && strstr(out, "in.fifo: is a FIFO"), "a FIFO input is refused at once (exit %d): %s", rc, out);
+    snprintf(cmd, sizeof cmd, "./tokenize -o %s/g %s %s", dir, f1, dir);
+    rc = sh_out(cmd, out, sizeof out);
+    CHECK(rc != 0 && strstr(out, "is a directory"), "a directory input is refused as one (exit %d): %s", rc, out);
+    rc = sh_out("./tokenize -h", out, sizeof out);
+    CHECK(rc == 0 && strstr(out, "empty FILE") && strstr(out, "regular files"), "tokenize -h documents empty and non-regular inputs");
     /* bad usage / bad input exit non-zero */
     const char *bad[] = {"-o %s/c %s/missing.txt", "-o %s/c --val-tokens 100000 %s/doc1.txt",
                          "-o %s/c --shard-size 0 %s/doc1.txt", "-o %s/c --val-tokens abc %s/doc1.txt",

@@ -403,6 +403,8 @@ static void test_cli(Tokenizer *t) {
         CHECK(sh(cmd) != 0, "'%s' exits non-zero", bad[i]);
     }
     CHECK(sh("./tokenize -h > /dev/null") == 0, "./tokenize -h exits 0");
+    CHECK(sh("printf '12 ab\\001c' | ./tokenize -d 2>&1 | grep -qF \"input item 2 ('ab\\x01c')\"") == 0,
+          "./tokenize -d quotes a bad item escaped (a control character as \\x01)");
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     sh(cmd);
 }
