@@ -9,7 +9,7 @@
  *
  * Decoding is recurrent: forward_step() takes ONE token at absolute position pos and advances a
  * per-layer state, so the cost of a token does not depend on how many came before (except for
- * global-attention layers). The state of each layer kind (MODEL.md has the math):
+ * global-attention layers). The state of each layer kind (docs/MODEL.md has the math):
  *
  *   'D' DeltaNet  the K x V fp32 state S of each head, and the conv tail: the last conv_size - 1
  *                 pre-conv inputs of q, k and v (the causal depthwise conv needs nothing older).
