@@ -279,34 +279,44 @@ void dn_seterr(char *err, size_t errlen, const char *fmt, ...) {
 
 /* ---- files ----------------------------------------------------------------------------------- */
 
-const char *dn_escape(char *buf, size_t cap, const char *s, size_t len) {
+/* The escaped form of byte c into e (at most 4 bytes); returns its length. */
+static size_t dn_escape_byte(unsigned char c, char e[4]) {
     static const char hex[] = "0123456789abcdef";
-    size_t o = 0;
+    e[0] = '\\';
+    if (c == '\n') { e[1] = 'n'; return 2; }
+    if (c == '\t') { e[1] = 't'; return 2; }
+    if (c == '\r') { e[1] = 'r'; return 2; }
+    if (c == '"' || c == '\\') { e[1] = (char)c; return 2; }
+    if (c < 0x20 || c >= 0x7f) { e[1] = 'x'; e[2] = hex[c >> 4]; e[3] = hex[c & 15]; return 4; }
+    e[0] = (char)c;
+    return 1;
+}
+
+const char *dn_escape(char *buf, size_t cap, const char *s, size_t len) {
     if (!buf || cap == 0) return buf;
     if (!s) s = "(null)";
     if (len == (size_t)-1) len = strlen(s);
+    char e[4];
+    /* does the whole escaped string fit? if not, keep room for "..." (when there is any) and never
+     * cut an escape sequence in two */
+    size_t full = 0;
+    for (size_t i = 0; i < len && full < cap; i++) full += dn_escape_byte((unsigned char)s[i], e);
+    const int cut = full + 1 > cap;
+    const size_t room = cut && cap >= 4 ? cap - 4 : cap - 1;
+    size_t o = 0;
     for (size_t i = 0; i < len; i++) {
-        const unsigned char c = (unsigned char)s[i];
-        char e[5];
-        size_t n = 0;
-        if (c == '\n') { e[0] = '\\'; e[1] = 'n'; n = 2; }
-        else if (c == '\t') { e[0] = '\\'; e[1] = 't'; n = 2; }
-        else if (c == '\r') { e[0] = '\\'; e[1] = 'r'; n = 2; }
-        else if (c == '"' || c == '\\') { e[0] = '\\'; e[1] = (char)c; n = 2; }
-        else if (c < 0x20 || c >= 0x7f) { e[0] = '\\'; e[1] = 'x'; e[2] = hex[c >> 4]; e[3] = hex[c & 15]; n = 4; }
-        else { e[0] = (char)c; n = 1; }
-        /* keep room for "..." and the NUL unless this is the last character */
-        const size_t need = n + (i + 1 < len ? 3 : 0);
-        if (o + need + 1 > cap) {
-            if (cap >= 4) { while (o + 4 > cap) o--; memcpy(buf + o, "...", 3); o += 3; }
-            break;
-        }
+        const size_t n = dn_escape_byte((unsigned char)s[i], e);
+        if (o + n > room) break;
         memcpy(buf + o, e, n);
         o += n;
     }
-    buf[o < cap ? o : cap - 1] = 0;
+    if (cut && cap >= 4) { memcpy(buf + o, "...", 3); o += 3; }
+    buf[o] = 0;
     return buf;
 }
+
+/* dn_escape of a NUL-terminated string into a DN_ESC_LEN buffer, for messages. */
+static const char *dn_esc(char buf[DN_ESC_LEN], const char *s) { return dn_escape(buf, DN_ESC_LEN, s, (size_t)-1); }
 
 static const char *dn_file_kind(mode_t m) {
     return S_ISDIR(m) ? "a directory" : S_ISFIFO(m) ? "a FIFO" : S_ISCHR(m) ? "a character device"
@@ -314,8 +324,9 @@ static const char *dn_file_kind(mode_t m) {
 }
 
 FILE *dn_open_regular(const char *path, char *err, size_t errlen) {
-    /* O_NONBLOCK: opening a FIFO with no writer would otherwise block before fstat can refuse it */
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO with no writer would otherwise block before fstat can refuse it;
+     * O_NOCTTY: a terminal given as a path must not become our controlling terminal */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     if (fd < 0) { dn_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return NULL; }
     struct stat sb;
     if (fstat(fd, &sb) != 0) { dn_seterr(err, errlen, "%s: cannot stat: %s", path, strerror(errno)); close(fd); return NULL; }
@@ -328,33 +339,36 @@ FILE *dn_open_regular(const char *path, char *err, size_t errlen) {
 }
 
 int dn_path(char *buf, size_t cap, char *err, size_t errlen, const char *fmt, ...) {
+    if (!buf || cap == 0) { dn_seterr(err, errlen, "path too long (no room for it)"); return -1; }
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(buf, cap, fmt, ap);
     va_end(ap);
     if (n < 0 || (size_t)n >= cap) {
         char e[DN_ESC_LEN];
-        dn_seterr(err, errlen, "path too long (%d bytes, at most %zu): %s", n, cap - 1, dn_escape(e, sizeof e, buf, (size_t)-1));
-        if (cap) buf[0] = 0;
+        /* buf holds the cut path: show its start, escaped */
+        if (n < 0) dn_seterr(err, errlen, "path cannot be formatted: %s", strerror(errno));
+        else dn_seterr(err, errlen, "path too long (%d bytes, at most %zu): %s", n, cap - 1, dn_esc(e, buf));
+        buf[0] = 0;
         return -1;
     }
     return 0;
 }
 
 /* Split path into its directory (or ".") and base name. */
-static void dn_split_path(const char *path, char *dir, size_t dcap, const char **base) {
+static int dn_split_path(const char *path, char *dir, size_t dcap, const char **base) {
     const char *sl = strrchr(path, '/');
     *base = sl ? sl + 1 : path;
-    if (!sl) snprintf(dir, dcap, ".");
-    else if (sl == path) snprintf(dir, dcap, "/");
-    else snprintf(dir, dcap, "%.*s", (int)(sl - path), path);
+    if (!sl) return dn_path(dir, dcap, NULL, 0, ".");
+    if (sl == path) return dn_path(dir, dcap, NULL, 0, "/");
+    if (sl - path > INT_MAX) return -1;
+    return dn_path(dir, dcap, NULL, 0, "%.*s", (int)(sl - path), path);
 }
 
 int dn_remove_stale_temps(const char *path) {
     char dir[DN_PATH_MAX];
     const char *base;
-    if (strlen(path) >= sizeof dir) return 0;
-    dn_split_path(path, dir, sizeof dir, &base);
+    if (dn_split_path(path, dir, sizeof dir, &base)) return 0;
     const size_t bl = strlen(base);
     DIR *d = opendir(dir);
     if (!d) return 0;
@@ -362,12 +376,16 @@ int dn_remove_stale_temps(const char *path) {
     for (struct dirent *de; (de = readdir(d)) != NULL;) {
         const char *n = de->d_name;
         if (strncmp(n, base, bl) || strncmp(n + bl, ".tmp.", 5)) continue;
+        /* only names dn_atomic_begin makes: digits of a pid (no sign, no space, fits a pid_t) */
         const char *pid = n + bl + 5;
-        char *end = NULL;
-        errno = 0;
-        long p = strtol(pid, &end, 10);
-        if (errno || end == pid || *end || p <= 0) continue;
-        if (p != (long)getpid() && !(kill((pid_t)p, 0) != 0 && errno == ESRCH)) continue; /* its writer still runs */
+        size_t nd = 0;
+        while (pid[nd] >= '0' && pid[nd] <= '9') nd++;
+        if (nd == 0 || nd > 9 || pid[nd] || pid[0] == '0') continue;
+        const long p = strtol(pid, NULL, 10);
+        if (p != (long)getpid()) {
+            errno = 0;
+            if (kill((pid_t)p, 0) == 0 || errno != ESRCH) continue; /* its writer may still run */
+        }
         char full[DN_PATH_MAX];
         if (dn_path(full, sizeof full, NULL, 0, "%s/%s", dir, n)) continue;
         struct stat sb;
@@ -381,6 +399,8 @@ int dn_atomic_begin(DNAtomic *a, const char *path, char *err, size_t errlen) {
     memset(a, 0, sizeof *a);
     if (dn_path(a->path, sizeof a->path, err, errlen, "%s", path)) return -1;
     if (dn_path(a->tmp, sizeof a->tmp, err, errlen, "%s.tmp.%ld", path, (long)getpid())) return -1;
+    const char *sl = strrchr(path, '/');
+    if (!path[0] || (sl && !sl[1])) { dn_seterr(err, errlen, "%s: not a file name (ends in '/')", path); a->tmp[0] = 0; return -1; }
     dn_remove_stale_temps(path);
     int fd = open(a->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0) { dn_seterr(err, errlen, "%s: cannot create: %s", a->tmp, strerror(errno)); a->tmp[0] = 0; return -1; }
@@ -397,13 +417,12 @@ void dn_atomic_abort(DNAtomic *a) {
 }
 
 int dn_atomic_commit(DNAtomic *a, char *err, size_t errlen) {
-    int ok = a->f != NULL;
-    ok = ok && fflush(a->f) == 0;
-    ok = ok && fsync(fileno(a->f)) == 0;
-    const int e = errno;
-    if (a->f && fclose(a->f) != 0) ok = 0;
+    int e = 0; /* the first error's errno */
+    if (!a->f) e = EBADF;
+    else if (fflush(a->f) != 0 || fsync(fileno(a->f)) != 0) e = errno ? errno : EIO;
+    if (a->f && fclose(a->f) != 0 && !e) e = errno ? errno : EIO;
     a->f = NULL;
-    if (!ok) { dn_seterr(err, errlen, "%s: write failed: %s", a->tmp, strerror(e ? e : EIO)); dn_atomic_abort(a); return -1; }
+    if (e) { dn_seterr(err, errlen, "%s: write failed: %s", a->tmp[0] ? a->tmp : a->path, strerror(e)); dn_atomic_abort(a); return -1; }
     if (rename(a->tmp, a->path) != 0) {
         dn_seterr(err, errlen, "%s: cannot rename into place: %s", a->path, strerror(errno));
         dn_atomic_abort(a);
@@ -413,9 +432,10 @@ int dn_atomic_commit(DNAtomic *a, char *err, size_t errlen) {
     /* the rename itself reaches the disk only when the directory does */
     char dir[DN_PATH_MAX];
     const char *base;
-    dn_split_path(a->path, dir, sizeof dir, &base);
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) { fsync(dfd); close(dfd); }
+    if (dn_split_path(a->path, dir, sizeof dir, &base) == 0) {
+        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) { fsync(dfd); close(dfd); }
+    }
     return 0;
 }
 

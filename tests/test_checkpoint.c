@@ -1,11 +1,18 @@
 /*
  * test_checkpoint.c -- model.h: presets and parameter counts, config validation, the safetensors
  * checkpoint (bit-exact F32 round trip, BF16 rounding, metadata, atomic write) and every way a file
- * can be corrupt, each refused with a one-line message that names the file, never a crash;
- * and the training-state file beside it.
+ * can be corrupt, each refused with a one-line printable message that names the file, never a
+ * crash; the training-state file beside it; and the file helpers (escaping, regular files only,
+ * checked path lengths, atomic writes through O_EXCL temporaries, stale-temporary removal).
  */
 #include "test.h"
+#include <dirent.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <cjson/cJSON.h>
 
@@ -31,14 +38,33 @@ static void spit(const char *path, const void *b, size_t n) {
     fclose(f);
 }
 
-/* Rebuild a file from a new JSON header and the old data area. */
-static void write_with_header(const char *path, const char *json, const unsigned char *data, size_t ndata) {
-    uint64_t hl = strlen(json);
+/* Rebuild a file from a new JSON header (hl bytes) and the old data area. */
+static void write_with_header_n(const char *path, const char *json, uint64_t hl, const unsigned char *data, size_t ndata) {
     FILE *f = fopen(path, "wb");
     fwrite(&hl, 8, 1, f);
     fwrite(json, 1, hl, f);
     fwrite(data, 1, ndata, f);
     fclose(f);
+}
+static void write_with_header(const char *path, const char *json, const unsigned char *data, size_t ndata) {
+    write_with_header_n(path, json, strlen(json), data, ndata);
+}
+
+/* Every byte of a message is printable ASCII: no newline, no terminal escape. */
+static int printable(const char *s) {
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f) return 0;
+    return 1;
+}
+
+static int file_is(const char *path, const char *content) {
+    size_t n = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    char buf[256] = "";
+    n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    return n == strlen(content) && !memcmp(buf, content, n);
 }
 
 static void hybrid_config(DNConfig *c, int tied) {
@@ -87,7 +113,7 @@ static void test_presets(void) {
 static void expect_bad_config(DNConfig c, const char *what, const char *needle) {
     char err[DN_ERR_LEN] = "";
     int rc = dn_config_validate(&c, err, sizeof err);
-    CHECK(rc == -1 && strstr(err, needle), "%s should be refused mentioning '%s' (got rc %d, '%s')", what, needle, rc, err);
+    CHECK(rc == -1 && strstr(err, needle) && printable(err), "%s should be refused mentioning '%s' (got rc %d, '%s')", what, needle, rc, err);
 }
 
 static void test_config_validation(void) {
@@ -111,7 +137,7 @@ static void expect_refused(const char *path, const char *what, const char *needl
     float *p = (float *)0x1;
     char err[DN_ERR_LEN] = "";
     int rc = dn_checkpoint_read(path, &c, &p, err, sizeof err);
-    int ok = rc == -1 && p == NULL && strstr(err, needle) != NULL && strstr(err, path) != NULL && !strchr(err, '\n');
+    int ok = rc == -1 && p == NULL && strstr(err, needle) != NULL && strstr(err, path) != NULL && printable(err);
     CHECK(ok, "%s: expected refusal mentioning '%s', got rc=%d err='%s'", what, needle, rc, err);
     if (ok) printf("  ok  refused %-34s -> %s\n", what, err + strlen(path) + 2);
     if (rc == 0) free(p);
@@ -361,6 +387,199 @@ static void test_state(void) {
     dn_free_param_table(&t2);
 }
 
+/* dn_escape: every control, quote, backslash and high byte escaped; cut with "..." without
+ * splitting an escape; a string that fits is never cut. dn_path: refuses what does not fit. */
+static void test_escape(void) {
+    char b[DN_ESC_LEN], e[DN_ERR_LEN];
+    CHECK(!strcmp(dn_escape(b, sizeof b, "a\nb\tc\rd", (size_t)-1), "a\\nb\\tc\\rd"), "newline, tab, CR: %s", b);
+    CHECK(!strcmp(dn_escape(b, sizeof b, "\x1b[31m", (size_t)-1), "\\x1b[31m"), "ESC: %s", b);
+    CHECK(!strcmp(dn_escape(b, sizeof b, "say \"hi\" \\o/", (size_t)-1), "say \\\"hi\\\" \\\\o/"), "quotes and backslashes: %s", b);
+    CHECK(!strcmp(dn_escape(b, sizeof b, "caf\xc3\xa9\x7f\x80\xff", (size_t)-1), "caf\\xc3\\xa9\\x7f\\x80\\xff"), "high bytes and DEL: %s", b);
+    CHECK(!strcmp(dn_escape(b, sizeof b, "F32\0junk", 8), "F32\\x00junk"), "embedded NUL with an explicit length: %s", b);
+    CHECK(!strcmp(dn_escape(b, sizeof b, NULL, (size_t)-1), "(null)"), "NULL: %s", b);
+    CHECK(!strcmp(dn_escape(b, sizeof b, "", (size_t)-1), ""), "empty");
+    char big[300];
+    memset(big, 'a', 299);
+    big[299] = 0;
+    dn_escape(b, sizeof b, big, (size_t)-1);
+    CHECK(strlen(b) == DN_ESC_LEN - 1 && !strcmp(b + DN_ESC_LEN - 4, "..."), "299 bytes cut to %d with '...': %zu bytes", DN_ESC_LEN - 1, strlen(b));
+    memset(big, '\n', 299);
+    dn_escape(b, 20, big, (size_t)-1);
+    CHECK(!strcmp(b, "\\n\\n\\n\\n\\n\\n\\n\\n..."), "cut between escapes, never inside one: %s", b);
+    memset(big, '\x1b', 299);
+    dn_escape(b, 12, big, (size_t)-1);
+    CHECK(!strcmp(b, "\\x1b\\x1b..."), "cut between \\xNN escapes: %s", b);
+    CHECK(!strcmp(dn_escape(b, 4, "abc", (size_t)-1), "abc"), "a string that fits exactly is not cut: %s", b);
+    CHECK(!strcmp(dn_escape(b, 4, "abcd", (size_t)-1), "..."), "one byte too many: %s", b);
+    CHECK(!strcmp(dn_escape(b, 3, "abcd", (size_t)-1), "ab"), "no room for '...': %s", b);
+    CHECK(!strcmp(dn_escape(b, 3, "\n\n", (size_t)-1), "\\n"), "room for one escape only: '%s'", b);
+    CHECK(!strcmp(dn_escape(b, 3, "\x1b", (size_t)-1), ""), "no room for a whole escape: '%s'", b);
+    CHECK(!strcmp(dn_escape(b, 4, "\x1b", (size_t)-1), "..."), "room for '...' only: '%s'", b);
+    CHECK(!strcmp(dn_escape(b, 1, "abcd", (size_t)-1), ""), "cap 1");
+    char p[8];
+    CHECK(dn_path(p, sizeof p, e, sizeof e, "%s/%s", "ab", "cdef") == 0 && !strcmp(p, "ab/cdef"), "7 bytes fit in 8: %s", p);
+    e[0] = 0;
+    CHECK(dn_path(p, sizeof p, e, sizeof e, "%s/%s", "ab", "cdefg") == -1 && p[0] == 0 && strstr(e, "path too long (8 bytes, at most 7)"), "8 bytes refused: %s", e);
+    CHECK(dn_path(p, sizeof p, e, sizeof e, "%s", "a\nbcdefghij") == -1 && strstr(e, "a\\nbcdef") && printable(e), "the cut path is escaped: %s", e);
+}
+
+static void on_alarm(int sig) {
+    (void)sig;
+    static const char msg[] = "FAIL test_checkpoint: a reader blocked for 10 s (a FIFO?)\n";
+    if (write(1, msg, sizeof msg - 1) < 0) _exit(3);
+    _exit(3);
+}
+
+/* Readers refuse FIFOs and directories at once (a regression fails by alarm, never hangs). */
+static void test_not_regular(void) {
+    char fifo[512], sub[512], err[DN_ERR_LEN];
+    path_in(fifo, sizeof fifo, "fifo.safetensors");
+    path_in(sub, sizeof sub, "dir.safetensors");
+    CHECK(mkfifo(fifo, 0600) == 0 && mkdir(sub, 0700) == 0, "test setup: mkfifo, mkdir");
+    signal(SIGALRM, on_alarm);
+    alarm(10);
+    FILE *f = dn_open_regular(fifo, err, sizeof err);
+    CHECK(!f && strstr(err, "is a FIFO, not a regular file"), "dn_open_regular refuses a FIFO: %s", err);
+    if (f) fclose(f);
+    f = dn_open_regular(sub, err, sizeof err);
+    CHECK(!f && strstr(err, "is a directory, not a regular file"), "dn_open_regular refuses a directory: %s", err);
+    if (f) fclose(f);
+    expect_refused(fifo, "a FIFO as a checkpoint", "a FIFO");
+    expect_refused(sub, "a directory as a checkpoint", "a directory");
+    DNConfig c;
+    DNParamTable t;
+    hybrid_config(&c, 1);
+    dn_build_param_table(&t, &c, err, sizeof err);
+    float *m = xcalloc(t.total, sizeof(float)), *v = xcalloc(t.total, sizeof(float));
+    DNTrainState st;
+    char val[16];
+    CHECK(dn_state_read(fifo, &t, m, v, &st, err, sizeof err) == -1 && strstr(err, "a FIFO"), "dn_state_read refuses a FIFO: %s", err);
+    CHECK(dn_checkpoint_read_meta(sub, "step", val, sizeof val, err, sizeof err) == -1 && strstr(err, "a directory"), "read_meta refuses a directory: %s", err);
+    alarm(0);
+    signal(SIGALRM, SIG_DFL);
+    free(m); free(v);
+    dn_free_param_table(&t);
+}
+
+/* Atomic writes: a link planted at the temporary name or at the destination is never written
+ * through; stale temporaries of dead writers go, those of live ones and foreign names stay. */
+static void test_atomic(void) {
+    char path[512], victim[512], tmp[600], err[DN_ERR_LEN];
+    DNConfig c, c2;
+    DNParamTable t;
+    hybrid_config(&c, 1);
+    dn_build_param_table(&t, &c, err, sizeof err);
+    float *w = xcalloc(t.total, sizeof(float));
+    dn_init_params(&t, w, 9);
+    path_in(path, sizeof path, "atomic.safetensors");
+    path_in(victim, sizeof victim, "victim.txt");
+    spit(victim, "precious", 8);
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    CHECK(symlink(victim, tmp) == 0, "test setup: symlink");
+    int rc = dn_checkpoint_write(path, &t, w, DN_F32, NULL, err, sizeof err);
+    struct stat sb;
+    CHECK(file_is(victim, "precious"), "a link planted at <path>.tmp.<pid> is not written through");
+    CHECK(rc == -1 || (lstat(path, &sb) == 0 && S_ISREG(sb.st_mode)), "the write failed or made a regular file: rc %d %s", rc, err);
+    CHECK(lstat(tmp, &sb) != 0, "no temporary (or link) left at <path>.tmp.<pid>");
+    float *r = NULL;
+    CHECK(rc == 0 && dn_checkpoint_read(path, &c2, &r, err, sizeof err) == 0 && !memcmp(r, w, t.total * 4), "the checkpoint written beside the planted link reads back: %s", err);
+    free(r);
+    /* a link at the destination is replaced, not followed */
+    unlink(path);
+    CHECK(symlink(victim, path) == 0, "test setup: symlink at the destination");
+    CHECK(dn_checkpoint_write(path, &t, w, DN_F32, NULL, err, sizeof err) == 0, "write over a link: %s", err);
+    CHECK(file_is(victim, "precious") && lstat(path, &sb) == 0 && S_ISREG(sb.st_mode), "a link at the destination is replaced, its target untouched");
+
+    /* stale temporaries: a dead pid's goes (a regular file and a link), a live pid's and names
+     * dn_atomic_begin never makes stay */
+    pid_t child = fork();
+    if (child == 0) _exit(0);
+    waitpid(child, NULL, 0);
+    char dead[600], dead_link[700], live[600], odd[5][600];
+    snprintf(dead, sizeof dead, "%s.tmp.%ld", path, (long)child);
+    spit(dead, "half a checkpoint", 17);
+    path_in(tmp, sizeof tmp, "other.safetensors");
+    snprintf(dead_link, sizeof dead_link, "%s.tmp.%ld", tmp, (long)child);
+    CHECK(symlink(victim, dead_link) == 0, "test setup: stale link");
+    snprintf(live, sizeof live, "%s.tmp.%ld", path, (long)getppid());
+    spit(live, "a live writer's", 15);
+    const char *odd_tails[5] = {"+5", "0", "012", "12x", "-1"};
+    for (int i = 0; i < 5; i++) { snprintf(odd[i], sizeof odd[i], "%s.tmp.%s", path, odd_tails[i]); spit(odd[i], "odd", 3); }
+    CHECK(dn_checkpoint_write(path, &t, w, DN_F32, NULL, err, sizeof err) == 0, "write: %s", err);
+    CHECK(access(dead, F_OK) != 0, "a stale <path>.tmp.<dead pid> is removed by the next save");
+    CHECK(access(live, F_OK) == 0 && file_is(live, "a live writer's"), "a live writer's temporary stays");
+    int odd_kept = 1;
+    for (int i = 0; i < 5; i++) odd_kept &= file_is(odd[i], "odd");
+    CHECK(odd_kept, "names dn_atomic_begin never makes (+5, 0, 012, 12x, -1) stay");
+    CHECK(lstat(dead_link, &sb) == 0, "another path's stale temporary is not this save's business");
+    CHECK(dn_remove_stale_temps(tmp) == 1 && lstat(dead_link, &sb) != 0 && file_is(victim, "precious"),
+          "a stale link is removed, its target untouched");
+    CHECK(dn_remove_stale_temps(path) == 0, "nothing stale left");
+    char slash[600];
+    snprintf(slash, sizeof slash, "%s/", dir);
+    CHECK(dn_checkpoint_write(slash, &t, w, DN_F32, NULL, err, sizeof err) == -1 && strstr(err, "not a file name"), "a path ending in '/' is refused: %s", err);
+    unlink(live);
+    for (int i = 0; i < 5; i++) unlink(odd[i]);
+    free(w);
+    dn_free_param_table(&t);
+}
+
+/* Count the entries of a directory (without . and ..). */
+static int count_entries(const char *d) {
+    DIR *dd = opendir(d);
+    if (!dd) return -1;
+    int n = 0;
+    for (struct dirent *de; (de = readdir(dd)) != NULL;) n += strcmp(de->d_name, ".") && strcmp(de->d_name, "..");
+    closedir(dd);
+    return n;
+}
+
+/* 10. A path that fits but whose temporary does not: the write fails with a message and touches
+ * nothing; a path longer than DN_PATH_MAX likewise. */
+static void test_long_paths(void) {
+    char err[DN_ERR_LEN];
+    const size_t L = DN_PATH_MAX - 4; /* the path fits (with its NUL); "<path>.tmp.<pid>" cannot */
+    char *lp = xcalloc(DN_PATH_MAX + 1024, 1), *parent = xcalloc(DN_PATH_MAX + 1024, 1);
+    strcpy(lp, dir);
+    int made = 1;
+    while (L - strlen(lp) - 1 > 250) {
+        strcat(lp, "/");
+        memset(lp + strlen(lp), 'd', 200);
+        made &= mkdir(lp, 0700) == 0;
+    }
+    strcpy(parent, lp);
+    strcat(lp, "/");
+    memset(lp + strlen(lp), 'f', L - strlen(lp));
+    CHECK(made && strlen(lp) == L, "test setup: a %zu-byte path", strlen(lp));
+    spit(lp, "old", 3);
+    CHECK(file_is(lp, "old"), "test setup: a file at the %zu-byte path", L);
+    DNConfig c;
+    DNParamTable t;
+    hybrid_config(&c, 1);
+    dn_build_param_table(&t, &c, err, sizeof err);
+    float *w = xcalloc(t.total, sizeof(float));
+    err[0] = 0;
+    int rc = dn_checkpoint_write(lp, &t, w, DN_F32, NULL, err, sizeof err);
+    CHECK(rc == -1 && strstr(err, "path too long") && printable(err) && strlen(err) < 200, "a path whose temporary would not fit is refused: %s", err);
+    CHECK(file_is(lp, "old") && count_entries(parent) == 1, "the existing file is untouched and nothing was added");
+    DNTrainState st = {.step = 1, .rng_state = 1};
+    err[0] = 0;
+    rc = dn_state_write(lp, &t, w, w, &st, err, sizeof err);
+    CHECK(rc == -1 && strstr(err, "path too long") && file_is(lp, "old") && count_entries(parent) == 1, "the state writer too: %s", err);
+    /* longer than DN_PATH_MAX itself */
+    char *huge = xcalloc(DN_PATH_MAX + 200, 1);
+    snprintf(huge, DN_PATH_MAX + 200, "%s/", dir);
+    memset(huge + strlen(huge), 'h', DN_PATH_MAX + 100 - strlen(huge));
+    int before = count_entries(dir);
+    err[0] = 0;
+    rc = dn_checkpoint_write(huge, &t, w, DN_F32, NULL, err, sizeof err);
+    CHECK(rc == -1 && strstr(err, "path too long") && count_entries(dir) == before, "a %zu-byte path is refused: %s", strlen(huge), err);
+    DNAtomic a;
+    CHECK(dn_atomic_begin(&a, huge, err, sizeof err) == -1 && a.f == NULL && a.tmp[0] == 0, "dn_atomic_begin refuses it and holds nothing");
+    free(huge); free(lp); free(parent); free(w);
+    dn_free_param_table(&t);
+}
+
 static void test_bf16(void) {
     CHECK(dn_f32_to_bf16(1.0f) == 0x3f80, "bf16(1)");
     CHECK(dn_bf16_to_f32(dn_f32_to_bf16(3.140625f)) == 3.140625f, "exact bf16 value survives");
@@ -377,8 +596,12 @@ int main(void) {
     test_presets();
     test_config_validation();
     test_bf16();
+    test_escape();
     test_roundtrip_and_corruption();
     test_state();
+    test_not_regular();
+    test_atomic();
+    test_long_paths();
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0) printf("warning: could not remove %s\n", dir);
