@@ -120,11 +120,18 @@ typedef struct {
 
 /* Default SwiGLU hidden size: 256 * ceil(int(D * 4 * 2/3) / 256). */
 int dn_default_hidden(int d_model);
-/* Round v up to a multiple of 128 (the padded vocab for GPU matmuls). */
+/* Round v up to a multiple of 128 (the padded vocab for GPU matmuls); -1 if no int holds that. */
 int dn_pad_vocab(int vocab_size);
-/* Fill a named preset: "tiny", "d12", "340M". Returns 0, or -1 for an unknown name.
- * Presets are pure DeltaNet; set layers (dn_config_set_layers) for a hybrid. */
+/* Fill a named preset: "tiny", "d12", "340M", all with the GPT-2 vocabulary (50257, padded to
+ * 50304). Returns 0, or -1 for an unknown name. Presets are pure DeltaNet; set layers
+ * (dn_config_set_layers) for a hybrid, another vocabulary with dn_config_set_vocab (the 340M
+ * model of the DeltaNet paper uses 32000). */
 int dn_config_preset(DNConfig *cfg, const char *name);
+#define DN_MIN_VOCAB 2
+#define DN_MAX_VOCAB (1 << 24)
+/* Set vocab_size and padded_vocab (dn_pad_vocab). Returns 0, or -1 with err if vocab_size is
+ * outside [DN_MIN_VOCAB, DN_MAX_VOCAB] (cfg is then unchanged). */
+int dn_config_set_vocab(DNConfig *cfg, int vocab_size, char *err, size_t errlen);
 /* Set the layer kinds from a string of D/S/G letters; n_layer becomes its length. */
 int dn_config_set_layers(DNConfig *cfg, const char *kinds, char *err, size_t errlen);
 /* Check a config for anything impossible. Returns 0 or -1 with a one-line reason in err. */
@@ -446,7 +453,20 @@ int dn_default_hidden(int d_model) {
     return 256 * ((h + 255) / 256);
 }
 
-int dn_pad_vocab(int vocab_size) { return ((vocab_size + 127) / 128) * 128; }
+int dn_pad_vocab(int vocab_size) {
+    if (vocab_size > INT_MAX - 127) return -1; /* no int holds it; dn_config_validate refuses */
+    return ((vocab_size + 127) / 128) * 128;
+}
+
+int dn_config_set_vocab(DNConfig *c, int vocab_size, char *err, size_t errlen) {
+    if (vocab_size < DN_MIN_VOCAB || vocab_size > DN_MAX_VOCAB) {
+        dn_seterr(err, errlen, "vocab_size %d out of range [%d, %d]", vocab_size, DN_MIN_VOCAB, DN_MAX_VOCAB);
+        return -1;
+    }
+    c->vocab_size = vocab_size;
+    c->padded_vocab = dn_pad_vocab(vocab_size);
+    return 0;
+}
 
 static void dn_config_fill(DNConfig *c, int vocab, int d, int nl, int nh, int tied) {
     memset(c, 0, sizeof *c);
@@ -470,7 +490,7 @@ static void dn_config_fill(DNConfig *c, int vocab, int d, int nl, int nh, int ti
 int dn_config_preset(DNConfig *cfg, const char *name) {
     if (!strcmp(name, "tiny")) dn_config_fill(cfg, 50257, 64, 4, 2, 1);
     else if (!strcmp(name, "d12")) dn_config_fill(cfg, 50257, 768, 12, 6, 1);
-    else if (!strcmp(name, "340M")) dn_config_fill(cfg, 32000, 1024, 24, 8, 1);
+    else if (!strcmp(name, "340M")) dn_config_fill(cfg, 50257, 1024, 24, 8, 1);
     else return -1;
     return 0;
 }

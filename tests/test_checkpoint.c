@@ -86,11 +86,31 @@ static void test_presets(void) {
     CHECK(t.total_real > 123000000 && t.total_real < 125000000, "d12 should have ~124M parameters, has %zu", t.total_real);
     CHECK(c.padded_vocab == 50304 && c.hidden_size == 2048 && c.head_dim == 128, "d12 sizes");
     dn_free_param_table(&t);
+    /* 340M: the GPT-2 vocabulary like every preset; the paper's 32000 through dn_config_set_vocab */
     CHECK(dn_config_preset(&c, "340M") == 0, "340M preset");
+    CHECK(c.vocab_size == 50257 && c.padded_vocab == 50304, "340M preset has the GPT-2 vocab (%d, padded %d)", c.vocab_size, c.padded_vocab);
     CHECK(dn_build_param_table(&t, &c, err, sizeof err) == 0, "340M table: %s", err);
-    printf("  ok  340M: %zu parameters\n", t.total_real);
-    CHECK(fabs((double)t.total_real - 341.6e6) / 341.6e6 < 0.005, "340M should have ~341.6M parameters, has %zu", t.total_real);
+    printf("  ok  340M: %zu parameters (GPT-2 vocab)\n", t.total_real);
+    CHECK(t.total_real == 341594112u + (size_t)(50257 - 32000) * 1024, "340M with vocab 50257 has %zu parameters", t.total_real);
     dn_free_param_table(&t);
+    CHECK(dn_config_set_vocab(&c, 32000, err, sizeof err) == 0 && c.vocab_size == 32000 && c.padded_vocab == 32000, "set_vocab 32000: %s", err);
+    CHECK(dn_build_param_table(&t, &c, err, sizeof err) == 0, "340M/32000 table: %s", err);
+    printf("  ok  340M with vocab 32000: %zu parameters\n", t.total_real);
+    CHECK(t.total_real == 341594112u, "340M with vocab 32000 should have 341594112 parameters, has %zu", t.total_real);
+    dn_free_param_table(&t);
+    CHECK(dn_config_set_vocab(&c, 1000, err, sizeof err) == 0 && c.padded_vocab == 1024, "set_vocab pads to 128: %d", c.padded_vocab);
+    CHECK(dn_config_set_vocab(&c, DN_MAX_VOCAB, err, sizeof err) == 0 && c.padded_vocab == DN_MAX_VOCAB, "set_vocab 2^24");
+    CHECK(dn_config_validate(&c, err, sizeof err) == 0, "2^24 vocab validates: %s", err);
+    {
+        const int bad_vocab[] = {0, -5, 1, DN_MAX_VOCAB + 1, INT_MAX};
+        for (int i = 0; i < 5; i++) {
+            DNConfig b = c;
+            err[0] = 0;
+            int rc = dn_config_set_vocab(&b, bad_vocab[i], err, sizeof err);
+            CHECK(rc == -1 && strstr(err, "vocab_size") && !memcmp(&b, &c, sizeof b), "set_vocab %d refused, config unchanged: rc %d '%s'", bad_vocab[i], rc, err);
+        }
+    }
+    CHECK(dn_pad_vocab(INT_MAX) == -1 && dn_pad_vocab(50257) == 50304, "dn_pad_vocab never overflows");
     CHECK(dn_config_preset(&c, "nope") == -1, "unknown preset refused");
     CHECK(dn_default_hidden(64) == 256 && dn_default_hidden(768) == 2048 && dn_default_hidden(1024) == 2816, "default hidden sizes");
     /* table offsets tile the buffer and names are unique */
