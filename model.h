@@ -24,8 +24,12 @@
  * little-endian data). The JSON maps each tensor name (the PyTorch reference's names) to
  * {"dtype": "F32"|"BF16", "shape": [...], "data_offsets": [begin, end]}, and "__metadata__" holds
  * strings: "format" = "deltanet.c", "format_version", and every config field (see
- * dn_config_to_metadata). The optimizer state for exact resume lives in a second safetensors file
+ * dn_checkpoint_write). The optimizer state for exact resume lives in a second safetensors file
  * beside the weights (see dn_state_*), so the weights file loads on its own, in PyTorch too.
+ * The reader refuses whatever another reader could take differently (a key twice, text after the
+ * JSON object other than space padding, a NUL inside a string, numbers out of range), checks
+ * every tensor against the config before allocating, and escapes every string from the file
+ * that it puts in a message.
  *
  * Usage: include this header anywhere; in exactly one C file, #define DN_MODEL_IMPLEMENTATION
  * before including it (model.c does). The code is C11 and also compiles as C++ (nvcc).
@@ -504,7 +508,8 @@ int dn_config_set_layers(DNConfig *cfg, const char *kinds, char *err, size_t err
     for (size_t i = 0; i < n; i++) {
         char ch = kinds[i];
         if (ch != 'D' && ch != 'S' && ch != 'G') {
-            dn_seterr(err, errlen, "layer %zu has kind '%c'; use D (DeltaNet), S (sliding window) or G (global)", i, ch);
+            char e[DN_ESC_LEN];
+            dn_seterr(err, errlen, "layer %zu has kind '%s'; use D (DeltaNet), S (sliding window) or G (global)", i, dn_escape(e, sizeof e, &kinds[i], 1));
             return -1;
         }
     }
@@ -516,32 +521,38 @@ int dn_config_set_layers(DNConfig *cfg, const char *kinds, char *err, size_t err
 
 int dn_config_validate(const DNConfig *c, char *err, size_t errlen) {
 #define DN_REQ(cond, ...) do { if (!(cond)) { dn_seterr(err, errlen, __VA_ARGS__); return -1; } } while (0)
-    DN_REQ(c->vocab_size >= 2 && c->vocab_size <= (1 << 24), "vocab_size %d out of range [2, 16777216]", c->vocab_size);
-    DN_REQ(c->padded_vocab >= c->vocab_size && c->padded_vocab <= (1 << 24), "padded_vocab %d must be >= vocab_size %d", c->padded_vocab, c->vocab_size);
+    DN_REQ(c->vocab_size >= DN_MIN_VOCAB && c->vocab_size <= DN_MAX_VOCAB, "vocab_size %d out of range [%d, %d]", c->vocab_size, DN_MIN_VOCAB, DN_MAX_VOCAB);
+    /* at most vocab_size rounded up to 128: more padding rows would only cost memory (and a file
+     * could claim 2^24 of them) */
+    DN_REQ(c->padded_vocab >= c->vocab_size && c->padded_vocab <= dn_pad_vocab(c->vocab_size),
+           "padded_vocab %d must be in [vocab_size %d, %d]", c->padded_vocab, c->vocab_size, dn_pad_vocab(c->vocab_size));
     DN_REQ(c->d_model >= 1 && c->d_model <= 65536, "d_model %d out of range [1, 65536]", c->d_model);
     DN_REQ(c->n_layer >= 1 && c->n_layer <= DN_MAX_LAYERS, "n_layer %d out of range [1, %d]", c->n_layer, DN_MAX_LAYERS);
     DN_REQ(memchr(c->layers, 0, sizeof c->layers) != NULL && (int)strlen(c->layers) == c->n_layer,
            "layer string has %d letters but n_layer is %d", (int)strnlen(c->layers, sizeof c->layers), c->n_layer);
-    int n_attn = 0, n_swa = 0;
+    int n_attn = 0;
     for (int l = 0; l < c->n_layer; l++) {
-        char k = c->layers[l];
-        DN_REQ(k == 'D' || k == 'S' || k == 'G', "layer %d has unknown kind '%c'", l, k);
+        char k = c->layers[l], e[DN_ESC_LEN];
+        DN_REQ(k == 'D' || k == 'S' || k == 'G', "layer %d has unknown kind '%s'", l, dn_escape(e, sizeof e, &c->layers[l], 1));
         n_attn += k != 'D';
-        n_swa += k == 'S';
     }
     DN_REQ(c->n_head >= 1 && c->head_dim >= 1, "n_head %d and head_dim %d must be positive", c->n_head, c->head_dim);
     DN_REQ((long)c->n_head * c->head_dim == c->d_model, "n_head * head_dim = %d * %d != d_model %d", c->n_head, c->head_dim, c->d_model);
     DN_REQ(c->conv_size >= 1 && c->conv_size <= 16, "conv_size %d out of range [1, 16]", c->conv_size);
     DN_REQ(c->hidden_size >= 1 && c->hidden_size <= (1 << 20), "hidden_size %d out of range", c->hidden_size);
-    DN_REQ(c->norm_eps > 0.0f && c->norm_eps < 1.0f, "norm_eps %g must be in (0, 1)", (double)c->norm_eps);
+    DN_REQ(isfinite(c->norm_eps) && c->norm_eps > 0.0f && c->norm_eps < 1.0f, "norm_eps %g must be in (0, 1)", (double)c->norm_eps);
     DN_REQ(c->tie_embeddings == 0 || c->tie_embeddings == 1, "tie_embeddings must be 0 or 1");
+    /* the attention fields are checked on every model, so that no file carries nonsense in them
+     * (a pure DeltaNet model keeps its preset's values) */
+    DN_REQ(isfinite(c->rope_base) && c->rope_base > 1.0f, "rope_base %g must be a finite number > 1", (double)c->rope_base);
+    /* any window >= 1 is valid, INT_MAX included: a window longer than the context is global */
+    DN_REQ(c->window >= 1, "window %d must be >= 1", c->window);
+    DN_REQ(c->attn_heads >= 1 && c->attn_kv_heads >= 1, "attn_heads %d and attn_kv_heads %d must be positive", c->attn_heads, c->attn_kv_heads);
     if (n_attn > 0) {
-        DN_REQ(c->attn_heads >= 1 && c->d_model % c->attn_heads == 0, "attn_heads %d must divide d_model %d", c->attn_heads, c->d_model);
+        DN_REQ(c->d_model % c->attn_heads == 0, "attn_heads %d must divide d_model %d", c->attn_heads, c->d_model);
         DN_REQ((c->d_model / c->attn_heads) % 2 == 0, "attention head size %d must be even (RoPE)", c->d_model / c->attn_heads);
-        DN_REQ(c->attn_kv_heads >= 1 && c->attn_heads % c->attn_kv_heads == 0, "attn_kv_heads %d must divide attn_heads %d", c->attn_kv_heads, c->attn_heads);
-        DN_REQ(c->rope_base > 1.0f, "rope_base %g must be > 1", (double)c->rope_base);
+        DN_REQ(c->attn_heads % c->attn_kv_heads == 0, "attn_kv_heads %d must divide attn_heads %d", c->attn_kv_heads, c->attn_heads);
     }
-    if (n_swa > 0) DN_REQ(c->window >= 1, "window %d must be >= 1 for sliding-window layers", c->window);
 #undef DN_REQ
     return 0;
 }
@@ -708,7 +719,15 @@ static int dn_st_write(const char *path, const DNStWrite *ts, int n, const char 
     cJSON *md = cJSON_AddObjectToObject(root, "__metadata__");
     for (int pass = 0; pass < 2; pass++) {
         const char *const *m = pass ? meta2 : meta;
-        for (; m && m[0] && m[1]; m += 2) cJSON_AddStringToObject(md, m[0], m[1]);
+        for (; m && m[0] && m[1]; m += 2) {
+            if (cJSON_GetObjectItemCaseSensitive(md, m[0])) { /* the reader refuses duplicate keys */
+                char e[DN_ESC_LEN];
+                dn_seterr(err, errlen, "%s: metadata key '%s' given twice", path, dn_esc(e, m[0]));
+                cJSON_Delete(root);
+                return -1;
+            }
+            cJSON_AddStringToObject(md, m[0], m[1]);
+        }
     }
     size_t off = 0;
     for (int i = 0; i < n; i++) {
@@ -785,13 +804,83 @@ static int dn_cmp_entry(const void *a, const void *b) {
     return x->begin < y->begin ? -1 : x->begin > y->begin ? 1 : 0;
 }
 
+/* A NUL byte or a \u0000 escape anywhere in the raw header: cJSON would decode either into a
+ * string with an embedded NUL, which C string functions then cut short ("F32\u0000junk" would
+ * read as "F32"). No valid name, dtype or metadata string holds one. Returns its offset, or -1. */
+static long dn_header_nul(const char *h, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (h[i] == 0) return (long)i;
+        if (h[i] == '\\' && i + 1 < n) {
+            if (h[i + 1] == 'u' && i + 5 < n && !memcmp(h + i + 2, "0000", 4)) return (long)i;
+            i++; /* skip the escaped character: "\\u0000" is a backslash, then text */
+        }
+    }
+    return -1;
+}
+
+static int dn_cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+/* The first key that occurs twice in one object anywhere in the tree, or NULL (*oom set when
+ * memory ran out). cJSON keeps both copies and its lookups return the first, while Python's json
+ * keeps the last: a file with a duplicate means different things to different readers. */
+static const char *dn_json_dup_key(const cJSON *node, int *oom) {
+    if (cJSON_IsObject(node)) {
+        size_t n = 0;
+        for (const cJSON *c = node->child; c; c = c->next) n++;
+        if (n > 1) {
+            const char **k = (const char **)malloc(n * sizeof *k);
+            if (!k) { *oom = 1; return NULL; }
+            size_t i = 0;
+            for (const cJSON *c = node->child; c; c = c->next) k[i++] = c->string ? c->string : "";
+            qsort(k, n, sizeof *k, dn_cmp_str);
+            const char *dup = NULL;
+            for (i = 1; i < n && !dup; i++)
+                if (!strcmp(k[i - 1], k[i])) dup = k[i];
+            free(k);
+            if (dup) return dup;
+        }
+    }
+    for (const cJSON *c = node->child; c; c = c->next) {
+        if (!cJSON_IsObject(c) && !cJSON_IsArray(c)) continue;
+        const char *dup = dn_json_dup_key(c, oom);
+        if (dup || *oom) return dup;
+    }
+    return NULL;
+}
+
+/* Largest element count of one tensor: 2^40 (4 TiB of F32) */
+#define DN_ST_MAX_NUMEL ((uint64_t)1 << 40)
+
+/* Parse the raw header (its n bytes) into s->root: one JSON object, then only the space padding
+ * safetensors writers add; no NULs, no duplicate keys. */
+static int dn_st_parse_header(DNStFile *s, const char *hdr, size_t n, const char *path, char *err, size_t errlen) {
+    char e[DN_ESC_LEN];
+    const long nul = dn_header_nul(hdr, n);
+    if (nul >= 0) { dn_seterr(err, errlen, "%s: the header holds a NUL character (byte %ld); no name, dtype or metadata may", path, nul); return -1; }
+    const char *end = NULL;
+    s->root = cJSON_ParseWithLengthOpts(hdr, n, &end, 0);
+    if (!s->root || !cJSON_IsObject(s->root)) { dn_seterr(err, errlen, "%s: header is not a valid JSON object", path); return -1; }
+    for (const char *q = end; q < hdr + n; q++)
+        if (*q != ' ') {
+            dn_seterr(err, errlen, "%s: text after the header's JSON object at byte %ld: '%s' (only space padding may follow it)",
+                      path, (long)(q - hdr), dn_escape(e, sizeof e, q, (size_t)(hdr + n - q)));
+            return -1;
+        }
+    int oom = 0;
+    const char *dup = dn_json_dup_key(s->root, &oom);
+    if (oom) { dn_seterr(err, errlen, "%s: out of memory checking the header", path); return -1; }
+    if (dup) { dn_seterr(err, errlen, "%s: the header has the key '%s' twice", path, dn_esc(e, dup)); return -1; }
+    return 0;
+}
+
 /* Open and validate the container: header length, JSON, each entry's dtype/shape/range, and that
- * the ranges tile the data area exactly. */
+ * the ranges tile the data area exactly. Every string from the file is escaped in messages. */
 static int dn_st_open(DNStFile *s, const char *path, char *err, size_t errlen) {
     struct stat sb;
     uint64_t fsize = 0, hl = 0;
     unsigned char b8[8];
     int cnt = 0;
+    char e1[DN_ESC_LEN], e2[DN_ESC_LEN];
     memset(s, 0, sizeof *s);
     s->f = dn_open_regular(path, err, errlen);
     if (!s->f) return -1;
@@ -805,10 +894,10 @@ static int dn_st_open(DNStFile *s, const char *path, char *err, size_t errlen) {
         char *hdr = (char *)malloc(hl + 1);
         if (!hdr || fread(hdr, 1, hl, s->f) != hl) { free(hdr); dn_seterr(err, errlen, "%s: cannot read the header", path); goto fail; }
         hdr[hl] = 0;
-        s->root = cJSON_ParseWithLength(hdr, hl);
+        const int rc = dn_st_parse_header(s, hdr, hl, path, err, errlen);
         free(hdr);
+        if (rc) goto fail;
     }
-    if (!s->root || !cJSON_IsObject(s->root)) { dn_seterr(err, errlen, "%s: header is not a valid JSON object", path); goto fail; }
     s->data_start = 8 + hl;
     s->data_size = fsize - 8 - hl;
     cnt = cJSON_GetArraySize(s->root);
@@ -818,43 +907,51 @@ static int dn_st_open(DNStFile *s, const char *path, char *err, size_t errlen) {
         if (!strcmp(it->string, "__metadata__")) {
             if (!cJSON_IsObject(it)) { dn_seterr(err, errlen, "%s: __metadata__ is not an object", path); goto fail; }
             for (cJSON *m = it->child; m; m = m->next)
-                if (!cJSON_IsString(m)) { dn_seterr(err, errlen, "%s: __metadata__ value '%s' is not a string", path, m->string); goto fail; }
+                if (!cJSON_IsString(m)) { dn_seterr(err, errlen, "%s: __metadata__ value '%s' is not a string", path, dn_esc(e1, m->string)); goto fail; }
             s->meta = it;
             continue;
         }
         DNStEntry *e = &s->e[s->n];
-        if (strlen(it->string) >= sizeof e->name) { dn_seterr(err, errlen, "%s: tensor name too long: '%.60s...'", path, it->string); goto fail; }
+        if (strlen(it->string) >= sizeof e->name) { dn_seterr(err, errlen, "%s: tensor name too long (%zu bytes): '%s'", path, strlen(it->string), dn_esc(e1, it->string)); goto fail; }
         strcpy(e->name, it->string);
+        const char *nm = dn_esc(e1, e->name);
         cJSON *dt = cJSON_GetObjectItemCaseSensitive(it, "dtype");
         cJSON *sh = cJSON_GetObjectItemCaseSensitive(it, "shape");
         cJSON *of = cJSON_GetObjectItemCaseSensitive(it, "data_offsets");
         if (!cJSON_IsObject(it) || !cJSON_IsString(dt) || !cJSON_IsArray(sh) || !cJSON_IsArray(of) || cJSON_GetArraySize(of) != 2) {
-            dn_seterr(err, errlen, "%s: tensor '%s' lacks a dtype, shape or data_offsets", path, e->name); goto fail;
+            dn_seterr(err, errlen, "%s: tensor '%s' lacks a dtype, shape or data_offsets", path, nm); goto fail;
         }
         if (!strcmp(dt->valuestring, "F32")) e->dtype = DN_F32;
         else if (!strcmp(dt->valuestring, "BF16")) e->dtype = DN_BF16;
-        else { dn_seterr(err, errlen, "%s: tensor '%s' has dtype %s; only F32 and BF16 are read", path, e->name, dt->valuestring); goto fail; }
+        else { dn_seterr(err, errlen, "%s: tensor '%s' has dtype %s; only F32 and BF16 are read", path, nm, dn_esc(e2, dt->valuestring)); goto fail; }
         e->ndim = cJSON_GetArraySize(sh);
-        if (e->ndim > DN_MAX_NDIM) { dn_seterr(err, errlen, "%s: tensor '%s' has %d dimensions (at most %d)", path, e->name, e->ndim, DN_MAX_NDIM); goto fail; }
+        if (e->ndim > DN_MAX_NDIM) { dn_seterr(err, errlen, "%s: tensor '%s' has %d dimensions (at most %d)", path, nm, e->ndim, DN_MAX_NDIM); goto fail; }
         uint64_t numel = 1;
         for (int d = 0; d < e->ndim; d++) {
+            /* range-check the double before converting it: a cast of 1e300 is undefined */
             cJSON *x = cJSON_GetArrayItem(sh, d);
-            if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble > 4e9 || x->valuedouble != floor(x->valuedouble)) {
-                dn_seterr(err, errlen, "%s: tensor '%s' has a bad shape", path, e->name); goto fail;
+            const double v = cJSON_IsNumber(x) ? x->valuedouble : -1.0;
+            if (!(v >= 0.0 && v <= (double)DN_ST_MAX_NUMEL && v == floor(v))) {
+                dn_seterr(err, errlen, "%s: tensor '%s' has a bad shape (dimension %d is not an integer in [0, 2^40])", path, nm, d); goto fail;
             }
-            e->shape[d] = (int64_t)x->valuedouble;
-            numel *= (uint64_t)e->shape[d];
-            if (numel > ((uint64_t)1 << 40)) { dn_seterr(err, errlen, "%s: tensor '%s' is impossibly large", path, e->name); goto fail; }
+            e->shape[d] = (int64_t)v;
+            const uint64_t dim = (uint64_t)e->shape[d];
+            if (dim && numel > DN_ST_MAX_NUMEL / dim) { dn_seterr(err, errlen, "%s: tensor '%s' is impossibly large (over 2^40 elements)", path, nm); goto fail; }
+            numel *= dim;
         }
         cJSON *b0 = cJSON_GetArrayItem(of, 0), *b1 = cJSON_GetArrayItem(of, 1);
-        if (!cJSON_IsNumber(b0) || !cJSON_IsNumber(b1) || b0->valuedouble < 0 || b1->valuedouble < b0->valuedouble ||
-            b0->valuedouble != floor(b0->valuedouble) || b1->valuedouble != floor(b1->valuedouble)) {
-            dn_seterr(err, errlen, "%s: tensor '%s' has bad data_offsets", path, e->name); goto fail;
+        const double d0 = cJSON_IsNumber(b0) ? b0->valuedouble : -1.0, d1 = cJSON_IsNumber(b1) ? b1->valuedouble : -1.0;
+        if (!(d0 >= 0.0 && d1 >= d0 && d0 == floor(d0) && d1 == floor(d1))) {
+            dn_seterr(err, errlen, "%s: tensor '%s' has bad data_offsets", path, nm); goto fail;
         }
-        e->begin = (uint64_t)b0->valuedouble;
-        e->end = (uint64_t)b1->valuedouble;
-        if (e->end > s->data_size) { dn_seterr(err, errlen, "%s: tensor '%s' bytes [%llu, %llu) lie past the end of the data (%llu bytes): truncated file", path, e->name, (unsigned long long)e->begin, (unsigned long long)e->end, (unsigned long long)s->data_size); goto fail; }
-        if (e->end - e->begin != numel * dn_dtype_size(e->dtype)) { dn_seterr(err, errlen, "%s: tensor '%s' has %llu bytes but its shape and dtype need %llu", path, e->name, (unsigned long long)(e->end - e->begin), (unsigned long long)(numel * dn_dtype_size(e->dtype))); goto fail; }
+        if (d1 > (double)s->data_size) {
+            dn_seterr(err, errlen, "%s: tensor '%s' bytes [%.16g, %.16g) lie past the end of the data (%llu bytes): truncated file", path, nm, d0, d1, (unsigned long long)s->data_size);
+            goto fail;
+        }
+        e->begin = (uint64_t)d0;
+        e->end = (uint64_t)d1;
+        if (e->end > s->data_size) { dn_seterr(err, errlen, "%s: tensor '%s' bytes [%llu, %llu) lie past the end of the data (%llu bytes): truncated file", path, nm, (unsigned long long)e->begin, (unsigned long long)e->end, (unsigned long long)s->data_size); goto fail; }
+        if (e->end - e->begin != numel * dn_dtype_size(e->dtype)) { dn_seterr(err, errlen, "%s: tensor '%s' has %llu bytes but its shape and dtype need %llu", path, nm, (unsigned long long)(e->end - e->begin), (unsigned long long)(numel * dn_dtype_size(e->dtype))); goto fail; }
         s->n++;
     }
     {
@@ -864,8 +961,8 @@ static int dn_st_open(DNStFile *s, const char *path, char *err, size_t errlen) {
         qsort(sorted, (size_t)s->n, sizeof(DNStEntry), dn_cmp_entry);
         uint64_t pos = 0;
         for (int i = 0; i < s->n; i++) {
-            if (sorted[i].begin < pos) { dn_seterr(err, errlen, "%s: tensor '%s' overlaps the bytes of another tensor", path, sorted[i].name); free(sorted); goto fail; }
-            if (sorted[i].begin > pos) { dn_seterr(err, errlen, "%s: %llu bytes before tensor '%s' belong to no tensor", path, (unsigned long long)(sorted[i].begin - pos), sorted[i].name); free(sorted); goto fail; }
+            if (sorted[i].begin < pos) { dn_seterr(err, errlen, "%s: tensor '%s' overlaps the bytes of another tensor", path, dn_esc(e1, sorted[i].name)); free(sorted); goto fail; }
+            if (sorted[i].begin > pos) { dn_seterr(err, errlen, "%s: %llu bytes before tensor '%s' belong to no tensor", path, (unsigned long long)(sorted[i].begin - pos), dn_esc(e1, sorted[i].name)); free(sorted); goto fail; }
             pos = sorted[i].end;
         }
         free(sorted);
@@ -900,33 +997,49 @@ static int dn_st_read_f32(DNStFile *s, const DNStEntry *e, float *out, size_t nu
     return rc;
 }
 
-/* Parse a metadata integer strictly. */
-static int dn_meta_long(const DNStFile *s, const char *key, long lo, long hi, long *out,
-                        const char *path, char *err, size_t errlen) {
-    const char *v = dn_st_meta(s, key);
-    if (!v) { dn_seterr(err, errlen, "%s: __metadata__ lacks '%s'", path, key); return -1; }
+/* Parse a decimal integer strictly: an optional '-' (when lo < 0), then digits only (no space, no
+ * '+', nothing after), in [lo, hi]. */
+static int dn_parse_long(const char *v, long lo, long hi, long *out) {
+    const char *d = v[0] == '-' && lo < 0 ? v + 1 : v;
+    if (*d < '0' || *d > '9') return -1;
     char *end = NULL;
     errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno || end == v || *end || x < lo || x > hi) { dn_seterr(err, errlen, "%s: __metadata__ '%s' = '%s' is not an integer in [%ld, %ld]", path, key, v, lo, hi); return -1; }
+    const long x = strtol(v, &end, 10);
+    if (errno || *end || x < lo || x > hi) return -1;
     *out = x;
     return 0;
 }
 
+static int dn_meta_long(const DNStFile *s, const char *key, long lo, long hi, long *out,
+                        const char *path, char *err, size_t errlen) {
+    const char *v = dn_st_meta(s, key);
+    char e[DN_ESC_LEN];
+    if (!v) { dn_seterr(err, errlen, "%s: __metadata__ lacks '%s'", path, key); return -1; }
+    if (dn_parse_long(v, lo, hi, out)) { dn_seterr(err, errlen, "%s: __metadata__ '%s' = '%s' is not an integer in [%ld, %ld]", path, key, dn_esc(e, v), lo, hi); return -1; }
+    return 0;
+}
+
+/* A metadata number that must be a finite float: the double is range-checked before the
+ * conversion (1e39 would become inf, and converting it is undefined). */
 static int dn_meta_float(const DNStFile *s, const char *key, float *out, const char *path, char *err, size_t errlen) {
     const char *v = dn_st_meta(s, key);
+    char e[DN_ESC_LEN];
     if (!v) { dn_seterr(err, errlen, "%s: __metadata__ lacks '%s'", path, key); return -1; }
     char *end = NULL;
-    double x = strtod(v, &end);
-    if (end == v || *end || !isfinite(x)) { dn_seterr(err, errlen, "%s: __metadata__ '%s' = '%s' is not a number", path, key, v); return -1; }
+    const double x = strtod(v, &end);
+    if (end == v || *end || v[0] == ' ' || (v[0] >= '\t' && v[0] <= '\r') || !isfinite(x) || fabs(x) > (double)FLT_MAX) {
+        dn_seterr(err, errlen, "%s: __metadata__ '%s' = '%s' is not a finite float", path, key, dn_esc(e, v));
+        return -1;
+    }
     *out = (float)x;
     return 0;
 }
 
 static int dn_check_format(const DNStFile *s, const char *want, const char *path, char *err, size_t errlen) {
     const char *fmt = dn_st_meta(s, "format");
+    char e[DN_ESC_LEN];
     if (!fmt || strcmp(fmt, want)) {
-        dn_seterr(err, errlen, "%s: not a %s file (__metadata__ format is '%s')", path, want, fmt ? fmt : "absent");
+        dn_seterr(err, errlen, "%s: not a %s file (__metadata__ format is '%s')", path, want, fmt ? dn_esc(e, fmt) : "absent");
         return -1;
     }
     long ver = 0;
@@ -1069,13 +1182,15 @@ int dn_checkpoint_read(const char *path, DNConfig *cfg, float **params, char *er
     DNParamTable t;
     memset(&t, 0, sizeof t);
     float *w = NULL;
+    uint64_t need = 0;
+    char esc[DN_ESC_LEN];
     if (dn_check_format(&s, DN_FORMAT_NAME, path, err, errlen)) goto fail;
     if (dn_config_from_meta(&s, cfg, path, err, errlen)) goto fail;
     if (dn_build_param_table(&t, cfg, err, errlen)) goto fail;
     for (int i = 0; i < s.n; i++)
-        if (dn_find_param(&t, s.e[i].name) < 0) { dn_seterr(err, errlen, "%s: unexpected tensor '%s' for this config", path, s.e[i].name); goto fail; }
-    w = (float *)calloc(t.total ? t.total : 1, sizeof(float));
-    if (!w) { dn_seterr(err, errlen, "%s: out of memory for %zu parameters", path, t.total); goto fail; }
+        if (dn_find_param(&t, s.e[i].name) < 0) { dn_seterr(err, errlen, "%s: unexpected tensor '%s' for this config", path, dn_esc(esc, s.e[i].name)); goto fail; }
+    /* every tensor against the table before the buffer is allocated: metadata that claims a huge
+     * model over small tensors is a shape mismatch, not "out of memory" */
     for (int i = 0; i < t.n_params; i++) {
         const DNParam *p = &t.params[i];
         const DNStEntry *e = dn_st_find(&s, p->name);
@@ -1083,12 +1198,25 @@ int dn_checkpoint_read(const char *path, DNConfig *cfg, float **params, char *er
         int same = e->ndim == p->ndim;
         for (int d = 0; same && d < p->ndim; d++) same = e->shape[d] == p->shape[d];
         if (!same) {
-            char a[64] = "", b[64] = "";
+            char a[80] = "", b[80] = "";
             for (int d = 0; d < e->ndim; d++) snprintf(a + strlen(a), sizeof a - strlen(a), "%s%lld", d ? "," : "", (long long)e->shape[d]);
             for (int d = 0; d < p->ndim; d++) snprintf(b + strlen(b), sizeof b - strlen(b), "%s%d", d ? "," : "", p->shape[d]);
             dn_seterr(err, errlen, "%s: tensor '%s' has shape [%s], the config needs [%s]", path, p->name, a, b);
             goto fail;
         }
+        need += (uint64_t)p->numel * dn_dtype_size(e->dtype);
+    }
+    /* the data must be exactly what the config needs (the tiling check and the two loops above
+     * imply it; this keeps the allocation below bounded by the file size even if they change) */
+    if (need != s.data_size) {
+        dn_seterr(err, errlen, "%s: the config needs %llu data bytes, the file holds %llu", path, (unsigned long long)need, (unsigned long long)s.data_size);
+        goto fail;
+    }
+    w = (float *)calloc(t.total ? t.total : 1, sizeof(float));
+    if (!w) { dn_seterr(err, errlen, "%s: out of memory for %zu parameters", path, t.total); goto fail; }
+    for (int i = 0; i < t.n_params; i++) {
+        const DNParam *p = &t.params[i];
+        const DNStEntry *e = dn_st_find(&s, p->name);
         if (dn_st_read_f32(&s, e, w + p->offset, p->numel)) { dn_seterr(err, errlen, "%s: read error in tensor '%s'", path, p->name); goto fail; }
         for (size_t j = 0; j < p->numel; j++)
             if (!isfinite(w[p->offset + j])) { dn_seterr(err, errlen, "%s: tensor '%s' holds a NaN or Inf at element %zu", path, p->name, j); goto fail; }

@@ -50,6 +50,18 @@ static void write_with_header(const char *path, const char *json, const unsigned
     write_with_header_n(path, json, strlen(json), data, ndata);
 }
 
+/* A copy of s with the first `from` replaced by `to`; NULL (and a failed check) if absent. */
+static char *replace1(const char *s, const char *from, const char *to) {
+    const char *p = strstr(s, from);
+    CHECK(p != NULL, "test setup: '%s' not found", from);
+    if (!p) return NULL;
+    char *r = xcalloc(strlen(s) + strlen(to) + 1, 1);
+    memcpy(r, s, (size_t)(p - s));
+    strcat(r, to);
+    strcat(r, p + strlen(from));
+    return r;
+}
+
 /* Every byte of a message is printable ASCII: no newline, no terminal escape. */
 static int printable(const char *s) {
     for (; *s; s++)
@@ -149,6 +161,23 @@ static void test_config_validation(void) {
     b = c; b.window = 0; expect_bad_config(b, "zero window with S layers", "window");
     b = c; b.norm_eps = 0; expect_bad_config(b, "zero eps", "norm_eps");
     CHECK(dn_config_set_layers(&b, "DDQ", err, sizeof err) == -1 && strstr(err, "'Q'"), "layer string with Q refused: %s", err);
+    /* every float finite and in range, on every model (a pure DeltaNet one too) */
+    b = c; b.norm_eps = NAN; expect_bad_config(b, "NaN eps", "norm_eps");
+    b = c; b.rope_base = INFINITY; expect_bad_config(b, "infinite rope_base", "rope_base");
+    b = c; b.rope_base = NAN; expect_bad_config(b, "NaN rope_base", "rope_base");
+    dn_config_set_layers(&b, "DD", err, sizeof err);
+    b.rope_base = INFINITY; expect_bad_config(b, "infinite rope_base on a pure DeltaNet model", "rope_base");
+    b.rope_base = 10000.0f; b.attn_heads = 0; expect_bad_config(b, "zero attn_heads on a pure DeltaNet model", "attn_heads");
+    b = c; b.padded_vocab = 385; expect_bad_config(b, "padded_vocab past vocab rounded up to 128", "padded_vocab");
+    b = c; b.padded_vocab = 1 << 24; expect_bad_config(b, "padded_vocab 2^24 for a vocab of 300", "padded_vocab");
+    b = c; b.padded_vocab = 300;
+    CHECK(dn_config_validate(&b, err, sizeof err) == 0, "padded_vocab == vocab_size is valid: %s", err);
+    /* a window longer than any context is valid */
+    b = c; b.window = INT_MAX;
+    CHECK(dn_config_validate(&b, err, sizeof err) == 0, "window 2^31-1 is valid: %s", err);
+    /* a layer letter from a file is escaped in the message */
+    b = c; b.layers[2] = '\x1b'; expect_bad_config(b, "escape character as a layer kind", "layer 2 has unknown kind '\\x1b'");
+    CHECK(dn_config_set_layers(&b, "DD\nD", err, sizeof err) == -1 && strstr(err, "kind '\\n'") && printable(err), "newline in a layer string is escaped: %s", err);
 }
 
 /* Expect dn_checkpoint_read to refuse path with a message containing needle and the path. */
@@ -163,6 +192,27 @@ static void expect_refused(const char *path, const char *what, const char *needl
     if (rc == 0) free(p);
 }
 
+/* Expect dn_checkpoint_read to accept path; returns its config. */
+static DNConfig expect_accepted(const char *path, const char *what) {
+    DNConfig c;
+    memset(&c, 0, sizeof c);
+    float *p = NULL;
+    char err[DN_ERR_LEN] = "";
+    int rc = dn_checkpoint_read(path, &c, &p, err, sizeof err);
+    CHECK(rc == 0 && p != NULL, "%s: expected the file to be read, got rc=%d err='%s'", what, rc, err);
+    free(p);
+    return c;
+}
+
+/* Write the header text json (freed) over data to path and expect the reader to refuse it. */
+static void expect_refused_text(const char *path, char *json, const unsigned char *data, size_t ndata,
+                                const char *what, const char *needle) {
+    if (!json) return;
+    write_with_header(path, json, data, ndata);
+    expect_refused(path, what, needle);
+    free(json);
+}
+
 /* Write the edited header root (then freed) over data to path and expect the reader to refuse it. */
 static void expect_refused_json(const char *path, cJSON *root, const unsigned char *data, size_t ndata,
                                 const char *what, const char *needle) {
@@ -171,6 +221,191 @@ static void expect_refused_json(const char *path, cJSON *root, const unsigned ch
     expect_refused(path, what, needle);
     free(j);
     cJSON_Delete(root);
+}
+
+/* Issue 8's header defects, on the header text json of a good tied hybrid checkpoint (data: its
+ * ndata data bytes). Each was accepted (or crashed a sanitizer build) before its fix. */
+static void test_header_defects(const char *bad, const char *json, const unsigned char *data, size_t ndata) {
+    /* 1. a key twice: a tensor (the second copy pointing at extra bytes, so that the byte ranges
+     * still tile), a metadata key, a key inside a tensor entry */
+    {
+        cJSON *root = cJSON_Parse(json);
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "dtype", "F32");
+        cJSON_AddItemToObject(x, "shape", cJSON_CreateIntArray((const int[]){32}, 1));
+        cJSON *o = cJSON_AddArrayToObject(x, "data_offsets");
+        cJSON_AddItemToArray(o, cJSON_CreateNumber((double)ndata));
+        cJSON_AddItemToArray(o, cJSON_CreateNumber((double)ndata + 128));
+        cJSON_AddItemToObject(root, "model.norm.weight", x); /* cJSON appends a second copy */
+        unsigned char *d2 = xcalloc(ndata + 128, 1);
+        memcpy(d2, data, ndata);
+        expect_refused_json(bad, root, d2, ndata + 128, "tensor named twice", "the key 'model.norm.weight' twice");
+        free(d2);
+    }
+    expect_refused_text(bad, replace1(json, "\"d_model\":\"32\"", "\"d_model\":\"32\",\"d_model\":\"64\""), data, ndata,
+                        "metadata key twice", "the key 'd_model' twice");
+    expect_refused_text(bad, replace1(json, "\"dtype\":\"F32\"", "\"dtype\":\"F32\",\"dtype\":\"BF16\""), data, ndata,
+                        "dtype twice in one tensor", "the key 'dtype' twice");
+    /* 2. text after the JSON object; space padding is fine */
+    {
+        size_t hl = strlen(json);
+        char *j = xcalloc(hl + 16, 1);
+        memcpy(j, json, hl);
+        strcpy(j + hl, "garbage}");
+        expect_refused_text(bad, j, data, ndata, "text after the header JSON", "text after the header's JSON object");
+        j = xcalloc(hl + 16, 1);
+        memcpy(j, json, hl);
+        strcpy(j + hl, "\n");
+        expect_refused_text(bad, j, data, ndata, "newline after the header JSON", "text after the header's JSON object");
+        j = xcalloc(hl + 16, 1);
+        memcpy(j, json, hl);
+        strcpy(j + hl, "       ");
+        write_with_header(bad, j, data, ndata);
+        expect_accepted(bad, "a header padded with 7 spaces");
+        free(j);
+    }
+    /* 3. an embedded NUL: the \u0000 escape, and a raw NUL byte */
+    expect_refused_text(bad, replace1(json, "\"dtype\":\"F32\"", "\"dtype\":\"F32\\u0000junk\""), data, ndata,
+                        "dtype F32\\u0000junk", "NUL character");
+    expect_refused_text(bad, replace1(json, "\"format\":\"deltanet.c\"", "\"format\":\"deltanet.c\\u0000\""), data, ndata,
+                        "metadata value with \\u0000", "NUL character");
+    {
+        char *j = replace1(json, "\"format\":\"deltanet.c\"", "\"format\":\"deltanet.c@x\"");
+        if (j) {
+            size_t hl = strlen(j);
+            *strchr(j, '@') = 0;
+            write_with_header_n(bad, j, hl, data, ndata);
+            expect_refused(bad, "raw NUL byte in a metadata value", "NUL character");
+            free(j);
+        }
+    }
+    /* an escaped backslash followed by "u0000" is text, not a NUL (refused for another reason) */
+    expect_refused_text(bad, replace1(json, "\"dtype\":\"F32\"", "\"dtype\":\"F32\\\\u0000\""), data, ndata,
+                        "dtype F32\\\\u0000 (a backslash)", "has dtype F32\\\\u0000; only F32 and BF16");
+    /* 4. floats that are finite as doubles but not as floats, or out of range */
+    expect_refused_text(bad, replace1(json, "\"rope_base\":\"10000\"", "\"rope_base\":\"1e39\""), data, ndata,
+                        "rope_base 1e39 (inf as a float)", "'rope_base' = '1e39' is not a finite float");
+    expect_refused_text(bad, replace1(json, "\"rope_base\":\"10000\"", "\"rope_base\":\"-1e39\""), data, ndata,
+                        "rope_base -1e39", "is not a finite float");
+    expect_refused_text(bad, replace1(json, "\"rope_base\":\"10000\"", "\"rope_base\":\"nan\""), data, ndata,
+                        "rope_base nan", "is not a finite float");
+    expect_refused_text(bad, replace1(json, "\"rope_base\":\"10000\"", "\"rope_base\":\" 10000\""), data, ndata,
+                        "rope_base with a leading space", "is not a finite float");
+    expect_refused_text(bad, replace1(json, "\"rope_base\":\"10000\"", "\"rope_base\":\"0.5\""), data, ndata,
+                        "rope_base 0.5", "rope_base 0.5 must be a finite number > 1");
+    expect_refused_text(bad, replace1(json, "\"norm_eps\":\"9.99999997e-07\"", "\"norm_eps\":\"1e-50\""), data, ndata,
+                        "norm_eps 1e-50 (0 as a float)", "norm_eps 0 must be in (0, 1)");
+    expect_refused_text(bad, replace1(json, "\"norm_eps\":\"9.99999997e-07\"", "\"norm_eps\":\"1\""), data, ndata,
+                        "norm_eps 1", "norm_eps 1 must be in (0, 1)");
+    /* 5. data_offsets and shapes far out of range: range-checked before the cast */
+    {
+        cJSON *root = cJSON_Parse(json);
+        cJSON *nw = cJSON_GetObjectItem(root, "model.norm.weight");
+        cJSON *ofs = cJSON_GetObjectItem(nw, "data_offsets");
+        cJSON_ReplaceItemInArray(ofs, 1, cJSON_CreateNumber(1e300));
+        expect_refused_json(bad, root, data, ndata, "data_offsets end 1e300", "bytes [");
+        root = cJSON_Parse(json);
+        nw = cJSON_GetObjectItem(root, "model.norm.weight");
+        ofs = cJSON_GetObjectItem(nw, "data_offsets");
+        cJSON_ReplaceItemInArray(ofs, 0, cJSON_CreateNumber(1e300));
+        cJSON_ReplaceItemInArray(ofs, 1, cJSON_CreateNumber(1e300));
+        expect_refused_json(bad, root, data, ndata, "data_offsets [1e300, 1e300]", "1e+300) lie past the end of the data");
+        root = cJSON_Parse(json);
+        nw = cJSON_GetObjectItem(root, "model.norm.weight");
+        cJSON_ReplaceItemInObject(nw, "shape", cJSON_CreateDoubleArray((const double[]){1e300}, 1));
+        expect_refused_json(bad, root, data, ndata, "shape [1e300]", "bad shape");
+        root = cJSON_Parse(json);
+        nw = cJSON_GetObjectItem(root, "model.norm.weight");
+        cJSON_ReplaceItemInObject(nw, "shape", cJSON_CreateDoubleArray((const double[]){1048576, 1048576, 16777216}, 3));
+        expect_refused_json(bad, root, data, ndata, "shape of 2^64 elements (wraps to 0)", "impossibly large");
+    }
+    {
+        /* 1e999 parses as inf: mark the spot with a number cJSON prints as is, then edit the text */
+        cJSON *root = cJSON_Parse(json);
+        cJSON *ofs = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "model.norm.weight"), "data_offsets");
+        cJSON_ReplaceItemInArray(ofs, 1, cJSON_CreateNumber(987654321));
+        char *j = cJSON_PrintUnformatted(root);
+        cJSON_Delete(root);
+        expect_refused_text(bad, replace1(j, "987654321", "1e999"), data, ndata, "data_offsets end 1e999 (inf)", "inf) lie past the end of the data");
+        expect_refused_text(bad, replace1(j, "987654321", "-1e999"), data, ndata, "data_offsets end -1e999", "bad data_offsets");
+        free(j);
+    }
+    /* 6. metadata that claims a huge model over small tensors: the shape mismatch, before any
+     * allocation; and a padding of 2^24 rows, impossible for the file */
+    {
+        char *j = replace1(json, "\"d_model\":\"32\"", "\"d_model\":\"65536\"");
+        char *j2 = j ? replace1(j, "\"head_dim\":\"16\"", "\"head_dim\":\"32768\"") : NULL;
+        free(j);
+        expect_refused_text(bad, j2, data, ndata, "metadata d_model 65536 on D=32 tensors",
+                            "tensor 'model.embeddings.weight' has shape [300,32], the config needs [300,65536]");
+    }
+    expect_refused_text(bad, replace1(json, "\"padded_vocab\":\"384\"", "\"padded_vocab\":\"16777216\""), data, ndata,
+                        "padded_vocab 2^24", "padded_vocab 16777216 must be in [vocab_size 300, 384]");
+    /* 7. a window longer than any context is valid; 2^31 is not an int */
+    {
+        char *j = replace1(json, "\"window\":\"7\"", "\"window\":\"2147483647\"");
+        if (j) {
+            write_with_header(bad, j, data, ndata);
+            DNConfig c = expect_accepted(bad, "window 2^31-1");
+            CHECK(c.window == INT_MAX, "window 2^31-1 read as %d", c.window);
+            free(j);
+        }
+    }
+    expect_refused_text(bad, replace1(json, "\"window\":\"7\"", "\"window\":\"2147483648\""), data, ndata,
+                        "window 2^31", "'window' = '2147483648' is not an integer");
+    expect_refused_text(bad, replace1(json, "\"window\":\"7\"", "\"window\":\"+7\""), data, ndata,
+                        "window +7", "'window' = '+7' is not an integer");
+    expect_refused_text(bad, replace1(json, "\"window\":\"7\"", "\"window\":\" 7\""), data, ndata,
+                        "window with a leading space", "'window' = ' 7' is not an integer");
+    /* 8. strings from the file are escaped (and cut) in messages */
+    {
+        cJSON *root = cJSON_Parse(json);
+        cJSON *x = cJSON_AddObjectToObject(root, "evil\n\x1b[31mname\xc3\xa9");
+        cJSON_AddStringToObject(x, "dtype", "F32");
+        cJSON_AddItemToObject(x, "shape", cJSON_CreateIntArray((const int[]){2}, 1));
+        cJSON *o = cJSON_AddArrayToObject(x, "data_offsets");
+        cJSON_AddItemToArray(o, cJSON_CreateNumber((double)ndata));
+        cJSON_AddItemToArray(o, cJSON_CreateNumber((double)ndata + 8));
+        unsigned char *d2 = xcalloc(ndata + 8, 1);
+        memcpy(d2, data, ndata);
+        expect_refused_json(bad, root, d2, ndata + 8, "tensor name with newline and ESC", "unexpected tensor 'evil\\n\\x1b[31mname\\xc3\\xa9'");
+        free(d2);
+    }
+    expect_refused_text(bad, replace1(json, "\"dtype\":\"F32\"", "\"dtype\":\"F\\n16\\u001b\""), data, ndata,
+                        "dtype with newline", "has dtype F\\n16\\x1b; only");
+    expect_refused_text(bad, replace1(json, "\"format\":\"deltanet.c\"", "\"format\":\"deltanet.c\\n\\u001b[2J\""), data, ndata,
+                        "format with a terminal escape", "format is 'deltanet.c\\n\\x1b[2J'");
+    expect_refused_text(bad, replace1(json, "\"d_model\":\"32\"", "\"d_model\":\"3\\n2\""), data, ndata,
+                        "metadata integer with newline", "'d_model' = '3\\n2' is not an integer");
+    expect_refused_text(bad, replace1(json, "\"layers\":\"DSDG\"", "\"layers\":\"DS\\rG\""), data, ndata,
+                        "layer letter CR", "layer 2 has unknown kind '\\r'");
+    expect_refused_text(bad, replace1(json, "\"window\":\"7\"", "\"window\":\"7\",\"k\\u001b\":7"), data, ndata,
+                        "non-string metadata under an ESC key", "value 'k\\x1b' is not a string");
+    {
+        char name[400];
+        memset(name, 'n', 300);
+        name[0] = '\n';
+        name[300] = 0;
+        cJSON *root = cJSON_Parse(json);
+        cJSON *x = cJSON_AddObjectToObject(root, name);
+        cJSON_AddStringToObject(x, "dtype", "F32");
+        cJSON_AddItemToObject(x, "shape", cJSON_CreateIntArray((const int[]){0}, 1));
+        cJSON *o = cJSON_AddArrayToObject(x, "data_offsets");
+        cJSON_AddItemToArray(o, cJSON_CreateNumber(0));
+        cJSON_AddItemToArray(o, cJSON_CreateNumber(0));
+        char *j = cJSON_PrintUnformatted(root);
+        cJSON_Delete(root);
+        write_with_header(bad, j, data, ndata);
+        free(j);
+        DNConfig c;
+        float *p = NULL;
+        char err[DN_ERR_LEN] = "";
+        int rc = dn_checkpoint_read(bad, &c, &p, err, sizeof err);
+        const char *q = strstr(err, "'\\nnnn");
+        CHECK(rc == -1 && strstr(err, "tensor name too long (300 bytes)") && q && strstr(q, "...'") && strlen(q) < DN_ESC_LEN + 2 && printable(err),
+              "a 300-byte tensor name is escaped and cut: '%s'", err);
+        free(p);
+    }
 }
 
 static void test_roundtrip_and_corruption(void) {
@@ -313,6 +548,7 @@ static void test_roundtrip_and_corruption(void) {
         cJSON_ReplaceItemInArray(ofs, 1, cJSON_CreateNumber(b1 + 64));
         expect_refused_json(bad, root, data, ndata, "byte range past the data", "past the end of the data");
     }
+    test_header_defects(bad, json, data, ndata);
     /* trailing garbage after the data */
     {
         unsigned char *b = xcalloc(n + 16, 1);
