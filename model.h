@@ -233,13 +233,21 @@ int dn_checkpoint_write(const char *path, const DNParamTable *t, const float *pa
  * the file and the problem. */
 int dn_checkpoint_read(const char *path, DNConfig *cfg, float **params, char *err, size_t errlen);
 /* Read one __metadata__ value of a safetensors file into out (for step counters and the like).
- * Returns 0, or -1 if the file is invalid or the key is absent. */
+ * Returns 0, or -1 if the file is invalid, the key is absent or the value does not fit in out. */
 int dn_checkpoint_read_meta(const char *path, const char *key, char *out, size_t outlen,
                             char *err, size_t errlen);
+/* The training step a weights file was saved at: its __metadata__ "step" (the trainer writes it
+ * through extra_meta), parsed strictly (digits only, fits a long). Returns 0, or -1 with err if
+ * the file is not a deltanet.c weights file or "step" is absent or not a non-negative integer.
+ * The trainer compares it with the state file's step, so that it never resumes weights of one step
+ * with the optimizer state of another. */
+int dn_checkpoint_step(const char *path, long *step, char *err, size_t errlen);
 
 /* Training state beside a checkpoint ("<path>.state" by convention): F32 tensors "adam.m" and
  * "adam.v" (t->total elements each, flat) plus string metadata (step, RNG, data position, ...).
- * Written atomically; read validates sizes against the table. */
+ * Written atomically; read validates sizes against the table, that every moment is finite and
+ * every second moment >= 0, and that rng_state is a non-zero decimal uint64 (xorshift's state 0
+ * would stay 0 forever). The step is the one of the weights file beside it (dn_checkpoint_step). */
 typedef struct {
     long step;
     uint64_t rng_state;
@@ -1236,9 +1244,24 @@ int dn_checkpoint_read_meta(const char *path, const char *key, char *out, size_t
     DNStFile s;
     if (dn_st_open(&s, path, err, errlen)) return -1;
     const char *v = dn_st_meta(&s, key);
+    char e[DN_ESC_LEN];
     int rc = -1;
-    if (!v) dn_seterr(err, errlen, "%s: __metadata__ lacks '%s'", path, key);
-    else { snprintf(out, outlen, "%s", v); rc = 0; }
+    if (!v) dn_seterr(err, errlen, "%s: __metadata__ lacks '%s'", path, dn_esc(e, key));
+    else if (!out || strlen(v) >= outlen) dn_seterr(err, errlen, "%s: __metadata__ '%s' is %zu bytes long, more than the %zu this caller takes", path, dn_esc(e, key), strlen(v), outlen ? outlen - 1 : 0);
+    else { memcpy(out, v, strlen(v) + 1); rc = 0; }
+    dn_st_close(&s);
+    return rc;
+}
+
+int dn_checkpoint_step(const char *path, long *step, char *err, size_t errlen) {
+    DNStFile s;
+    if (dn_st_open(&s, path, err, errlen)) return -1;
+    long x = 0;
+    int rc = -1;
+    if (!dn_check_format(&s, DN_FORMAT_NAME, path, err, errlen) && !dn_meta_long(&s, "step", 0, LONG_MAX, &x, path, err, errlen)) {
+        *step = x;
+        rc = 0;
+    }
     dn_st_close(&s);
     return rc;
 }
@@ -1275,33 +1298,47 @@ int dn_state_read(const char *path, const DNParamTable *t, float *m, float *v, D
     long total = 0;
     const char *layers = NULL, *rng = NULL, *note = NULL;
     char *end = NULL;
+    char e1[DN_ESC_LEN];
     memset(st, 0, sizeof *st);
     if (dn_check_format(&s, DN_STATE_FORMAT, path, err, errlen)) goto done;
     if (dn_meta_long(&s, "n_params_mem", 0, LONG_MAX, &total, path, err, errlen)) goto done;
     layers = dn_st_meta(&s, "layers");
     if ((size_t)total != t->total || !layers || strcmp(layers, t->cfg.layers)) {
         dn_seterr(err, errlen, "%s: optimizer state is for another model (%ld parameters, layers '%s'; this model has %zu, '%s')",
-                  path, total, layers ? layers : "?", t->total, t->cfg.layers);
+                  path, total, layers ? dn_esc(e1, layers) : "?", t->total, t->cfg.layers);
         goto done;
     }
     if (dn_meta_long(&s, "step", 0, LONG_MAX, &st->step, path, err, errlen)) goto done;
     if (dn_meta_long(&s, "data_shard", 0, LONG_MAX, &st->data_shard, path, err, errlen)) goto done;
     if (dn_meta_long(&s, "data_pos", 0, LONG_MAX, &st->data_pos, path, err, errlen)) goto done;
+    /* digits only: strtoull would take "-1" (and wrap it) or " 5"; and never 0, the state
+     * xorshift cannot leave */
     rng = dn_st_meta(&s, "rng_state");
+    if (!rng) { dn_seterr(err, errlen, "%s: __metadata__ lacks 'rng_state'", path); goto done; }
     errno = 0;
-    if (rng) st->rng_state = strtoull(rng, &end, 10);
-    if (!rng || errno || end == rng || *end) { dn_seterr(err, errlen, "%s: bad or missing rng_state", path); goto done; }
+    if (rng[0] >= '0' && rng[0] <= '9') st->rng_state = strtoull(rng, &end, 10);
+    if (rng[0] < '0' || rng[0] > '9' || errno || *end || st->rng_state == 0) {
+        dn_seterr(err, errlen, "%s: __metadata__ 'rng_state' = '%s' is not a non-zero decimal uint64", path, dn_esc(e1, rng));
+        goto done;
+    }
     note = dn_st_meta(&s, "note");
     snprintf(st->note, sizeof st->note, "%s", note ? note : "");
+    if (s.n != 2) { dn_seterr(err, errlen, "%s: a training-state file holds adam.m and adam.v only, this one %d tensors", path, s.n); goto done; }
     for (int i = 0; i < 2; i++) {
         const char *nm = i ? "adam.v" : "adam.m";
+        float *x = i ? v : m;
         const DNStEntry *e = dn_st_find(&s, nm);
         if (!e || e->dtype != DN_F32 || e->ndim != 1 || e->shape[0] != (int64_t)t->total) {
             dn_seterr(err, errlen, "%s: tensor '%s' missing or not F32 [%zu]", path, nm, t->total); goto done;
         }
-        if (dn_st_read_f32(&s, e, i ? v : m, t->total)) { dn_seterr(err, errlen, "%s: read error in '%s'", path, nm); goto done; }
+        if (dn_st_read_f32(&s, e, x, t->total)) { dn_seterr(err, errlen, "%s: read error in '%s'", path, nm); goto done; }
+        /* AdamW divides by sqrt(v): a NaN, an Inf or a negative v would poison every later step */
+        for (size_t j = 0; j < t->total; j++)
+            if (!isfinite(x[j]) || (i && x[j] < 0.0f)) {
+                dn_seterr(err, errlen, "%s: '%s' element %zu is %g; moments must be finite%s", path, nm, j, (double)x[j], i ? " and second moments >= 0" : "");
+                goto done;
+            }
     }
-    if (s.n != 2) { dn_seterr(err, errlen, "%s: unexpected extra tensors in a training-state file", path); goto done; }
     rc = 0;
 done:
     dn_st_close(&s);

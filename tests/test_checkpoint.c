@@ -425,9 +425,14 @@ static void test_roundtrip_and_corruption(void) {
         CHECK(dn_checkpoint_read(path, &c2, &r, err, sizeof err) == 0, "read back: %s", err);
         CHECK(r && memcmp(r, w, t.total * sizeof(float)) == 0, "F32 round trip is bit-exact (tied=%d)", tied);
         CHECK(memcmp(&c, &c2, sizeof c) == 0, "config round trip exact (tied=%d)", tied);
-        char v[64];
+        char v[2048];
         CHECK(dn_checkpoint_read_meta(path, "step", v, sizeof v, err, sizeof err) == 0 && !strcmp(v, "123"), "extra metadata kept");
         CHECK(dn_checkpoint_read_meta(path, "fla_config", v, sizeof v, err, sizeof err) == 0 && strstr(v, "delta_net"), "fla_config metadata present");
+        /* a value that does not fit is an error, never silently cut */
+        CHECK(dn_checkpoint_read_meta(path, "step", v, 3, err, sizeof err) == -1 && strstr(err, "3 bytes long"), "read_meta refuses to cut '123' to 2 bytes: %s", err);
+        CHECK(dn_checkpoint_read_meta(path, "step", v, 4, err, sizeof err) == 0 && !strcmp(v, "123"), "read_meta with exactly enough room");
+        long step = -1;
+        CHECK(dn_checkpoint_step(path, &step, err, sizeof err) == 0 && step == 123, "dn_checkpoint_step reads step 123 (got %ld): %s", step, err);
         char tmpname[600];
         snprintf(tmpname, sizeof tmpname, "%s.tmp.%ld", path, (long)getpid());
         CHECK(access(tmpname, F_OK) != 0, "no temporary file left behind");
@@ -638,9 +643,116 @@ static void test_state(void) {
     path_in(wpath, sizeof wpath, "model.safetensors");
     rc = dn_state_read(wpath, &t, m2, v2, &s2, err, sizeof err);
     CHECK(rc == -1 && strstr(err, "not a deltanet.c-train-state file"), "weights file refused as state: %s", err);
+    /* 9. moments that would poison AdamW, and RNG states that wrap or stick */
+    {
+        char bpath[512];
+        path_in(bpath, sizeof bpath, "bad.state");
+        struct { size_t at; int in_v; float x; const char *needle; } moments[] = {
+            {5, 0, NAN, "'adam.m' element 5 is nan; moments must be finite"},
+            {7, 0, INFINITY, "'adam.m' element 7 is inf"},
+            {9, 1, -INFINITY, "'adam.v' element 9 is -inf"},
+            {11, 1, -1e-9f, "'adam.v' element 11 is -1e-09; moments must be finite and second moments >= 0"},
+        };
+        for (int i = 0; i < 4; i++) {
+            float *mm = xcalloc(t.total, sizeof(float)), *vv = xcalloc(t.total, sizeof(float));
+            memcpy(mm, m, t.total * 4);
+            memcpy(vv, v, t.total * 4);
+            (moments[i].in_v ? vv : mm)[moments[i].at] = moments[i].x;
+            CHECK(dn_state_write(bpath, &t, mm, vv, &st, err, sizeof err) == 0, "state write: %s", err);
+            err[0] = 0;
+            rc = dn_state_read(bpath, &t, m2, v2, &s2, err, sizeof err);
+            CHECK(rc == -1 && strstr(err, moments[i].needle) && printable(err), "state with %s refused: %s", moments[i].needle, err);
+            free(mm); free(vv);
+        }
+        /* -0.0 is a valid second moment */
+        float keep = v[3];
+        v[3] = -0.0f;
+        dn_state_write(bpath, &t, m, v, &st, err, sizeof err);
+        CHECK(dn_state_read(bpath, &t, m2, v2, &s2, err, sizeof err) == 0, "a second moment of -0.0 is fine: %s", err);
+        v[3] = keep;
+        size_t n = 0;
+        unsigned char *good = slurp(path, &n);
+        uint64_t hl;
+        memcpy(&hl, good, 8);
+        char *json = xcalloc(hl + 1, 1);
+        memcpy(json, good + 8, hl);
+        const char *rngs[] = {"-1", "0", "+5", " 5", "18446744073709551616", "5x", "", "0x10"};
+        for (int i = 0; i < 8; i++) {
+            char to[64];
+            snprintf(to, sizeof to, "\"rng_state\":\"%s\"", rngs[i]);
+            char *j = replace1(json, "\"rng_state\":\"18364758544493064720\"", to);
+            if (!j) continue;
+            write_with_header(bpath, j, good + 8 + hl, n - 8 - hl);
+            free(j);
+            err[0] = 0;
+            rc = dn_state_read(bpath, &t, m2, v2, &s2, err, sizeof err);
+            CHECK(rc == -1 && strstr(err, "'rng_state'") && strstr(err, "is not a non-zero decimal uint64") && printable(err),
+                  "rng_state '%s' refused: %s", rngs[i], err);
+        }
+        char *j = replace1(json, "\"rng_state\":\"18364758544493064720\"", "\"rng_state\":\"18446744073709551615\"");
+        if (j) {
+            write_with_header(bpath, j, good + 8 + hl, n - 8 - hl);
+            free(j);
+            CHECK(dn_state_read(bpath, &t, m2, v2, &s2, err, sizeof err) == 0 && s2.rng_state == UINT64_MAX, "rng_state 2^64-1 is valid: %s", err);
+        }
+        j = replace1(json, "\"step\":\"4242\"", "\"step\":\"-4\"");
+        if (j) {
+            write_with_header(bpath, j, good + 8 + hl, n - 8 - hl);
+            free(j);
+            rc = dn_state_read(bpath, &t, m2, v2, &s2, err, sizeof err);
+            CHECK(rc == -1 && strstr(err, "'step' = '-4' is not an integer"), "negative step refused: %s", err);
+        }
+        free(json);
+        free(good);
+    }
     free(m); free(v); free(m2); free(v2); free(m3); free(v3);
     dn_free_param_table(&t);
     dn_free_param_table(&t2);
+}
+
+/* 9. The weights file carries the step the trainer passes as extra_meta, the state the same step,
+ * and dn_checkpoint_step reads it strictly. */
+static void test_step(void) {
+    DNConfig c;
+    DNParamTable t;
+    char err[DN_ERR_LEN], wpath[512], spath[600];
+    hybrid_config(&c, 1);
+    dn_build_param_table(&t, &c, err, sizeof err);
+    float *w = xcalloc(t.total, sizeof(float)), *m = xcalloc(t.total, sizeof(float)), *v = xcalloc(t.total, sizeof(float));
+    dn_init_params(&t, w, 5);
+    path_in(wpath, sizeof wpath, "model_000077.safetensors");
+    snprintf(spath, sizeof spath, "%s.state", wpath);
+    DNTrainState st = {.step = 77, .rng_state = 99, .data_shard = 0, .data_pos = 0};
+    const char *meta[] = {"step", "77", NULL, NULL};
+    CHECK(dn_state_write(spath, &t, m, v, &st, err, sizeof err) == 0, "state write: %s", err);
+    CHECK(dn_checkpoint_write(wpath, &t, w, DN_BF16, meta, err, sizeof err) == 0, "weights write: %s", err);
+    long step = -1;
+    DNTrainState s2;
+    CHECK(dn_checkpoint_step(wpath, &step, err, sizeof err) == 0 && step == 77, "weights step 77 (got %ld): %s", step, err);
+    CHECK(dn_state_read(spath, &t, m, v, &s2, err, sizeof err) == 0 && s2.step == step, "the state's step matches the weights' (%ld)", s2.step);
+    /* the state file is not a weights file */
+    step = -1;
+    CHECK(dn_checkpoint_step(spath, &step, err, sizeof err) == -1 && strstr(err, "not a deltanet.c file") && step == -1, "state file refused by dn_checkpoint_step: %s", err);
+    /* a weights file without a step */
+    CHECK(dn_checkpoint_write(wpath, &t, w, DN_BF16, NULL, err, sizeof err) == 0, "write without step: %s", err);
+    CHECK(dn_checkpoint_step(wpath, &step, err, sizeof err) == -1 && strstr(err, "lacks 'step'") && step == -1, "no step: %s", err);
+    const char *bad_steps[] = {"-1", "12x", "+12", " 12", "", "99999999999999999999", "1.5", "0x10"};
+    for (int i = 0; i < 8; i++) {
+        const char *mb[] = {"step", bad_steps[i], NULL, NULL};
+        CHECK(dn_checkpoint_write(wpath, &t, w, DN_BF16, mb, err, sizeof err) == 0, "write: %s", err);
+        err[0] = 0;
+        int rc = dn_checkpoint_step(wpath, &step, err, sizeof err);
+        CHECK(rc == -1 && strstr(err, "'step'") && strstr(err, "is not an integer") && step == -1 && printable(err), "step '%s' refused: %s", bad_steps[i], err);
+    }
+    const char *m0[] = {"step", "0", NULL, NULL};
+    dn_checkpoint_write(wpath, &t, w, DN_BF16, m0, err, sizeof err);
+    CHECK(dn_checkpoint_step(wpath, &step, err, sizeof err) == 0 && step == 0, "step 0 is valid: %s", err);
+    /* extra metadata may not repeat a key (the reader would refuse the file) */
+    const char *dup[] = {"format", "x", NULL, NULL};
+    CHECK(dn_checkpoint_write(wpath, &t, w, DN_BF16, dup, err, sizeof err) == -1 && strstr(err, "metadata key 'format' given twice"), "duplicate metadata key refused by the writer: %s", err);
+    CHECK(dn_checkpoint_step(wpath, &step, err, sizeof err) == 0 && step == 0, "the refused write left the old file: %s", err);
+    free(w); free(m); free(v);
+    dn_free_param_table(&t);
 }
 
 /* dn_escape: every control, quote, backslash and high byte escaped; cut with "..." without
@@ -708,8 +820,10 @@ static void test_not_regular(void) {
     dn_build_param_table(&t, &c, err, sizeof err);
     float *m = xcalloc(t.total, sizeof(float)), *v = xcalloc(t.total, sizeof(float));
     DNTrainState st;
+    long step;
     char val[16];
     CHECK(dn_state_read(fifo, &t, m, v, &st, err, sizeof err) == -1 && strstr(err, "a FIFO"), "dn_state_read refuses a FIFO: %s", err);
+    CHECK(dn_checkpoint_step(fifo, &step, err, sizeof err) == -1 && strstr(err, "a FIFO"), "dn_checkpoint_step refuses a FIFO: %s", err);
     CHECK(dn_checkpoint_read_meta(sub, "step", val, sizeof val, err, sizeof err) == -1 && strstr(err, "a directory"), "read_meta refuses a directory: %s", err);
     alarm(0);
     signal(SIGALRM, SIG_DFL);
@@ -855,6 +969,7 @@ int main(void) {
     test_escape();
     test_roundtrip_and_corruption();
     test_state();
+    test_step();
     test_not_regular();
     test_atomic();
     test_long_paths();
