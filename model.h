@@ -3,7 +3,7 @@
  * the checkpoint format. The trainer (train_deltanet.cu), the plain-C inference (infer.c), the
  * CPU reference (ref/) and the tests all include this file.
  *
- * The model (see ../shared/MODEL.md, summarised in README.md): a pre-norm residual stack of
+ * The model (docs/MODEL.md is the spec, README.md summarises it): a pre-norm residual stack of
  * layers, each `h += Mixer(RMSNorm(h)); h += SwiGLU(RMSNorm(h))`, where the mixer of each layer is
  * one of
  *   'D'  DeltaNet: q,k,v = silu(causal_conv4(x W)), L2-normalised q,k, beta = sigmoid(x W_b),

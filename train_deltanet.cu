@@ -231,7 +231,7 @@ static void parse_args(TrainArgs *a, int argc, char **argv) {
         case O_NO_GRAPH: a->no_graph = 1; break;
         case O_PROFILE: a->profile = 1; break;
         case O_CPU: a->cpu = 1; break;
-        case O_VOCAB: a->vocab = (int)parse_long(name, optarg, 2, 1 << 24); break;
+        case O_VOCAB: a->vocab = (int)parse_long(name, optarg, DN_MIN_VOCAB, DN_MAX_VOCAB); break;
         case 'v': a->val_every = (int)parse_long(name, optarg, 0, 1 << 30); break;
         case O_VAL_BATCHES: a->val_batches = (int)parse_long(name, optarg, 1, 1 << 30); break;
         case O_SAMPLE_EVERY: a->sample_every = (int)parse_long(name, optarg, 0, 1 << 30); break;
@@ -284,7 +284,7 @@ static DNConfig build_config(const TrainArgs *a) {
     if (a->attn_heads > 0) { c.attn_heads = a->attn_heads; c.attn_kv_heads = a->attn_heads; }
     if (a->kv_heads > 0) c.attn_kv_heads = a->kv_heads;
     if (a->tied >= 0) c.tie_embeddings = a->tied;
-    if (a->vocab > 0) { c.vocab_size = a->vocab; c.padded_vocab = dn_pad_vocab(a->vocab); }
+    if (a->vocab > 0 && dn_config_set_vocab(&c, a->vocab, err, sizeof err)) die("--vocab: %s", err);
     if (dn_config_validate(&c, err, sizeof err)) die("impossible model config: %s", err);
     return c;
 }
@@ -689,19 +689,12 @@ static void setup_io(Trainer<Model> *tr) {
 template <typename Model>
 static void resume_weights(Trainer<Model> *tr, float **params, char *state_path, size_t cap) {
     const TrainArgs *a = &tr->a;
-    char err[DN_ERR_LEN], real[PATH_MAX], sv[32];
+    char err[DN_ERR_LEN], real[PATH_MAX];
     if (dn_checkpoint_read(a->resume, &tr->cfg, params, err, sizeof err)) die("--resume: %s", err);
     if (!realpath(a->resume, real)) die("--resume %s: %s", a->resume, strerror(errno));
     if (dn_path(state_path, cap, err, sizeof err, "%s.state", real)) die("--resume: %s", err);
-    long wstep = -1;
-    if (dn_checkpoint_read_meta(a->resume, "step", sv, sizeof sv, err, sizeof err) == 0) {
-        char *end = NULL;
-        errno = 0;
-        wstep = strtol(sv, &end, 10);
-        if (errno || end == sv || *end || wstep < 0) wstep = -1;
-    }
-    if (wstep < 0) die("--resume %s: the weights carry no training step: not a checkpoint of this trainer", a->resume);
-    tr->step = wstep;
+    if (dn_checkpoint_step(a->resume, &tr->step, err, sizeof err))
+        die("--resume: %s (the weights carry no training step: not a checkpoint of this trainer)", err);
 }
 
 /* The model: fresh (init from the seed) or from --resume. */
