@@ -105,3 +105,13 @@ data: $(if $(wildcard tokenize.c),tokenize)
 
 clean:
 	rm -rf $(BUILD) infer tokenize train_deltanet
+
+# `make curves`: the DeltaNet paper's four models trained on the shared corpus with one recipe,
+# their validation curves in one plot and one table (scripts/curves.sh; needs a GPU, ~1 hour).
+# Options go through CURVES_ARGS, e.g. make curves CURVES_ARGS="--configs deltanet,swa --steps 200".
+# The checks (output folder, corpus, GPU, matplotlib) run before the trainer is built.
+.PHONY: curves
+curves: tokenize
+	@scripts/curves.sh --check $(CURVES_ARGS)
+	@$(MAKE) --no-print-directory train_deltanet
+	@scripts/curves.sh $(CURVES_ARGS)

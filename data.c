@@ -235,3 +235,291 @@ void dl_free(DataLoader *dl) {
     free(dl->targets);
     memset(dl, 0, sizeof *dl);
 }
+
+/* ----------------------------------------------------------------------------------------------
+ * Shards read on demand (ShardSet), the shuffled loader, the validation windows */
+
+int ss_open(ShardSet *s, const char *pattern, int vocab_size, size_t min_tokens, const char *what,
+            char *err, size_t errlen) {
+    memset(s, 0, sizeof *s);
+    for (int i = 0; i < SHARDSET_OPEN; i++) s->fd[i] = -1;
+    glob_t g;
+    int grc = glob(pattern, 0, NULL, &g);
+    if (grc != 0) {
+        dn_seterr(err, errlen, "%s: %s", pattern, grc == GLOB_NOMATCH ? "no file matches" : "glob failed");
+        if (grc != GLOB_NOMATCH) globfree(&g);
+        return -1;
+    }
+    s->vocab_size = vocab_size;
+    s->nfiles = g.gl_pathc;
+    s->files = calloc(s->nfiles, sizeof *s->files);
+    s->file_ntok = calloc(s->nfiles, sizeof *s->file_ntok);
+    s->start = calloc(s->nfiles + 1, sizeof *s->start);
+    int rc = -1;
+    if (!s->files || !s->file_ntok || !s->start) {
+        dn_seterr(err, errlen, "%s: out of memory", pattern);
+        goto done;
+    }
+    for (size_t i = 0; i < s->nfiles; i++) {
+        s->files[i] = strdup(g.gl_pathv[i]);
+        if (!s->files[i]) { dn_seterr(err, errlen, "%s: out of memory", pattern); goto done; }
+        if (shard_read_header(s->files[i], &s->file_ntok[i], err, errlen) != 0) goto done;
+        if (s->file_ntok[i] < min_tokens) {
+            dn_seterr(err, errlen, "%s: %zu tokens, fewer than %s", s->files[i], s->file_ntok[i], what);
+            goto done;
+        }
+        s->start[i + 1] = s->start[i] + s->file_ntok[i];
+    }
+    rc = 0;
+done:
+    globfree(&g);
+    if (rc != 0) ss_close(s);
+    return rc;
+}
+
+/* The descriptor of shard i, opened (header and size checked again) if it is not. */
+static int ss_fd(ShardSet *s, size_t i, char *err, size_t errlen) {
+    const int slot = (int)(i % SHARDSET_OPEN);
+    if (s->fd[slot] >= 0 && s->fd_shard[slot] == i) return s->fd[slot];
+    if (s->fd[slot] >= 0) close(s->fd[slot]);
+    s->fd[slot] = -1;
+    size_t n;
+    FILE *f = open_shard(s->files[i], &n, err, errlen);
+    if (!f) return -1;
+    const int fd = dup(fileno(f));
+    const int e = errno;
+    fclose(f);
+    if (fd < 0) { dn_seterr(err, errlen, "%s: cannot open: %s", s->files[i], strerror(e)); return -1; }
+    if (n != s->file_ntok[i]) { /* rewritten since ss_open */
+        dn_seterr(err, errlen, "%s: changed while in use (%zu tokens, was %zu)", s->files[i], n, s->file_ntok[i]);
+        close(fd);
+        return -1;
+    }
+    s->fd[slot] = fd;
+    s->fd_shard[slot] = i;
+    return fd;
+}
+
+int ss_read(ShardSet *s, size_t off, size_t n, uint16_t *out, char *err, size_t errlen) {
+    if (off + n > s->start[s->nfiles] || off + n < off) {
+        dn_seterr(err, errlen, "shards: tokens [%zu, %zu) beyond the %zu there are", off, off + n, s->start[s->nfiles]);
+        return -1;
+    }
+    size_t lo = 0, hi = s->nfiles; /* the shard holding off: start[lo] <= off < start[lo + 1] */
+    while (hi - lo > 1) {
+        const size_t mid = (lo + hi) / 2;
+        if (s->start[mid] <= off) lo = mid; else hi = mid;
+    }
+    for (size_t i = lo, done = 0; done < n; i++) {
+        if (i >= s->nfiles) { dn_seterr(err, errlen, "shards: read past the last shard"); return -1; }
+        const size_t pos = off + done - s->start[i];
+        if (pos >= s->file_ntok[i]) continue; /* an empty shard */
+        size_t take = s->file_ntok[i] - pos;
+        take = take < n - done ? take : n - done;
+        const int fd = ss_fd(s, i, err, errlen);
+        if (fd < 0) return -1;
+        char *dst = (char *)(out + done);
+        const off_t at = (off_t)(SHARD_HEADER_BYTES + pos * sizeof *out);
+        for (size_t got = 0, bytes = take * sizeof *out; got < bytes;) {
+            const ssize_t r = pread(fd, dst + got, bytes - got, at + (off_t)got);
+            if (r <= 0 && !(r < 0 && errno == EINTR)) {
+                dn_seterr(err, errlen, "%s: read error at token %zu: %s", s->files[i], pos,
+                          r < 0 ? strerror(errno) : "the file ends early");
+                return -1;
+            }
+            if (r > 0) got += (size_t)r;
+        }
+        for (size_t k = 0; k < take; k++) {
+            if (out[done + k] >= s->vocab_size) {
+                dn_seterr(err, errlen, "%s: token %u at position %zu is not below the vocabulary size %d",
+                          s->files[i], out[done + k], pos + k, s->vocab_size);
+                return -1;
+            }
+        }
+        done += take;
+    }
+    return 0;
+}
+
+void ss_close(ShardSet *s) {
+    if (s->files) /* only an opened set has descriptors (a zeroed one would name fd 0) */
+        for (int i = 0; i < SHARDSET_OPEN; i++)
+            if (s->fd[i] >= 0) close(s->fd[i]);
+    if (s->files)
+        for (size_t i = 0; i < s->nfiles; i++) free(s->files[i]);
+    free(s->files);
+    free(s->file_ntok);
+    free(s->start);
+    memset(s, 0, sizeof *s);
+    for (int i = 0; i < SHARDSET_OPEN; i++) s->fd[i] = -1;
+}
+
+/* ---- the shuffled loader -------------------------------------------------------------------- */
+
+#define SL_SEED_SALT 0x73687566666c65ull /* "shuffle": the data order's stream, apart from init and sampling */
+
+/* Uniform in [0, n), n > 0: draws in the top partial range of 2^64 are rejected (no modulo bias). */
+static uint64_t rng_below(DNRng *r, uint64_t n) {
+    const uint64_t lim = UINT64_MAX - UINT64_MAX % n; /* a multiple of n */
+    uint64_t x;
+    do x = dn_rng_u64(r); while (x >= lim);
+    return x % n;
+}
+
+/* sl->order = the permutation of epoch e: Fisher-Yates from a DNRng seeded by (seed, e). */
+static void sl_shuffle(ShuffleLoader *sl, long e) {
+    DNRng k, r;
+    dn_rng_seed(&k, sl->seed ^ SL_SEED_SALT);
+    dn_rng_seed(&r, dn_rng_u64(&k) + (uint64_t)e);
+    for (size_t i = 0; i < sl->nwindows; i++) sl->order[i] = (uint32_t)i;
+    for (size_t i = sl->nwindows; i > 1; i--) {
+        const size_t j = (size_t)rng_below(&r, i);
+        const uint32_t t = sl->order[i - 1];
+        sl->order[i - 1] = sl->order[j];
+        sl->order[j] = t;
+    }
+    sl->epoch = e;
+}
+
+int sl_init(ShuffleLoader *sl, const char *pattern, int B, int T, int vocab_size, uint64_t seed,
+            char *err, size_t errlen) {
+    memset(sl, 0, sizeof *sl);
+    if (B <= 0 || T <= 0) { dn_seterr(err, errlen, "data loader: B=%d, T=%d must be positive", B, T); return -1; }
+    char what[64];
+    snprintf(what, sizeof what, "one window needs (T+1 = %ld)", (long)T + 1);
+    if (ss_open(&sl->set, pattern, vocab_size, (size_t)T + 1, what, err, errlen) != 0) return -1;
+    sl->B = B;
+    sl->T = T;
+    sl->seed = seed;
+    const size_t nf = sl->set.nfiles;
+    sl->first = calloc(nf + 1, sizeof *sl->first);
+    if (!sl->first) goto oom;
+    for (size_t i = 0; i < nf; i++) sl->first[i + 1] = sl->first[i] + (sl->set.file_ntok[i] - 1) / (size_t)T;
+    sl->nwindows = sl->first[nf];
+    if (sl->nwindows > UINT32_MAX) {
+        dn_seterr(err, errlen, "%s: %zu windows of %d tokens, more than the loader numbers (2^32 - 1): use a larger -t",
+                  pattern, sl->nwindows, T + 1);
+        sl_free(sl);
+        return -1;
+    }
+    sl->order = malloc(sl->nwindows * sizeof *sl->order);
+    sl->rows = calloc((size_t)B, sizeof *sl->rows);
+    sl->buf = malloc(((size_t)T + 1) * sizeof *sl->buf);
+    sl->inputs = malloc((size_t)B * T * sizeof *sl->inputs);
+    sl->targets = malloc((size_t)B * T * sizeof *sl->targets);
+    if (!sl->order || !sl->rows || !sl->buf || !sl->inputs || !sl->targets) goto oom;
+    sl_shuffle(sl, 0);
+    sl->next = 0;
+    return 0;
+oom:
+    dn_seterr(err, errlen, "%s: out of memory", pattern);
+    sl_free(sl);
+    return -1;
+}
+
+void sl_window(const ShuffleLoader *sl, size_t id, size_t *shard, size_t *pos) {
+    size_t lo = 0, hi = sl->set.nfiles; /* first[lo] <= id < first[lo + 1] */
+    while (hi - lo > 1) {
+        const size_t mid = (lo + hi) / 2;
+        if (sl->first[mid] <= id) lo = mid; else hi = mid;
+    }
+    *shard = lo;
+    *pos = (id - sl->first[lo]) * (size_t)sl->T;
+}
+
+int sl_next(ShuffleLoader *sl, char *err, size_t errlen) {
+    const size_t T = (size_t)sl->T;
+    for (int b = 0; b < sl->B; b++) {
+        if (sl->next >= sl->nwindows) {
+            sl_shuffle(sl, sl->epoch + 1);
+            sl->next = 0;
+        }
+        const size_t id = sl->order[sl->next];
+        size_t shard, pos;
+        sl_window(sl, id, &shard, &pos);
+        if (ss_read(&sl->set, sl->set.start[shard] + pos, T + 1, sl->buf, err, errlen) != 0) return -1;
+        for (size_t t = 0; t < T; t++) {
+            sl->inputs[b * T + t] = sl->buf[t];
+            sl->targets[b * T + t] = sl->buf[t + 1];
+        }
+        sl->rows[b] = id;
+        sl->next++;
+    }
+    return 0;
+}
+
+void sl_position(const ShuffleLoader *sl, long *epoch, long *next) {
+    *epoch = sl->epoch;
+    *next = (long)sl->next;
+}
+
+int sl_seek(ShuffleLoader *sl, long epoch, long next, char *err, size_t errlen) {
+    if (epoch < 0 || next < 0 || (size_t)next > sl->nwindows) {
+        dn_seterr(err, errlen, "data loader: position (epoch %ld, window %ld) out of range (%zu windows an epoch)",
+                  epoch, next, sl->nwindows);
+        return -1;
+    }
+    if (epoch != sl->epoch) sl_shuffle(sl, epoch);
+    sl->next = (size_t)next;
+    return 0;
+}
+
+void sl_free(ShuffleLoader *sl) {
+    ss_close(&sl->set);
+    free(sl->first);
+    free(sl->order);
+    free(sl->rows);
+    free(sl->buf);
+    free(sl->inputs);
+    free(sl->targets);
+    memset(sl, 0, sizeof *sl);
+}
+
+/* ---- the validation windows ----------------------------------------------------------------- */
+
+int vw_init(ValWindows *v, const char *pattern, int T, long n, int vocab_size, char *err, size_t errlen) {
+    memset(v, 0, sizeof *v);
+    if (T <= 0 || n < 0) { dn_seterr(err, errlen, "validation: T=%d must be positive, %ld windows not negative", T, n); return -1; }
+    if (ss_open(&v->set, pattern, vocab_size, 0, "", err, errlen) != 0) return -1;
+    v->T = T;
+    v->ntok = v->set.start[v->set.nfiles];
+    const size_t need = (size_t)T + 1;
+    if (v->ntok < need) {
+        dn_seterr(err, errlen, "%s: %zu tokens in all, fewer than one window needs (T+1 = %zu)", pattern, v->ntok, need);
+        vw_free(v);
+        return -1;
+    }
+    if (n == 0) {
+        v->n = (v->ntok - 1) / (size_t)T;
+        v->stride = (size_t)T;
+    } else {
+        if (n > 1 && (size_t)n > v->ntok - need) {
+            dn_seterr(err, errlen, "%s: %ld windows of %zu tokens cannot start at distinct positions in %zu tokens "
+                      "(at most %zu; 0 takes every non-overlapping window)", pattern, n, need, v->ntok, v->ntok - need);
+            vw_free(v);
+            return -1;
+        }
+        v->n = (size_t)n;
+        v->stride = (v->ntok - need) / (size_t)n;
+    }
+    v->buf = malloc(need * sizeof *v->buf);
+    if (!v->buf) { dn_seterr(err, errlen, "%s: out of memory", pattern); vw_free(v); return -1; }
+    return 0;
+}
+
+int vw_read(ValWindows *v, size_t i, int *inputs, int *targets, char *err, size_t errlen) {
+    if (i >= v->n) { dn_seterr(err, errlen, "validation: window %zu of %zu", i, v->n); return -1; }
+    const size_t T = (size_t)v->T;
+    if (ss_read(&v->set, i * v->stride, T + 1, v->buf, err, errlen) != 0) return -1;
+    for (size_t t = 0; t < T; t++) {
+        inputs[t] = v->buf[t];
+        targets[t] = v->buf[t + 1];
+    }
+    return 0;
+}
+
+void vw_free(ValWindows *v) {
+    ss_close(&v->set);
+    free(v->buf);
+    memset(v, 0, sizeof *v);
+}

@@ -78,6 +78,106 @@ void dl_reset(DataLoader *dl);
 long dl_epoch_batches(const DataLoader *dl);
 void dl_free(DataLoader *dl);
 
+/* ----------------------------------------------------------------------------------------------
+ * Shards read on demand, the shuffled training loader, the validation windows.
+ *
+ * A ShardSet is the sorted list of shards a glob matches, taken as one stream of tokens (shard 0,
+ * then shard 1, ...); tokens are read where they are (pread), a few shards open at a time, so the
+ * shards' total size does not matter. Every token read is checked against the vocabulary.
+ *
+ * Training windows (ShuffleLoader). A shard of n tokens holds the non-overlapping windows
+ * w = 0, 1, ... with w*T + T + 1 <= n: window w is its tokens [w*T, w*T + T], T + 1 of them, the
+ * first T the inputs and the last T the targets (neighbours share one token; the tail of fewer
+ * than T tokens after the last window's inputs is never an input). Windows never cross a shard's
+ * end. Numbered over all shards in order (shard 0's windows first), they are the W windows of an
+ * epoch. Each row of a batch is its own window: rows come from the epoch's order, a Fisher-Yates
+ * permutation of 0..W-1 drawn from a DNRng seeded by (seed, epoch), B consecutive entries per
+ * batch; a batch that runs past the end of the order continues with the next epoch's. So every
+ * window is visited exactly once per epoch, in an order that depends only on the seed and the
+ * epoch. A shard smaller than one window (fewer than T + 1 tokens) is refused, naming it.
+ *
+ * Resume: the position is (epoch, next): the epoch of the next window and its index in that
+ * epoch's order. The trainer stores them in DNTrainState's data_shard (= epoch) and data_pos
+ * (= next); sl_seek recomputes the order from the seed, so nothing else is saved, and the same
+ * --seed, -i, -b and -t give the same batches after --resume as a straight run.
+ *
+ * Validation windows (ValWindows). The validation shards are one stream of N tokens (sorted
+ * order; a window may cross a shard boundary). n windows of T + 1 tokens start at
+ *   start_i = i * floor((N - T - 1) / n),   i = 0 .. n-1,
+ * spread evenly over the whole split, the same windows every evaluation. n = 0 takes every
+ * non-overlapping window instead: start_i = i * T, i = 0 .. floor((N - 1) / T) - 1, exactly the
+ * blocks that `./infer --eval SHARD -b T` scores. The loss of an evaluation is the mean over the
+ * windows of each window's mean over its T predictions.
+ */
+
+#define SHARDSET_OPEN 16  /* shards kept open at once (direct-mapped by index): bounded fds for any count */
+
+typedef struct {
+    int vocab_size;      /* every token read is checked against it */
+    size_t nfiles;       /* shards matched by the pattern, sorted */
+    char **files;
+    size_t *file_ntok;   /* token count of each shard */
+    size_t *start;       /* nfiles + 1: stream offset of each shard's first token; start[nfiles] = N */
+    int fd[SHARDSET_OPEN];         /* open shards (-1: none): shard i in slot i % SHARDSET_OPEN */
+    size_t fd_shard[SHARDSET_OPEN]; /* the shard in each slot */
+} ShardSet;
+
+/* Open the shards matching pattern (POSIX glob, sorted), checking every header; a shard with
+ * fewer than min_tokens tokens is refused naming it (what = why that many are needed). */
+int ss_open(ShardSet *s, const char *pattern, int vocab_size, size_t min_tokens, const char *what,
+            char *err, size_t errlen);
+/* Read n tokens of the stream from offset off (crossing shard ends if need be), each checked
+ * against the vocabulary. Returns 0, or -1 with err naming the shard. */
+int ss_read(ShardSet *s, size_t off, size_t n, uint16_t *out, char *err, size_t errlen);
+void ss_close(ShardSet *s);
+
+typedef struct {
+    int B, T;
+    uint64_t seed;       /* --seed: the orders of all epochs follow from it */
+    ShardSet set;
+    size_t *first;       /* nfiles + 1: id of each shard's first window; first[nfiles] = nwindows */
+    size_t nwindows;     /* W: windows per epoch */
+    uint32_t *order;     /* this epoch's permutation of 0..W-1 */
+    long epoch;          /* the epoch of order and of the next window */
+    size_t next;         /* index in order of the next window */
+    size_t *rows;        /* B: the window id of each row of the current batch */
+    uint16_t *buf;       /* T + 1 tokens */
+    int *inputs;         /* B*T: the current batch's inputs  [B, T] */
+    int *targets;        /* B*T: the current batch's targets [B, T] */
+} ShuffleLoader;
+
+/* Open the training shards matching pattern; starts at (epoch 0, window 0). Fails if nothing
+ * matches, a shard is invalid or smaller than one window (T + 1 tokens). */
+int sl_init(ShuffleLoader *sl, const char *pattern, int B, int T, int vocab_size, uint64_t seed,
+            char *err, size_t errlen);
+/* Fill inputs and targets with the next B windows of the order (moving to the next epoch's order
+ * at its end); rows[b] says which window row b is. */
+int sl_next(ShuffleLoader *sl, char *err, size_t errlen);
+/* Read / restore the position (epoch, index of the next window in that epoch's order). sl_seek
+ * fails for a negative epoch or an index beyond the epoch's W windows. */
+void sl_position(const ShuffleLoader *sl, long *epoch, long *next);
+int sl_seek(ShuffleLoader *sl, long epoch, long next, char *err, size_t errlen);
+/* Where window id is: its shard and the offset of its first token in that shard. */
+void sl_window(const ShuffleLoader *sl, size_t id, size_t *shard, size_t *pos);
+void sl_free(ShuffleLoader *sl);
+
+typedef struct {
+    int T;
+    ShardSet set;
+    size_t ntok;         /* N: tokens of the whole split */
+    size_t n;            /* windows */
+    size_t stride;       /* window i starts at i * stride */
+    uint16_t *buf;       /* T + 1 tokens */
+} ValWindows;
+
+/* The validation windows of the shards matching pattern: n spread windows, or every
+ * non-overlapping one for n = 0. Fails if the split holds fewer than T + 1 tokens, or if n > 1
+ * windows cannot start at distinct positions (n > N - T - 1). */
+int vw_init(ValWindows *v, const char *pattern, int T, long n, int vocab_size, char *err, size_t errlen);
+/* Window i (< v->n): T inputs and T targets. */
+int vw_read(ValWindows *v, size_t i, int *inputs, int *targets, char *err, size_t errlen);
+void vw_free(ValWindows *v);
+
 #ifdef __cplusplus
 }
 #endif

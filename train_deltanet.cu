@@ -13,6 +13,10 @@
  * at --steps:
  *   lr(s) = lr * s / warmup                                                 s <= warmup (s from 1)
  *         = lr_min + (lr - lr_min) (1 + cos(pi (s - warmup) / (steps - warmup))) / 2   after
+ * Data (data.h): every row of a batch is its own window of T+1 tokens; each epoch visits all the
+ * non-overlapping windows of all training shards once, in an order drawn from --seed and the epoch
+ * (--no-shuffle: the shards in file order instead). Validation scores --val-windows windows spread
+ * evenly over the whole val split, the same ones every time (0: all of them).
  * MFU counts the matmul and mixer FLOPs of one token (forward x 3 for training, see
  * flops_per_token) against the H100's dense bf16 peak, 989 TFLOP/s (also in --fp32 mode).
  *
@@ -65,6 +69,8 @@ typedef struct {
     int warmup, steps;
     unsigned long long seed;
     int val_every, val_batches, sample_every, sample_len;
+    int no_shuffle;            /* --no-shuffle: the shards in file order (data.h's DataLoader) */
+    long val_windows;          /* --val-windows: spread validation windows, 0 = every window */
     float temperature;
     int ckpt_every, fp32, no_graph, profile, cpu;
     char cmdline[128];
@@ -91,7 +97,8 @@ static void args_defaults(TrainArgs *a) {
     a->beta1 = 0.9f; a->beta2 = 0.95f; a->adam_eps = 1e-8f;
     a->warmup = 20; a->steps = 300;
     a->seed = 1337;
-    a->val_every = 25; a->val_batches = 8; a->sample_every = 100; a->sample_len = 128;
+    a->val_every = 25; a->val_batches = 0; a->sample_every = 100; a->sample_len = 128;
+    a->val_windows = 64;
     a->temperature = 1.0f;
     a->ckpt_every = 0;
 }
@@ -108,6 +115,9 @@ static void usage(const char *prog, FILE *f) {
         "  -b, --batch B           micro-batch rows [GPU %d, CPU %d]\n"
         "  -t, --seq T             sequence length [GPU %d, CPU %d]\n"
         "  -d, --total-batch N     tokens per optimizer step, a multiple of B*T (gradient accumulation) [B*T]\n"
+        "      --no-shuffle        read the training shards in file order, B*T+1 consecutive tokens a batch,\n"
+        "                          instead of the default: every row its own window of T+1 tokens, each\n"
+        "                          epoch all the windows of all shards in a random order drawn from --seed\n"
         "model (ignored with --resume: the checkpoint has the config)\n"
         "  -m, --model NAME        small | d12 | 340M | tiny [GPU %s, CPU %s]\n"
         "                          small: d12's width (D=768, H=6, K=128, GPT-2 vocab, tied), 6 DeltaNet layers;\n"
@@ -135,7 +145,10 @@ static void usage(const char *prog, FILE *f) {
         "      --profile           time the phases of each step with CUDA events (no graph) and print a table\n"
         "evaluation and output\n"
         "  -v, --val-every N       validation loss every N steps, 0 = never [%d]\n"
-        "      --val-batches N     validation batches per evaluation [%d]\n"
+        "      --val-windows N     validation windows of T+1 tokens spread evenly over all the val shards,\n"
+        "                          the same each evaluation; 0 = every non-overlapping window [%ld]\n"
+        "      --val-batches N     instead: the first N batches of B windows at the head of the split\n"
+        "                          (what `./infer --eval SHARD -b T --eval-max N*B*T` scores), 0 = off [%d]\n"
         "      --sample-every N    print a sample every N steps, 0 = never [%d]\n"
         "      --sample-len N      tokens per sample [%d]\n"
         "      --temperature X     sampling temperature, 0 = greedy [%g]\n"
@@ -146,7 +159,7 @@ static void usage(const char *prog, FILE *f) {
         "  -h, --help              this text\n",
         prog, d.train_pattern, d.val_pattern, GPU_DEFAULT_B, CPU_DEFAULT_B, GPU_DEFAULT_T, CPU_DEFAULT_T,
         GPU_DEFAULT_MODEL, CPU_DEFAULT_MODEL, d.lr, d.warmup, d.lr_min, d.wd, d.clip, d.beta1,
-        d.beta2, d.adam_eps, d.steps, d.seed, d.val_every, d.val_batches, d.sample_every, d.sample_len,
+        d.beta2, d.adam_eps, d.steps, d.seed, d.val_every, d.val_windows, d.val_batches, d.sample_every, d.sample_len,
         d.temperature, d.ckpt_every, d.out_dir);
 }
 
@@ -177,7 +190,7 @@ static float parse_float(const char *opt, const char *s, float lo, float hi) {
 static void parse_args(TrainArgs *a, int argc, char **argv) {
     enum { O_LAYERS = 1000, O_ATTN_LAYERS, O_WINDOW, O_ATTN_HEADS, O_KV_HEADS, O_TIED, O_UNTIED, O_WARMUP, O_LR_MIN,
            O_WD, O_CLIP, O_BETA1, O_BETA2, O_ADAM_EPS, O_FP32, O_NO_GRAPH, O_VAL_BATCHES, O_SAMPLE_EVERY,
-           O_SAMPLE_LEN, O_TEMPERATURE, O_LOG, O_PROFILE, O_CPU, O_VOCAB };
+           O_SAMPLE_LEN, O_TEMPERATURE, O_LOG, O_PROFILE, O_CPU, O_VOCAB, O_NO_SHUFFLE, O_VAL_WINDOWS };
     static const struct option opts[] = {
         {"train", required_argument, 0, 'i'}, {"val", required_argument, 0, 'j'},
         {"batch", required_argument, 0, 'b'}, {"seq", required_argument, 0, 't'},
@@ -197,6 +210,7 @@ static void parse_args(TrainArgs *a, int argc, char **argv) {
         {"ckpt-every", required_argument, 0, 'c'}, {"out", required_argument, 0, 'o'},
         {"resume", required_argument, 0, 'r'}, {"log", required_argument, 0, O_LOG},
         {"cpu", no_argument, 0, O_CPU}, {"vocab", required_argument, 0, O_VOCAB},
+        {"no-shuffle", no_argument, 0, O_NO_SHUFFLE}, {"val-windows", required_argument, 0, O_VAL_WINDOWS},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     args_defaults(a);
     int c, idx = 0;
@@ -233,7 +247,9 @@ static void parse_args(TrainArgs *a, int argc, char **argv) {
         case O_CPU: a->cpu = 1; break;
         case O_VOCAB: a->vocab = (int)parse_long(name, optarg, DN_MIN_VOCAB, DN_MAX_VOCAB); break;
         case 'v': a->val_every = (int)parse_long(name, optarg, 0, 1 << 30); break;
-        case O_VAL_BATCHES: a->val_batches = (int)parse_long(name, optarg, 1, 1 << 30); break;
+        case O_VAL_BATCHES: a->val_batches = (int)parse_long(name, optarg, 0, 1 << 30); break;
+        case O_VAL_WINDOWS: a->val_windows = parse_long(name, optarg, 0, 1L << 40); break;
+        case O_NO_SHUFFLE: a->no_shuffle = 1; break;
         case O_SAMPLE_EVERY: a->sample_every = (int)parse_long(name, optarg, 0, 1 << 30); break;
         case O_SAMPLE_LEN: a->sample_len = (int)parse_long(name, optarg, 1, 1 << 20); break;
         case O_TEMPERATURE: a->temperature = parse_float(name, optarg, 0.0f, 100.0f); break;
@@ -622,8 +638,12 @@ template <typename Model> struct Trainer {
     TrainArgs a;
     DNConfig cfg;
     Model m;
-    DataLoader train, val;
-    int have_val, val_B;
+    DataLoader train;        /* --no-shuffle */
+    ShuffleLoader shuf;      /* the default: shuffled windows */
+    ValWindows val;
+    int have_val;
+    long val_count;          /* windows scored per evaluation */
+    int *val_inputs, *val_targets; /* [B, T] */
     Tokenizer tok;
     int have_tok;
     DNRng rng;               /* sampling */
@@ -652,20 +672,42 @@ static void missing_data(const char *pattern, const char *err, int vocab) {
         pattern, err);
 }
 
+/* The training loader's position, as the checkpoint stores it in data_shard / data_pos: (shard,
+ * token offset) with --no-shuffle, (epoch, index of the next window in its order) when shuffled
+ * (data.h). The flags, --no-shuffle and --seed included, must be the same on --resume. */
+template <typename Model>
+static void train_position(const Trainer<Model> *tr, long *a, long *b) {
+    if (tr->a.no_shuffle) dl_position(&tr->train, a, b);
+    else sl_position(&tr->shuf, a, b);
+}
+template <typename Model>
+static int train_seek(Trainer<Model> *tr, long a, long b, char *err, size_t errlen) {
+    return tr->a.no_shuffle ? dl_seek(&tr->train, a, b, err, errlen) : sl_seek(&tr->shuf, a, b, err, errlen);
+}
+
 /* Data loaders, the tokenizer (optional: samples need it), the log file. */
 template <typename Model>
 static void setup_io(Trainer<Model> *tr) {
     const TrainArgs *a = &tr->a;
     char err[DN_ERR_LEN];
     const int V = tr->cfg.vocab_size;
-    if (dl_init(&tr->train, a->train_pattern, a->B, a->T, V, err, sizeof err)) missing_data(a->train_pattern, err, V);
+    if (a->no_shuffle ? dl_init(&tr->train, a->train_pattern, a->B, a->T, V, err, sizeof err)
+                      : sl_init(&tr->shuf, a->train_pattern, a->B, a->T, V, a->seed, err, sizeof err)) {
+        if (strstr(err, "fewer than one window")) die("training data: %s", err); /* there, but too small for -t */
+        missing_data(a->train_pattern, err, V);
+    }
     if (a->val_every > 0) {
-        /* the validation shard may be small: fewer rows per batch if one batch of B rows does not fit */
-        for (tr->val_B = a->B; tr->val_B >= 1; tr->val_B /= 2) {
-            if (!dl_init(&tr->val, a->val_pattern, tr->val_B, a->T, V, err, sizeof err)) break;
-            if (!strstr(err, "fewer than one batch")) missing_data(a->val_pattern, err, V);
+        /* --val-windows n spread over the split, or (--val-batches N) the first N*B windows */
+        if (vw_init(&tr->val, a->val_pattern, a->T, a->val_batches > 0 ? 0 : a->val_windows, V, err, sizeof err)) {
+            /* there, but too small for -t or --val-windows */
+            if (strstr(err, "fewer than one window") || strstr(err, "distinct positions")) die("validation data: %s", err);
+            missing_data(a->val_pattern, err, V);
         }
-        if (tr->val_B < 1) missing_data(a->val_pattern, err, V);
+        tr->val_count = (long)tr->val.n;
+        if (a->val_batches > 0 && tr->val_count > (long)a->val_batches * a->B) tr->val_count = (long)a->val_batches * a->B;
+        tr->val_inputs = (int *)malloc((size_t)a->B * a->T * sizeof(int));
+        tr->val_targets = (int *)malloc((size_t)a->B * a->T * sizeof(int));
+        if (!tr->val_inputs || !tr->val_targets) die("out of host memory");
         tr->have_val = 1;
     }
     if (a->sample_every > 0) {
@@ -737,7 +779,7 @@ static void setup_model(Trainer<Model> *tr) {
         model_set_params(&tr->m, tr->h_params);
     }
     setup_io(tr);
-    if (a->resume && dl_seek(&tr->train, st.data_shard, st.data_pos, err, sizeof err)) die("--resume: %s", err);
+    if (a->resume && train_seek(tr, st.data_shard, st.data_pos, err, sizeof err)) die("--resume: %s", err);
     tr->flops_tok = flops_per_token(&tr->cfg, a->T);
     tr->peak_flops = model_peak_flops(&tr->m);
 }
@@ -754,27 +796,40 @@ static void print_summary(Trainer<Model> *tr) {
            a->resume ? " | resumed from " : "", a->resume ? a->resume : "");
     printf("batch: %d x %d tokens x %d micro-batches = %ld tokens/step | steps %d | lr %g (warmup %d, floor %g) | wd %g | clip %g\n",
            a->B, a->T, tr->accum, a->total_batch, a->steps, a->lr, a->warmup, a->lr_min, a->wd, a->clip);
-    printf("train: %s (%zu shards) | val: %s | %.3f GFLOP/token\n", a->train_pattern, tr->train.nfiles,
-           tr->have_val ? a->val_pattern : "off", tr->flops_tok / 1e9);
+    if (a->no_shuffle) printf("train: %s (%zu shards, in file order)", a->train_pattern, tr->train.nfiles);
+    else printf("train: %s (%zu shards, %zu windows of %d tokens an epoch, shuffled from seed %llu)", a->train_pattern,
+                tr->shuf.set.nfiles, tr->shuf.nwindows, a->T + 1, a->seed);
+    if (tr->have_val && a->val_batches > 0)
+        printf(" | val: %s (the first %ld windows)", a->val_pattern, tr->val_count);
+    else if (tr->have_val)
+        printf(" | val: %s (%ld windows %s %zu tokens)", a->val_pattern, tr->val_count,
+               a->val_windows > 0 ? "spread over" : "covering", tr->val.ntok);
+    else
+        printf(" | val: off");
+    printf(" | %.3f GFLOP/token\n", tr->flops_tok / 1e9);
     model_memory_line(&tr->m, a);
     fflush(stdout);
 }
 
+/* The validation loss: the mean over the val_count windows (data.h: the same ones every time) of
+ * each window's mean loss over its T predictions, scored in batches of up to B rows. */
 template <typename Model>
 static float validate(Trainer<Model> *tr) {
     char err[DN_ERR_LEN];
-    dl_reset(&tr->val);
-    long n = dl_epoch_batches(&tr->val);
-    n = n < tr->a.val_batches ? n : tr->a.val_batches;
+    const int B = tr->a.B, T = tr->a.T;
     double sum = 0;
-    for (long i = 0; i < n; i++) {
-        if (dl_next(&tr->val, err, sizeof err)) {
-            vocab_hint("validation data: ", err, tr->cfg.vocab_size);
-            die("validation data: %s", err);
+    for (long i0 = 0; i0 < tr->val_count; i0 += B) {
+        const int rows = tr->val_count - i0 < B ? (int)(tr->val_count - i0) : B;
+        for (int r = 0; r < rows; r++) {
+            if (vw_read(&tr->val, (size_t)(i0 + r), tr->val_inputs + (size_t)r * T, tr->val_targets + (size_t)r * T,
+                        err, sizeof err)) {
+                vocab_hint("validation data: ", err, tr->cfg.vocab_size);
+                die("validation data: %s", err);
+            }
         }
-        sum += model_eval_loss(&tr->m, tr->val.inputs, tr->val.targets, tr->val_B);
+        sum += (double)model_eval_loss(&tr->m, tr->val_inputs, tr->val_targets, rows) * rows;
     }
-    return (float)(sum / (n > 0 ? n : 1));
+    return (float)(sum / (tr->val_count > 0 ? tr->val_count : 1));
 }
 
 /* Draw a token from logits at temperature temp (0: greedy), in double on (logit - max) / temp, so
@@ -854,7 +909,7 @@ static void save_checkpoint(Trainer<Model> *tr, int final) {
     memset(&st, 0, sizeof st);
     st.step = tr->step;
     st.rng_state = tr->rng.s;
-    dl_position(&tr->train, &st.data_shard, &st.data_pos);
+    train_position(tr, &st.data_shard, &st.data_pos);
     snprintf(st.note, sizeof st.note, "%s", tr->a.cmdline);
     /* state first, weights last: a weights file on disk always has its state beside it */
     if (dn_state_write(sp, &tr->m.t, tr->h_m, tr->h_v, &st, err, sizeof err)) die("checkpoint: %s", err);
@@ -894,12 +949,13 @@ static void train_step(Trainer<Model> *tr) {
     const size_t N = (size_t)tr->a.B * tr->a.T;
     const double t0 = now_ms();
     for (int i = 0; i < tr->accum; i++) {
-        if (dl_next(&tr->train, err, sizeof err)) {
+        const int no_shuffle = tr->a.no_shuffle;
+        if (no_shuffle ? dl_next(&tr->train, err, sizeof err) : sl_next(&tr->shuf, err, sizeof err)) {
             vocab_hint("training data: ", err, tr->cfg.vocab_size);
             die("training data: %s", err);
         }
-        memcpy(tr->m.h_tokens + 2 * i * N, tr->train.inputs, N * sizeof(int));
-        memcpy(tr->m.h_tokens + (2 * i + 1) * N, tr->train.targets, N * sizeof(int));
+        memcpy(tr->m.h_tokens + 2 * i * N, no_shuffle ? tr->train.inputs : tr->shuf.inputs, N * sizeof(int));
+        memcpy(tr->m.h_tokens + (2 * i + 1) * N, no_shuffle ? tr->train.targets : tr->shuf.targets, N * sizeof(int));
     }
     const long step = tr->step + 1;
     if (step == tr->nan_step) model_poison(&tr->m); /* test hook (DN_TEST_NAN_STEP): this step's loss is NaN */
@@ -930,8 +986,10 @@ static void finish(Trainer<Model> *tr) {
     model_done_line(&tr->m, tr->step);
     if (tr->log) fclose(tr->log);
     if (tr->have_tok) tok_free(&tr->tok);
-    dl_free(&tr->train);
-    if (tr->have_val) dl_free(&tr->val);
+    if (tr->a.no_shuffle) dl_free(&tr->train);
+    else sl_free(&tr->shuf);
+    if (tr->have_val) vw_free(&tr->val);
+    free(tr->val_inputs); free(tr->val_targets);
     model_free(&tr->m);
     free(tr->h_params); free(tr->h_m); free(tr->h_v);
 }

@@ -407,6 +407,240 @@ static void test_cli(void) {
     tok_free(&tok);
 }
 
+/* ---- the shuffled loader and the validation windows ---------------------------------------- */
+
+/* Write shards prefix_000000.bin ... of the given sizes (random tokens, raw[s] keeps them). */
+static void write_shards(DNRng *r, const char *prefix, const size_t *sizes, int ns, uint16_t **raw) {
+    char path[256], err[DN_ERR_LEN] = "";
+    for (int s = 0; s < ns; s++) {
+        raw[s] = random_tokens(r, sizes[s], VOCAB);
+        snprintf(path, sizeof path, "%s/%s_%06d.bin", dir, prefix, s);
+        CHECK(shard_write(path, raw[s], sizes[s], err, sizeof err) == 0, "write %s: %s", path, err);
+    }
+}
+
+/* Every row of the current batch is the window rows[b] says, token for token. */
+static int rows_match(const ShuffleLoader *sl, uint16_t *const *raw) {
+    const size_t T = (size_t)sl->T;
+    for (int b = 0; b < sl->B; b++) {
+        size_t s, p;
+        sl_window(sl, sl->rows[b], &s, &p);
+        if (p + T + 1 > sl->set.file_ntok[s]) return 0;
+        for (size_t t = 0; t < T; t++)
+            if (sl->inputs[b * T + t] != raw[s][p + t] || sl->targets[b * T + t] != raw[s][p + t + 1]) return 0;
+    }
+    return 1;
+}
+
+/* The window ids of the next nb batches of sl. */
+static size_t *take_rows(ShuffleLoader *sl, int nb) {
+    char err[DN_ERR_LEN] = "";
+    size_t *ids = xcalloc((size_t)nb * sl->B, sizeof *ids);
+    for (int k = 0; k < nb; k++) {
+        if (sl_next(sl, err, sizeof err) != 0) { CHECK(0, "sl_next: %s", err); break; }
+        memcpy(ids + (size_t)k * sl->B, sl->rows, sl->B * sizeof *ids);
+    }
+    return ids;
+}
+
+static void test_shuffle_epochs(DNRng *r) {
+    enum { NS = 5, B = 3, T = 16 };
+    /* windows (n-1)/T: 12, 6, 2, 1 (exactly T+1 tokens), 9 = 30 per epoch */
+    const size_t sizes[NS] = {200, 97, 33, 17, 150};
+    uint16_t *raw[NS];
+    char pattern[256], err[DN_ERR_LEN] = "";
+    write_shards(r, "sh_train", sizes, NS, raw);
+    snprintf(pattern, sizeof pattern, "%s/sh_train_*.bin", dir);
+    ShuffleLoader sl;
+    if (sl_init(&sl, pattern, B, T, VOCAB, 7, err, sizeof err) != 0) { CHECK(0, "sl_init: %s", err); return; }
+    const size_t W = sl.nwindows;
+    CHECK(W == 30 && sl.set.nfiles == NS, "%zu windows in %zu shards (want 30 in %d)", W, sl.set.nfiles, NS);
+    /* three epochs and a bit (batches cross the epoch ends: 30 is not a multiple of... B = 3 is, so
+     * start one row in to make them cross) */
+    const int nb = (int)(3 * W / B) + 2;
+    int ok = 0;
+    size_t *ids = xcalloc((size_t)nb * B, sizeof *ids);
+    for (int k = 0; k < nb; k++) {
+        if (sl_next(&sl, err, sizeof err) != 0) { CHECK(0, "sl_next: %s", err); break; }
+        ok += rows_match(&sl, raw);
+        memcpy(ids + (size_t)k * B, sl.rows, B * sizeof *ids);
+    }
+    CHECK(ok == nb, "%d of %d batches hold the windows their rows name, token for token", ok, nb);
+    for (int e = 0; e < 3; e++) {
+        int *seen = xcalloc(W, sizeof *seen), once = 0;
+        for (size_t i = 0; i < W; i++) seen[ids[e * W + i]]++;
+        for (size_t i = 0; i < W; i++) once += seen[i] == 1;
+        CHECK(once == (int)W, "epoch %d visits every one of the %zu windows exactly once (%d)", e, W, once);
+        free(seen);
+    }
+    CHECK(memcmp(ids, ids + W, W * sizeof *ids) != 0 && memcmp(ids + W, ids + 2 * W, W * sizeof *ids) != 0,
+          "each epoch has its own order");
+    int sorted = 1;
+    for (size_t i = 1; i < W; i++) sorted &= ids[i] == ids[i - 1] + 1;
+    CHECK(!sorted, "epoch 0 is not the file order");
+    long pe, pn;
+    sl_position(&sl, &pe, &pn);
+    CHECK(pe == 3 && pn == (long)(nb * B - 3 * W), "position after %d batches: epoch %ld, window %ld", nb, pe, pn);
+
+    /* the same seed gives the same batches; another seed another order */
+    ShuffleLoader s2;
+    if (sl_init(&s2, pattern, B, T, VOCAB, 7, err, sizeof err) == 0) {
+        size_t *again = take_rows(&s2, nb);
+        CHECK(memcmp(ids, again, (size_t)nb * B * sizeof *ids) == 0, "seed 7 twice: the same %d batches", nb);
+        free(again);
+        sl_free(&s2);
+    }
+    if (sl_init(&s2, pattern, B, T, VOCAB, 8, err, sizeof err) == 0) {
+        size_t *other = take_rows(&s2, (int)(W / B));
+        CHECK(memcmp(ids, other, W * sizeof *ids) != 0, "seeds 7 and 8 give different orders");
+        free(other);
+        sl_free(&s2);
+    }
+
+    /* resume mid-epoch: (epoch, next) as the trainer stores them in data_shard / data_pos, restored
+     * in a fresh loader, gives the same next batches as the straight run (across an epoch end) */
+    int starts[] = {1, 7, 10, 12};
+    for (size_t k = 0; k < sizeof starts / sizeof *starts; k++) {
+        ShuffleLoader a, b;
+        if (sl_init(&a, pattern, B, T, VOCAB, 7, err, sizeof err) || sl_init(&b, pattern, B, T, VOCAB, 7, err, sizeof err)) {
+            CHECK(0, "sl_init: %s", err);
+            break;
+        }
+        free(take_rows(&a, starts[k]));
+        DNTrainState st;
+        memset(&st, 0, sizeof st);
+        sl_position(&a, &st.data_shard, &st.data_pos);
+        size_t *straight = take_rows(&a, 12);
+        int rc = sl_seek(&b, st.data_shard, st.data_pos, err, sizeof err);
+        size_t *resumed = take_rows(&b, 12);
+        CHECK(rc == 0 && memcmp(straight, resumed, 12 * B * sizeof *ids) == 0 && memcmp(a.inputs, b.inputs, B * T * sizeof(int)) == 0,
+              "resume at (epoch %ld, window %ld) after %d batches: the next 12 batches equal the straight run's",
+              st.data_shard, st.data_pos, starts[k]);
+        free(straight);
+        free(resumed);
+        sl_free(&a);
+        sl_free(&b);
+    }
+    err[0] = 0;
+    CHECK(sl_seek(&sl, 0, (long)W + 1, err, sizeof err) == -1 && strstr(err, "out of range"), "seek past an epoch refused: %s", err);
+    CHECK(sl_seek(&sl, -1, 0, err, sizeof err) == -1, "negative epoch refused: %s", err);
+    CHECK(sl_seek(&sl, 0, (long)W, err, sizeof err) == 0 && sl_next(&sl, err, sizeof err) == 0 && sl.epoch == 1,
+          "seek to the end of epoch 0 continues with epoch 1");
+    sl_free(&sl);
+    free(ids);
+
+    /* a token beyond the vocabulary: refused when its window is read, naming the shard */
+    CHECK(sl_init(&sl, pattern, B, T, 100, 7, err, sizeof err) == 0, "sl_init reads only headers: %s", err);
+    CHECK(sl_next(&sl, err, sizeof err) == -1 && strstr(err, "sh_train_") && strstr(err, "vocabulary size 100"),
+          "token >= vocab refused: %s", err);
+    sl_free(&sl);
+    /* a shard smaller than one window, nothing matching, B or T zero */
+    const size_t small[1] = {16};
+    uint16_t *sraw[1];
+    write_shards(r, "sh_train_z", small, 1, sraw); /* sorts after the others */
+    CHECK(sl_init(&sl, pattern, B, T, VOCAB, 7, err, sizeof err) == -1 && strstr(err, "sh_train_z_000000.bin") &&
+          strstr(err, "16 tokens, fewer than one window needs (T+1 = 17)") && !strchr(err, '\n'),
+          "a shard smaller than one window refused: %s", err);
+    snprintf(pattern, sizeof pattern, "%s/nothing_*.bin", dir);
+    CHECK(sl_init(&sl, pattern, B, T, VOCAB, 7, err, sizeof err) == -1 && strstr(err, "no file matches"), "no match refused: %s", err);
+    CHECK(sl_init(&sl, pattern, B, 0, VOCAB, 7, err, sizeof err) == -1, "T=0 refused: %s", err);
+    sl_free(&sl); /* a failed init leaves a loader that frees safely */
+    free(sraw[0]);
+    for (int s = 0; s < NS; s++) free(raw[s]);
+}
+
+/* Many shards: more than SHARDSET_OPEN, read in shuffled order (descriptors are reused). */
+static void test_shuffle_many_shards(DNRng *r) {
+    enum { NS = 3 * SHARDSET_OPEN + 1, B = 4, T = 8 };
+    size_t sizes[NS];
+    uint16_t *raw[NS];
+    for (int s = 0; s < NS; s++) sizes[s] = 9 + (size_t)(dn_rng_u64(r) % 40);
+    write_shards(r, "many", sizes, NS, raw);
+    char pattern[256], err[DN_ERR_LEN] = "";
+    snprintf(pattern, sizeof pattern, "%s/many_*.bin", dir);
+    ShuffleLoader sl;
+    if (sl_init(&sl, pattern, B, T, VOCAB, 0, err, sizeof err) != 0) { CHECK(0, "sl_init: %s", err); return; }
+    size_t W = 0;
+    for (int s = 0; s < NS; s++) W += (sizes[s] - 1) / T;
+    const int nb = (int)((2 * W + B - 1) / B);
+    int ok = 0;
+    for (int k = 0; k < nb; k++) ok += sl_next(&sl, err, sizeof err) == 0 && rows_match(&sl, raw);
+    CHECK(sl.nwindows == W && ok == nb, "%d shards, %zu windows: %d of %d batches right over two epochs", NS, W, ok, nb);
+    sl_free(&sl);
+    for (int s = 0; s < NS; s++) free(raw[s]);
+}
+
+static void test_val_windows(DNRng *r) {
+    enum { NS = 3, T = 16 };
+    const size_t sizes[NS] = {300, 40, 133}, N = 473; /* shard 1 is [300, 340) of the stream */
+    uint16_t *raw[NS];
+    write_shards(r, "vw_val", sizes, NS, raw);
+    uint16_t *all = xcalloc(N, sizeof *all);
+    memcpy(all, raw[0], 300 * 2);
+    memcpy(all + 300, raw[1], 40 * 2);
+    memcpy(all + 340, raw[2], 133 * 2);
+    char pattern[256], err[DN_ERR_LEN] = "";
+    snprintf(pattern, sizeof pattern, "%s/vw_val_*.bin", dir);
+    int inp[T], tgt[T], inp2[T], tgt2[T];
+    /* n = 7 spread windows: start_i = i * floor((N - T - 1) / n) = 65 i */
+    ValWindows v;
+    if (vw_init(&v, pattern, T, 7, VOCAB, err, sizeof err) != 0) { CHECK(0, "vw_init: %s", err); return; }
+    CHECK(v.ntok == N && v.n == 7 && v.stride == (N - T - 1) / 7 && v.stride == 65, "7 windows over %zu tokens, stride %zu",
+          v.ntok, v.stride);
+    int ok = 0, same = 0, crosses = 0;
+    for (size_t i = 0; i < v.n; i++) {
+        const size_t st = i * 65;
+        int good = vw_read(&v, i, inp, tgt, err, sizeof err) == 0;
+        for (int t = 0; good && t < T; t++) good = inp[t] == all[st + t] && tgt[t] == all[st + t + 1];
+        ok += good;
+        crosses += (st < 300 && st + T >= 300) || (st < 340 && st + T >= 340);
+        vw_read(&v, i, inp2, tgt2, err, sizeof err); /* a second evaluation reads the same window */
+        same += memcmp(inp, inp2, sizeof inp) == 0 && memcmp(tgt, tgt2, sizeof tgt) == 0;
+    }
+    CHECK(ok == 7 && crosses >= 1, "the 7 windows start at 65 i, one crossing a shard boundary (%d ok, %d crossing)", ok, crosses);
+    CHECK(same == 7, "a second pass reads the same windows (%d of 7)", same);
+    /* n windows over n strides: the last starts one stride (+ the rounding) before the last start possible */
+    CHECK(6 * v.stride + T + 1 <= N && N - (6 * v.stride + T + 1) < v.stride + 7, "the last window ends %zu tokens before the end",
+          N - (6 * v.stride + T + 1));
+    CHECK(vw_read(&v, 7, inp, tgt, err, sizeof err) == -1, "window 7 of 7 refused: %s", err);
+    vw_free(&v);
+    /* n = 0: every non-overlapping window, the blocks of ./infer --eval -b T */
+    if (vw_init(&v, pattern, T, 0, VOCAB, err, sizeof err) == 0) {
+        ok = 0;
+        for (size_t i = 0; i < v.n; i++) {
+            int good = vw_read(&v, i, inp, tgt, err, sizeof err) == 0;
+            for (int t = 0; good && t < T; t++) good = inp[t] == all[i * T + t] && tgt[t] == all[i * T + t + 1];
+            ok += good;
+        }
+        CHECK(v.n == (N - 1) / T && ok == (int)v.n, "--val-windows 0: all %zu windows at multiples of T (%d right)", v.n, ok);
+        vw_free(&v);
+    } else {
+        CHECK(0, "vw_init n=0: %s", err);
+    }
+    /* n = 1; the most windows that start apart (stride 1); one more refused */
+    CHECK(vw_init(&v, pattern, T, 1, VOCAB, err, sizeof err) == 0 && v.n == 1 && vw_read(&v, 0, inp, tgt, err, sizeof err) == 0 &&
+          inp[0] == all[0], "one window: the head");
+    vw_free(&v);
+    CHECK(vw_init(&v, pattern, T, (long)(N - T - 1), VOCAB, err, sizeof err) == 0 && v.stride == 1, "%zu windows, stride 1", N - T - 1);
+    vw_free(&v);
+    CHECK(vw_init(&v, pattern, T, (long)(N - T), VOCAB, err, sizeof err) == -1 && strstr(err, "distinct"),
+          "too many windows refused: %s", err);
+    /* a split smaller than one window; a token beyond the vocabulary */
+    CHECK(vw_init(&v, pattern, 500, 4, VOCAB, err, sizeof err) == -1 && strstr(err, "fewer than one window") && !strchr(err, '\n'),
+          "a split smaller than one window refused: %s", err);
+    CHECK(vw_init(&v, pattern, T, 4, 100, err, sizeof err) == 0 && vw_read(&v, 0, inp, tgt, err, sizeof err) == -1 &&
+          strstr(err, "vw_val_000000.bin") && strstr(err, "vocabulary"), "token >= vocab refused: %s", err);
+    vw_free(&v);
+    free(all);
+    for (int s = 0; s < NS; s++) free(raw[s]);
+}
+
+static void test_shuffled_data(DNRng *r) {
+    test_shuffle_epochs(r);
+    test_shuffle_many_shards(r);
+    test_val_windows(r);
+}
+
 int main(void) {
     if (!mkdtemp(dir)) { fprintf(stderr, "mkdtemp failed\n"); return 1; }
     DNRng r;
@@ -416,6 +650,7 @@ int main(void) {
     test_loader(&r);
     test_odd_files(&r);
     test_cli();
+    test_shuffled_data(&r);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     sh(cmd);
