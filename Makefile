@@ -104,7 +104,7 @@ train_deltanet: $(BIN)/train_deltanet
 endif
 
 # Missing packages first (see the header); what to check follows from the goals.
-DEPS_WANT := cc $(if $(filter test,$(MAKECMDGOALS)),python3) $(if $(filter 1,$(SAN)),san) \
+DEPS_WANT := cc $(if $(filter test,$(MAKECMDGOALS)),c++ python3) $(if $(filter 1,$(SAN)),san) \
              $(if $(filter fuzz fuzz-corpus,$(MAKECMDGOALS)),fuzz) \
              $(if $(NVCC_PATH),,$(if $(filter train train_deltanet %/train_deltanet,$(MAKECMDGOALS)),c++))
 deps:
@@ -144,14 +144,15 @@ endef
 endif
 RUN_TESTS := $(if $(filter .,$(RUN)),$(TEST_BINS),$(abspath $(TEST_BINS)))
 
-test: $(TEST_BINS) $(PROGS) | deps
+test: $(TEST_BINS) $(BUILD)/train_deltanet_cpu $(PROGS) | deps
 	$(make_run_dir)
-	@cd $(RUN) && $(SAN_ENV) $(CURDIR)/tests/run_tests.sh $(RUN_TESTS) $(TEST_SCRIPTS)
+	@cd $(RUN) && DN_TRAINER=$(abspath $(BUILD))/train_deltanet_cpu $(SAN_ENV) $(CURDIR)/tests/run_tests.sh $(RUN_TESTS) $(TEST_SCRIPTS)
 
 # `make train` also prepares the bundled TinyShakespeare shards, so that ./train_deltanet runs
-# with no arguments. Without nvcc it builds the CPU-only trainer (-DDN_CPU_ONLY) with $(CXX); the
-# stamp $(BUILD)/trainer.{gpu,cpu} rebuilds it when nvcc comes or goes.
+# with no arguments. Without nvcc it builds the CPU-only trainer (-DDN_CPU_ONLY, its CPU backend
+# alone) with $(CXX); the stamp $(BUILD)/trainer.{gpu,cpu} rebuilds it when nvcc comes or goes.
 TRAIN_MODE := $(if $(NVCC_PATH),gpu,cpu)
+CPU_TRAIN_CMD = $(CXX) $(CXXFLAGS) $(REQ_CXXFLAGS) $(SAN_FLAGS) -x c++ $< -x none $(LIB_OBJS) -o $@ $(LDLIBS)
 train: $(BIN)/train_deltanet data
 $(BUILD)/trainer.$(TRAIN_MODE):
 	@mkdir -p $(dir $@)
@@ -161,8 +162,14 @@ ifneq ($(NVCC_PATH),)
 	$(NVCC_PATH) $(NVFLAGS) $(REQ_NVFLAGS) $< $(LIB_OBJS) -o $@ $(NVLIBS)
 else
 	@echo "nvcc not found: building the CPU-only trainer (install the CUDA toolkit to train on a GPU)"
-	$(CXX) $(CXXFLAGS) $(REQ_CXXFLAGS) $(SAN_FLAGS) -x c++ $< -x none $(LIB_OBJS) -o $@ $(LDLIBS)
+	$(CPU_TRAIN_CMD)
 endif
+
+# The CPU-only trainer under its own name, whatever nvcc does: what tests/test_trainer.sh runs
+# (as $$DN_TRAINER) in make test.
+$(BUILD)/train_deltanet_cpu: train_deltanet.cu $(LIB_OBJS) $(HEADERS) | deps
+	@mkdir -p $(dir $@)
+	$(CPU_TRAIN_CMD)
 
 ifneq ($(NVCC_PATH),)
 $(BUILD)/tests/gpu/%: tests/gpu/%.cu $(wildcard tests/gpu/*.h tests/gpu/*.cuh) $(KERNEL_HDRS) $(LIB_OBJS) $(HEADERS) | deps

@@ -4,9 +4,11 @@
  * A shard is a header of 256 int32 -- [0] magic 20240520, [1] version 1, [2] the token count N,
  * the rest zero -- followed by N uint16 token ids, all in the machine's byte order (little-endian
  * on x86 and ARM, as llm.c writes them); the file is exactly
- * 1024 + 2 N bytes. Writers are atomic (temporary file, fflush + fsync, rename), so a shard is
- * either complete or absent. Readers check the magic, the version, the size against N and every
- * id against the vocabulary, and refuse anything else with one line naming the file.
+ * 1024 + 2 N bytes. Writers are atomic (model.h's dn_atomic_*: temporary file, fsync, rename),
+ * so a shard is either complete or absent. Readers open only regular files (a FIFO or a directory
+ * is refused at once, never read), check the magic, the version, the size against N and every id
+ * against the vocabulary, and refuse anything else with one line naming the file (escaped: a name
+ * from a glob may hold control characters).
  *
  * The loader walks a list of shards (a glob pattern, sorted) as llm.c does. A batch is B rows of
  * T + 1 consecutive tokens taken from one contiguous window of B*T + 1 tokens starting at the

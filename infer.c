@@ -4,11 +4,12 @@
  * the project's own model.h, tokenizer and CPU reference.
  *
  *   ./infer model.bin "Once upon a time" -n 200 -t 0.8 -p 0.95
+ *   ./infer model.bin -f prompt.txt -n 100       (a prompt of any length; "-f -" reads stdin)
  *   ./infer model.bin --eval data/tinyshakespeare/tiny_shakespeare_val.bin -b 1024
  *
  * Decoding is recurrent: forward_step() takes ONE token at absolute position pos and advances a
  * per-layer state, so the cost of a token does not depend on how many came before (except for
- * global-attention layers). The state of each layer kind (MODEL.md has the math):
+ * global-attention layers). The state of each layer kind (docs/MODEL.md has the math):
  *
  *   'D' DeltaNet  the K x V fp32 state S of each head, and the conv tail: the last conv_size - 1
  *                 pre-conv inputs of q, k and v (the causal depthwise conv needs nothing older).
@@ -18,9 +19,12 @@
  *                 per-head RMSNorm of o, output projection.
  *   'S' sliding   a ring of `window` keys (RoPE already applied at their absolute position) and
  *       window    values: position p lives in row p % window, and the query at pos attends to
- *                 positions max(0, pos-window+1) .. pos. Fixed memory.
+ *                 positions max(0, pos-window+1) .. pos. The ring grows like a global cache
+ *                 (below) until it holds `window` rows, so it never holds more rows than positions
+ *                 seen: a window longer than any context (2^31-1) costs what a global layer does,
+ *                 and a window longer than --max-context is capped like one. Then fixed memory.
  *   'G' global    a cache of every key and value so far, grown geometrically (realloc x2), capped
- *                 by --max-context. Memory grows with the sequence: the only layer kind that does.
+ *                 by --max-context. Memory grows with the sequence.
  *
  * So a pure DeltaNet or DeltaNet+SWA model decodes forever in constant memory. The layer math
  * reuses the CPU reference (ref/: rmsnorm, l2norm, sigmoid, RoPE with a position offset, the
@@ -147,7 +151,7 @@ typedef struct {
                       *      conv_size-1 tokens, oldest first (zeros before the sequence start) */
     float *kcache;   /* 'S', 'G': [rows][Hkv*dh] keys, RoPE applied at their own position */
     float *vcache;   /* 'S', 'G': [rows][Hkv*dh] values */
-    int rows;        /* 'S': window (a ring, row = pos % window); 'G': allocated positions */
+    int rows;        /* allocated positions; 'S' with rows == window: a ring, row = pos % window */
 } LayerState;
 
 typedef struct {
@@ -165,7 +169,15 @@ typedef struct {
     int score_rows;
 } RunState;
 
-static int cfg_has_global(const DNConfig *c) { return strchr(c->layers, 'G') != NULL; }
+/* Does decoding need an attention cache that grows with the sequence up to --max-context: a
+ * global layer, or a sliding window longer than --max-context? */
+static int cfg_context_limited(const DNConfig *c, int max_context) {
+    return strchr(c->layers, 'G') != NULL || (strchr(c->layers, 'S') != NULL && c->window > max_context);
+}
+/* The most rows layer l's attention cache may hold: a sliding window's, or --max-context. */
+static int cache_cap(const DNConfig *c, int l, int max_context) {
+    return c->layers[l] == 'S' && c->window < max_context ? c->window : max_context;
+}
 static int cfg_kv_dim(const DNConfig *c) { return c->attn_kv_heads * dn_attn_head_dim(c); }
 
 static void runstate_build(RunState *s, const DNConfig *c, int max_context) {
@@ -185,7 +197,8 @@ static void runstate_build(RunState *s, const DNConfig *c, int max_context) {
             ls->S = ALLOC(float, (size_t)H * K * K);
             ls->tail = ALLOC(float, (size_t)3 * tailn * D);
         } else {
-            ls->rows = c->layers[l] == 'S' ? c->window : INFER_CACHE_ROWS0;
+            int cap = cache_cap(c, l, max_context);
+            ls->rows = cap < INFER_CACHE_ROWS0 ? cap : INFER_CACHE_ROWS0;
             ls->kcache = ALLOC(float, (size_t)ls->rows * kvd);
             ls->vcache = ALLOC(float, (size_t)ls->rows * kvd);
             if (ls->rows > score_rows) score_rows = ls->rows;
@@ -238,13 +251,14 @@ static size_t runstate_bytes(const RunState *s, const DNConfig *c) {
     return n + (size_t)c->attn_heads * s->score_rows * sizeof(double);
 }
 
-/* Make a global-attention cache hold position pos (doubling), and the score buffer with it. */
-static int cache_reserve(RunState *s, const DNConfig *c, LayerState *ls, int pos) {
+/* Make an attention cache hold position pos (doubling, up to cap rows), and the score buffer with
+ * it. -1 if pos >= cap. */
+static int cache_reserve(RunState *s, const DNConfig *c, LayerState *ls, int pos, int cap) {
     if (pos < ls->rows) return 0;
-    if (pos >= s->max_context) return -1;
+    if (pos >= cap) return -1;
     long rows = ls->rows;
     while (rows <= pos) rows *= 2;
-    if (rows > s->max_context) rows = s->max_context;
+    if (rows > cap) rows = cap;
     size_t bytes = (size_t)rows * cfg_kv_dim(c) * sizeof(float);
     float *k = realloc(ls->kcache, bytes), *v = k ? realloc(ls->vcache, bytes) : NULL;
     if (k) ls->kcache = k;
@@ -373,20 +387,22 @@ static void attention_layer_step(const Model *m, RunState *s, int l, int pos) {
     const float *w = m->w;
     LayerState *ls = &s->L[l];
     int D = c->d_model, Hq = c->attn_heads, Hkv = c->attn_kv_heads, dh = dn_attn_head_dim(c), kvd = Hkv * dh;
-    int sliding = c->layers[l] == 'S';
+    /* a sliding window whose ring is full: position p lives in row p % window; otherwise (a global
+     * cache, or a window not yet filled) row p, grown to hold it */
+    int ring = c->layers[l] == 'S' && ls->rows == c->window;
     Matvec proj[3] = {{s->q, w + P[DN_P_Q], D}, {s->k, w + P[DN_P_K], kvd}, {s->v, w + P[DN_P_V], kvd}};
     matvecs(proj, 3, s->x, D, s->nthreads);
     ref_rope_forward(s->q, 1, 1, Hq, dh, c->rope_base, pos);
     ref_rope_forward(s->k, 1, 1, Hkv, dh, c->rope_base, pos);
-    if (!sliding && cache_reserve(s, c, ls, pos)) {
-        fprintf(stderr, "infer: position %d is past --max-context %d (the global-attention cache limit)\n", pos, s->max_context);
+    if (!ring && cache_reserve(s, c, ls, pos, cache_cap(c, l, s->max_context))) {
+        fprintf(stderr, "infer: position %d is past --max-context %d (the attention cache limit)\n", pos, s->max_context);
         exit(1);
     }
-    int row = sliding ? pos % ls->rows : pos;
+    int row = ring ? pos % c->window : pos;
     memcpy(ls->kcache + (size_t)row * kvd, s->k, (size_t)kvd * sizeof(float));
     memcpy(ls->vcache + (size_t)row * kvd, s->v, (size_t)kvd * sizeof(float));
-    int first = sliding && pos - c->window + 1 > 0 ? pos - c->window + 1 : 0;
-    attention_step(s->o, s->scores, s->q, ls->kcache, ls->vcache, pos, first, sliding ? ls->rows : 0, Hq, Hkv, dh, s->nthreads);
+    int first = c->layers[l] == 'S' && pos - c->window + 1 > 0 ? pos - c->window + 1 : 0;
+    attention_step(s->o, s->scores, s->q, ls->kcache, ls->vcache, pos, first, ring ? c->window : 0, Hq, Hkv, dh, s->nthreads);
     matvec(s->mixer, w + P[DN_P_O], s->o, D, D, s->nthreads);
 }
 
@@ -628,52 +644,61 @@ static double forward_block(const Model *m, BlockState *b, int T) {
 }
 
 /* ----------------------------------------------------------------------------------------------
- * Sampler: temperature, then top-k and/or top-p (nucleus) over the softmax */
+ * Sampler: temperature, then top-k and/or top-p (nucleus) over the softmax.
+ *
+ * The softmax is taken in double on (logit - max) / T, so that every accepted temperature works:
+ * the largest logit gets weight exp(0) = 1 and every other a weight in [0, 1], with no overflow.
+ * A tiny T (1e-40) sends every weight but the largest to 0 (greedy); a huge one (1e6) sends every
+ * weight to about 1 (uniform). The weights stay unnormalised: the choices below only compare them
+ * or draw u * (their sum), and a draw that rounding leaves at or past the end of the running sum
+ * takes the last token of positive weight, never one of probability 0. */
 
-typedef struct { float p; int i; } Candidate;
+typedef struct { double p; int i; } Candidate;
 
 typedef struct {
     int vocab;
-    float temperature;  /* 0: greedy (argmax) */
-    float topp;         /* 1: off */
-    int topk;           /* 0: off */
+    double temperature;  /* 0: greedy (argmax) */
+    float topp;          /* 1: off */
+    int topk;            /* 0: off */
     DNRng rng;
-    float *probs;       /* [vocab] */
-    Candidate *cand;    /* [vocab] */
+    double *w;           /* [vocab] softmax weights exp((logit - max) / T), unnormalised */
+    Candidate *cand;     /* [vocab] */
 } Sampler;
 
-static void sampler_build(Sampler *sp, int vocab, float temperature, float topp, int topk, uint64_t seed) {
+static void sampler_build(Sampler *sp, int vocab, double temperature, float topp, int topk, uint64_t seed) {
     sp->vocab = vocab;
     sp->temperature = temperature;
     sp->topp = topp;
     sp->topk = topk >= vocab ? 0 : topk;
     dn_rng_seed(&sp->rng, seed);
-    sp->probs = ALLOC(float, vocab);
+    sp->w = ALLOC(double, vocab);
     sp->cand = ALLOC(Candidate, vocab);
 }
 
-static void sampler_free(Sampler *sp) { free(sp->probs); free(sp->cand); }
+static void sampler_free(Sampler *sp) { free(sp->w); free(sp->cand); }
 
+/* The first largest logit. A NaN never wins (all NaN: id 0). */
 static int argmax(const float *x, int n) {
     int best = 0;
-    for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best] || (isnan(x[best]) && !isnan(x[i]))) best = i;
     return best;
 }
 
-/* Larger probability first; equal ones by id, so the order (and the sample) is deterministic. */
+/* Larger weight first; equal ones by id, so the order (and the sample) is deterministic. */
 static int cand_desc(const void *a, const void *b) {
     const Candidate *x = a, *y = b;
     if (x->p != y->p) return x->p > y->p ? -1 : 1;
     return x->i - y->i;
 }
 
-/* Is a ranked below b (smaller probability, or equal and a larger id)? */
+/* Is a ranked below b (smaller weight, or equal and a larger id)? */
 static int cand_below(Candidate a, Candidate b) { return a.p < b.p || (a.p == b.p && a.i > b.i); }
 
-/* Keep the k best of probs[0..n) in h[0..k): a min-heap (h[0] the worst kept) over one pass. */
-static void top_k_select(Candidate *h, const float *probs, int n, int k) {
+/* Keep the k best of w[0..n) in h[0..k): a min-heap (h[0] the worst kept) over one pass. */
+static void top_k_select(Candidate *h, const double *w, int n, int k) {
     for (int i = 0; i < n; i++) {
-        Candidate c = {probs[i], i};
+        Candidate c = {w[i], i};
         int len = i < k ? i : k;
         if (i < k) {                            /* grow: sift the new one up */
             int j = len;
@@ -719,30 +744,58 @@ static int nucleus_select(Candidate *cd, int n, double need) {
     return hi;
 }
 
+/* Walk the running sum of the weights: the first index whose sum passes target. If rounding
+ * leaves target at or past the total, the last index of positive weight (-1: none). */
+static int pick_weight(const double *w, int n, double target) {
+    double cum = 0.0;
+    int last = -1;
+    for (int i = 0; i < n; i++) {
+        if (!(w[i] > 0.0)) continue;
+        cum += w[i];
+        last = i;
+        if (target < cum) return i;
+    }
+    return last;
+}
+static int pick_candidate(const Candidate *cd, int n, double target) {
+    double cum = 0.0;
+    int last = -1;
+    for (int j = 0; j < n; j++) {
+        if (!(cd[j].p > 0.0)) continue;
+        cum += cd[j].p;
+        last = cd[j].i;
+        if (target < cum) return cd[j].i;
+    }
+    return last;
+}
+
 static int sample(Sampler *sp, const float *logits) {
-    int n = sp->vocab;
-    if (sp->temperature == 0.0f) return argmax(logits, n);
-    float *pr = sp->probs;
-    double mx = -INFINITY, sum = 0.0;
-    for (int i = 0; i < n; i++) { pr[i] = logits[i] / sp->temperature; if (pr[i] > mx) mx = pr[i]; }
-    for (int i = 0; i < n; i++) { pr[i] = (float)exp(pr[i] - mx); sum += pr[i]; }
-    for (int i = 0; i < n; i++) pr[i] = (float)(pr[i] / sum);
+    int n = sp->vocab, best = argmax(logits, n);
+    /* greedy; and where the largest logit is not finite (+inf wins outright; all NaN or -inf
+     * leave nothing to weigh) */
+    if (sp->temperature == 0.0 || !isfinite(logits[best])) return best;
+    double *w = sp->w, mx = logits[best], sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        double z = ((double)logits[i] - mx) / sp->temperature;  /* <= 0, or NaN for a NaN logit */
+        w[i] = z <= 0.0 ? exp(z) : 0.0;
+        sum += w[i];
+    }
     double r = dn_rng_uniform(&sp->rng);
+    int got;
     if (sp->topk == 0 && sp->topp >= 1.0f) {                 /* plain sampling: walk the CDF */
-        double cum = 0.0;
-        for (int i = 0; i < n; i++) { cum += pr[i]; if (r < cum) return i; }
-        return n - 1;
+        got = pick_weight(w, n, r * sum);
+        return got >= 0 ? got : best;
     }
     int nc = 0;
     Candidate *cd = sp->cand;
     if (sp->topk > 0) {
-        top_k_select(cd, pr, n, sp->topk);
+        top_k_select(cd, w, n, sp->topk);
         nc = sp->topk;
     } else {
-        /* Nucleus only. The tokens below (1-p)/n hold less than n (1-p)/n = 1-p in all, so the
-         * tokens at or above it hold more than p: a top-ranked set that contains the nucleus. */
-        float cut = (1.0f - sp->topp) / (float)n;
-        for (int i = 0; i < n; i++) if (pr[i] >= cut) { cd[nc].p = pr[i]; cd[nc].i = i; nc++; }
+        /* Nucleus only. The tokens below (1-p)/n of the mass hold less than 1-p of it in all, so
+         * the tokens at or above it hold more than p: a top-ranked set that contains the nucleus. */
+        double cut = (1.0 - sp->topp) / n * sum;
+        for (int i = 0; i < n; i++) if (w[i] >= cut && w[i] > 0.0) { cd[nc].p = w[i]; cd[nc].i = i; nc++; }
     }
     double mass = 0.0;
     for (int j = 0; j < nc; j++) mass += cd[j].p;
@@ -752,18 +805,20 @@ static int sample(Sampler *sp, const float *logits) {
         for (int j = 0; j < nc; j++) mass += cd[j].p;
     }
     /* sample among cd[0..nc) in the order they are in: the set decides, not the order */
-    double cum = 0.0, target = r * mass;
-    for (int j = 0; j < nc; j++) { cum += cd[j].p; if (target < cum) return cd[j].i; }
-    return cd[nc - 1].i;
+    got = pick_candidate(cd, nc, r * mass);
+    return got >= 0 ? got : best;
 }
 
 /* ----------------------------------------------------------------------------------------------
  * The two modes: generate text, or score a shard */
 
 typedef struct {
-    const char *checkpoint, *prompt, *eval_path, *vocab_dir;
+    const char *checkpoint, *eval_path, *vocab_dir;
+    const char *prompt;       /* the PROMPT argument, or the text of -f */
+    size_t prompt_len;        /* its bytes (a prompt read with -f may hold NULs) */
+    const char *prompt_file;  /* -f: read the prompt from this file ("-": stdin) */
     int steps;          /* -n tokens to generate */
-    float temperature;  /* -t */
+    double temperature; /* -t */
     float topp;         /* -p */
     int topk;           /* -k */
     uint64_t seed;      /* -s */
@@ -775,11 +830,41 @@ typedef struct {
     int eval_step;      /* --eval-step: score through the decode step, token by token */
 } Options;
 
-static int encode_prompt(Tokenizer *tok, const char *prompt, int **ids, int *n, int vocab) {
+/* Read the prompt of -f: a regular file (a FIFO or a directory is refused without blocking), or
+ * stdin for "-" (a pipe or a terminal: read to its end). *text gets the bytes, malloc'd and
+ * NUL-terminated after *len of them. Returns 0, or -1 with err. */
+static int read_prompt_file(const char *path, char **text, size_t *len, char *err, size_t errlen) {
+    int is_stdin = strcmp(path, "-") == 0;
+    FILE *f = is_stdin ? stdin : dn_open_regular(path, err, errlen);
+    if (!f) return -1;
+    size_t cap = 1 << 16, n = 0;
+    char *b = malloc(cap + 1);
+    for (size_t k = 1; b && k > 0;) {  /* until fread gives nothing: end of file (or an error) */
+        if (n == cap) {
+            char *nb = cap <= SIZE_MAX / 4 ? realloc(b, 2 * cap + 1) : NULL;
+            if (!nb) { free(b); b = NULL; break; }
+            b = nb;
+            cap *= 2;
+        }
+        k = fread(b + n, 1, cap - n, f);
+        n += k;
+    }
+    int bad = ferror(f);
+    if (!is_stdin) fclose(f);
+    const char *name = is_stdin ? "stdin" : path;
+    if (!b) { dn_seterr(err, errlen, "%s: out of memory reading the prompt", name); return -1; }
+    if (bad) { dn_seterr(err, errlen, "%s: read error", name); free(b); return -1; }
+    b[n] = 0;
+    *text = b;
+    *len = n;
+    return 0;
+}
+
+static int encode_prompt(Tokenizer *tok, const char *prompt, size_t len, int **ids, int *n, int vocab) {
     char err[DN_ERR_LEN];
     int *pieces = NULL;
     size_t np = 0;
-    if (tok_encode(tok, prompt, strlen(prompt), 0, &pieces, &np, err, sizeof err)) {
+    if (tok_encode(tok, prompt, len, 0, &pieces, &np, err, sizeof err)) {
         fprintf(stderr, "infer: cannot encode the prompt: %s\n", err);
         return -1;
     }
@@ -801,24 +886,24 @@ static int encode_prompt(Tokenizer *tok, const char *prompt, int **ids, int *n, 
 
 static int generate(const Model *m, RunState *s, Tokenizer *tok, Sampler *sp, const Options *o) {
     int *ids = NULL, n_prompt = 0;
-    if (encode_prompt(tok, o->prompt, &ids, &n_prompt, m->cfg.vocab_size)) return -1;
+    if (encode_prompt(tok, o->prompt, o->prompt_len, &ids, &n_prompt, m->cfg.vocab_size)) return -1;
     int steps = o->steps;
-    if (cfg_has_global(&m->cfg)) {
+    if (cfg_context_limited(&m->cfg, o->max_context)) {
         if (n_prompt > o->max_context) {
-            fprintf(stderr, "infer: the prompt is %d tokens (with the leading <|endoftext|>), more than --max-context %d, the limit of this model's global-attention cache; raise --max-context or shorten the prompt\n", n_prompt, o->max_context);
+            fprintf(stderr, "infer: the prompt is %d tokens (with the leading <|endoftext|>), more than --max-context %d, the limit of this model's attention cache; raise --max-context or shorten the prompt\n", n_prompt, o->max_context);
             free(ids);
             return -1;
         }
         if (n_prompt + steps - 1 > o->max_context) {
             steps = o->max_context - n_prompt + 1;
-            fprintf(stderr, "infer: generating %d tokens, not %d: --max-context %d limits this model's global-attention cache\n", steps, o->steps, o->max_context);
+            fprintf(stderr, "infer: generating %d tokens, not %d: --max-context %d limits this model's attention cache\n", steps, o->steps, o->max_context);
         }
     } else if ((long)n_prompt + steps > INT_MAX) {
         fprintf(stderr, "infer: prompt + -n exceeds %d positions\n", INT_MAX);
         free(ids);
         return -1;
     }
-    fwrite(o->prompt, 1, strlen(o->prompt), stdout);
+    fwrite(o->prompt, 1, o->prompt_len, stdout);
     fflush(stdout);
     double t0 = now_s();
     float *logits = NULL;
@@ -916,8 +1001,8 @@ static int evaluate(const Model *m, RunState *s, const Options *o) {
         free(tok);
         return -1;
     }
-    if (o->eval_step && cfg_has_global(&m->cfg) && o->block > o->max_context) {
-        fprintf(stderr, "infer: -b %d is more than --max-context %d (the global-attention cache limit)\n", o->block, o->max_context);
+    if (o->eval_step && cfg_context_limited(&m->cfg, o->max_context) && o->block > o->max_context) {
+        fprintf(stderr, "infer: -b %d is more than --max-context %d (the attention cache limit)\n", o->block, o->max_context);
         free(tok);
         return -1;
     }
@@ -940,24 +1025,30 @@ static int evaluate(const Model *m, RunState *s, const Options *o) {
 static void usage(FILE *f) {
     fprintf(f,
         "usage: ./infer CHECKPOINT [PROMPT] [options]       generate text after PROMPT\n"
+        "       ./infer CHECKPOINT -f FILE [options]         generate text after the prompt in FILE\n"
         "       ./infer CHECKPOINT --eval SHARD [-b N]       mean loss / perplexity of a token shard\n"
         "\n"
         "CHECKPOINT is a deltanet.c safetensors file (F32 or BF16). The prompt is GPT-2-encoded after\n"
         "an <|endoftext|> token (as every training document starts); an empty or absent prompt\n"
         "generates from <|endoftext|> alone. Text streams to stdout, tokens/s to stderr.\n"
         "\n"
+        "  -f, --file FILE      read the prompt from FILE, every byte of it ('-f -': from stdin), for\n"
+        "                       prompts longer than the command line takes; FILE must be a regular file\n"
         "  -n, --steps N        tokens to generate (default 256); stops early at <|endoftext|>\n"
-        "  -t, --temperature T  sampling temperature (default 1.0; 0 = greedy)\n"
+        "  -t, --temperature T  sampling temperature in [0, 1e6] (default 1.0; 0 = greedy); the softmax\n"
+        "                       is exact for any T: a tiny T samples the argmax, a huge one uniformly\n"
         "  -p, --top-p P        nucleus sampling: smallest set of tokens with mass >= P (default 1 = off)\n"
         "  -k, --top-k K        sample among the K most likely tokens (default 0 = off)\n"
         "  -s, --seed S         random seed (default %d; printed to stderr)\n"
         "  -V, --vocab DIR      folder with GPT-2's encoder.json and vocab.bpe (default %s)\n"
         "      --ignore-eot     keep generating past <|endoftext|>\n"
-        "      --max-context N  positions a global-attention ('G') layer may cache (default %d);\n"
-        "                       DeltaNet and sliding-window layers keep fixed-size state, no limit\n"
+        "      --max-context N  positions an attention cache may hold (default %d): a global ('G')\n"
+        "                       layer's, and a sliding window's ('S') longer than N; DeltaNet layers\n"
+        "                       and shorter windows keep fixed-size state, no limit\n"
         "      --stats          print the recurrent-state bytes and the process RSS (after the\n"
         "                       prefill and at the end: equal for DeltaNet / sliding-window models)\n"
-        "  -e, --eval SHARD     score an llm.c token shard (magic 20240520) instead of generating\n"
+        "  -e, --eval SHARD     score an llm.c token shard (magic 20240520, a regular file) instead\n"
+        "                       of generating\n"
         "  -b, --block N        eval: tokens per block, each block scored from a zero state by one\n"
         "                       full-sequence forward (matrix products over the block; default 1024)\n"
         "      --eval-max N     eval: score at most N predictions (default: the whole shard)\n"
@@ -988,7 +1079,7 @@ static long parse_long(const char *s, long lo, long hi, const char *what) {
     return v;
 }
 
-static float parse_float(const char *s, double lo, double hi, const char *what) {
+static double parse_double(const char *s, double lo, double hi, const char *what) {
     char *end = NULL;
     double v = strtod(s, &end);
     if (end == s || *end || !(v >= lo && v <= hi)) {
@@ -996,7 +1087,7 @@ static float parse_float(const char *s, double lo, double hi, const char *what) 
         snprintf(msg, sizeof msg, "%s must be a number in [%g, %g], got '%%s'", what, lo, hi);
         die_usage(msg, s);
     }
-    return (float)v;
+    return v;
 }
 
 static void parse_args(Options *o, int argc, char **argv) {
@@ -1012,13 +1103,14 @@ static void parse_args(Options *o, int argc, char **argv) {
         {"help", no_argument, 0, 'h'}, {"ignore-eot", no_argument, 0, O_IGNORE_EOT},
         {"max-context", required_argument, 0, O_MAX_CONTEXT}, {"stats", no_argument, 0, O_STATS},
         {"eval-max", required_argument, 0, O_EVAL_MAX}, {"eval-step", no_argument, 0, O_EVAL_STEP},
-        {0, 0, 0, 0}};
+        {"file", required_argument, 0, 'f'}, {0, 0, 0, 0}};
     int ch;
-    while ((ch = getopt_long(argc, argv, "n:t:p:k:s:V:e:b:h", longs, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "n:t:p:k:s:V:e:b:f:h", longs, NULL)) != -1) {
         switch (ch) {
         case 'n': o->steps = (int)parse_long(optarg, 0, INT_MAX / 2, "-n (tokens)"); break;
-        case 't': o->temperature = parse_float(optarg, 0.0, 1e6, "-t (temperature)"); break;
-        case 'p': o->topp = parse_float(optarg, 1e-9, 1.0, "-p (top-p)"); break;
+        case 't': o->temperature = parse_double(optarg, 0.0, 1e6, "-t (temperature)"); break;
+        case 'p': o->topp = (float)parse_double(optarg, 1e-9, 1.0, "-p (top-p)"); break;
+        case 'f': o->prompt_file = optarg; break;
         case 'k': o->topk = (int)parse_long(optarg, 0, INT_MAX, "-k (top-k)"); break;
         case 's': o->seed = (uint64_t)parse_long(optarg, 0, LONG_MAX, "-s (seed)"); break;
         case 'V': o->vocab_dir = optarg; break;
@@ -1037,17 +1129,27 @@ static void parse_args(Options *o, int argc, char **argv) {
     if (npos < 1) die_usage("%s", "missing CHECKPOINT");
     if (npos > 2) die_usage("too many arguments, starting at '%s' (quote the prompt)", argv[optind + 2]);
     if (npos == 2 && o->eval_path) die_usage("give a PROMPT or --eval, not both ('%s')", argv[optind + 1]);
+    if (npos == 2 && o->prompt_file) die_usage("give a PROMPT or -f, not both ('%s')", argv[optind + 1]);
+    if (o->prompt_file && o->eval_path) die_usage("give -f or --eval, not both ('%s')", o->prompt_file);
     o->checkpoint = argv[optind];
     if (npos == 2) o->prompt = argv[optind + 1];
+    o->prompt_len = strlen(o->prompt);
 }
 
 #ifndef INFER_TESTING
 int main(int argc, char **argv) {
     Options o;
     parse_args(&o, argc, argv);
-    char err[DN_ERR_LEN];
+    char err[DN_ERR_LEN], *prompt_text = NULL;
+    if (o.prompt_file) {
+        if (read_prompt_file(o.prompt_file, &prompt_text, &o.prompt_len, err, sizeof err)) {
+            fprintf(stderr, "infer: -f: %s\n", err);
+            return 1;
+        }
+        o.prompt = prompt_text;
+    }
     Model m;
-    if (model_load(&m, o.checkpoint, err, sizeof err)) { fprintf(stderr, "infer: %s\n", err); return 1; }
+    if (model_load(&m, o.checkpoint, err, sizeof err)) { fprintf(stderr, "infer: %s\n", err); free(prompt_text); return 1; }
     fprintf(stderr, "model: %s, layers %s, d_model %d, %zu parameters (%.1f MB of fp32 weights read per token)\n",
             o.checkpoint, m.cfg.layers, m.cfg.d_model, m.t.total_real, model_bytes_per_token(&m) / 1e6);
     RunState s;
@@ -1061,6 +1163,7 @@ int main(int argc, char **argv) {
             fprintf(stderr, "infer: cannot load the GPT-2 vocabulary: %s\n", err);
             runstate_free(&s, &m.cfg);
             model_free(&m);
+            free(prompt_text);
             return 1;
         }
         fprintf(stderr, "seed %llu, temperature %g, top-p %g, top-k %d\n", (unsigned long long)o.seed,
@@ -1073,6 +1176,7 @@ int main(int argc, char **argv) {
     }
     runstate_free(&s, &m.cfg);
     model_free(&m);
+    free(prompt_text);
     return rc ? 1 : 0;
 }
 #endif

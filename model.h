@@ -3,7 +3,7 @@
  * the checkpoint format. The trainer (train_deltanet.cu), the plain-C inference (infer.c), the
  * CPU reference (ref/) and the tests all include this file.
  *
- * The model (see ../shared/MODEL.md, summarised in README.md): a pre-norm residual stack of
+ * The model (docs/MODEL.md is the spec, README.md summarises it): a pre-norm residual stack of
  * layers, each `h += Mixer(RMSNorm(h)); h += SwiGLU(RMSNorm(h))`, where the mixer of each layer is
  * one of
  *   'D'  DeltaNet: q,k,v = silu(causal_conv4(x W)), L2-normalised q,k, beta = sigmoid(x W_b),
@@ -24,8 +24,12 @@
  * little-endian data). The JSON maps each tensor name (the PyTorch reference's names) to
  * {"dtype": "F32"|"BF16", "shape": [...], "data_offsets": [begin, end]}, and "__metadata__" holds
  * strings: "format" = "deltanet.c", "format_version", and every config field (see
- * dn_config_to_metadata). The optimizer state for exact resume lives in a second safetensors file
+ * dn_checkpoint_write). The optimizer state for exact resume lives in a second safetensors file
  * beside the weights (see dn_state_*), so the weights file loads on its own, in PyTorch too.
+ * The reader refuses whatever another reader could take differently (a key twice, text after the
+ * JSON object other than space padding, a NUL inside a string, numbers out of range), checks
+ * every tensor against the config before allocating, and escapes every string from the file
+ * that it puts in a message.
  *
  * Usage: include this header anywhere; in exactly one C file, #define DN_MODEL_IMPLEMENTATION
  * before including it (model.c does). The code is C11 and also compiles as C++ (nvcc).
@@ -120,11 +124,18 @@ typedef struct {
 
 /* Default SwiGLU hidden size: 256 * ceil(int(D * 4 * 2/3) / 256). */
 int dn_default_hidden(int d_model);
-/* Round v up to a multiple of 128 (the padded vocab for GPU matmuls). */
+/* Round v up to a multiple of 128 (the padded vocab for GPU matmuls); -1 if no int holds that. */
 int dn_pad_vocab(int vocab_size);
-/* Fill a named preset: "tiny", "d12", "340M". Returns 0, or -1 for an unknown name.
- * Presets are pure DeltaNet; set layers (dn_config_set_layers) for a hybrid. */
+/* Fill a named preset: "tiny", "d12", "340M", all with the GPT-2 vocabulary (50257, padded to
+ * 50304). Returns 0, or -1 for an unknown name. Presets are pure DeltaNet; set layers
+ * (dn_config_set_layers) for a hybrid, another vocabulary with dn_config_set_vocab (the 340M
+ * model of the DeltaNet paper uses 32000). */
 int dn_config_preset(DNConfig *cfg, const char *name);
+#define DN_MIN_VOCAB 2
+#define DN_MAX_VOCAB (1 << 24)
+/* Set vocab_size and padded_vocab (dn_pad_vocab). Returns 0, or -1 with err if vocab_size is
+ * outside [DN_MIN_VOCAB, DN_MAX_VOCAB] (cfg is then unchanged). */
+int dn_config_set_vocab(DNConfig *cfg, int vocab_size, char *err, size_t errlen);
 /* Set the layer kinds from a string of D/S/G letters; n_layer becomes its length. */
 int dn_config_set_layers(DNConfig *cfg, const char *kinds, char *err, size_t errlen);
 /* Check a config for anything impossible. Returns 0 or -1 with a one-line reason in err. */
@@ -222,13 +233,21 @@ int dn_checkpoint_write(const char *path, const DNParamTable *t, const float *pa
  * the file and the problem. */
 int dn_checkpoint_read(const char *path, DNConfig *cfg, float **params, char *err, size_t errlen);
 /* Read one __metadata__ value of a safetensors file into out (for step counters and the like).
- * Returns 0, or -1 if the file is invalid or the key is absent. */
+ * Returns 0, or -1 if the file is invalid, the key is absent or the value does not fit in out. */
 int dn_checkpoint_read_meta(const char *path, const char *key, char *out, size_t outlen,
                             char *err, size_t errlen);
+/* The training step a weights file was saved at: its __metadata__ "step" (the trainer writes it
+ * through extra_meta), parsed strictly (digits only, fits a long). Returns 0, or -1 with err if
+ * the file is not a deltanet.c weights file or "step" is absent or not a non-negative integer.
+ * The trainer compares it with the state file's step, so that it never resumes weights of one step
+ * with the optimizer state of another. */
+int dn_checkpoint_step(const char *path, long *step, char *err, size_t errlen);
 
 /* Training state beside a checkpoint ("<path>.state" by convention): F32 tensors "adam.m" and
  * "adam.v" (t->total elements each, flat) plus string metadata (step, RNG, data position, ...).
- * Written atomically; read validates sizes against the table. */
+ * Written atomically; read validates sizes against the table, that every moment is finite and
+ * every second moment >= 0, and that rng_state is a non-zero decimal uint64 (xorshift's state 0
+ * would stay 0 forever). The step is the one of the weights file beside it (dn_checkpoint_step). */
 typedef struct {
     long step;
     uint64_t rng_state;
@@ -279,34 +298,44 @@ void dn_seterr(char *err, size_t errlen, const char *fmt, ...) {
 
 /* ---- files ----------------------------------------------------------------------------------- */
 
-const char *dn_escape(char *buf, size_t cap, const char *s, size_t len) {
+/* The escaped form of byte c into e (at most 4 bytes); returns its length. */
+static size_t dn_escape_byte(unsigned char c, char e[4]) {
     static const char hex[] = "0123456789abcdef";
-    size_t o = 0;
+    e[0] = '\\';
+    if (c == '\n') { e[1] = 'n'; return 2; }
+    if (c == '\t') { e[1] = 't'; return 2; }
+    if (c == '\r') { e[1] = 'r'; return 2; }
+    if (c == '"' || c == '\\') { e[1] = (char)c; return 2; }
+    if (c < 0x20 || c >= 0x7f) { e[1] = 'x'; e[2] = hex[c >> 4]; e[3] = hex[c & 15]; return 4; }
+    e[0] = (char)c;
+    return 1;
+}
+
+const char *dn_escape(char *buf, size_t cap, const char *s, size_t len) {
     if (!buf || cap == 0) return buf;
     if (!s) s = "(null)";
     if (len == (size_t)-1) len = strlen(s);
+    char e[4];
+    /* does the whole escaped string fit? if not, keep room for "..." (when there is any) and never
+     * cut an escape sequence in two */
+    size_t full = 0;
+    for (size_t i = 0; i < len && full < cap; i++) full += dn_escape_byte((unsigned char)s[i], e);
+    const int cut = full + 1 > cap;
+    const size_t room = cut && cap >= 4 ? cap - 4 : cap - 1;
+    size_t o = 0;
     for (size_t i = 0; i < len; i++) {
-        const unsigned char c = (unsigned char)s[i];
-        char e[5];
-        size_t n = 0;
-        if (c == '\n') { e[0] = '\\'; e[1] = 'n'; n = 2; }
-        else if (c == '\t') { e[0] = '\\'; e[1] = 't'; n = 2; }
-        else if (c == '\r') { e[0] = '\\'; e[1] = 'r'; n = 2; }
-        else if (c == '"' || c == '\\') { e[0] = '\\'; e[1] = (char)c; n = 2; }
-        else if (c < 0x20 || c >= 0x7f) { e[0] = '\\'; e[1] = 'x'; e[2] = hex[c >> 4]; e[3] = hex[c & 15]; n = 4; }
-        else { e[0] = (char)c; n = 1; }
-        /* keep room for "..." and the NUL unless this is the last character */
-        const size_t need = n + (i + 1 < len ? 3 : 0);
-        if (o + need + 1 > cap) {
-            if (cap >= 4) { while (o + 4 > cap) o--; memcpy(buf + o, "...", 3); o += 3; }
-            break;
-        }
+        const size_t n = dn_escape_byte((unsigned char)s[i], e);
+        if (o + n > room) break;
         memcpy(buf + o, e, n);
         o += n;
     }
-    buf[o < cap ? o : cap - 1] = 0;
+    if (cut && cap >= 4) { memcpy(buf + o, "...", 3); o += 3; }
+    buf[o] = 0;
     return buf;
 }
+
+/* dn_escape of a NUL-terminated string into a DN_ESC_LEN buffer, for messages. */
+static const char *dn_esc(char buf[DN_ESC_LEN], const char *s) { return dn_escape(buf, DN_ESC_LEN, s, (size_t)-1); }
 
 static const char *dn_file_kind(mode_t m) {
     return S_ISDIR(m) ? "a directory" : S_ISFIFO(m) ? "a FIFO" : S_ISCHR(m) ? "a character device"
@@ -314,8 +343,9 @@ static const char *dn_file_kind(mode_t m) {
 }
 
 FILE *dn_open_regular(const char *path, char *err, size_t errlen) {
-    /* O_NONBLOCK: opening a FIFO with no writer would otherwise block before fstat can refuse it */
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO with no writer would otherwise block before fstat can refuse it;
+     * O_NOCTTY: a terminal given as a path must not become our controlling terminal */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     if (fd < 0) { dn_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return NULL; }
     struct stat sb;
     if (fstat(fd, &sb) != 0) { dn_seterr(err, errlen, "%s: cannot stat: %s", path, strerror(errno)); close(fd); return NULL; }
@@ -328,33 +358,36 @@ FILE *dn_open_regular(const char *path, char *err, size_t errlen) {
 }
 
 int dn_path(char *buf, size_t cap, char *err, size_t errlen, const char *fmt, ...) {
+    if (!buf || cap == 0) { dn_seterr(err, errlen, "path too long (no room for it)"); return -1; }
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(buf, cap, fmt, ap);
     va_end(ap);
     if (n < 0 || (size_t)n >= cap) {
         char e[DN_ESC_LEN];
-        dn_seterr(err, errlen, "path too long (%d bytes, at most %zu): %s", n, cap - 1, dn_escape(e, sizeof e, buf, (size_t)-1));
-        if (cap) buf[0] = 0;
+        /* buf holds the cut path: show its start, escaped */
+        if (n < 0) dn_seterr(err, errlen, "path cannot be formatted: %s", strerror(errno));
+        else dn_seterr(err, errlen, "path too long (%d bytes, at most %zu): %s", n, cap - 1, dn_esc(e, buf));
+        buf[0] = 0;
         return -1;
     }
     return 0;
 }
 
 /* Split path into its directory (or ".") and base name. */
-static void dn_split_path(const char *path, char *dir, size_t dcap, const char **base) {
+static int dn_split_path(const char *path, char *dir, size_t dcap, const char **base) {
     const char *sl = strrchr(path, '/');
     *base = sl ? sl + 1 : path;
-    if (!sl) snprintf(dir, dcap, ".");
-    else if (sl == path) snprintf(dir, dcap, "/");
-    else snprintf(dir, dcap, "%.*s", (int)(sl - path), path);
+    if (!sl) return dn_path(dir, dcap, NULL, 0, ".");
+    if (sl == path) return dn_path(dir, dcap, NULL, 0, "/");
+    if (sl - path > INT_MAX) return -1;
+    return dn_path(dir, dcap, NULL, 0, "%.*s", (int)(sl - path), path);
 }
 
 int dn_remove_stale_temps(const char *path) {
     char dir[DN_PATH_MAX];
     const char *base;
-    if (strlen(path) >= sizeof dir) return 0;
-    dn_split_path(path, dir, sizeof dir, &base);
+    if (dn_split_path(path, dir, sizeof dir, &base)) return 0;
     const size_t bl = strlen(base);
     DIR *d = opendir(dir);
     if (!d) return 0;
@@ -362,12 +395,16 @@ int dn_remove_stale_temps(const char *path) {
     for (struct dirent *de; (de = readdir(d)) != NULL;) {
         const char *n = de->d_name;
         if (strncmp(n, base, bl) || strncmp(n + bl, ".tmp.", 5)) continue;
+        /* only names dn_atomic_begin makes: digits of a pid (no sign, no space, fits a pid_t) */
         const char *pid = n + bl + 5;
-        char *end = NULL;
-        errno = 0;
-        long p = strtol(pid, &end, 10);
-        if (errno || end == pid || *end || p <= 0) continue;
-        if (p != (long)getpid() && !(kill((pid_t)p, 0) != 0 && errno == ESRCH)) continue; /* its writer still runs */
+        size_t nd = 0;
+        while (pid[nd] >= '0' && pid[nd] <= '9') nd++;
+        if (nd == 0 || nd > 9 || pid[nd] || pid[0] == '0') continue;
+        const long p = strtol(pid, NULL, 10);
+        if (p != (long)getpid()) {
+            errno = 0;
+            if (kill((pid_t)p, 0) == 0 || errno != ESRCH) continue; /* its writer may still run */
+        }
         char full[DN_PATH_MAX];
         if (dn_path(full, sizeof full, NULL, 0, "%s/%s", dir, n)) continue;
         struct stat sb;
@@ -381,6 +418,8 @@ int dn_atomic_begin(DNAtomic *a, const char *path, char *err, size_t errlen) {
     memset(a, 0, sizeof *a);
     if (dn_path(a->path, sizeof a->path, err, errlen, "%s", path)) return -1;
     if (dn_path(a->tmp, sizeof a->tmp, err, errlen, "%s.tmp.%ld", path, (long)getpid())) return -1;
+    const char *sl = strrchr(path, '/');
+    if (!path[0] || (sl && !sl[1])) { dn_seterr(err, errlen, "%s: not a file name (ends in '/')", path); a->tmp[0] = 0; return -1; }
     dn_remove_stale_temps(path);
     int fd = open(a->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0) { dn_seterr(err, errlen, "%s: cannot create: %s", a->tmp, strerror(errno)); a->tmp[0] = 0; return -1; }
@@ -397,13 +436,21 @@ void dn_atomic_abort(DNAtomic *a) {
 }
 
 int dn_atomic_commit(DNAtomic *a, char *err, size_t errlen) {
-    int ok = a->f != NULL;
-    ok = ok && fflush(a->f) == 0;
-    ok = ok && fsync(fileno(a->f)) == 0;
-    const int e = errno;
-    if (a->f && fclose(a->f) != 0) ok = 0;
+    int e = 0; /* the first error's errno */
+    if (!a->f) e = EBADF;
+    else if (fflush(a->f) != 0) e = errno ? errno : EIO;
+    /* test hook: DN_TEST_WRITE_PAUSE=TEXT holds a finished temporary whose path contains TEXT for
+     * a minute before it is committed, so that a test can kill -9 a writer mid-save
+     * (tests/test_trainer.sh) */
+    const char *pause = getenv("DN_TEST_WRITE_PAUSE");
+    if (!e && pause && *pause && strstr(a->path, pause)) {
+        fprintf(stderr, "test hook: holding %s\n", a->tmp);
+        sleep(60);
+    }
+    if (!e && fsync(fileno(a->f)) != 0) e = errno ? errno : EIO;
+    if (a->f && fclose(a->f) != 0 && !e) e = errno ? errno : EIO;
     a->f = NULL;
-    if (!ok) { dn_seterr(err, errlen, "%s: write failed: %s", a->tmp, strerror(e ? e : EIO)); dn_atomic_abort(a); return -1; }
+    if (e) { dn_seterr(err, errlen, "%s: write failed: %s", a->tmp[0] ? a->tmp : a->path, strerror(e)); dn_atomic_abort(a); return -1; }
     if (rename(a->tmp, a->path) != 0) {
         dn_seterr(err, errlen, "%s: cannot rename into place: %s", a->path, strerror(errno));
         dn_atomic_abort(a);
@@ -413,9 +460,10 @@ int dn_atomic_commit(DNAtomic *a, char *err, size_t errlen) {
     /* the rename itself reaches the disk only when the directory does */
     char dir[DN_PATH_MAX];
     const char *base;
-    dn_split_path(a->path, dir, sizeof dir, &base);
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) { fsync(dfd); close(dfd); }
+    if (dn_split_path(a->path, dir, sizeof dir, &base) == 0) {
+        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) { fsync(dfd); close(dfd); }
+    }
     return 0;
 }
 
@@ -426,7 +474,20 @@ int dn_default_hidden(int d_model) {
     return 256 * ((h + 255) / 256);
 }
 
-int dn_pad_vocab(int vocab_size) { return ((vocab_size + 127) / 128) * 128; }
+int dn_pad_vocab(int vocab_size) {
+    if (vocab_size > INT_MAX - 127) return -1; /* no int holds it; dn_config_validate refuses */
+    return ((vocab_size + 127) / 128) * 128;
+}
+
+int dn_config_set_vocab(DNConfig *c, int vocab_size, char *err, size_t errlen) {
+    if (vocab_size < DN_MIN_VOCAB || vocab_size > DN_MAX_VOCAB) {
+        dn_seterr(err, errlen, "vocab_size %d out of range [%d, %d]", vocab_size, DN_MIN_VOCAB, DN_MAX_VOCAB);
+        return -1;
+    }
+    c->vocab_size = vocab_size;
+    c->padded_vocab = dn_pad_vocab(vocab_size);
+    return 0;
+}
 
 static void dn_config_fill(DNConfig *c, int vocab, int d, int nl, int nh, int tied) {
     memset(c, 0, sizeof *c);
@@ -450,7 +511,7 @@ static void dn_config_fill(DNConfig *c, int vocab, int d, int nl, int nh, int ti
 int dn_config_preset(DNConfig *cfg, const char *name) {
     if (!strcmp(name, "tiny")) dn_config_fill(cfg, 50257, 64, 4, 2, 1);
     else if (!strcmp(name, "d12")) dn_config_fill(cfg, 50257, 768, 12, 6, 1);
-    else if (!strcmp(name, "340M")) dn_config_fill(cfg, 32000, 1024, 24, 8, 1);
+    else if (!strcmp(name, "340M")) dn_config_fill(cfg, 50257, 1024, 24, 8, 1);
     else return -1;
     return 0;
 }
@@ -464,7 +525,8 @@ int dn_config_set_layers(DNConfig *cfg, const char *kinds, char *err, size_t err
     for (size_t i = 0; i < n; i++) {
         char ch = kinds[i];
         if (ch != 'D' && ch != 'S' && ch != 'G') {
-            dn_seterr(err, errlen, "layer %zu has kind '%c'; use D (DeltaNet), S (sliding window) or G (global)", i, ch);
+            char e[DN_ESC_LEN];
+            dn_seterr(err, errlen, "layer %zu has kind '%s'; use D (DeltaNet), S (sliding window) or G (global)", i, dn_escape(e, sizeof e, &kinds[i], 1));
             return -1;
         }
     }
@@ -476,32 +538,38 @@ int dn_config_set_layers(DNConfig *cfg, const char *kinds, char *err, size_t err
 
 int dn_config_validate(const DNConfig *c, char *err, size_t errlen) {
 #define DN_REQ(cond, ...) do { if (!(cond)) { dn_seterr(err, errlen, __VA_ARGS__); return -1; } } while (0)
-    DN_REQ(c->vocab_size >= 2 && c->vocab_size <= (1 << 24), "vocab_size %d out of range [2, 16777216]", c->vocab_size);
-    DN_REQ(c->padded_vocab >= c->vocab_size && c->padded_vocab <= (1 << 24), "padded_vocab %d must be >= vocab_size %d", c->padded_vocab, c->vocab_size);
+    DN_REQ(c->vocab_size >= DN_MIN_VOCAB && c->vocab_size <= DN_MAX_VOCAB, "vocab_size %d out of range [%d, %d]", c->vocab_size, DN_MIN_VOCAB, DN_MAX_VOCAB);
+    /* at most vocab_size rounded up to 128: more padding rows would only cost memory (and a file
+     * could claim 2^24 of them) */
+    DN_REQ(c->padded_vocab >= c->vocab_size && c->padded_vocab <= dn_pad_vocab(c->vocab_size),
+           "padded_vocab %d must be in [vocab_size %d, %d]", c->padded_vocab, c->vocab_size, dn_pad_vocab(c->vocab_size));
     DN_REQ(c->d_model >= 1 && c->d_model <= 65536, "d_model %d out of range [1, 65536]", c->d_model);
     DN_REQ(c->n_layer >= 1 && c->n_layer <= DN_MAX_LAYERS, "n_layer %d out of range [1, %d]", c->n_layer, DN_MAX_LAYERS);
     DN_REQ(memchr(c->layers, 0, sizeof c->layers) != NULL && (int)strlen(c->layers) == c->n_layer,
            "layer string has %d letters but n_layer is %d", (int)strnlen(c->layers, sizeof c->layers), c->n_layer);
-    int n_attn = 0, n_swa = 0;
+    int n_attn = 0;
     for (int l = 0; l < c->n_layer; l++) {
-        char k = c->layers[l];
-        DN_REQ(k == 'D' || k == 'S' || k == 'G', "layer %d has unknown kind '%c'", l, k);
+        char k = c->layers[l], e[DN_ESC_LEN];
+        DN_REQ(k == 'D' || k == 'S' || k == 'G', "layer %d has unknown kind '%s'", l, dn_escape(e, sizeof e, &c->layers[l], 1));
         n_attn += k != 'D';
-        n_swa += k == 'S';
     }
     DN_REQ(c->n_head >= 1 && c->head_dim >= 1, "n_head %d and head_dim %d must be positive", c->n_head, c->head_dim);
     DN_REQ((long)c->n_head * c->head_dim == c->d_model, "n_head * head_dim = %d * %d != d_model %d", c->n_head, c->head_dim, c->d_model);
     DN_REQ(c->conv_size >= 1 && c->conv_size <= 16, "conv_size %d out of range [1, 16]", c->conv_size);
     DN_REQ(c->hidden_size >= 1 && c->hidden_size <= (1 << 20), "hidden_size %d out of range", c->hidden_size);
-    DN_REQ(c->norm_eps > 0.0f && c->norm_eps < 1.0f, "norm_eps %g must be in (0, 1)", (double)c->norm_eps);
+    DN_REQ(isfinite(c->norm_eps) && c->norm_eps > 0.0f && c->norm_eps < 1.0f, "norm_eps %g must be in (0, 1)", (double)c->norm_eps);
     DN_REQ(c->tie_embeddings == 0 || c->tie_embeddings == 1, "tie_embeddings must be 0 or 1");
+    /* the attention fields are checked on every model, so that no file carries nonsense in them
+     * (a pure DeltaNet model keeps its preset's values) */
+    DN_REQ(isfinite(c->rope_base) && c->rope_base > 1.0f, "rope_base %g must be a finite number > 1", (double)c->rope_base);
+    /* any window >= 1 is valid, INT_MAX included: a window longer than the context is global */
+    DN_REQ(c->window >= 1, "window %d must be >= 1", c->window);
+    DN_REQ(c->attn_heads >= 1 && c->attn_kv_heads >= 1, "attn_heads %d and attn_kv_heads %d must be positive", c->attn_heads, c->attn_kv_heads);
     if (n_attn > 0) {
-        DN_REQ(c->attn_heads >= 1 && c->d_model % c->attn_heads == 0, "attn_heads %d must divide d_model %d", c->attn_heads, c->d_model);
+        DN_REQ(c->d_model % c->attn_heads == 0, "attn_heads %d must divide d_model %d", c->attn_heads, c->d_model);
         DN_REQ((c->d_model / c->attn_heads) % 2 == 0, "attention head size %d must be even (RoPE)", c->d_model / c->attn_heads);
-        DN_REQ(c->attn_kv_heads >= 1 && c->attn_heads % c->attn_kv_heads == 0, "attn_kv_heads %d must divide attn_heads %d", c->attn_kv_heads, c->attn_heads);
-        DN_REQ(c->rope_base > 1.0f, "rope_base %g must be > 1", (double)c->rope_base);
+        DN_REQ(c->attn_heads % c->attn_kv_heads == 0, "attn_kv_heads %d must divide attn_heads %d", c->attn_kv_heads, c->attn_heads);
     }
-    if (n_swa > 0) DN_REQ(c->window >= 1, "window %d must be >= 1 for sliding-window layers", c->window);
 #undef DN_REQ
     return 0;
 }
@@ -668,7 +736,15 @@ static int dn_st_write(const char *path, const DNStWrite *ts, int n, const char 
     cJSON *md = cJSON_AddObjectToObject(root, "__metadata__");
     for (int pass = 0; pass < 2; pass++) {
         const char *const *m = pass ? meta2 : meta;
-        for (; m && m[0] && m[1]; m += 2) cJSON_AddStringToObject(md, m[0], m[1]);
+        for (; m && m[0] && m[1]; m += 2) {
+            if (cJSON_GetObjectItemCaseSensitive(md, m[0])) { /* the reader refuses duplicate keys */
+                char e[DN_ESC_LEN];
+                dn_seterr(err, errlen, "%s: metadata key '%s' given twice", path, dn_esc(e, m[0]));
+                cJSON_Delete(root);
+                return -1;
+            }
+            cJSON_AddStringToObject(md, m[0], m[1]);
+        }
     }
     size_t off = 0;
     for (int i = 0; i < n; i++) {
@@ -745,13 +821,83 @@ static int dn_cmp_entry(const void *a, const void *b) {
     return x->begin < y->begin ? -1 : x->begin > y->begin ? 1 : 0;
 }
 
+/* A NUL byte or a \u0000 escape anywhere in the raw header: cJSON would decode either into a
+ * string with an embedded NUL, which C string functions then cut short ("F32\u0000junk" would
+ * read as "F32"). No valid name, dtype or metadata string holds one. Returns its offset, or -1. */
+static long dn_header_nul(const char *h, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (h[i] == 0) return (long)i;
+        if (h[i] == '\\' && i + 1 < n) {
+            if (h[i + 1] == 'u' && i + 5 < n && !memcmp(h + i + 2, "0000", 4)) return (long)i;
+            i++; /* skip the escaped character: "\\u0000" is a backslash, then text */
+        }
+    }
+    return -1;
+}
+
+static int dn_cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+/* The first key that occurs twice in one object anywhere in the tree, or NULL (*oom set when
+ * memory ran out). cJSON keeps both copies and its lookups return the first, while Python's json
+ * keeps the last: a file with a duplicate means different things to different readers. */
+static const char *dn_json_dup_key(const cJSON *node, int *oom) {
+    if (cJSON_IsObject(node)) {
+        size_t n = 0;
+        for (const cJSON *c = node->child; c; c = c->next) n++;
+        if (n > 1) {
+            const char **k = (const char **)malloc(n * sizeof *k);
+            if (!k) { *oom = 1; return NULL; }
+            size_t i = 0;
+            for (const cJSON *c = node->child; c; c = c->next) k[i++] = c->string ? c->string : "";
+            qsort(k, n, sizeof *k, dn_cmp_str);
+            const char *dup = NULL;
+            for (i = 1; i < n && !dup; i++)
+                if (!strcmp(k[i - 1], k[i])) dup = k[i];
+            free(k);
+            if (dup) return dup;
+        }
+    }
+    for (const cJSON *c = node->child; c; c = c->next) {
+        if (!cJSON_IsObject(c) && !cJSON_IsArray(c)) continue;
+        const char *dup = dn_json_dup_key(c, oom);
+        if (dup || *oom) return dup;
+    }
+    return NULL;
+}
+
+/* Largest element count of one tensor: 2^40 (4 TiB of F32) */
+#define DN_ST_MAX_NUMEL ((uint64_t)1 << 40)
+
+/* Parse the raw header (its n bytes) into s->root: one JSON object, then only the space padding
+ * safetensors writers add; no NULs, no duplicate keys. */
+static int dn_st_parse_header(DNStFile *s, const char *hdr, size_t n, const char *path, char *err, size_t errlen) {
+    char e[DN_ESC_LEN];
+    const long nul = dn_header_nul(hdr, n);
+    if (nul >= 0) { dn_seterr(err, errlen, "%s: the header holds a NUL character (byte %ld); no name, dtype or metadata may", path, nul); return -1; }
+    const char *end = NULL;
+    s->root = cJSON_ParseWithLengthOpts(hdr, n, &end, 0);
+    if (!s->root || !cJSON_IsObject(s->root)) { dn_seterr(err, errlen, "%s: header is not a valid JSON object", path); return -1; }
+    for (const char *q = end; q < hdr + n; q++)
+        if (*q != ' ') {
+            dn_seterr(err, errlen, "%s: text after the header's JSON object at byte %ld: '%s' (only space padding may follow it)",
+                      path, (long)(q - hdr), dn_escape(e, sizeof e, q, (size_t)(hdr + n - q)));
+            return -1;
+        }
+    int oom = 0;
+    const char *dup = dn_json_dup_key(s->root, &oom);
+    if (oom) { dn_seterr(err, errlen, "%s: out of memory checking the header", path); return -1; }
+    if (dup) { dn_seterr(err, errlen, "%s: the header has the key '%s' twice", path, dn_esc(e, dup)); return -1; }
+    return 0;
+}
+
 /* Open and validate the container: header length, JSON, each entry's dtype/shape/range, and that
- * the ranges tile the data area exactly. */
+ * the ranges tile the data area exactly. Every string from the file is escaped in messages. */
 static int dn_st_open(DNStFile *s, const char *path, char *err, size_t errlen) {
     struct stat sb;
     uint64_t fsize = 0, hl = 0;
     unsigned char b8[8];
     int cnt = 0;
+    char e1[DN_ESC_LEN], e2[DN_ESC_LEN];
     memset(s, 0, sizeof *s);
     s->f = dn_open_regular(path, err, errlen);
     if (!s->f) return -1;
@@ -765,10 +911,10 @@ static int dn_st_open(DNStFile *s, const char *path, char *err, size_t errlen) {
         char *hdr = (char *)malloc(hl + 1);
         if (!hdr || fread(hdr, 1, hl, s->f) != hl) { free(hdr); dn_seterr(err, errlen, "%s: cannot read the header", path); goto fail; }
         hdr[hl] = 0;
-        s->root = cJSON_ParseWithLength(hdr, hl);
+        const int rc = dn_st_parse_header(s, hdr, hl, path, err, errlen);
         free(hdr);
+        if (rc) goto fail;
     }
-    if (!s->root || !cJSON_IsObject(s->root)) { dn_seterr(err, errlen, "%s: header is not a valid JSON object", path); goto fail; }
     s->data_start = 8 + hl;
     s->data_size = fsize - 8 - hl;
     cnt = cJSON_GetArraySize(s->root);
@@ -778,43 +924,51 @@ static int dn_st_open(DNStFile *s, const char *path, char *err, size_t errlen) {
         if (!strcmp(it->string, "__metadata__")) {
             if (!cJSON_IsObject(it)) { dn_seterr(err, errlen, "%s: __metadata__ is not an object", path); goto fail; }
             for (cJSON *m = it->child; m; m = m->next)
-                if (!cJSON_IsString(m)) { dn_seterr(err, errlen, "%s: __metadata__ value '%s' is not a string", path, m->string); goto fail; }
+                if (!cJSON_IsString(m)) { dn_seterr(err, errlen, "%s: __metadata__ value '%s' is not a string", path, dn_esc(e1, m->string)); goto fail; }
             s->meta = it;
             continue;
         }
         DNStEntry *e = &s->e[s->n];
-        if (strlen(it->string) >= sizeof e->name) { dn_seterr(err, errlen, "%s: tensor name too long: '%.60s...'", path, it->string); goto fail; }
+        if (strlen(it->string) >= sizeof e->name) { dn_seterr(err, errlen, "%s: tensor name too long (%zu bytes): '%s'", path, strlen(it->string), dn_esc(e1, it->string)); goto fail; }
         strcpy(e->name, it->string);
+        const char *nm = dn_esc(e1, e->name);
         cJSON *dt = cJSON_GetObjectItemCaseSensitive(it, "dtype");
         cJSON *sh = cJSON_GetObjectItemCaseSensitive(it, "shape");
         cJSON *of = cJSON_GetObjectItemCaseSensitive(it, "data_offsets");
         if (!cJSON_IsObject(it) || !cJSON_IsString(dt) || !cJSON_IsArray(sh) || !cJSON_IsArray(of) || cJSON_GetArraySize(of) != 2) {
-            dn_seterr(err, errlen, "%s: tensor '%s' lacks a dtype, shape or data_offsets", path, e->name); goto fail;
+            dn_seterr(err, errlen, "%s: tensor '%s' lacks a dtype, shape or data_offsets", path, nm); goto fail;
         }
         if (!strcmp(dt->valuestring, "F32")) e->dtype = DN_F32;
         else if (!strcmp(dt->valuestring, "BF16")) e->dtype = DN_BF16;
-        else { dn_seterr(err, errlen, "%s: tensor '%s' has dtype %s; only F32 and BF16 are read", path, e->name, dt->valuestring); goto fail; }
+        else { dn_seterr(err, errlen, "%s: tensor '%s' has dtype %s; only F32 and BF16 are read", path, nm, dn_esc(e2, dt->valuestring)); goto fail; }
         e->ndim = cJSON_GetArraySize(sh);
-        if (e->ndim > DN_MAX_NDIM) { dn_seterr(err, errlen, "%s: tensor '%s' has %d dimensions (at most %d)", path, e->name, e->ndim, DN_MAX_NDIM); goto fail; }
+        if (e->ndim > DN_MAX_NDIM) { dn_seterr(err, errlen, "%s: tensor '%s' has %d dimensions (at most %d)", path, nm, e->ndim, DN_MAX_NDIM); goto fail; }
         uint64_t numel = 1;
         for (int d = 0; d < e->ndim; d++) {
+            /* range-check the double before converting it: a cast of 1e300 is undefined */
             cJSON *x = cJSON_GetArrayItem(sh, d);
-            if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble > 4e9 || x->valuedouble != floor(x->valuedouble)) {
-                dn_seterr(err, errlen, "%s: tensor '%s' has a bad shape", path, e->name); goto fail;
+            const double v = cJSON_IsNumber(x) ? x->valuedouble : -1.0;
+            if (!(v >= 0.0 && v <= (double)DN_ST_MAX_NUMEL && v == floor(v))) {
+                dn_seterr(err, errlen, "%s: tensor '%s' has a bad shape (dimension %d is not an integer in [0, 2^40])", path, nm, d); goto fail;
             }
-            e->shape[d] = (int64_t)x->valuedouble;
-            numel *= (uint64_t)e->shape[d];
-            if (numel > ((uint64_t)1 << 40)) { dn_seterr(err, errlen, "%s: tensor '%s' is impossibly large", path, e->name); goto fail; }
+            e->shape[d] = (int64_t)v;
+            const uint64_t dim = (uint64_t)e->shape[d];
+            if (dim && numel > DN_ST_MAX_NUMEL / dim) { dn_seterr(err, errlen, "%s: tensor '%s' is impossibly large (over 2^40 elements)", path, nm); goto fail; }
+            numel *= dim;
         }
         cJSON *b0 = cJSON_GetArrayItem(of, 0), *b1 = cJSON_GetArrayItem(of, 1);
-        if (!cJSON_IsNumber(b0) || !cJSON_IsNumber(b1) || b0->valuedouble < 0 || b1->valuedouble < b0->valuedouble ||
-            b0->valuedouble != floor(b0->valuedouble) || b1->valuedouble != floor(b1->valuedouble)) {
-            dn_seterr(err, errlen, "%s: tensor '%s' has bad data_offsets", path, e->name); goto fail;
+        const double d0 = cJSON_IsNumber(b0) ? b0->valuedouble : -1.0, d1 = cJSON_IsNumber(b1) ? b1->valuedouble : -1.0;
+        if (!(d0 >= 0.0 && d1 >= d0 && d0 == floor(d0) && d1 == floor(d1))) {
+            dn_seterr(err, errlen, "%s: tensor '%s' has bad data_offsets", path, nm); goto fail;
         }
-        e->begin = (uint64_t)b0->valuedouble;
-        e->end = (uint64_t)b1->valuedouble;
-        if (e->end > s->data_size) { dn_seterr(err, errlen, "%s: tensor '%s' bytes [%llu, %llu) lie past the end of the data (%llu bytes): truncated file", path, e->name, (unsigned long long)e->begin, (unsigned long long)e->end, (unsigned long long)s->data_size); goto fail; }
-        if (e->end - e->begin != numel * dn_dtype_size(e->dtype)) { dn_seterr(err, errlen, "%s: tensor '%s' has %llu bytes but its shape and dtype need %llu", path, e->name, (unsigned long long)(e->end - e->begin), (unsigned long long)(numel * dn_dtype_size(e->dtype))); goto fail; }
+        if (d1 > (double)s->data_size) {
+            dn_seterr(err, errlen, "%s: tensor '%s' bytes [%.16g, %.16g) lie past the end of the data (%llu bytes): truncated file", path, nm, d0, d1, (unsigned long long)s->data_size);
+            goto fail;
+        }
+        e->begin = (uint64_t)d0;
+        e->end = (uint64_t)d1;
+        if (e->end > s->data_size) { dn_seterr(err, errlen, "%s: tensor '%s' bytes [%llu, %llu) lie past the end of the data (%llu bytes): truncated file", path, nm, (unsigned long long)e->begin, (unsigned long long)e->end, (unsigned long long)s->data_size); goto fail; }
+        if (e->end - e->begin != numel * dn_dtype_size(e->dtype)) { dn_seterr(err, errlen, "%s: tensor '%s' has %llu bytes but its shape and dtype need %llu", path, nm, (unsigned long long)(e->end - e->begin), (unsigned long long)(numel * dn_dtype_size(e->dtype))); goto fail; }
         s->n++;
     }
     {
@@ -824,8 +978,8 @@ static int dn_st_open(DNStFile *s, const char *path, char *err, size_t errlen) {
         qsort(sorted, (size_t)s->n, sizeof(DNStEntry), dn_cmp_entry);
         uint64_t pos = 0;
         for (int i = 0; i < s->n; i++) {
-            if (sorted[i].begin < pos) { dn_seterr(err, errlen, "%s: tensor '%s' overlaps the bytes of another tensor", path, sorted[i].name); free(sorted); goto fail; }
-            if (sorted[i].begin > pos) { dn_seterr(err, errlen, "%s: %llu bytes before tensor '%s' belong to no tensor", path, (unsigned long long)(sorted[i].begin - pos), sorted[i].name); free(sorted); goto fail; }
+            if (sorted[i].begin < pos) { dn_seterr(err, errlen, "%s: tensor '%s' overlaps the bytes of another tensor", path, dn_esc(e1, sorted[i].name)); free(sorted); goto fail; }
+            if (sorted[i].begin > pos) { dn_seterr(err, errlen, "%s: %llu bytes before tensor '%s' belong to no tensor", path, (unsigned long long)(sorted[i].begin - pos), dn_esc(e1, sorted[i].name)); free(sorted); goto fail; }
             pos = sorted[i].end;
         }
         free(sorted);
@@ -860,33 +1014,49 @@ static int dn_st_read_f32(DNStFile *s, const DNStEntry *e, float *out, size_t nu
     return rc;
 }
 
-/* Parse a metadata integer strictly. */
-static int dn_meta_long(const DNStFile *s, const char *key, long lo, long hi, long *out,
-                        const char *path, char *err, size_t errlen) {
-    const char *v = dn_st_meta(s, key);
-    if (!v) { dn_seterr(err, errlen, "%s: __metadata__ lacks '%s'", path, key); return -1; }
+/* Parse a decimal integer strictly: an optional '-' (when lo < 0), then digits only (no space, no
+ * '+', nothing after), in [lo, hi]. */
+static int dn_parse_long(const char *v, long lo, long hi, long *out) {
+    const char *d = v[0] == '-' && lo < 0 ? v + 1 : v;
+    if (*d < '0' || *d > '9') return -1;
     char *end = NULL;
     errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno || end == v || *end || x < lo || x > hi) { dn_seterr(err, errlen, "%s: __metadata__ '%s' = '%s' is not an integer in [%ld, %ld]", path, key, v, lo, hi); return -1; }
+    const long x = strtol(v, &end, 10);
+    if (errno || *end || x < lo || x > hi) return -1;
     *out = x;
     return 0;
 }
 
+static int dn_meta_long(const DNStFile *s, const char *key, long lo, long hi, long *out,
+                        const char *path, char *err, size_t errlen) {
+    const char *v = dn_st_meta(s, key);
+    char e[DN_ESC_LEN];
+    if (!v) { dn_seterr(err, errlen, "%s: __metadata__ lacks '%s'", path, key); return -1; }
+    if (dn_parse_long(v, lo, hi, out)) { dn_seterr(err, errlen, "%s: __metadata__ '%s' = '%s' is not an integer in [%ld, %ld]", path, key, dn_esc(e, v), lo, hi); return -1; }
+    return 0;
+}
+
+/* A metadata number that must be a finite float: the double is range-checked before the
+ * conversion (1e39 would become inf, and converting it is undefined). */
 static int dn_meta_float(const DNStFile *s, const char *key, float *out, const char *path, char *err, size_t errlen) {
     const char *v = dn_st_meta(s, key);
+    char e[DN_ESC_LEN];
     if (!v) { dn_seterr(err, errlen, "%s: __metadata__ lacks '%s'", path, key); return -1; }
     char *end = NULL;
-    double x = strtod(v, &end);
-    if (end == v || *end || !isfinite(x)) { dn_seterr(err, errlen, "%s: __metadata__ '%s' = '%s' is not a number", path, key, v); return -1; }
+    const double x = strtod(v, &end);
+    if (end == v || *end || v[0] == ' ' || (v[0] >= '\t' && v[0] <= '\r') || !isfinite(x) || fabs(x) > (double)FLT_MAX) {
+        dn_seterr(err, errlen, "%s: __metadata__ '%s' = '%s' is not a finite float", path, key, dn_esc(e, v));
+        return -1;
+    }
     *out = (float)x;
     return 0;
 }
 
 static int dn_check_format(const DNStFile *s, const char *want, const char *path, char *err, size_t errlen) {
     const char *fmt = dn_st_meta(s, "format");
+    char e[DN_ESC_LEN];
     if (!fmt || strcmp(fmt, want)) {
-        dn_seterr(err, errlen, "%s: not a %s file (__metadata__ format is '%s')", path, want, fmt ? fmt : "absent");
+        dn_seterr(err, errlen, "%s: not a %s file (__metadata__ format is '%s')", path, want, fmt ? dn_esc(e, fmt) : "absent");
         return -1;
     }
     long ver = 0;
@@ -1029,13 +1199,15 @@ int dn_checkpoint_read(const char *path, DNConfig *cfg, float **params, char *er
     DNParamTable t;
     memset(&t, 0, sizeof t);
     float *w = NULL;
+    uint64_t need = 0;
+    char esc[DN_ESC_LEN];
     if (dn_check_format(&s, DN_FORMAT_NAME, path, err, errlen)) goto fail;
     if (dn_config_from_meta(&s, cfg, path, err, errlen)) goto fail;
     if (dn_build_param_table(&t, cfg, err, errlen)) goto fail;
     for (int i = 0; i < s.n; i++)
-        if (dn_find_param(&t, s.e[i].name) < 0) { dn_seterr(err, errlen, "%s: unexpected tensor '%s' for this config", path, s.e[i].name); goto fail; }
-    w = (float *)calloc(t.total ? t.total : 1, sizeof(float));
-    if (!w) { dn_seterr(err, errlen, "%s: out of memory for %zu parameters", path, t.total); goto fail; }
+        if (dn_find_param(&t, s.e[i].name) < 0) { dn_seterr(err, errlen, "%s: unexpected tensor '%s' for this config", path, dn_esc(esc, s.e[i].name)); goto fail; }
+    /* every tensor against the table before the buffer is allocated: metadata that claims a huge
+     * model over small tensors is a shape mismatch, not "out of memory" */
     for (int i = 0; i < t.n_params; i++) {
         const DNParam *p = &t.params[i];
         const DNStEntry *e = dn_st_find(&s, p->name);
@@ -1043,12 +1215,25 @@ int dn_checkpoint_read(const char *path, DNConfig *cfg, float **params, char *er
         int same = e->ndim == p->ndim;
         for (int d = 0; same && d < p->ndim; d++) same = e->shape[d] == p->shape[d];
         if (!same) {
-            char a[64] = "", b[64] = "";
+            char a[80] = "", b[80] = "";
             for (int d = 0; d < e->ndim; d++) snprintf(a + strlen(a), sizeof a - strlen(a), "%s%lld", d ? "," : "", (long long)e->shape[d]);
             for (int d = 0; d < p->ndim; d++) snprintf(b + strlen(b), sizeof b - strlen(b), "%s%d", d ? "," : "", p->shape[d]);
             dn_seterr(err, errlen, "%s: tensor '%s' has shape [%s], the config needs [%s]", path, p->name, a, b);
             goto fail;
         }
+        need += (uint64_t)p->numel * dn_dtype_size(e->dtype);
+    }
+    /* the data must be exactly what the config needs (the tiling check and the two loops above
+     * imply it; this keeps the allocation below bounded by the file size even if they change) */
+    if (need != s.data_size) {
+        dn_seterr(err, errlen, "%s: the config needs %llu data bytes, the file holds %llu", path, (unsigned long long)need, (unsigned long long)s.data_size);
+        goto fail;
+    }
+    w = (float *)calloc(t.total ? t.total : 1, sizeof(float));
+    if (!w) { dn_seterr(err, errlen, "%s: out of memory for %zu parameters", path, t.total); goto fail; }
+    for (int i = 0; i < t.n_params; i++) {
+        const DNParam *p = &t.params[i];
+        const DNStEntry *e = dn_st_find(&s, p->name);
         if (dn_st_read_f32(&s, e, w + p->offset, p->numel)) { dn_seterr(err, errlen, "%s: read error in tensor '%s'", path, p->name); goto fail; }
         for (size_t j = 0; j < p->numel; j++)
             if (!isfinite(w[p->offset + j])) { dn_seterr(err, errlen, "%s: tensor '%s' holds a NaN or Inf at element %zu", path, p->name, j); goto fail; }
@@ -1068,9 +1253,24 @@ int dn_checkpoint_read_meta(const char *path, const char *key, char *out, size_t
     DNStFile s;
     if (dn_st_open(&s, path, err, errlen)) return -1;
     const char *v = dn_st_meta(&s, key);
+    char e[DN_ESC_LEN];
     int rc = -1;
-    if (!v) dn_seterr(err, errlen, "%s: __metadata__ lacks '%s'", path, key);
-    else { snprintf(out, outlen, "%s", v); rc = 0; }
+    if (!v) dn_seterr(err, errlen, "%s: __metadata__ lacks '%s'", path, dn_esc(e, key));
+    else if (!out || strlen(v) >= outlen) dn_seterr(err, errlen, "%s: __metadata__ '%s' is %zu bytes long, more than the %zu this caller takes", path, dn_esc(e, key), strlen(v), outlen ? outlen - 1 : 0);
+    else { memcpy(out, v, strlen(v) + 1); rc = 0; }
+    dn_st_close(&s);
+    return rc;
+}
+
+int dn_checkpoint_step(const char *path, long *step, char *err, size_t errlen) {
+    DNStFile s;
+    if (dn_st_open(&s, path, err, errlen)) return -1;
+    long x = 0;
+    int rc = -1;
+    if (!dn_check_format(&s, DN_FORMAT_NAME, path, err, errlen) && !dn_meta_long(&s, "step", 0, LONG_MAX, &x, path, err, errlen)) {
+        *step = x;
+        rc = 0;
+    }
     dn_st_close(&s);
     return rc;
 }
@@ -1107,33 +1307,47 @@ int dn_state_read(const char *path, const DNParamTable *t, float *m, float *v, D
     long total = 0;
     const char *layers = NULL, *rng = NULL, *note = NULL;
     char *end = NULL;
+    char e1[DN_ESC_LEN];
     memset(st, 0, sizeof *st);
     if (dn_check_format(&s, DN_STATE_FORMAT, path, err, errlen)) goto done;
     if (dn_meta_long(&s, "n_params_mem", 0, LONG_MAX, &total, path, err, errlen)) goto done;
     layers = dn_st_meta(&s, "layers");
     if ((size_t)total != t->total || !layers || strcmp(layers, t->cfg.layers)) {
         dn_seterr(err, errlen, "%s: optimizer state is for another model (%ld parameters, layers '%s'; this model has %zu, '%s')",
-                  path, total, layers ? layers : "?", t->total, t->cfg.layers);
+                  path, total, layers ? dn_esc(e1, layers) : "?", t->total, t->cfg.layers);
         goto done;
     }
     if (dn_meta_long(&s, "step", 0, LONG_MAX, &st->step, path, err, errlen)) goto done;
     if (dn_meta_long(&s, "data_shard", 0, LONG_MAX, &st->data_shard, path, err, errlen)) goto done;
     if (dn_meta_long(&s, "data_pos", 0, LONG_MAX, &st->data_pos, path, err, errlen)) goto done;
+    /* digits only: strtoull would take "-1" (and wrap it) or " 5"; and never 0, the state
+     * xorshift cannot leave */
     rng = dn_st_meta(&s, "rng_state");
+    if (!rng) { dn_seterr(err, errlen, "%s: __metadata__ lacks 'rng_state'", path); goto done; }
     errno = 0;
-    if (rng) st->rng_state = strtoull(rng, &end, 10);
-    if (!rng || errno || end == rng || *end) { dn_seterr(err, errlen, "%s: bad or missing rng_state", path); goto done; }
+    if (rng[0] >= '0' && rng[0] <= '9') st->rng_state = strtoull(rng, &end, 10);
+    if (rng[0] < '0' || rng[0] > '9' || errno || *end || st->rng_state == 0) {
+        dn_seterr(err, errlen, "%s: __metadata__ 'rng_state' = '%s' is not a non-zero decimal uint64", path, dn_esc(e1, rng));
+        goto done;
+    }
     note = dn_st_meta(&s, "note");
     snprintf(st->note, sizeof st->note, "%s", note ? note : "");
+    if (s.n != 2) { dn_seterr(err, errlen, "%s: a training-state file holds adam.m and adam.v only, this one %d tensors", path, s.n); goto done; }
     for (int i = 0; i < 2; i++) {
         const char *nm = i ? "adam.v" : "adam.m";
+        float *x = i ? v : m;
         const DNStEntry *e = dn_st_find(&s, nm);
         if (!e || e->dtype != DN_F32 || e->ndim != 1 || e->shape[0] != (int64_t)t->total) {
             dn_seterr(err, errlen, "%s: tensor '%s' missing or not F32 [%zu]", path, nm, t->total); goto done;
         }
-        if (dn_st_read_f32(&s, e, i ? v : m, t->total)) { dn_seterr(err, errlen, "%s: read error in '%s'", path, nm); goto done; }
+        if (dn_st_read_f32(&s, e, x, t->total)) { dn_seterr(err, errlen, "%s: read error in '%s'", path, nm); goto done; }
+        /* AdamW divides by sqrt(v): a NaN, an Inf or a negative v would poison every later step */
+        for (size_t j = 0; j < t->total; j++)
+            if (!isfinite(x[j]) || (i && x[j] < 0.0f)) {
+                dn_seterr(err, errlen, "%s: '%s' element %zu is %g; moments must be finite%s", path, nm, j, (double)x[j], i ? " and second moments >= 0" : "");
+                goto done;
+            }
     }
-    if (s.n != 2) { dn_seterr(err, errlen, "%s: unexpected extra tensors in a training-state file", path); goto done; }
     rc = 0;
 done:
     dn_st_close(&s);

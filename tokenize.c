@@ -10,7 +10,9 @@
  * the rest to NAME_train.bin, or to NAME_train_000000.bin, NAME_train_000001.bin, ... once there
  * are more than --shard-size tokens (default 100M). Files are read in blocks and encoded in chunks
  * cut where the tokenizer says the cut changes nothing (tok_safe_cut), so the ids are exactly those
- * of encoding each file whole, and memory stays bounded by one shard.
+ * of encoding each file whole, and memory stays bounded by one shard. An empty input file (0 bytes)
+ * is no document: it adds no tokens, not even the <|endoftext|>, and a note says so. Inputs must
+ * be regular files: a FIFO (which would block) or a directory is refused with one line.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -44,7 +46,9 @@ static void usage(FILE *f) {
         "  -e, --encode          read text on stdin, print its ids on one line\n"
         "  -d, --decode          read whitespace-separated ids on stdin, print the text\n"
         "  -o, --output DIR/NAME encode the FILEs (one document each, starting with <|endoftext|> = 50256)\n"
-        "                        into DIR/NAME_val.bin and DIR/NAME_train.bin (or _train_000000.bin, ...)\n"
+        "                        into DIR/NAME_val.bin and DIR/NAME_train.bin (or _train_000000.bin, ...);\n"
+        "                        FILEs must be regular files (not pipes or directories); an empty FILE\n"
+        "                        (0 bytes) is skipped with a note: it adds no tokens, not even 50256\n"
         "      --val-tokens N    tokens for NAME_val.bin, taken from the start (default 32768; 0: none)\n"
         "      --shard-size N    most tokens per train shard (default 100000000)\n"
         "      --allow-eot       with -e: the text <|endoftext|> becomes id 50256 (default: plain text)\n"
@@ -165,7 +169,8 @@ static int run_decode(Tokenizer *tok) {
             !(*end == 0 || *end == ' ' || (*end >= '\t' && *end <= '\r'))) {
             int len = 0;
             while (len < 20 && p[len] && p[len] != ' ' && !(p[len] >= '\t' && p[len] <= '\r')) len++;
-            fprintf(stderr, "tokenize: input item %zu ('%.*s') is not an integer id\n", nids + 1, len, p);
+            char e[DN_ESC_LEN];
+            fprintf(stderr, "tokenize: input item %zu ('%s') is not an integer id\n", nids + 1, dn_escape(e, sizeof e, p, (size_t)len));
             goto done;
         }
         if (nids == cap) {
@@ -208,10 +213,10 @@ static double now(void) {
 }
 
 static int write_named(const Args *a, const char *suffix, int num, const uint16_t *t, size_t n) {
-    char path[4096], err[DN_ERR_LEN];
-    if (num >= 0) snprintf(path, sizeof path, "%s_%s_%06d.bin", a->out, suffix, num);
-    else snprintf(path, sizeof path, "%s_%s.bin", a->out, suffix);
-    if (shard_write(path, t, n, err, sizeof err) != 0) { fprintf(stderr, "%s\n", err); return -1; }
+    char path[DN_PATH_MAX], err[DN_ERR_LEN];
+    int bad = num >= 0 ? dn_path(path, sizeof path, err, sizeof err, "%s_%s_%06d.bin", a->out, suffix, num)
+                       : dn_path(path, sizeof path, err, sizeof err, "%s_%s.bin", a->out, suffix);
+    if (bad || shard_write(path, t, n, err, sizeof err) != 0) { fprintf(stderr, "tokenize: %s\n", err); return -1; }
     fprintf(stderr, "tokenize: wrote %s (%zu tokens)\n", path, n);
     return 0;
 }
@@ -238,19 +243,29 @@ static void report(Shards *s, int last) {
             s->done_bytes / 1e6, s->total_bytes / 1e6, s->total_tokens, s->done_bytes / 1e6 / (t - s->t0 + 1e-9));
 }
 
-/* Encode one file as a document: eot, then its text, read in blocks and cut at safe points. */
+/* Encode one file as a document: eot, then its text, read in blocks and cut at safe points. An
+ * empty file adds nothing (not even the eot). */
 static int encode_file(Tokenizer *tok, Shards *s, const char *path) {
     char err[DN_ERR_LEN];
-    FILE *f = fopen(path, "rb");
-    if (!f) { fprintf(stderr, "tokenize: %s: cannot open: %s\n", path, strerror(errno)); return -1; }
+    FILE *f = dn_open_regular(path, err, sizeof err);
+    if (!f) { fprintf(stderr, "tokenize: %s\n", err); return -1; }
     size_t cap = BLOCK, len = 0;
     char *buf = malloc(cap);
-    int eot = tok->eot, rc = -1;
-    if (!buf || shards_push(s, &eot, 1) != 0) goto done;
+    int eot = tok->eot, rc = -1, started = 0;
+    if (!buf) { fprintf(stderr, "tokenize: out of memory\n"); goto done; }
     for (;;) {
         len += fread(buf + len, 1, cap - len, f);
         if (ferror(f)) { fprintf(stderr, "tokenize: %s: read error\n", path); goto done; }
-        int eof = len < cap;
+        int eof = len < cap;  /* a regular file: a short read is its end */
+        if (!started) {
+            if (eof && len == 0) {
+                fprintf(stderr, "tokenize: note: %s is empty: no document, no tokens\n", path);
+                break;
+            }
+            if (shards_push(s, &eot, 1) != 0) goto done;
+            started = 1;
+        }
+        if (eof && len == 0) break;
         size_t cut = eof ? len : tok_safe_cut(buf, len);
         if (cut == 0) {  /* no safe cut in the whole buffer: read more */
             char *nb = realloc(buf, 2 * cap);
@@ -283,8 +298,8 @@ done:
 
 /* Warn about NAME_train*.bin files that this run did not write (from an earlier run). */
 static void warn_stale(const Args *a, int numbered, int nwritten) {
-    char pat[4096], mine[4096];
-    snprintf(pat, sizeof pat, "%s_train*.bin", a->out);
+    char pat[DN_PATH_MAX], mine[DN_PATH_MAX];
+    if (dn_path(pat, sizeof pat, NULL, 0, "%s_train*.bin", a->out)) return;
     glob_t g;
     if (glob(pat, 0, NULL, &g) != 0) return;
     for (size_t i = 0; i < g.gl_pathc; i++) {
@@ -294,7 +309,8 @@ static void warn_stale(const Args *a, int numbered, int nwritten) {
             else snprintf(mine, sizeof mine, "%s_train.bin", a->out);
             ours = strcmp(mine, g.gl_pathv[i]) == 0;
         }
-        if (!ours) fprintf(stderr, "tokenize: warning: %s is from an earlier run; remove it\n", g.gl_pathv[i]);
+        char e[DN_PATH_MAX];  /* a name from the directory: escaped, so the warning is one line */
+        if (!ours) fprintf(stderr, "tokenize: warning: %s is from an earlier run; remove it\n", dn_escape(e, sizeof e, g.gl_pathv[i], (size_t)-1));
     }
     globfree(&g);
 }
@@ -313,6 +329,10 @@ static int run_shards(Tokenizer *tok, const Args *a) {
     for (int i = 0; i < a->ninputs; i++)
         if (encode_file(tok, &s, a->inputs[i]) != 0) goto done;
     report(&s, 1);
+    if (s.total_tokens == 0) {
+        fprintf(stderr, "tokenize: the input files are all empty: no tokens to write\n");
+        goto done;
+    }
     if (s.ntrain == 0) {
         fprintf(stderr, "tokenize: only %zu tokens: nothing left for training after --val-tokens %ld\n",
                 s.total_tokens, a->val_tokens);
@@ -336,7 +356,7 @@ int main(int argc, char **argv) {
     char err[DN_ERR_LEN];
     Tokenizer tok;
     if (tok_load(&tok, a.vocab, err, sizeof err) != 0) {
-        fprintf(stderr, "%s\n", err);
+        fprintf(stderr, "tokenize: cannot load the GPT-2 vocabulary: %s\n", err);
         return 1;
     }
     int rc = a.mode == 'e' ? run_encode(&tok, a.allow_eot)

@@ -5,6 +5,10 @@
  * encoder.json / vocab.bpe, the byte-pair merge of one piece, the encoder loop, the decoder.
  * The tables are small open-addressing tables written here: the keys are byte strings that may
  * hold NULs, which stb_ds's string maps (NUL-terminated keys) cannot take.
+ *
+ * The vocabulary files are read only if they are regular files (dn_open_regular: a FIFO would
+ * block, a directory reads as garbage), and text quoted from them in a message (a token, a merge
+ * line) is escaped and cut (dn_escape), so every message is one line.
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "tokenizer.h"
@@ -219,14 +223,15 @@ static long unprintable(const int char_byte[0x144], const char *src, size_t n, c
 }
 
 static int read_whole(const char *path, char **buf, size_t *len, char *err, size_t errlen) {
-    FILE *f = fopen(path, "rb");
-    if (!f) { dn_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return -1; }
+    FILE *f = dn_open_regular(path, err, errlen);
+    if (!f) return -1;
     size_t cap = 1 << 20, n = 0;
     char *b = malloc(cap + 1);
     for (;;) {
         if (!b) { fclose(f); dn_seterr(err, errlen, "%s: out of memory", path); return -1; }
-        n += fread(b + n, 1, cap - n, f);
-        if (n < cap) break;
+        size_t k = fread(b + n, 1, cap - n, f);
+        n += k;
+        if (n < cap || k == 0) break;
         cap *= 2;
         char *nb = realloc(b, cap + 1);
         if (!nb) free(b);
@@ -267,11 +272,12 @@ static int load_encoder(Tokenizer *t, const char *path, const int char_byte[0x14
         goto done;
     }
     size_t total = 0;
+    char e[DN_ESC_LEN];
     for (cJSON *it = root->child; it; it = it->next) {
         const char *key = it->string;
         double v = it->valuedouble;
         if (!cJSON_IsNumber(it) || v < 0 || v >= TOK_GPT2_VOCAB || v != (double)(int)v) {
-            dn_seterr(err, errlen, "%s: token \"%s\" has id %s, not an integer in [0, %d)", path, key,
+            dn_seterr(err, errlen, "%s: token \"%s\" has id %s, not an integer in [0, %d)", path, dn_escape(e, sizeof e, key, (size_t)-1),
                    cJSON_IsNumber(it) ? "out of range" : "that is not a number", TOK_GPT2_VOCAB);
             goto done;
         }
@@ -282,14 +288,14 @@ static int load_encoder(Tokenizer *t, const char *path, const int char_byte[0x14
         if (!tok[id]) { dn_seterr(err, errlen, "%s: out of memory", path); goto done; }
         long bl = unprintable(char_byte, key, klen, tok[id]);
         if (bl <= 0) {
-            dn_seterr(err, errlen, "%s: token \"%s\" (id %d) is not in GPT-2's byte alphabet", path, key, id);
+            dn_seterr(err, errlen, "%s: token \"%s\" (id %d) is not in GPT-2's byte alphabet", path, dn_escape(e, sizeof e, key, (size_t)-1), id);
             goto done;
         }
         tlen[id] = (uint32_t)bl;
         total += (size_t)bl;
         uint64_t h = hash_bytes(tok[id], (size_t)bl);
         if (map_get(m, tok[id], (size_t)bl, h)) {
-            dn_seterr(err, errlen, "%s: token \"%s\" (id %d) appears twice", path, key, id);
+            dn_seterr(err, errlen, "%s: token \"%s\" (id %d) appears twice", path, dn_escape(e, sizeof e, key, (size_t)-1), id);
             goto done;
         }
         if (map_put(m, tok[id], (size_t)bl, h, id, 0) != 0) { dn_seterr(err, errlen, "%s: out of memory", path); goto done; }
@@ -369,13 +375,14 @@ static int load_merges(Tokenizer *t, const char *path, const int char_byte[0x144
         const TokSlot *a = map_get(vocab, buf, (size_t)la, hash_bytes(buf, (size_t)la));
         const TokSlot *b = map_get(vocab, buf + la, (size_t)lb, hash_bytes(buf + la, (size_t)lb));
         const TokSlot *ab = map_get(vocab, buf, (size_t)(la + lb), hash_bytes(buf, (size_t)(la + lb)));
+        char e[DN_ESC_LEN];
         if (!a || !b || !ab) {
-            dn_seterr(err, errlen, "%s: line %d: \"%.*s\": %s is not in the vocabulary", path, lineno,
-                   (int)ll, line, !a ? "the left token" : !b ? "the right token" : "their concatenation");
+            dn_seterr(err, errlen, "%s: line %d: \"%s\": %s is not in the vocabulary", path, lineno,
+                   dn_escape(e, sizeof e, line, ll), !a ? "the left token" : !b ? "the right token" : "their concatenation");
             goto done;
         }
         if (pair_put(t->merges, a->v0, b->v0, rank, ab->v0)) {
-            dn_seterr(err, errlen, "%s: line %d: the rule \"%.*s\" appears twice", path, lineno, (int)ll, line);
+            dn_seterr(err, errlen, "%s: line %d: the rule \"%s\" appears twice", path, lineno, dn_escape(e, sizeof e, line, ll));
             goto done;
         }
         rank++;

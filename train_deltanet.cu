@@ -1,8 +1,8 @@
 /*
- * train_deltanet.cu -- the GPU trainer of deltanet.c: DeltaNet language models and their hybrids
+ * train_deltanet.cu -- the trainer of deltanet.c (GPU, or the CPU reference): DeltaNet language models and their hybrids
  * with sliding-window ('S') and global ('G') softmax attention layers, trained on llm.c-format
  * token shards. This file only wires things up: the model (parameters, activations, forward,
- * backward, the AdamW step, the CUDA graph) is kernels/model_gpu.cuh, the kernels are kernels/*.cuh,
+ * backward, the AdamW step, the CUDA graph) is kernels/model_gpu.cuh, the kernels are the .cuh files of kernels/,
  * the config / parameter table / checkpoints are model.h, the shards data.h, the tokenizer
  * tokenizer.h.
  *
@@ -19,7 +19,14 @@
  * Resume: a checkpoint is <out>/model_<step>.safetensors (weights, F32, loads in PyTorch) plus
  * <that>.state (AdamW moments, step, data position, sampling RNG); the last one of a run is also
  * linked as <out>/model.safetensors. --resume restores all of it, so that N steps straight and
- * N/2 + --resume + N/2 (same flags) give the same losses.
+ * N/2 + --resume + N/2 (same flags) give the same losses. Both files carry the step; --resume
+ * refuses a pair whose steps differ.
+ *
+ * Two backends behind one set of names (model_create, model_train_step, ...; see "the backends"):
+ * the GPU model (kernels/model_gpu.cuh, bf16 or fp32) and the CPU reference (ref/, fp32, OpenMP),
+ * which trains where there is no GPU (or with --cpu) with the same command line, log lines and
+ * checkpoints. Built without nvcc (-DDN_CPU_ONLY, `make train` does this when the CUDA toolkit is
+ * missing) the trainer has only the CPU backend.
  */
 #include <cerrno>
 #include <cstdarg>
@@ -28,10 +35,17 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <dirent.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <omp.h>
+#ifndef DN_CPU_ONLY
 #include "kernels/model_gpu.cuh"
+#endif
+#include "ref/reference.h"
 extern "C" {
 #include "data.h"
 #include "tokenizer.h"
@@ -44,26 +58,35 @@ extern "C" {
 
 typedef struct {
     const char *train_pattern, *val_pattern, *out_dir, *resume, *log_path, *model, *layers, *attn_layers;
-    int B, T;
+    int B, T;                  /* 0: the backend's default (cpu_defaults / gpu_defaults) */
     long total_batch;          /* tokens per optimizer step (0: B*T) */
-    int window, attn_heads, kv_heads, tied; /* -1: the preset's */
+    int window, attn_heads, kv_heads, tied, vocab; /* -1: the preset's */
     float lr, lr_min, wd, clip, beta1, beta2, adam_eps;
     int warmup, steps;
     unsigned long long seed;
     int val_every, val_batches, sample_every, sample_len;
     float temperature;
-    int ckpt_every, fp32, no_graph, profile;
+    int ckpt_every, fp32, no_graph, profile, cpu;
     char cmdline[128];
 } TrainArgs;
+
+/* What the backend does not say on the command line: the model and the batch shape. The CPU's are
+ * small enough that a step of the reference takes about a second on two cores. */
+#define GPU_DEFAULT_MODEL "small"
+#define GPU_DEFAULT_B 8
+#define GPU_DEFAULT_T 512
+#define CPU_DEFAULT_MODEL "tiny"
+#define CPU_DEFAULT_B 4
+#define CPU_DEFAULT_T 64
 
 static void args_defaults(TrainArgs *a) {
     memset(a, 0, sizeof *a);
     a->train_pattern = "data/tinyshakespeare/tinyshakespeare_train*.bin";
     a->val_pattern = "data/tinyshakespeare/tinyshakespeare_val.bin";
     a->out_dir = "out";
-    a->model = "small";
-    a->B = 8; a->T = 512;
-    a->window = -1; a->attn_heads = -1; a->kv_heads = -1; a->tied = -1;
+    a->model = NULL;
+    a->B = 0; a->T = 0;
+    a->window = -1; a->attn_heads = -1; a->kv_heads = -1; a->tied = -1; a->vocab = -1;
     a->lr = 1e-3f; a->lr_min = 1e-4f; a->wd = 0.1f; a->clip = 1.0f;
     a->beta1 = 0.9f; a->beta2 = 0.95f; a->adam_eps = 1e-8f;
     a->warmup = 20; a->steps = 300;
@@ -82,13 +105,14 @@ static void usage(const char *prog, FILE *f) {
         "data\n"
         "  -i, --train PATTERN     training shards (glob) [%s]\n"
         "  -j, --val PATTERN       validation shards (glob) [%s]\n"
-        "  -b, --batch B           micro-batch rows [%d]\n"
-        "  -t, --seq T             sequence length [%d]\n"
+        "  -b, --batch B           micro-batch rows [GPU %d, CPU %d]\n"
+        "  -t, --seq T             sequence length [GPU %d, CPU %d]\n"
         "  -d, --total-batch N     tokens per optimizer step, a multiple of B*T (gradient accumulation) [B*T]\n"
         "model (ignored with --resume: the checkpoint has the config)\n"
-        "  -m, --model NAME        small | d12 | 340M | tiny [%s]\n"
+        "  -m, --model NAME        small | d12 | 340M | tiny [GPU %s, CPU %s]\n"
         "                          small: d12's width (D=768, H=6, K=128, GPT-2 vocab, tied), 6 DeltaNet layers;\n"
-        "                          tiny (D=64, K=32) is for the CPU reference: the GPU delta rule needs K = 64 or 128\n"
+        "                          tiny (D=64, 4 layers, K=32) is for the CPU: the GPU delta rule needs K = 64 or 128\n"
+        "      --vocab N           vocabulary size (every preset: GPT-2's 50257; 32000 as in the DeltaNet paper)\n"
         "      --layers STR        layer kinds, one letter per layer: D DeltaNet, S sliding window, G global\n"
         "      --attn-layers LIST  comma-separated 0-based layers made global attention (G), e.g. 5,11\n"
         "      --window W          sliding window in keys, itself included [preset: 512]\n"
@@ -105,6 +129,8 @@ static void usage(const char *prog, FILE *f) {
         "  -x, --steps N           optimizer steps [%d]\n"
         "  -s, --seed S            initialisation and sampling seed [%llu]\n"
         "      --fp32              fp32 activations and matmuls (tests, exact resume) instead of bf16\n"
+        "      --cpu               train on the CPU with the reference model (fp32, OpenMP threads:\n"
+        "                          OMP_NUM_THREADS), as happens anyway when there is no CUDA device\n"
         "      --no-graph          launch every kernel each step instead of replaying a CUDA graph\n"
         "      --profile           time the phases of each step with CUDA events (no graph) and print a table\n"
         "evaluation and output\n"
@@ -114,11 +140,12 @@ static void usage(const char *prog, FILE *f) {
         "      --sample-len N      tokens per sample [%d]\n"
         "      --temperature X     sampling temperature, 0 = greedy [%g]\n"
         "  -c, --ckpt-every N      checkpoint every N steps (and always at the end), 0 = at the end only [%d]\n"
-        "  -o, --out DIR           checkpoint directory [%s]\n"
+        "  -o, --out DIR           checkpoint directory, created with its parents [%s]\n"
         "  -r, --resume PATH       continue from PATH (a model_<step>.safetensors with its .state beside it)\n"
         "      --log FILE          per-step log, JSONL (or CSV if FILE ends in .csv)\n"
         "  -h, --help              this text\n",
-        prog, d.train_pattern, d.val_pattern, d.B, d.T, d.model, d.lr, d.warmup, d.lr_min, d.wd, d.clip, d.beta1,
+        prog, d.train_pattern, d.val_pattern, GPU_DEFAULT_B, CPU_DEFAULT_B, GPU_DEFAULT_T, CPU_DEFAULT_T,
+        GPU_DEFAULT_MODEL, CPU_DEFAULT_MODEL, d.lr, d.warmup, d.lr_min, d.wd, d.clip, d.beta1,
         d.beta2, d.adam_eps, d.steps, d.seed, d.val_every, d.val_batches, d.sample_every, d.sample_len,
         d.temperature, d.ckpt_every, d.out_dir);
 }
@@ -150,7 +177,7 @@ static float parse_float(const char *opt, const char *s, float lo, float hi) {
 static void parse_args(TrainArgs *a, int argc, char **argv) {
     enum { O_LAYERS = 1000, O_ATTN_LAYERS, O_WINDOW, O_ATTN_HEADS, O_KV_HEADS, O_TIED, O_UNTIED, O_WARMUP, O_LR_MIN,
            O_WD, O_CLIP, O_BETA1, O_BETA2, O_ADAM_EPS, O_FP32, O_NO_GRAPH, O_VAL_BATCHES, O_SAMPLE_EVERY,
-           O_SAMPLE_LEN, O_TEMPERATURE, O_LOG, O_PROFILE };
+           O_SAMPLE_LEN, O_TEMPERATURE, O_LOG, O_PROFILE, O_CPU, O_VOCAB };
     static const struct option opts[] = {
         {"train", required_argument, 0, 'i'}, {"val", required_argument, 0, 'j'},
         {"batch", required_argument, 0, 'b'}, {"seq", required_argument, 0, 't'},
@@ -169,6 +196,7 @@ static void parse_args(TrainArgs *a, int argc, char **argv) {
         {"sample-len", required_argument, 0, O_SAMPLE_LEN}, {"temperature", required_argument, 0, O_TEMPERATURE},
         {"ckpt-every", required_argument, 0, 'c'}, {"out", required_argument, 0, 'o'},
         {"resume", required_argument, 0, 'r'}, {"log", required_argument, 0, O_LOG},
+        {"cpu", no_argument, 0, O_CPU}, {"vocab", required_argument, 0, O_VOCAB},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     args_defaults(a);
     int c, idx = 0;
@@ -202,6 +230,8 @@ static void parse_args(TrainArgs *a, int argc, char **argv) {
         case O_FP32: a->fp32 = 1; break;
         case O_NO_GRAPH: a->no_graph = 1; break;
         case O_PROFILE: a->profile = 1; break;
+        case O_CPU: a->cpu = 1; break;
+        case O_VOCAB: a->vocab = (int)parse_long(name, optarg, DN_MIN_VOCAB, DN_MAX_VOCAB); break;
         case 'v': a->val_every = (int)parse_long(name, optarg, 0, 1 << 30); break;
         case O_VAL_BATCHES: a->val_batches = (int)parse_long(name, optarg, 1, 1 << 30); break;
         case O_SAMPLE_EVERY: a->sample_every = (int)parse_long(name, optarg, 0, 1 << 30); break;
@@ -216,14 +246,21 @@ static void parse_args(TrainArgs *a, int argc, char **argv) {
         }
     }
     if (optind < argc) die("unexpected argument '%s' (see -h)", argv[optind]);
-    if (a->total_batch == 0) a->total_batch = (long)a->B * a->T;
-    if (a->total_batch % ((long)a->B * a->T)) die("--total-batch %ld is not a multiple of B*T = %ld", a->total_batch, (long)a->B * a->T);
     if (a->lr_min > a->lr) die("--lr-min %g is above --lr %g", a->lr_min, a->lr);
     /* the command line, for the training-state note */
     for (int i = 0; i < argc; i++) {
         size_t n = strlen(a->cmdline);
         snprintf(a->cmdline + n, sizeof a->cmdline - n, "%s%s", i ? " " : "", argv[i]);
     }
+}
+
+/* The backend's defaults for what the command line left open, then the checks that need them. */
+static void resolve_defaults(TrainArgs *a, int cpu) {
+    if (!a->model) a->model = cpu ? CPU_DEFAULT_MODEL : GPU_DEFAULT_MODEL;
+    if (!a->B) a->B = cpu ? CPU_DEFAULT_B : GPU_DEFAULT_B;
+    if (!a->T) a->T = cpu ? CPU_DEFAULT_T : GPU_DEFAULT_T;
+    if (a->total_batch == 0) a->total_batch = (long)a->B * a->T;
+    if (a->total_batch % ((long)a->B * a->T)) die("--total-batch %ld is not a multiple of B*T = %ld", a->total_batch, (long)a->B * a->T);
 }
 
 /* The model config from the preset and the flags. */
@@ -247,8 +284,8 @@ static DNConfig build_config(const TrainArgs *a) {
     if (a->attn_heads > 0) { c.attn_heads = a->attn_heads; c.attn_kv_heads = a->attn_heads; }
     if (a->kv_heads > 0) c.attn_kv_heads = a->kv_heads;
     if (a->tied >= 0) c.tie_embeddings = a->tied;
+    if (a->vocab > 0 && dn_config_set_vocab(&c, a->vocab, err, sizeof err)) die("--vocab: %s", err);
     if (dn_config_validate(&c, err, sizeof err)) die("impossible model config: %s", err);
-    if (gpu_model_supported(&c, err, sizeof err)) die("--model %s: %s", a->model, err);
     return c;
 }
 
@@ -297,13 +334,294 @@ static double now_ms(void) {
 }
 
 // ----------------------------------------------------------------------------
+// the backends: one set of names over the GPU model and the CPU reference, so that the trainer
+// below is written once. Each backend holds the parameters, their gradients and the AdamW moments
+// (t.total floats each, laid out by the parameter table) and h_tokens, the micro-batches of the
+// next step: [accum][inputs | targets][B*T].
+
+typedef struct {
+    float lr, beta1, beta2, eps, weight_decay, grad_clip;
+} StepOptim;
+
+/* The CPU backend: the reference model (ref/model.c, fp32, OpenMP), its activations sized for the
+ * training batch, and a second one for other shapes (a smaller validation batch, a sample's
+ * prefix: the model is causal, so a sample runs over the prefix alone). */
+struct CPUModel {
+    DNParamTable t;
+    DNConfig cfg;
+    int B, T, accum;
+    RefModel *rm, *rm2;
+    int rm2_B, rm2_T;
+    float *params, *grads, *adam_m, *adam_v;
+    int *h_tokens;
+    size_t act_bytes;   /* a rough count, for the summary line */
+};
+
+#define CPU_CHUNK 64 /* the delta rule's chunk: the GPU's */
+
+static void model_create(CPUModel *m, const DNConfig *cfg, int B, int T, int accum) {
+    char err[DN_ERR_LEN];
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg; m->B = B; m->T = T; m->accum = accum;
+    if (dn_build_param_table(&m->t, cfg, err, sizeof err)) die("%s", err);
+    const size_t P = m->t.total, N = (size_t)B * T;
+    m->params = (float *)calloc(P, sizeof(float));
+    m->grads = (float *)calloc(P, sizeof(float));
+    m->adam_m = (float *)calloc(P, sizeof(float));
+    m->adam_v = (float *)calloc(P, sizeof(float));
+    m->h_tokens = (int *)calloc((size_t)accum * 2 * N, sizeof(int));
+    m->rm = ref_model_create(&m->t, B, T, CPU_CHUNK);
+    if (!m->params || !m->grads || !m->adam_m || !m->adam_v || !m->h_tokens || !m->rm)
+        die("out of host memory for the model at B=%d T=%d (%zu parameters)\n"
+            "  HINT: lower the micro-batch -b or the sequence length -t", B, T, P);
+    /* what ref/model.c keeps per row: ~20 D-wide and 3 MLP-wide vectors a layer, the logits */
+    m->act_bytes = N * sizeof(float) * ((size_t)cfg->n_layer * (20 * (size_t)cfg->d_model + 3 * (size_t)cfg->hidden_size)
+                                        + (size_t)cfg->vocab_size);
+}
+
+static void model_free(CPUModel *m) {
+    ref_model_free(m->rm);
+    if (m->rm2) ref_model_free(m->rm2);
+    free(m->params); free(m->grads); free(m->adam_m); free(m->adam_v); free(m->h_tokens);
+    dn_free_param_table(&m->t);
+    memset(m, 0, sizeof *m);
+}
+
+/* The reference model for a B x T forward. */
+static RefModel *cpu_shape(CPUModel *m, int B, int T) {
+    if (B == m->B && T == m->T) return m->rm;
+    if (!m->rm2 || m->rm2_B != B || m->rm2_T != T) {
+        if (m->rm2) ref_model_free(m->rm2);
+        m->rm2 = ref_model_create(&m->t, B, T, CPU_CHUNK);
+        if (!m->rm2) die("out of host memory for a %d x %d forward", B, T);
+        m->rm2_B = B; m->rm2_T = T;
+    }
+    return m->rm2;
+}
+
+static void model_set_params(CPUModel *m, const float *h) { memcpy(m->params, h, m->t.total * sizeof(float)); }
+static void model_get_params(CPUModel *m, float *h) { memcpy(h, m->params, m->t.total * sizeof(float)); }
+static void model_set_adam(CPUModel *m, const float *hm, const float *hv) {
+    memcpy(m->adam_m, hm, m->t.total * sizeof(float));
+    memcpy(m->adam_v, hv, m->t.total * sizeof(float));
+}
+static void model_get_adam(CPUModel *m, float *hm, float *hv) {
+    memcpy(hm, m->adam_m, m->t.total * sizeof(float));
+    memcpy(hv, m->adam_v, m->t.total * sizeof(float));
+}
+static void model_poison(CPUModel *m) { memset(m->params, 0xff, m->t.total * sizeof(float)); }
+
+/* One optimizer step, as gpu_train_step: the mean loss over the micro-batches, the gradients
+ * averaged over them, the norm before clipping, AdamW with the clip folded into its scale. */
+static float model_train_step(CPUModel *m, const StepOptim *o, long step, float *norm) {
+    const size_t N = (size_t)m->B * m->T, P = m->t.total;
+    memset(m->grads, 0, P * sizeof(float));
+    double loss = 0;
+    for (int i = 0; i < m->accum; i++) {
+        const int *inp = m->h_tokens + 2 * i * N, *tgt = inp + N;
+        loss += ref_model_forward(m->rm, m->params, inp, tgt);
+        ref_model_backward(m->rm, m->params, m->grads);
+    }
+    if (m->accum > 1)
+        for (size_t j = 0; j < P; j++) m->grads[j] /= (float)m->accum;
+    const float n = ref_grad_norm(m->grads, P);
+    const float scale = o->grad_clip > 0 && n > o->grad_clip ? o->grad_clip / n : 1.0f;
+    ref_adamw_update(&m->t, m->params, m->grads, m->adam_m, m->adam_v, step, o->lr, o->beta1, o->beta2, o->eps,
+                     o->weight_decay, scale);
+    *norm = n;
+    return (float)(loss / m->accum);
+}
+
+static float model_eval_loss(CPUModel *m, const int *inputs, const int *targets, int B) {
+    return ref_model_forward(cpu_shape(m, B, m->T), m->params, inputs, targets);
+}
+
+/* Logits (vocab_size floats) after the last of len tokens (len <= T). */
+static void model_next_logits(CPUModel *m, const int *seq, int len, float *out) {
+    RefModel *r = cpu_shape(m, 1, len);
+    ref_model_forward(r, m->params, seq, NULL);
+    memcpy(out, ref_model_logits(r) + (size_t)(len - 1) * m->cfg.vocab_size, (size_t)m->cfg.vocab_size * sizeof(float));
+}
+
+static void model_describe(const CPUModel *, const TrainArgs *a) {
+    printf("device: CPU, %d OpenMP threads | fp32 (the reference model)%s\n", omp_get_max_threads(),
+           a->fp32 ? "" : "; --fp32 is implied");
+}
+static void model_memory_line(const CPUModel *m, const TrainArgs *) {
+    printf("host memory: activations ~%.2f GiB, parameters+grads+AdamW %.2f GiB\n", m->act_bytes / 1073741824.0,
+           m->t.total * 16.0 / 1073741824.0);
+}
+static void model_done_line(const CPUModel *, long steps) { printf("done: %ld steps\n", steps); }
+static int model_profile_begin(CPUModel *, const TrainArgs *a) {
+    if (a->profile) fprintf(stderr, "note: --profile times the GPU's phases; the CPU backend ignores it\n");
+    return 0;
+}
+static void model_profile_warmed(CPUModel *) {}
+static void model_profile_end(CPUModel *) {}
+static double model_peak_flops(const CPUModel *) { return 0; } /* no MFU on the CPU */
+
+#ifndef DN_CPU_ONLY
+/* The GPU backend: kernels/model_gpu.cuh, in bf16 or fp32. */
+template <typename floatX>
+static void model_create(GPUModel<floatX> *m, const DNConfig *cfg, int B, int T, int accum) {
+    char err[DN_ERR_LEN];
+    if (gpu_model_supported(cfg, err, sizeof err)) die("this model cannot run on the GPU: %s (--cpu runs it on the CPU)", err);
+    cudaStream_t st;
+    cudaCheck(cudaStreamCreate(&st));
+    gpu_model_create(m, cfg, B, T, accum, st);
+}
+template <typename floatX>
+static void model_free(GPUModel<floatX> *m) {
+    cudaStream_t st = m->stream;
+    if (m->prof) {
+        for (int i = 0; i < GPU_PROF_EVENTS; i++) cudaCheck(cudaEventDestroy(m->prof->ev[i]));
+        delete m->prof;
+    }
+    gpu_model_free(m);
+    cudaCheck(cudaStreamDestroy(st));
+}
+template <typename floatX> static void model_set_params(GPUModel<floatX> *m, const float *h) { gpu_model_set_params(m, h); }
+template <typename floatX> static void model_get_params(GPUModel<floatX> *m, float *h) { gpu_model_get_params(m, h); }
+template <typename floatX> static void model_set_adam(GPUModel<floatX> *m, const float *hm, const float *hv) { gpu_model_set_adam(m, hm, hv); }
+template <typename floatX> static void model_get_adam(GPUModel<floatX> *m, float *hm, float *hv) { gpu_model_get_adam(m, hm, hv); }
+template <typename floatX>
+static void model_poison(GPUModel<floatX> *m) {
+    cudaCheck(cudaMemset(m->params, 0xff, m->t.total * sizeof(float)));
+    if ((void *)m->wx != (void *)m->params) cudaCheck(cudaMemset(m->wx, 0xff, m->t.total * sizeof(floatX)));
+}
+template <typename floatX>
+static float model_train_step(GPUModel<floatX> *m, const StepOptim *o, long step, float *norm) {
+    GPUOptim g = {o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, o->grad_clip};
+    return gpu_train_step(m, &g, step, norm);
+}
+template <typename floatX>
+static float model_eval_loss(GPUModel<floatX> *m, const int *inputs, const int *targets, int B) {
+    return gpu_eval_loss(m, inputs, targets, B);
+}
+/* The GPU forward runs over T tokens: the prefix padded with end-of-text (causal: the padding
+ * after it changes nothing before it). */
+template <typename floatX>
+static void model_next_logits(GPUModel<floatX> *m, const int *seq, int len, float *out) {
+    int *win = (int *)malloc((size_t)m->T * sizeof(int));
+    if (!win) die("out of host memory");
+    for (int t = 0; t < m->T; t++) win[t] = t < len ? seq[t] : seq[len - 1];
+    gpu_forward_logits(m, win, 1, m->T, (float *)NULL);
+    gpu_logits_rows(m, len - 1, 1, out);
+    free(win);
+}
+template <typename floatX>
+static void model_describe(const GPUModel<floatX> *, const TrainArgs *a) {
+    cudaDeviceProp prop;
+    int dev = 0;
+    cudaCheck(cudaGetDevice(&dev));
+    cudaCheck(cudaGetDeviceProperties(&prop, dev));
+    printf("device: %s | %s mode%s\n", prop.name, a->fp32 ? "fp32" : "bf16", a->no_graph ? " (no CUDA graph)" : "");
+}
+template <typename floatX>
+static void model_memory_line(const GPUModel<floatX> *m, const TrainArgs *a) {
+    size_t fr = 0, tot = 0;
+    cudaCheck(cudaMemGetInfo(&fr, &tot));
+    printf("GPU memory: activations %.2f GiB, parameters+grads+AdamW %.2f GiB, in use on the device %.2f of %.2f GiB\n",
+           m->act_bytes / 1073741824.0, m->t.total * (16.0 + (a->fp32 ? 0 : 2)) / 1073741824.0,
+           (tot - fr) / 1073741824.0, tot / 1073741824.0);
+}
+template <typename floatX>
+static void model_done_line(const GPUModel<floatX> *, long steps) {
+    size_t fr = 0, tot = 0;
+    cudaCheck(cudaMemGetInfo(&fr, &tot));
+    printf("done: %ld steps | GPU memory in use at the end %.2f GiB (all buffers are allocated up front: the peak)\n",
+           steps, (tot - fr) / 1073741824.0);
+}
+template <typename floatX>
+static int model_profile_begin(GPUModel<floatX> *m, const TrainArgs *a) {
+    m->use_graph = !a->no_graph;
+    if (!a->profile) return 0;
+    GPUProf *p = new GPUProf();
+    for (int i = 0; i < GPU_PROF_EVENTS; i++) cudaCheck(cudaEventCreate(&p->ev[i]));
+    p->on = 1;
+    m->prof = p;
+    return 1;
+}
+template <typename floatX> static void model_profile_warmed(GPUModel<floatX> *m) { if (m->prof) prof_reset(m->prof); }
+
+/* The --profile table: milliseconds per step of each phase (steps after the first). */
+template <typename floatX>
+static void model_profile_end(GPUModel<floatX> *m) {
+    const GPUProf *p = m->prof;
+    if (!p || !p->on || p->steps == 0) return;
+    double total = 0;
+    for (int i = 0; i < p->nlab; i++) total += p->ms[i];
+    int order[GPU_PROF_LABELS];
+    for (int i = 0; i < p->nlab; i++) order[i] = i;
+    for (int i = 0; i < p->nlab; i++)
+        for (int j = i + 1; j < p->nlab; j++)
+            if (p->ms[order[j]] > p->ms[order[i]]) { int x = order[i]; order[i] = order[j]; order[j] = x; }
+    printf("profile over %ld steps (ms per step, eager launches):\n", p->steps);
+    for (int i = 0; i < p->nlab; i++)
+        printf("  %-22s %8.2f ms  %5.1f%%\n", p->label[order[i]], p->ms[order[i]] / p->steps, 100.0 * p->ms[order[i]] / total);
+    printf("  %-22s %8.2f ms\n", "total", total / p->steps);
+}
+template <typename floatX> static double model_peak_flops(const GPUModel<floatX> *) { return H100_BF16_PEAK_FLOPS; }
+#endif
+
+// ----------------------------------------------------------------------------
+// the output folder and paths
+
+/* mkdir -p dir, then prove it writable with a probe file, before any model or GPU work: a run
+ * must not train for an hour and then fail to save. */
+static void prepare_out_dir(const char *dir) {
+    char p[DN_PATH_MAX], err[DN_ERR_LEN];
+    if (dn_path(p, sizeof p, err, sizeof err, "%s", dir)) die("--out: %s", err);
+    if (!p[0]) die("--out: empty folder name");
+    for (char *s = p + 1;; s++) {
+        const char c = *s;
+        if (c != '/' && c != 0) continue;
+        *s = 0;
+        struct stat sb;
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) die("--out %s: cannot create the folder %s: %s", dir, p, strerror(errno));
+        if (stat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)) die("--out %s: %s exists and is not a folder", dir, p);
+        *s = c;
+        if (!c) break;
+    }
+    /* the longest name a checkpoint write makes: model_<10-digit step>.safetensors.state.tmp.<pid> */
+    char probe[DN_PATH_MAX];
+    if (dn_path(probe, sizeof probe, err, sizeof err, "%s/model_%010d.safetensors.state.tmp.%ld", dir, INT_MAX, (long)INT_MAX))
+        die("--out: the checkpoint paths would be too long: %s", err);
+    if (dn_path(probe, sizeof probe, err, sizeof err, "%s/.write_test.%ld", dir, (long)getpid())) die("--out: %s", err);
+    int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0644);
+    if (fd < 0) die("--out %s: the folder is not writable: %s", dir, strerror(errno));
+    close(fd);
+    unlink(probe);
+}
+
+/* Temporaries that a killed run left in the output folder (a kill -9 during a checkpoint write):
+ * removed at start-up, before anything else is written there. */
+static void remove_stale_temps(const char *dir) {
+    static const char *names[] = {"model.safetensors", "model.safetensors.state"};
+    char p[DN_PATH_MAX];
+    int n = 0;
+    for (int i = 0; i < 2; i++)
+        if (!dn_path(p, sizeof p, NULL, 0, "%s/%s", dir, names[i])) n += dn_remove_stale_temps(p);
+    DIR *d = opendir(dir);
+    for (struct dirent *de; d && (de = readdir(d)) != NULL;) {
+        const char *e = strstr(de->d_name, ".safetensors");
+        if (strncmp(de->d_name, "model_", 6) || !e || strstr(de->d_name, ".tmp.") == NULL) continue;
+        char base[DN_PATH_MAX];
+        const char *t = strstr(de->d_name, ".tmp.");
+        snprintf(base, sizeof base, "%.*s", (int)(t - de->d_name), de->d_name);
+        if (!dn_path(p, sizeof p, NULL, 0, "%s/%s", dir, base)) n += dn_remove_stale_temps(p);
+    }
+    if (d) closedir(d);
+    if (n) printf("removed %d temporary file%s left by an interrupted run in %s\n", n, n > 1 ? "s" : "", dir);
+}
+
+// ----------------------------------------------------------------------------
 // the trainer
 
-template <typename floatX> struct Trainer {
+template <typename Model> struct Trainer {
     TrainArgs a;
     DNConfig cfg;
-    GPUModel<floatX> m;
-    cudaStream_t stream;
+    Model m;
     DataLoader train, val;
     int have_val, val_B;
     Tokenizer tok;
@@ -311,16 +629,23 @@ template <typename floatX> struct Trainer {
     DNRng rng;               /* sampling */
     long step;               /* optimizer steps done */
     int accum;
-    double flops_tok;
+    double flops_tok, peak_flops;
     FILE *log;
     int log_csv;
-    char last_ckpt[1024];
+    char last_ckpt[DN_PATH_MAX];
     long nan_step;           /* test hook: env DN_TEST_NAN_STEP=N makes step N's loss NaN (0: off) */
     float *h_params, *h_m, *h_v; /* host staging for checkpoints */
-    GPUProf prof;
 };
 
-static void missing_data(const char *pattern, const char *err) {
+/* A token at or above the model's vocabulary: the one flag that fixes it. */
+static void vocab_hint(const char *what, const char *err, int vocab) {
+    if (strstr(err, "vocabulary"))
+        die("%s%s\n  HINT: the model's vocabulary is %d; train with --vocab N, N above every token id (GPT-2's is 50257)",
+            what, err, vocab);
+}
+
+static void missing_data(const char *pattern, const char *err, int vocab) {
+    vocab_hint("", err, vocab);
     die("cannot open the shards '%s': %s\n"
         "  HINT: run `make data` to build the TinyShakespeare shards, or point --train/--val at shards made by\n"
         "  `./tokenize -o PREFIX file.txt` or by llm.c's data scripts (e.g. dev/data/fineweb.py: same format)",
@@ -328,26 +653,26 @@ static void missing_data(const char *pattern, const char *err) {
 }
 
 /* Data loaders, the tokenizer (optional: samples need it), the log file. */
-template <typename floatX>
-static void setup_io(Trainer<floatX> *tr) {
+template <typename Model>
+static void setup_io(Trainer<Model> *tr) {
     const TrainArgs *a = &tr->a;
     char err[DN_ERR_LEN];
-    if (dl_init(&tr->train, a->train_pattern, a->B, a->T, tr->cfg.vocab_size, err, sizeof err)) missing_data(a->train_pattern, err);
+    const int V = tr->cfg.vocab_size;
+    if (dl_init(&tr->train, a->train_pattern, a->B, a->T, V, err, sizeof err)) missing_data(a->train_pattern, err, V);
     if (a->val_every > 0) {
         /* the validation shard may be small: fewer rows per batch if one batch of B rows does not fit */
         for (tr->val_B = a->B; tr->val_B >= 1; tr->val_B /= 2) {
-            if (!dl_init(&tr->val, a->val_pattern, tr->val_B, a->T, tr->cfg.vocab_size, err, sizeof err)) break;
-            if (!strstr(err, "fewer than one batch")) missing_data(a->val_pattern, err);
+            if (!dl_init(&tr->val, a->val_pattern, tr->val_B, a->T, V, err, sizeof err)) break;
+            if (!strstr(err, "fewer than one batch")) missing_data(a->val_pattern, err, V);
         }
-        if (tr->val_B < 1) missing_data(a->val_pattern, err);
+        if (tr->val_B < 1) missing_data(a->val_pattern, err, V);
         tr->have_val = 1;
     }
     if (a->sample_every > 0) {
         tr->have_tok = !tok_load(&tr->tok, NULL, err, sizeof err);
         if (!tr->have_tok) fprintf(stderr, "note: no samples (%s)\n", err);
-        else if (tr->tok.vocab_size > tr->cfg.vocab_size) { tok_free(&tr->tok); tr->have_tok = 0; fprintf(stderr, "note: no samples: the model's vocabulary is smaller than GPT-2's\n"); }
+        else if (tr->tok.vocab_size > V) { tok_free(&tr->tok); tr->have_tok = 0; fprintf(stderr, "note: no samples: the model's vocabulary is smaller than GPT-2's\n"); }
     }
-    mkdir(a->out_dir, 0755);
     if (a->log_path) {
         size_t n = strlen(a->log_path);
         tr->log_csv = n >= 4 && !strcmp(a->log_path + n - 4, ".csv");
@@ -357,28 +682,38 @@ static void setup_io(Trainer<floatX> *tr) {
     }
 }
 
-/* The model on the GPU: fresh (host init from the seed, then copied) or from --resume. */
-template <typename floatX>
-static void setup_model(Trainer<floatX> *tr) {
+/* --resume PATH: the weights (into *params, the config into tr->cfg, their step into tr->step)
+ * and the path of the training state that belongs to them: the one beside the file PATH names (a
+ * link such as out/model.safetensors is followed, so its state is that of the checkpoint it points
+ * to, whatever model.safetensors.state says). */
+template <typename Model>
+static void resume_weights(Trainer<Model> *tr, float **params, char *state_path, size_t cap) {
+    const TrainArgs *a = &tr->a;
+    char err[DN_ERR_LEN], real[PATH_MAX];
+    if (dn_checkpoint_read(a->resume, &tr->cfg, params, err, sizeof err)) die("--resume: %s", err);
+    if (!realpath(a->resume, real)) die("--resume %s: %s", a->resume, strerror(errno));
+    if (dn_path(state_path, cap, err, sizeof err, "%s.state", real)) die("--resume: %s", err);
+    if (dn_checkpoint_step(a->resume, &tr->step, err, sizeof err))
+        die("--resume: %s (the weights carry no training step: not a checkpoint of this trainer)", err);
+}
+
+/* The model: fresh (init from the seed) or from --resume. */
+template <typename Model>
+static void setup_model(Trainer<Model> *tr) {
     const TrainArgs *a = &tr->a;
     char err[DN_ERR_LEN];
     float *params = NULL;
     DNTrainState st;
     memset(&st, 0, sizeof st);
+    char state_path[DN_PATH_MAX] = "";
     if (a->resume) {
-        if (dn_checkpoint_read(a->resume, &tr->cfg, &params, err, sizeof err)) die("--resume: %s", err);
+        resume_weights(tr, &params, state_path, sizeof state_path);
     } else {
         tr->cfg = build_config(a);
     }
-    cudaCheck(cudaStreamCreate(&tr->stream));
     tr->accum = (int)(a->total_batch / ((long)a->B * a->T));
-    gpu_model_create(&tr->m, &tr->cfg, a->B, a->T, tr->accum, tr->stream);
-    tr->m.use_graph = !a->no_graph;
-    if (a->profile) {
-        for (int i = 0; i < GPU_PROF_EVENTS; i++) cudaCheck(cudaEventCreate(&tr->prof.ev[i]));
-        tr->prof.on = 1;
-        tr->m.prof = &tr->prof;
-    }
+    model_create(&tr->m, &tr->cfg, a->B, a->T, tr->accum);
+    model_profile_begin(&tr->m, a);
     const DNParamTable *t = &tr->m.t;
     tr->h_params = (float *)malloc(t->total * sizeof(float));
     tr->h_m = (float *)malloc(t->total * sizeof(float));
@@ -386,35 +721,32 @@ static void setup_model(Trainer<floatX> *tr) {
     if (!tr->h_params || !tr->h_m || !tr->h_v) die("out of host memory for %zu parameters", t->total);
     dn_rng_seed(&tr->rng, a->seed ^ 0x5a4d504c45ull);
     if (a->resume) {
-        char sp[1100];
-        snprintf(sp, sizeof sp, "%s.state", a->resume);
-        if (dn_state_read(sp, t, tr->h_m, tr->h_v, &st, err, sizeof err)) die("--resume: %s", err);
-        gpu_model_set_params(&tr->m, params);
-        gpu_model_set_adam(&tr->m, tr->h_m, tr->h_v);
-        tr->step = st.step;
+        if (dn_state_read(state_path, t, tr->h_m, tr->h_v, &st, err, sizeof err)) die("--resume: %s", err);
+        if (st.step != tr->step)
+            die("--resume: the weights %s are of step %ld but the training state %s is of step %ld: they do not "
+                "belong together (an interrupted save?); resume from another model_<step>.safetensors", a->resume,
+                tr->step, state_path, st.step);
+        model_set_params(&tr->m, params);
+        model_set_adam(&tr->m, tr->h_m, tr->h_v);
         tr->rng.s = st.rng_state;
         free(params);
         snprintf(tr->last_ckpt, sizeof tr->last_ckpt, "%s", a->resume);
     } else {
+        tr->last_ckpt[0] = 0;
         dn_init_params(t, tr->h_params, a->seed);
-        gpu_model_set_params(&tr->m, tr->h_params);
+        model_set_params(&tr->m, tr->h_params);
     }
     setup_io(tr);
     if (a->resume && dl_seek(&tr->train, st.data_shard, st.data_pos, err, sizeof err)) die("--resume: %s", err);
     tr->flops_tok = flops_per_token(&tr->cfg, a->T);
+    tr->peak_flops = model_peak_flops(&tr->m);
 }
 
-template <typename floatX>
-static void print_summary(Trainer<floatX> *tr) {
+template <typename Model>
+static void print_summary(Trainer<Model> *tr) {
     const TrainArgs *a = &tr->a;
     const DNConfig *c = &tr->cfg;
-    size_t fr = 0, tot = 0;
-    cudaCheck(cudaMemGetInfo(&fr, &tot));
-    cudaDeviceProp prop;
-    int dev = 0;
-    cudaCheck(cudaGetDevice(&dev));
-    cudaCheck(cudaGetDeviceProperties(&prop, dev));
-    printf("device: %s | %s mode%s\n", prop.name, a->fp32 ? "fp32" : "bf16", a->no_graph ? " (no CUDA graph)" : "");
+    model_describe(&tr->m, a);
     printf("model: layers %s | D %d | heads %d (K %d) | MLP %d | vocab %d (padded %d) | %s", c->layers, c->d_model,
            c->n_head, c->head_dim, c->hidden_size, c->vocab_size, c->padded_vocab, c->tie_embeddings ? "tied" : "untied");
     if (strpbrk(c->layers, "SG")) printf(" | attention heads %d, kv %d, window %d", c->attn_heads, c->attn_kv_heads, c->window);
@@ -424,55 +756,61 @@ static void print_summary(Trainer<floatX> *tr) {
            a->B, a->T, tr->accum, a->total_batch, a->steps, a->lr, a->warmup, a->lr_min, a->wd, a->clip);
     printf("train: %s (%zu shards) | val: %s | %.3f GFLOP/token\n", a->train_pattern, tr->train.nfiles,
            tr->have_val ? a->val_pattern : "off", tr->flops_tok / 1e9);
-    printf("GPU memory: activations %.2f GiB, parameters+grads+AdamW %.2f GiB, in use on the device %.2f of %.2f GiB\n",
-           tr->m.act_bytes / 1073741824.0, tr->m.t.total * (16.0 + (a->fp32 ? 0 : 2)) / 1073741824.0,
-           (tot - fr) / 1073741824.0, tot / 1073741824.0);
+    model_memory_line(&tr->m, a);
     fflush(stdout);
 }
 
-template <typename floatX>
-static float validate(Trainer<floatX> *tr) {
+template <typename Model>
+static float validate(Trainer<Model> *tr) {
     char err[DN_ERR_LEN];
     dl_reset(&tr->val);
     long n = dl_epoch_batches(&tr->val);
     n = n < tr->a.val_batches ? n : tr->a.val_batches;
     double sum = 0;
     for (long i = 0; i < n; i++) {
-        if (dl_next(&tr->val, err, sizeof err)) die("validation data: %s", err);
-        sum += gpu_eval_loss(&tr->m, tr->val.inputs, tr->val.targets, tr->val_B);
+        if (dl_next(&tr->val, err, sizeof err)) {
+            vocab_hint("validation data: ", err, tr->cfg.vocab_size);
+            die("validation data: %s", err);
+        }
+        sum += model_eval_loss(&tr->m, tr->val.inputs, tr->val.targets, tr->val_B);
     }
     return (float)(sum / (n > 0 ? n : 1));
 }
 
-/* Print a sample of sample_len tokens after <|endoftext|>, the GPU forward over the last T tokens. */
-template <typename floatX>
-static void sample(Trainer<floatX> *tr) {
+/* Draw a token from logits at temperature temp (0: greedy), in double on (logit - max) / temp, so
+ * that any temperature is exact: a tiny one is greedy, a huge one uniform. */
+static int sample_token(const float *logits, int V, float temp, DNRng *rng) {
+    int best = 0;
+    for (int j = 1; j < V; j++) if (logits[j] > logits[best]) best = j;
+    if (temp <= 0.0f) return best;
+    double z = 0;
+    for (int j = 0; j < V; j++) z += exp(((double)logits[j] - logits[best]) / temp);
+    const double r = dn_rng_uniform(rng) * z;
+    double acc = 0;
+    int last = best; /* the last id with a non-zero probability: where rounding leaves r */
+    for (int j = 0; j < V; j++) {
+        const double p = exp(((double)logits[j] - logits[best]) / temp);
+        if (p > 0) last = j;
+        acc += p;
+        if (acc > r) return j;
+    }
+    return last;
+}
+
+/* Print a sample of sample_len tokens after <|endoftext|>, each from the model over the last T
+ * tokens. */
+template <typename Model>
+static void sample(Trainer<Model> *tr) {
     const int T = tr->a.T, V = tr->cfg.vocab_size, n = tr->a.sample_len;
-    int *seq = (int *)malloc((size_t)(n + 1) * sizeof(int)), *win = (int *)malloc((size_t)T * sizeof(int));
+    int *seq = (int *)malloc((size_t)(n + 1) * sizeof(int));
     float *logits = (float *)malloc((size_t)V * sizeof(float));
-    if (!seq || !win || !logits) die("out of host memory");
+    if (!seq || !logits) die("out of host memory");
     seq[0] = tr->tok.eot;
     printf("---- sample (step %ld, temperature %g)\n", tr->step, tr->a.temperature);
     for (int i = 1; i <= n; i++) {
         const int len = i < T ? i : T, start = i - len;
-        for (int t = 0; t < T; t++) win[t] = t < len ? seq[start + t] : tr->tok.eot;
-        gpu_forward_logits(&tr->m, win, 1, T, (float *)NULL);
-        gpu_logits_rows(&tr->m, len - 1, 1, logits);
-        int next = 0;
-        if (tr->a.temperature <= 0.0f) {
-            for (int j = 1; j < V; j++) if (logits[j] > logits[next]) next = j;
-        } else {
-            float mx = logits[0];
-            for (int j = 1; j < V; j++) mx = logits[j] > mx ? logits[j] : mx;
-            double z = 0;
-            for (int j = 0; j < V; j++) z += exp((logits[j] - mx) / tr->a.temperature);
-            double r = dn_rng_uniform(&tr->rng) * z, acc = 0;
-            next = V - 1;
-            for (int j = 0; j < V; j++) {
-                acc += exp((logits[j] - mx) / tr->a.temperature);
-                if (acc > r) { next = j; break; }
-            }
-        }
+        model_next_logits(&tr->m, seq + start, len, logits);
+        const int next = sample_token(logits, V, tr->a.temperature, &tr->rng);
         seq[i] = next;
         size_t bl = 0;
         const char *b = tok_token(&tr->tok, next, &bl);
@@ -480,14 +818,18 @@ static void sample(Trainer<floatX> *tr) {
     }
     printf("\n----\n");
     fflush(stdout);
-    free(seq); free(win); free(logits);
+    free(seq); free(logits);
 }
 
 /* dir/link -> target (a name in dir), replaced atomically. */
 static void link_latest(const char *dir, const char *link, const char *target) {
-    char lp[1100], tmp[1200];
-    snprintf(lp, sizeof lp, "%s/%s", dir, link);
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", lp, (long)getpid());
+    char lp[DN_PATH_MAX], tmp[DN_PATH_MAX], err[DN_ERR_LEN];
+    if (dn_path(lp, sizeof lp, err, sizeof err, "%s/%s", dir, link) ||
+        dn_path(tmp, sizeof tmp, err, sizeof err, "%s.tmp.%ld", lp, (long)getpid())) {
+        fprintf(stderr, "note: could not link %s: %s\n", link, err);
+        return;
+    }
+    dn_remove_stale_temps(lp);
     unlink(tmp);
     if (symlink(target, tmp) != 0 || rename(tmp, lp) != 0) {
         fprintf(stderr, "note: could not link %s -> %s: %s\n", lp, target, strerror(errno));
@@ -495,17 +837,19 @@ static void link_latest(const char *dir, const char *link, const char *target) {
     }
 }
 
-/* Weights to <out>/model_<step>.safetensors and the training state to <that>.state; the final one
- * is also linked as <out>/model.safetensors (+ .state). */
-template <typename floatX>
-static void save_checkpoint(Trainer<floatX> *tr, int final) {
-    char path[1024], sp[1100], err[DN_ERR_LEN], stepbuf[32];
-    snprintf(path, sizeof path, "%s/model_%06ld.safetensors", tr->a.out_dir, tr->step);
-    snprintf(sp, sizeof sp, "%s.state", path);
+/* Weights to <out>/model_<step>.safetensors and the training state to <that>.state, each written
+ * atomically and each carrying the step; the final one is also linked as <out>/model.safetensors
+ * (+ .state). */
+template <typename Model>
+static void save_checkpoint(Trainer<Model> *tr, int final) {
+    char path[DN_PATH_MAX], sp[DN_PATH_MAX], err[DN_ERR_LEN], stepbuf[32];
+    if (dn_path(path, sizeof path, err, sizeof err, "%s/model_%06ld.safetensors", tr->a.out_dir, tr->step) ||
+        dn_path(sp, sizeof sp, err, sizeof err, "%s.state", path))
+        die("checkpoint: %s", err);
     snprintf(stepbuf, sizeof stepbuf, "%ld", tr->step);
     const char *meta[] = {"step", stepbuf, NULL, NULL};
-    gpu_model_get_params(&tr->m, tr->h_params);
-    gpu_model_get_adam(&tr->m, tr->h_m, tr->h_v);
+    model_get_params(&tr->m, tr->h_params);
+    model_get_adam(&tr->m, tr->h_m, tr->h_v);
     DNTrainState st;
     memset(&st, 0, sizeof st);
     st.step = tr->step;
@@ -518,17 +862,19 @@ static void save_checkpoint(Trainer<floatX> *tr, int final) {
     snprintf(tr->last_ckpt, sizeof tr->last_ckpt, "%s", path);
     if (final) {
         const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
-        char bs[1100];
-        snprintf(bs, sizeof bs, "%s.state", base);
-        link_latest(tr->a.out_dir, "model.safetensors.state", bs);
+        char bs[DN_PATH_MAX];
+        if (dn_path(bs, sizeof bs, err, sizeof err, "%s.state", base)) die("checkpoint: %s", err);
+        /* the weights link first: --resume follows it to the state beside its target, and a run
+         * killed between the two links leaves model.safetensors whole */
         link_latest(tr->a.out_dir, "model.safetensors", base);
+        link_latest(tr->a.out_dir, "model.safetensors.state", bs);
     }
     printf("checkpoint: %s (+ .state)%s\n", path, final ? ", linked as model.safetensors" : "");
     fflush(stdout);
 }
 
-template <typename floatX>
-static void log_row(Trainer<floatX> *tr, const char *kind, float loss, float lr, float norm, double ms, double tok_s, double mfu) {
+template <typename Model>
+static void log_row(Trainer<Model> *tr, const char *kind, float loss, float lr, float norm, double ms, double tok_s, double mfu) {
     if (!tr->log) return;
     if (tr->log_csv) {
         if (!strcmp(kind, "val")) fprintf(tr->log, "val,%ld,%.6f,,,,,\n", tr->step, loss);
@@ -542,24 +888,24 @@ static void log_row(Trainer<floatX> *tr, const char *kind, float loss, float lr,
 }
 
 /* One optimizer step: the next accum batches, the step, the stdout and log lines. */
-template <typename floatX>
-static void train_step(Trainer<floatX> *tr) {
+template <typename Model>
+static void train_step(Trainer<Model> *tr) {
     char err[DN_ERR_LEN];
     const size_t N = (size_t)tr->a.B * tr->a.T;
     const double t0 = now_ms();
     for (int i = 0; i < tr->accum; i++) {
-        if (dl_next(&tr->train, err, sizeof err)) die("training data: %s", err);
+        if (dl_next(&tr->train, err, sizeof err)) {
+            vocab_hint("training data: ", err, tr->cfg.vocab_size);
+            die("training data: %s", err);
+        }
         memcpy(tr->m.h_tokens + 2 * i * N, tr->train.inputs, N * sizeof(int));
         memcpy(tr->m.h_tokens + (2 * i + 1) * N, tr->train.targets, N * sizeof(int));
     }
     const long step = tr->step + 1;
-    if (step == tr->nan_step) { /* test hook (DN_TEST_NAN_STEP): poison the weights so this step's loss is NaN */
-        cudaCheck(cudaMemset(tr->m.params, 0xff, tr->m.t.total * sizeof(float)));
-        if ((void *)tr->m.wx != (void *)tr->m.params) cudaCheck(cudaMemset(tr->m.wx, 0xff, tr->m.t.total * sizeof(floatX)));
-    }
-    GPUOptim o = {lr_at(&tr->a, step), tr->a.beta1, tr->a.beta2, tr->a.adam_eps, tr->a.wd, tr->a.clip};
+    if (step == tr->nan_step) model_poison(&tr->m); /* test hook (DN_TEST_NAN_STEP): this step's loss is NaN */
+    StepOptim o = {lr_at(&tr->a, step), tr->a.beta1, tr->a.beta2, tr->a.adam_eps, tr->a.wd, tr->a.clip};
     float norm = 0.0f;
-    const float loss = gpu_train_step(&tr->m, &o, step, &norm);
+    const float loss = model_train_step(&tr->m, &o, step, &norm);
     const double ms = now_ms() - t0;
     tr->step = step;
     if (!std::isfinite(loss)) {
@@ -568,50 +914,31 @@ static void train_step(Trainer<floatX> *tr) {
         else fprintf(stderr, "No checkpoint was written before it.\n");
         exit(EXIT_FAILURE);
     }
-    const double tok_s = tr->a.total_batch / (ms / 1e3), mfu = tr->flops_tok * tok_s / H100_BF16_PEAK_FLOPS;
-    printf("step %5ld/%d | loss %.6f | lr %.3e | norm %.4f | %.1f ms | %.0f tok/s | MFU %.1f%%\n", step, tr->a.steps,
-           loss, o.lr, norm, ms, tok_s, 100.0 * mfu);
+    const double tok_s = tr->a.total_batch / (ms / 1e3);
+    const double mfu = tr->peak_flops > 0 ? tr->flops_tok * tok_s / tr->peak_flops : 0.0;
+    char mfus[32] = "";
+    if (tr->peak_flops > 0) snprintf(mfus, sizeof mfus, " | MFU %.1f%%", 100.0 * mfu);
+    printf("step %5ld/%d | loss %.6f | lr %.3e | norm %.4f | %.1f ms | %.0f tok/s%s\n", step, tr->a.steps,
+           loss, o.lr, norm, ms, tok_s, mfus);
     fflush(stdout);
     log_row(tr, "train", loss, o.lr, norm, ms, tok_s, mfu);
 }
 
-/* The --profile table: milliseconds per step of each phase (steps after the first). */
-static void print_profile(const GPUProf *p) {
-    if (!p->on || p->steps == 0) return;
-    double total = 0;
-    for (int i = 0; i < p->nlab; i++) total += p->ms[i];
-    int order[GPU_PROF_LABELS];
-    for (int i = 0; i < p->nlab; i++) order[i] = i;
-    for (int i = 0; i < p->nlab; i++)
-        for (int j = i + 1; j < p->nlab; j++)
-            if (p->ms[order[j]] > p->ms[order[i]]) { int x = order[i]; order[i] = order[j]; order[j] = x; }
-    printf("profile over %ld steps (ms per step, eager launches):\n", p->steps);
-    for (int i = 0; i < p->nlab; i++)
-        printf("  %-22s %8.2f ms  %5.1f%%\n", p->label[order[i]], p->ms[order[i]] / p->steps, 100.0 * p->ms[order[i]] / total);
-    printf("  %-22s %8.2f ms\n", "total", total / p->steps);
-}
-
-template <typename floatX>
-static void finish(Trainer<floatX> *tr) {
-    print_profile(&tr->prof);
-    size_t fr = 0, tot = 0;
-    cudaCheck(cudaMemGetInfo(&fr, &tot));
-    printf("done: %ld steps | GPU memory in use at the end %.2f GiB (all buffers are allocated up front: the peak)\n",
-           tr->step, (tot - fr) / 1073741824.0);
+template <typename Model>
+static void finish(Trainer<Model> *tr) {
+    model_profile_end(&tr->m);
+    model_done_line(&tr->m, tr->step);
     if (tr->log) fclose(tr->log);
-    if (tr->a.profile)
-        for (int i = 0; i < GPU_PROF_EVENTS; i++) cudaCheck(cudaEventDestroy(tr->prof.ev[i]));
     if (tr->have_tok) tok_free(&tr->tok);
     dl_free(&tr->train);
     if (tr->have_val) dl_free(&tr->val);
-    gpu_model_free(&tr->m);
-    cudaCheck(cudaStreamDestroy(tr->stream));
+    model_free(&tr->m);
     free(tr->h_params); free(tr->h_m); free(tr->h_v);
 }
 
-template <typename floatX>
+template <typename Model>
 static int run(const TrainArgs *a) {
-    Trainer<floatX> *tr = (Trainer<floatX> *)calloc(1, sizeof(Trainer<floatX>));
+    Trainer<Model> *tr = (Trainer<Model> *)calloc(1, sizeof(Trainer<Model>));
     if (!tr) die("out of host memory");
     tr->a = *a;
     const char *ns = getenv("DN_TEST_NAN_STEP");
@@ -622,7 +949,7 @@ static int run(const TrainArgs *a) {
     const long first = tr->step;
     while (tr->step < a->steps) {
         train_step(tr);
-        if (tr->prof.on && tr->step == first + 1) prof_reset(&tr->prof); /* the first step warms up */
+        if (tr->step == first + 1) model_profile_warmed(&tr->m); /* the first step warms up */
         const int last = tr->step == a->steps;
         if (tr->have_val && (tr->step % a->val_every == 0 || last)) {
             float vl = validate(tr);
@@ -641,8 +968,27 @@ static int run(const TrainArgs *a) {
 int main(int argc, char **argv) {
     TrainArgs a;
     parse_args(&a, argc, argv);
+    const char *why = NULL;
+    char whybuf[256];
+#ifdef DN_CPU_ONLY
+    why = "this trainer was built without CUDA";
+#else
     int ndev = 0;
-    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) die("no CUDA device found");
-    return a.fp32 ? run<float>(&a) : run<bf16>(&a);
+    const cudaError_t e = a.cpu ? cudaSuccess : cudaGetDeviceCount(&ndev);
+    if (a.cpu) why = "--cpu";
+    else if (e != cudaSuccess || ndev == 0) {
+        snprintf(whybuf, sizeof whybuf, "no CUDA device found: %s", e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+        why = whybuf;
+    }
+#endif
+    (void)whybuf;
+    if (why) printf("training on the CPU (%s)\n", why);
+    resolve_defaults(&a, why != NULL);
+    prepare_out_dir(a.out_dir);
+    remove_stale_temps(a.out_dir);
+    if (why) return run<CPUModel>(&a);
+#ifndef DN_CPU_ONLY
+    return a.fp32 ? run<GPUModel<float>>(&a) : run<GPUModel<bf16>>(&a);
+#endif
 }
 #endif

@@ -4,7 +4,7 @@
  * Per batch element and head, state S (K x V, fp32), chunks of C = 64 rows (the last may be
  * shorter: its missing rows are zero-padded, which adds nothing). For chunk n with incoming state
  * S_n, rows Q, K, V, beta, with A = strictly_lower(diag(beta) K K^T), Tm = (I + A)^-1 and
- * M = tril(Q K^T) (MODEL.md's WY form, regrouped so W = Tm diag(beta) K is never formed):
+ * M = tril(Q K^T) (docs/MODEL.md's WY form, regrouped so W = Tm diag(beta) K is never formed):
  *
  *     X  = V - K S_n                       U' = Tm diag(beta) X      (= U - W S_n)
  *     O  = scale (Q S_n + M U')            S_{n+1} = S_n + K^T U'

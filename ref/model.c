@@ -3,7 +3,7 @@
  * references (ref/layers.c, ref/deltarule.c). Compiled twice like every ref/ file: float
  * (ref_model_*) and double (ref_model_*_f64, for the full-model gradient check).
  *
- * Forward (pre-norm residual, MODEL.md):
+ * Forward (pre-norm residual, docs/MODEL.md):
  *   h_0 = wte[inputs]
  *   layer l:  x1 = RMSNorm(h_l; g_attn)            mid = h_l + Mixer(x1)
  *             x2 = RMSNorm(mid; g_mlp)             h_{l+1} = mid + W_down (silu(W_gate x2) * (W_up x2))

@@ -16,6 +16,7 @@ import json
 import os
 import struct
 import sys
+import tempfile
 
 FORMAT_VERSION = "1"
 
@@ -128,21 +129,53 @@ def main():
         off += n
     js = json.dumps(hdr, separators=(",", ":")).encode()
     js += b" " * (-len(js) % 8)
-    tmp = out + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(js)) + js)
-        for name, dtype, _, path, b, e in tensors:
-            with open(path, "rb") as g:
-                g.seek(b)
-                data = g.read(e - b)
-            if dtype == "F16":
-                vals = [v for (v,) in struct.iter_unpack("<e", data)]
-                data = struct.pack(f"<{len(vals)}f", *vals)
-            f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    try:
+        write_atomic(out, js, tensors)
+    except OSError as e:
+        die(f"{out}: {e}")
     print(f"wrote {out}: {len(tensors)} tensors, layers {meta['layers']}, d_model {meta['d_model']}")
+
+
+def write_atomic(out, js, tensors):
+    """Write the file under a unique temporary name beside out (never a fixed name another run
+    could share), fsync it, rename it over out and fsync the directory; on any error, including
+    a die() on a short read, the temporary is removed and out is untouched."""
+    d = os.path.dirname(out) or "."
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=os.path.basename(out) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(f.fileno(), 0o666 & ~mask)  # mkstemp makes it 0600; give it a normal file's mode
+            f.write(struct.pack("<Q", len(js)) + js)
+            for name, dtype, _, path, b, e in tensors:
+                with open(path, "rb") as g:
+                    g.seek(b)
+                    data = g.read(e - b)
+                if len(data) != e - b:
+                    die(f"{path}: tensor {name} is cut short")
+                if dtype == "F16":
+                    vals = [v for (v,) in struct.iter_unpack("<e", data)]
+                    data = struct.pack(f"<{len(vals)}f", *vals)
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+        tmp = None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    try:  # the rename reaches the disk with the directory; some filesystems cannot fsync one
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

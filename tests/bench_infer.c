@@ -60,7 +60,7 @@ static double read_bandwidth(const float *x, size_t n, int nthreads) {
 }
 
 int main(void) {
-    (void)parse_args; (void)generate; (void)evaluate; (void)model_load; (void)rss_kib;  /* unused here */
+    (void)parse_args; (void)generate; (void)evaluate; (void)model_load; (void)rss_kib; (void)read_prompt_file;  /* unused here */
     char err[DN_ERR_LEN];
     Model m;
     memset(&m, 0, sizeof m);

@@ -2,7 +2,8 @@
 # test_convert.sh -- scripts/from_fla.py: a flash-linear-attention model folder (config.json +
 # safetensors with the reference's names; F32, BF16 and F16 tensors; a hybrid with sliding-window
 # and global layers) converts into a checkpoint that ./infer loads strictly and scores; tensors are
-# copied exactly; configs deltanet.c does not compute are refused. Run from the repo root.
+# copied exactly; the output is written atomically (no temporary left behind, on success or on
+# failure); configs deltanet.c does not compute are refused. Run from the repo root.
 set -u
 pass=0; fail=0
 ok()  { echo "  ok  $*"; pass=$((pass + 1)); }
@@ -69,6 +70,21 @@ if out=$(./infer "$tmp/model.safetensors" --eval "$tmp/val.bin" -b 64 2>&1) && e
     ok "./infer loads the converted hybrid (layers DSDG) and scores it: $(echo "$out" | grep -oE 'loss [0-9.]+ perplexity [0-9.]+')"
 else
     bad "./infer on the converted checkpoint: $out"
+fi
+left=$(find "$tmp" -maxdepth 1 -name 'model.safetensors?*' | wc -l)
+if [ "$left" -eq 0 ] && [ "$(stat -c %a "$tmp/model.safetensors")" = "$(printf '%o' $((0666 & ~$(umask))))" ]; then
+    ok "no temporary left beside the output, which has a normal file's mode ($(stat -c %a "$tmp/model.safetensors"))"
+else
+    bad "after converting: $left temporaries beside the output, mode $(stat -c %a "$tmp/model.safetensors")"
+fi
+# a failure after the temporary exists (the output is a directory: the rename fails) removes it
+mkdir "$tmp/outdir.safetensors"
+if python3 scripts/from_fla.py "$tmp/fla" "$tmp/outdir.safetensors" >"$tmp/d.log" 2>&1; then
+    bad "converting onto a directory succeeded"
+elif [ "$(wc -l <"$tmp/d.log")" -eq 1 ] && [ "$(find "$tmp" -maxdepth 1 -name 'outdir.safetensors?*' | wc -l)" -eq 0 ] && [ -d "$tmp/outdir.safetensors" ]; then
+    ok "a failed write leaves no temporary and one line: $(cat "$tmp/d.log")"
+else
+    bad "failed write: $(cat "$tmp/d.log"); left: $(ls "$tmp")"
 fi
 if python3 - "$tmp" <<'PY'
 import json, struct, sys

@@ -1,9 +1,13 @@
 /*
  * test_data.c -- token shards and the data loader: exact write/read round trips, refusal of
- * corrupt shards (magic, version, size, token ids), the loader's windows checked against the raw
- * token arrays, wrap-around, exact resume, and ./tokenize -o (run from the repo root).
+ * corrupt shards (magic, version, size, token ids), shards that are FIFOs or directories (refused
+ * at once: alarm() turns a hang into a failure), names with control characters (escaped: every
+ * message one line), 0-token shards, the loader's windows checked against the raw token arrays,
+ * wrap-around, exact resume, and ./tokenize -o (run from the repo root): empty inputs add no
+ * tokens, FIFO and directory inputs are refused.
  */
 #include <glob.h>
+#include <signal.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -33,6 +37,18 @@ static uint16_t *random_tokens(DNRng *r, size_t n, int vocab) {
 static int sh(const char *cmd) {
     int st = system(cmd);
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* Run cmd with its stdout and stderr captured in out; returns its exit status. */
+static int sh_out(const char *cmd, char *out, size_t n) {
+    char full[2048], path[300];
+    snprintf(path, sizeof path, "%s/cmd.out", dir);
+    snprintf(full, sizeof full, "%s >%s 2>&1", cmd, path);
+    int rc = sh(full);
+    out[0] = 0;
+    FILE *f = fopen(path, "rb");
+    if (f) { size_t k = fread(out, 1, n - 1, f); out[k] = 0; fclose(f); }
+    return rc;
 }
 
 static void test_round_trip(DNRng *r) {
@@ -112,6 +128,73 @@ static void test_corrupt(DNRng *r) {
     CHECK(shard_read("/nonexistent/x.bin", VOCAB, &t, &m, err, sizeof err) == -1 && strstr(err, "/nonexistent/x.bin"),
           "missing shard refused: %s", err);
     free(tok);
+}
+
+static void on_alarm(int sig) {
+    (void)sig;
+    static const char msg[] = "FAIL test_data: timed out: a read blocked (a FIFO opened as a file?)\n";
+    if (write(1, msg, sizeof msg - 1) < 0) _exit(3);
+    _exit(3);
+}
+
+/* Shard names that are not regular files, or that hold control characters, and ids beyond the
+ * vocabulary: one line each, naming the shard (escaped), refused without blocking. */
+static void test_odd_files(DNRng *r) {
+    char path[300], pattern[300], err[DN_ERR_LEN] = "";
+    uint16_t *t = NULL;
+    size_t m = 0;
+    DataLoader dl;
+    /* a FIFO and a directory, read directly and through a glob; alarm() turns a hang into a failure */
+    snprintf(path, sizeof path, "%s/odd_fifo_000000.bin", dir);
+    CHECK(mkfifo(path, 0600) == 0, "mkfifo %s", path);
+    signal(SIGALRM, on_alarm);
+    alarm(20);
+    CHECK(shard_read(path, VOCAB, &t, &m, err, sizeof err) == -1 && strstr(err, "FIFO") && strstr(err, "odd_fifo_000000.bin"),
+          "a FIFO as a shard is refused at once: %s", err);
+    CHECK(shard_read_header(path, &m, err, sizeof err) == -1 && strstr(err, "FIFO"), "shard_read_header refuses a FIFO: %s", err);
+    snprintf(pattern, sizeof pattern, "%s/odd_fifo_*.bin", dir);
+    CHECK(dl_init(&dl, pattern, 2, 8, VOCAB, err, sizeof err) == -1 && strstr(err, "FIFO"), "dl_init refuses a FIFO in its glob: %s", err);
+    alarm(0);
+    remove(path);
+    snprintf(path, sizeof path, "%s/odd_dir_000000.bin", dir);
+    mkdir(path, 0700);
+    CHECK(shard_read(path, VOCAB, &t, &m, err, sizeof err) == -1 && strstr(err, "is a directory") && !strstr(err, "too small"),
+          "a directory as a shard is refused as one: %s", err);
+    snprintf(pattern, sizeof pattern, "%s/odd_dir_*.bin", dir);
+    CHECK(dl_init(&dl, pattern, 2, 8, VOCAB, err, sizeof err) == -1 && strstr(err, "odd_dir_000000.bin: is a directory"),
+          "dl_init refuses a directory in its glob: %s", err);
+    rmdir(path);
+
+    /* a name with a newline and a tab (any byte but '/' and NUL may be in a file name) */
+    snprintf(path, sizeof path, "%s/odd\nname\t_000000.bin", dir);
+    write_bytes(path, "not a shard", 11);
+    snprintf(pattern, sizeof pattern, "%s/odd*name*_*.bin", dir);
+    CHECK(dl_init(&dl, pattern, 2, 8, VOCAB, err, sizeof err) == -1 && strstr(err, "odd\\nname\\t_000000.bin") &&
+          !strchr(err, '\n') && !strchr(err, '\t'), "a corrupt shard's control characters are escaped: %s", err);
+    /* the same name, now a valid shard with an id beyond the vocabulary: found when loaded */
+    uint16_t *tok = random_tokens(r, 100, VOCAB);
+    tok[41] = 60000;
+    char err2[DN_ERR_LEN] = "";
+    CHECK(shard_write(path, tok, 100, err, sizeof err) == 0, "shard_write: %s", err);
+    int init = dl_init(&dl, pattern, 2, 8, VOCAB, err, sizeof err);
+    CHECK(init == 0, "dl_init checks headers only: %s", err);
+    if (init == 0) {
+        CHECK(dl_next(&dl, err2, sizeof err2) == -1 && strstr(err2, "odd\\nname\\t_000000.bin") && strstr(err2, "token 60000") &&
+              strstr(err2, "position 41") && strstr(err2, "vocabulary size 50257") && !strchr(err2, '\n') && !strchr(err2, '\t'),
+              "an id >= the vocabulary: one line naming the shard, the token, its position, the vocabulary size: %s", err2);
+        dl_free(&dl);
+    }
+    printf("  ok   %s\n", err2);
+    remove(path);
+    free(tok);
+
+    /* a shard of zero tokens: readable, but no batch fits in it */
+    snprintf(path, sizeof path, "%s/zero_000000.bin", dir);
+    CHECK(shard_write(path, NULL, 0, err, sizeof err) == 0, "shard_write of 0 tokens: %s", err);
+    snprintf(pattern, sizeof pattern, "%s/zero_*.bin", dir);
+    CHECK(dl_init(&dl, pattern, 1, 1, VOCAB, err, sizeof err) == -1 && strstr(err, "zero_000000.bin: 0 tokens, fewer than one batch"),
+          "a 0-token shard refused by the loader: %s", err);
+    remove(path);
 }
 
 /* The loader's batches against the raw arrays: batch k starts at (s, p), computed here. */
@@ -265,7 +348,36 @@ static void test_cli(void) {
     train = read_all_shards(pat, &nt, &ft);
     CHECK(ft == 1 && nt == nw - 5 && memcmp(train, want + 5, 2 * nt) == 0, "b_train.bin holds %zu tokens", nt);
     free(train);
+    /* an empty file is no document: doc1 empty doc2 gives the tokens of doc1 doc2, no extra eot
+     * (it used to double its read buffer until "out of memory") */
+    char fe[256], fifo[256], out[8192];
+    snprintf(fe, sizeof fe, "%s/empty.txt", dir);
+    write_bytes(fe, "", 0);
+    snprintf(cmd, sizeof cmd, "timeout 60 ./tokenize -o %s/e --val-tokens 5 %s %s %s", dir, f1, fe, f2);
+    int rc = sh_out(cmd, out, sizeof out);
+    snprintf(pat, sizeof pat, "%s/e_val.bin", dir);
+    val = read_all_shards(pat, &nv, &fv);
+    snprintf(pat, sizeof pat, "%s/e_train.bin", dir);
+    train = read_all_shards(pat, &nt, &ft);
+    CHECK(rc == 0 && strstr(out, "empty.txt is empty") && nv == 5 && nt == nw - 5 && memcmp(val, want, 10) == 0 &&
+          memcmp(train, want + 5, 2 * nt) == 0, "an empty input adds no tokens (exit %d, %zu + %zu tokens, want %zu): %s", rc, nv, nt, nw, out);
+    free(val);
+    free(train);
     free(want);
+    snprintf(cmd, sizeof cmd, "timeout 60 ./tokenize -o %s/f %s %s", dir, fe, fe);
+    rc = sh_out(cmd, out, sizeof out);
+    CHECK(rc != 0 && rc != 124 && strstr(out, "all empty"), "only empty inputs: refused (exit %d): %s", rc, out);
+    /* inputs that are not regular files: refused at once, saying what they are */
+    snprintf(fifo, sizeof fifo, "%s/in.fifo", dir);
+    CHECK(mkfifo(fifo, 0600) == 0, "mkfifo %s", fifo);
+    snprintf(cmd, sizeof cmd, "timeout 20 ./tokenize -o %s/g %s %s", dir, f1, fifo);
+    rc = sh_out(cmd, out, sizeof out);
+    CHECK(rc != 0 && rc != 124 && strstr(out, "in.fifo: is a FIFO"), "a FIFO input is refused at once (exit %d): %s", rc, out);
+    snprintf(cmd, sizeof cmd, "./tokenize -o %s/g %s %s", dir, f1, dir);
+    rc = sh_out(cmd, out, sizeof out);
+    CHECK(rc != 0 && strstr(out, "is a directory"), "a directory input is refused as one (exit %d): %s", rc, out);
+    rc = sh_out("./tokenize -h", out, sizeof out);
+    CHECK(rc == 0 && strstr(out, "empty FILE") && strstr(out, "regular files"), "tokenize -h documents empty and non-regular inputs");
     /* bad usage / bad input exit non-zero */
     const char *bad[] = {"-o %s/c %s/missing.txt", "-o %s/c --val-tokens 100000 %s/doc1.txt",
                          "-o %s/c --shard-size 0 %s/doc1.txt", "-o %s/c --val-tokens abc %s/doc1.txt",
@@ -302,6 +414,7 @@ int main(void) {
     test_round_trip(&r);
     test_corrupt(&r);
     test_loader(&r);
+    test_odd_files(&r);
     test_cli();
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

@@ -14,17 +14,26 @@
  *      recurrent-state bytes after 10k and after 100k tokens are the same (small slack for RSS).
  *      Control: a model with a global layer grows by its KV cache, and the same RSS measurement
  *      sees it (so a constant RSS above means something).
- *   4. The sampler: greedy, top-k, top-p, and sampled frequencies against the probabilities.
+ *   4. The sampler: greedy, top-k, top-p, and sampled frequencies against the probabilities; on a
+ *      model's logits, tiny temperatures (1e-300 .. 1e-30) pick the argmax, T = 1 follows the
+ *      softmax, the largest accepted T (1e6) is uniform; NaN logits are never drawn, and the CDF
+ *      walk never falls off its end onto a token of probability 0.
  *   5. The command line: bad inputs each give one clear message and a non-zero exit (a missing
  *      checkpoint, another format version, a shard with a wrong magic / a token count larger than
  *      the file / an id outside the vocabulary, a cut-short encoder.json, a prompt longer than
- *      --max-context, bad flag values); an empty prompt generates; seeds are deterministic.
+ *      --max-context, bad flag values); an empty prompt generates; seeds are deterministic;
+ *      -t 1e-40 gives -t 0's text.
+ *   6. A sliding window of 2^31-1 keys loads and decodes exactly as a global layer, its ring the
+ *      size of the positions seen; -f FILE and -f - read prompts over 128 KiB whole; FIFOs (as a
+ *      prompt file, shard, checkpoint, encoder.json, vocab.bpe) are refused at once (alarm() and
+ *      timeout guard against a hang), directories refused naming what they are.
  * Temporary files live in a mkdtemp folder under /tmp, removed at the end.
  */
 #define INFER_TESTING
 #include "../infer.c"
 #include "test.h"
 
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -458,6 +467,99 @@ static void test_sampler(void) {
     free(lg);
 }
 
+/* Every accepted temperature samples correctly: the softmax is taken in double on
+ * (logit - max) / T, so a tiny T is greedy and the largest accepted one (1e6) uniform; NaN logits
+ * are never drawn; and a draw that rounding leaves past the running sum takes the last token of
+ * positive weight, not the last id (which would be <|endoftext|> in a GPT-2 vocabulary). */
+static void test_temperatures(void) {
+    printf("-- sampling at tiny, normal and the largest accepted temperatures\n");
+    char ck[300], err[DN_ERR_LEN];
+    path_in(ck, sizeof ck, "dsgd.bin");   /* written by test_step_logits */
+    Model m;
+    if (model_load(&m, ck, err, sizeof err)) { CHECK(0, "model_load: %s", err); return; }
+    const int V = m.cfg.vocab_size;
+    RunState s;
+    runstate_build(&s, &m.cfg, 1 << 20);
+    const float *lg = NULL;
+    for (int t = 0; t < 6; t++) lg = forward_step(&m, &s, 7 * t + 3, t, 1);
+    float *logits = xcalloc((size_t)V, sizeof(float));
+    memcpy(logits, lg, (size_t)V * sizeof(float));
+    runstate_free(&s, &m.cfg);
+    int best = argmax(logits, V), second = best == 0 ? 1 : 0;
+    for (int i = 0; i < V; i++) if (i != best && logits[i] > logits[second]) second = i;
+    double *p = xcalloc((size_t)V, sizeof(double)), z = 0;
+    for (int i = 0; i < V; i++) z += p[i] = exp((double)logits[i] - logits[best]);
+    for (int i = 0; i < V; i++) p[i] /= z;
+    printf("   model dsgd (vocab %d): argmax %d (logit %.3f), runner-up %.3f, p(argmax) = %.4f at T = 1\n",
+           V, best, logits[best], logits[second], p[best]);
+
+    /* tiny temperatures: the argmax every time, through every path (plain, top-k, top-p) */
+    const double tiny[] = {1e-300, 1e-45, 1e-40, 1e-30};
+    Sampler sp;
+    for (size_t k = 0; k < sizeof tiny / sizeof *tiny; k++) {
+        int hits = 0;
+        const float topp[3] = {1.0f, 1.0f, 0.9f};
+        const int topk[3] = {0, 5, 0};
+        for (int path = 0; path < 3; path++) {
+            sampler_build(&sp, V, tiny[k], topp[path], topk[path], 100 + k);
+            for (int i = 0; i < 300; i++) hits += sample(&sp, logits) == best;
+            sampler_free(&sp);
+        }
+        CHECK(hits == 900, "T = %g picks the argmax %d in %d of 900 draws (plain, top-k 5, top-p 0.9)", tiny[k], best, hits);
+    }
+    /* normal: sampled frequencies follow the softmax */
+    const int N = 60000;
+    int *count = xcalloc((size_t)V, sizeof(int));
+    sampler_build(&sp, V, 1.0, 1.0f, 0, 7);
+    for (int i = 0; i < N; i++) count[sample(&sp, logits)]++;
+    sampler_free(&sp);
+    double worst = 0;
+    for (int i = 0; i < V; i++) worst = fmax(worst, fabs((double)count[i] / N - p[i]));
+    CHECK(worst < 0.01, "T = 1: %d draws within 0.01 of the softmax for every id (worst %.4f)", N, worst);
+    /* the largest accepted temperature: uniform (every weight exp(-spread/1e6) ~ 1) */
+    const int per = 200;
+    memset(count, 0, (size_t)V * sizeof(int));
+    sampler_build(&sp, V, 1e6, 1.0f, 0, 8);
+    for (int i = 0; i < per * V; i++) count[sample(&sp, logits)]++;
+    sampler_free(&sp);
+    int lo = INT_MAX, hi = 0;
+    for (int i = 0; i < V; i++) { lo = count[i] < lo ? count[i] : lo; hi = count[i] > hi ? count[i] : hi; }
+    CHECK(lo >= per - 75 && hi <= per + 75, "T = 1e6: uniform, every id drawn %d +- 75 times in %d draws (min %d, max %d)",
+          per, per * V, lo, hi);
+    free(count);
+    free(p);
+    free(logits);
+    model_free(&m);
+
+    /* NaN and infinite logits: a NaN is never drawn and never the argmax; +inf wins outright */
+    float odd[5] = {NAN, 1.0f, NAN, 0.5f, -INFINITY};
+    CHECK(argmax(odd, 5) == 1, "argmax skips NaN (got %d)", argmax(odd, 5));
+    int c5[5] = {0};
+    sampler_build(&sp, 5, 1.0, 1.0f, 0, 3);
+    for (int i = 0; i < 20000; i++) c5[sample(&sp, odd)]++;
+    sampler_free(&sp);
+    double want1 = exp(0.5) / (1 + exp(0.5));
+    CHECK(c5[0] + c5[2] + c5[4] == 0 && fabs(c5[1] / 20000.0 - want1) < 0.015,
+          "NaN / -inf logits never drawn; p(1) = %.4f (want %.4f)", c5[1] / 20000.0, want1);
+    sampler_build(&sp, 5, 1e-40, 1.0f, 0, 3);
+    CHECK(sample(&sp, odd) == 1, "NaN logits at T = 1e-40: the argmax");
+    sampler_free(&sp);
+    float inf3[3] = {0.0f, INFINITY, 1.0f};
+    sampler_build(&sp, 3, 0.7, 1.0f, 0, 3);
+    CHECK(sample(&sp, inf3) == 1, "a +inf logit is drawn outright");
+    sampler_free(&sp);
+
+    /* the walk: a target at (or, by rounding, past) the total takes the last positive weight */
+    double w[5] = {0.25, 0.75, 0.0, 0.0, 0.0};
+    CHECK(pick_weight(w, 5, 0.1) == 0 && pick_weight(w, 5, 0.3) == 1, "pick_weight inside the sum");
+    CHECK(pick_weight(w, 5, 1.0) == 1 && pick_weight(w, 5, 1.5) == 1,
+          "pick_weight at / past the total: id 1, the last of positive weight (got %d, %d), not id 4",
+          pick_weight(w, 5, 1.0), pick_weight(w, 5, 1.5));
+    Candidate cd[3] = {{0.5, 7}, {0.5, 3}, {0.0, 9}};
+    CHECK(pick_candidate(cd, 3, 1.0) == 3 && pick_candidate(cd, 3, 0.2) == 7,
+          "pick_candidate at the total: id 3, not the zero-weight id 9 (got %d)", pick_candidate(cd, 3, 1.0));
+}
+
 /* ---- 5. the command line --------------------------------------------------------------------- */
 
 static void expect_fail(const char *what, const char *cmd, const char *needle) {
@@ -548,6 +650,24 @@ static void test_cli(void) {
     rc = run_cmd(cmd, a, sizeof a, errb, sizeof errb);
     run_cmd(cmd, b, sizeof b, errb, sizeof errb);
     CHECK(rc == 0 && !strcmp(a, b) && strstr(errb, "stats: recurrent state") != NULL, "greedy (-t 0) is deterministic; --stats reports");
+    /* tiny temperatures are greedy (not NaN probabilities falling through to <|endoftext|>); the
+     * largest accepted one samples */
+    for (int ignore = 0; ignore < 2; ignore++) {
+        snprintf(cmd, sizeof cmd, "./infer %s 'x' -n 12 -t 0%s", ck, ignore ? " --ignore-eot" : "");
+        run_cmd(cmd, a, sizeof a, errb, sizeof errb);
+        const char *temps[2] = {"1e-40", "1e-30"};
+        for (int k = 0; k < 2; k++) {
+            snprintf(cmd, sizeof cmd, "./infer %s 'x' -n 12 -t %s%s", ck, temps[k], ignore ? " --ignore-eot" : "");
+            rc = run_cmd(cmd, b, sizeof b, errb, sizeof errb);
+            CHECK(rc == 0 && !strcmp(a, b) && strlen(b) > 2, "-t %s%s gives -t 0's text (%zu bytes, exit %d): '%.60s'",
+                  temps[k], ignore ? " --ignore-eot" : "", strlen(b), rc, b);
+        }
+    }
+    snprintf(cmd, sizeof cmd, "./infer %s 'x' -n 30 -t 1e6 --ignore-eot", ck);
+    rc = run_cmd(cmd, a, sizeof a, errb, sizeof errb);
+    CHECK(rc == 0 && strstr(errb, "decode: 30 tokens") && strlen(a) > 30, "-t 1e6 (the largest accepted) samples 30 tokens (exit %d)", rc);
+    snprintf(cmd, sizeof cmd, "./infer %s 'x' -t 1e7", ck);
+    expect_fail("temperature above 1e6", cmd, "temperature");
     snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=1 ./infer %s 'Hello' -n 3000 --ignore-eot --stats", ck);
     rc = run_cmd(cmd, out, sizeof out, errb, sizeof errb);
     long r0 = -1, r1 = -2;
@@ -639,6 +759,213 @@ static void test_cli(void) {
     CHECK(rc == 0, "a BF16 checkpoint evaluates (exit %d)", rc);
 }
 
+/* ---- 6. a window longer than any context, prompts from files, files that are not regular ------- */
+
+/* A checkpoint whose sliding window is 2^31-1 (longer than any context, so the layer attends to
+ * everything: a global layer) loads and decodes; its ring holds the positions seen, not 2^31-1. */
+static void test_long_window(void) {
+    printf("-- a sliding window of 2^31-1 keys\n");
+    char path[300], err[DN_ERR_LEN];
+    DNConfig c = small_cfg("DSD", 512, 64, 2, 4, 2, INT_MAX, 0);
+    path_in(path, sizeof path, "window_max.bin");
+    write_ckpt(path, &c, 13, DN_F32, NULL, NULL);
+    Model m;
+    if (model_load(&m, path, err, sizeof err)) { CHECK(0, "a checkpoint with window %d loads: %s", INT_MAX, err); return; }
+    CHECK(m.cfg.window == INT_MAX, "window read back: %d", m.cfg.window);
+    const int T = 45;
+    int tokens[45];
+    DNRng r;
+    dn_rng_seed(&r, 19);
+    for (int t = 0; t < T; t++) tokens[t] = (int)(dn_rng_u64(&r) % 512);
+    RefModel *rm = ref_model_create(&m.t, 1, T, 64);
+    ref_model_forward(rm, m.w, tokens, NULL);
+    /* the same weights as a global layer ("DGD": the same parameter table) */
+    DNConfig cg = c;
+    snprintf(cg.layers, sizeof cg.layers, "DGD");
+    DNParamTable tg;
+    CHECK(dn_build_param_table(&tg, &cg, err, sizeof err) == 0 && tg.total == m.t.total, "DGD has DSD's parameter table");
+    Model mg = {.cfg = cg, .t = tg, .w = m.w};
+    const size_t V = 512;
+    float *step = xcalloc((size_t)T * V, sizeof(float)), *glob = xcalloc((size_t)T * V, sizeof(float));
+    RunState s, sg;
+    runstate_build(&s, &c, INFER_DEFAULT_MAX_CONTEXT);
+    runstate_build(&sg, &cg, INFER_DEFAULT_MAX_CONTEXT);
+    for (int t = 0; t < T; t++) {
+        memcpy(step + t * V, forward_step(&m, &s, tokens[t], t, 1), V * sizeof(float));
+        memcpy(glob + t * V, forward_step(&mg, &sg, tokens[t], t, 1), V * sizeof(float));
+    }
+    CHECK_REL(rel_err_f(step, ref_model_logits(rm), (size_t)T * V), 1e-5, "window 2^31-1, T=%d: step logits vs ref_model_forward", T);
+    CHECK(memcmp(step, glob, (size_t)T * V * sizeof(float)) == 0, "window 2^31-1 decodes exactly as a global layer");
+    CHECK(s.L[1].rows >= T && s.L[1].rows <= 64, "the ring holds %d rows after %d positions (at most 64)", s.L[1].rows, T);
+    CHECK(runstate_bytes(&s, &c) < (1u << 20), "recurrent state %zu bytes", runstate_bytes(&s, &c));
+    runstate_free(&s, &c);
+    runstate_free(&sg, &cg);
+    dn_free_param_table(&tg);
+    ref_model_free(rm);
+    free(step);
+    free(glob);
+    model_free(&m);
+
+    /* ./infer: generation, --eval-step (the decode path) == --eval, and --max-context caps the ring */
+    char ckw[300], sh[300], cmd[2048], out[65536], errb[8192];
+    path_in(ckw, sizeof ckw, "window_max_gpt2.bin");
+    path_in(sh, sizeof sh, "eval.bin");  /* written by test_eval: ids < 512 */
+    DNConfig cw = small_cfg("DSD", 50257, 16, 2, 2, 1, INT_MAX, 1);
+    write_ckpt(ckw, &cw, 4, DN_F32, NULL, NULL);
+    snprintf(cmd, sizeof cmd, "./infer %s 'Hello there' -n 20 --ignore-eot", ckw);
+    int rc = run_cmd(cmd, out, sizeof out, errb, sizeof errb);
+    CHECK(rc == 0 && strstr(errb, "decode: 20 tokens"), "./infer generates with window 2^31-1 (exit %d): %s", rc, errb);
+    double l1 = NAN, l2 = NAN;
+    const char *q;
+    snprintf(cmd, sizeof cmd, "./infer %s --eval %s -b 100", path, sh);
+    rc = run_cmd(cmd, out, sizeof out, errb, sizeof errb);
+    if ((q = strstr(out, "loss "))) sscanf(q, "loss %lf", &l1);
+    snprintf(cmd, sizeof cmd, "./infer %s --eval %s -b 100 --eval-step", path, sh);
+    int rc2 = run_cmd(cmd, out, sizeof out, errb, sizeof errb);
+    if ((q = strstr(out, "loss "))) sscanf(q, "loss %lf", &l2);
+    CHECK(rc == 0 && rc2 == 0 && fabs(l1 - l2) <= 2e-6, "window 2^31-1: --eval %.6f == --eval-step %.6f (exit %d, %d)", l1, l2, rc, rc2);
+    snprintf(cmd, sizeof cmd, "./infer %s --eval %s -b 100 --eval-step --max-context 50", path, sh);
+    expect_fail("window > --max-context < -b", cmd, "--max-context 50");
+    snprintf(cmd, sizeof cmd, "./infer %s 'one two three' --max-context 8 -n 100 --ignore-eot", ckw);
+    rc = run_cmd(cmd, out, sizeof out, errb, sizeof errb);
+    CHECK(rc == 0 && strstr(errb, "generating 5 tokens, not 100"), "window 2^31-1 > --max-context 8: generation clamped (exit %d): %s", rc, errb);
+}
+
+static void on_alarm(int sig) {
+    (void)sig;
+    static const char msg[] = "FAIL test_infer: timed out: a read blocked (a FIFO opened as a file?)\n";
+    if (write(1, msg, sizeof msg - 1) < 0) _exit(3);
+    _exit(3);
+}
+
+/* -f FILE / -f -: prompts of any size (the kernel limits one argument to 128 KiB), every byte. */
+static void test_prompt_file(void) {
+    printf("-- prompts from a file (-f FILE, -f -)\n");
+    char ck[300], pf[300], small[300], fifo[300], cmd[2048], err[DN_ERR_LEN], errb[8192];
+    path_in(ck, sizeof ck, "gpt2tiny.bin");  /* written by test_cli */
+    path_in(pf, sizeof pf, "prompt.txt");
+    path_in(small, sizeof small, "small.txt");
+    path_in(fifo, sizeof fifo, "prompt.fifo");
+
+    /* read_prompt_file: the bytes, NULs included; a FIFO and a directory refused at once */
+    static const char nul[] = "one\0two";
+    FILE *f = fopen(small, "wb");
+    fwrite(nul, 1, sizeof nul - 1, f);
+    fclose(f);
+    char *text = NULL;
+    size_t len = 0;
+    CHECK(read_prompt_file(small, &text, &len, err, sizeof err) == 0 && len == 7 && !memcmp(text, nul, 7) && text[7] == 0,
+          "read_prompt_file: all 7 bytes, NUL included (%zu): %s", len, err);
+    free(text);
+    CHECK(mkfifo(fifo, 0600) == 0, "mkfifo %s", fifo);
+    signal(SIGALRM, on_alarm);
+    alarm(20);
+    text = NULL;
+    err[0] = 0;
+    CHECK(read_prompt_file(fifo, &text, &len, err, sizeof err) == -1 && strstr(err, "FIFO") && !text,
+          "a FIFO as -f is refused without blocking: %s", err);
+    CHECK(read_prompt_file(g_dir, &text, &len, err, sizeof err) == -1 && strstr(err, "directory"),
+          "a directory as -f is refused: %s", err);
+    alarm(0);
+
+    /* a prompt over 128 KiB: through -f and through stdin, echoed whole, every token prefilled */
+    size_t big = 150000;
+    char *prompt = xcalloc(big + 64, 1);
+    size_t n = 0;
+    for (int i = 0; n < big; i++) n += (size_t)snprintf(prompt + n, 64, "%s%d", i % 7 ? " w" : ". Then ", i);
+    f = fopen(pf, "wb");
+    fwrite(prompt, 1, n, f);
+    fclose(f);
+    Tokenizer tok;
+    size_t nids = 0;
+    int *ids = NULL;
+    if (tok_load(&tok, NULL, err, sizeof err) || tok_encode(&tok, prompt, n, 0, &ids, &nids, err, sizeof err)) {
+        CHECK(0, "tokenizer: %s", err);
+        free(prompt);
+        return;
+    }
+    free(ids);
+    tok_free(&tok);
+    size_t cap = n + (1 << 16);
+    char *out1 = xcalloc(cap, 1), *out2 = xcalloc(cap, 1);
+    char want[64];
+    snprintf(want, sizeof want, "prefill: %zu tokens", nids + 1);
+    snprintf(cmd, sizeof cmd, "./infer %s -f %s -n 6 -s 3 --ignore-eot", ck, pf);
+    int rc = run_cmd(cmd, out1, cap, errb, sizeof errb);
+    CHECK(rc == 0 && !memcmp(out1, prompt, n) && strlen(out1) > n && strstr(errb, want),
+          "-f with a %zu-byte prompt: exit %d, echoed whole, '%s' (stderr: %.200s)", n, rc, want, errb);
+    snprintf(cmd, sizeof cmd, "./infer %s -f - -n 6 -s 3 --ignore-eot < %s", ck, pf);
+    rc = run_cmd(cmd, out2, cap, errb, sizeof errb);
+    CHECK(rc == 0 && !strcmp(out1, out2) && strstr(errb, want), "-f - (stdin) with the same prompt: the same text (exit %d)", rc);
+    snprintf(cmd, sizeof cmd, "cat %s | ./infer %s --file - -n 6 -s 3 --ignore-eot", pf, ck);
+    rc = run_cmd(cmd, out2, cap, errb, sizeof errb);
+    CHECK(rc == 0 && !strcmp(out1, out2), "--file - from a pipe: the same text (exit %d)", rc);
+    /* a short prompt: -f FILE == the PROMPT argument */
+    f = fopen(small, "wb");
+    fputs("The quick brown fox", f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "./infer %s -f %s -n 20 -s 5", ck, small);
+    run_cmd(cmd, out1, cap, errb, sizeof errb);
+    snprintf(cmd, sizeof cmd, "./infer %s 'The quick brown fox' -n 20 -s 5", ck);
+    rc = run_cmd(cmd, out2, cap, errb, sizeof errb);
+    CHECK(rc == 0 && !strcmp(out1, out2) && !strncmp(out1, "The quick brown fox", 19), "-f FILE gives what the PROMPT argument gives");
+    free(out1);
+    free(out2);
+    free(prompt);
+
+    snprintf(cmd, sizeof cmd, "timeout 20 ./infer %s -f %s", ck, fifo);
+    expect_fail("-f FIFO", cmd, "FIFO");
+    snprintf(cmd, sizeof cmd, "./infer %s -f %s", ck, g_dir);
+    expect_fail("-f directory", cmd, "directory");
+    snprintf(cmd, sizeof cmd, "./infer %s -f %s/none.txt", ck, g_dir);
+    expect_fail("-f missing file", cmd, "none.txt");
+    snprintf(cmd, sizeof cmd, "./infer %s 'hi' -f %s", ck, small);
+    expect_fail("-f and a PROMPT", cmd, "not both");
+    snprintf(cmd, sizeof cmd, "./infer %s -f %s --eval %s", ck, small, small);
+    expect_fail("-f and --eval", cmd, "not both");
+    char out[8192];
+    rc = run_cmd("./infer -h", out, sizeof out, errb, sizeof errb);
+    CHECK(rc == 0 && strstr(out, "-f, --file FILE") && strstr(out, "stdin"), "-h documents -f FILE and '-f -'");
+}
+
+/* Shards and vocabulary files that are not regular files are refused at once, naming what they are. */
+static void test_not_regular(void) {
+    printf("-- FIFOs and directories where files belong\n");
+    char ck[300], ck512[300], fifo[300], vdir[300], sh0[300], cmd[2048], src[600], dst[600], err[DN_ERR_LEN];
+    path_in(ck, sizeof ck, "gpt2tiny.bin");
+    path_in(ck512, sizeof ck512, "dsgd.bin");
+    path_in(fifo, sizeof fifo, "shard.fifo");
+    CHECK(mkfifo(fifo, 0600) == 0, "mkfifo %s", fifo);
+    snprintf(cmd, sizeof cmd, "timeout 20 ./infer %s --eval %s", ck512, fifo);
+    expect_fail("--eval FIFO", cmd, "FIFO");
+    snprintf(cmd, sizeof cmd, "./infer %s --eval %s", ck512, g_dir);
+    expect_fail("--eval directory", cmd, "directory");
+    snprintf(cmd, sizeof cmd, "timeout 20 ./infer %s 'hi'", fifo);
+    expect_fail("checkpoint FIFO", cmd, "FIFO");
+    path_in(sh0, sizeof sh0, "empty_shard.bin");
+    CHECK(shard_write(sh0, NULL, 0, err, sizeof err) == 0, "a 0-token shard: %s", err);
+    snprintf(cmd, sizeof cmd, "./infer %s --eval %s", ck512, sh0);
+    expect_fail("--eval of a 0-token shard", cmd, "0 tokens, need at least 2");
+    /* vocabulary files: encoder.json a FIFO; vocab.bpe a FIFO; encoder.json a directory */
+    path_in(vdir, sizeof vdir, "vocab_fifo");
+    mkdir(vdir, 0700);
+    snprintf(dst, sizeof dst, "%s/encoder.json", vdir);
+    CHECK(mkfifo(dst, 0600) == 0, "mkfifo %s", dst);
+    snprintf(cmd, sizeof cmd, "timeout 20 ./infer %s 'hi' -V %s", ck, vdir);
+    expect_fail("encoder.json a FIFO", cmd, "FIFO");
+    remove(dst);
+    snprintf(src, sizeof src, "%s/encoder.json", TOK_DEFAULT_DIR);
+    copy_prefix(src, dst, -1);
+    snprintf(dst, sizeof dst, "%s/vocab.bpe", vdir);
+    CHECK(mkfifo(dst, 0600) == 0, "mkfifo %s", dst);
+    snprintf(cmd, sizeof cmd, "timeout 20 ./infer %s 'hi' -V %s", ck, vdir);
+    expect_fail("vocab.bpe a FIFO", cmd, "vocab.bpe: is a FIFO");
+    remove(dst);
+    mkdir(dst, 0700);
+    snprintf(cmd, sizeof cmd, "./infer %s 'hi' -V %s", ck, vdir);
+    expect_fail("vocab.bpe a directory", cmd, "vocab.bpe: is a directory");
+}
+
 int main(int argc, char **argv) {
     if (argc == 5 && !strcmp(argv[1], "--memory-child")) return memory_child(argv[2], atoi(argv[3]), atoi(argv[4]));
     (void)parse_args; (void)generate; (void)evaluate;  /* main()'s helpers: tested through ./infer */
@@ -652,9 +979,13 @@ int main(int argc, char **argv) {
     test_eval();
     printf("   (%.1f s)\n", (t1 = now_s()) - t0);
     test_sampler();
+    test_temperatures();
     printf("   (%.1f s)\n", now_s() - t1);
     t1 = now_s();
     test_cli();
+    test_long_window();
+    test_prompt_file();
+    test_not_regular();
     printf("   (%.1f s)\n", now_s() - t1);
     t1 = now_s();
     test_memory(self);

@@ -1,10 +1,13 @@
 /*
  * test_tokenizer.c -- the GPT-2 tokenizer against the reference ids in data/gpt2/cases.jsonl,
  * byte-exact round trips (random bytes, invalid UTF-8 included, and all of TinyShakespeare),
- * chunked encoding at tok_safe_cut points, the eot flag, refusal of broken vocab files, and the
- * ./tokenize -e / -d command line. Run from the repo root (make test does).
+ * chunked encoding at tok_safe_cut points, the eot flag, refusal of broken vocab files (and of
+ * FIFOs and directories in their place; quoted text escaped), and the ./tokenize -e / -d command
+ * line. Run from the repo root (make test does).
  */
+#include <signal.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cjson/cJSON.h>
@@ -291,6 +294,74 @@ static void test_broken_vocab(void) {
     rmdir(dir);
 }
 
+static void on_alarm(int sig) {
+    (void)sig;
+    static const char msg[] = "FAIL test_tokenizer: timed out: a read blocked (a FIFO opened as a file?)\n";
+    if (write(1, msg, sizeof msg - 1) < 0) _exit(3);
+    _exit(3);
+}
+
+/* Vocabulary files that are FIFOs or directories are refused at once (alarm() turns a hang into a
+ * failure); text quoted from the files in a message is escaped, so the message is one line. */
+static void test_odd_vocab(void) {
+    char dir[] = "/tmp/test_tokenizer_odd_XXXXXX";
+    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp failed"); return; }
+    char enc_path[512], bpe_path[512], err[DN_ERR_LEN];
+    snprintf(enc_path, sizeof enc_path, "%s/encoder.json", dir);
+    snprintf(bpe_path, sizeof bpe_path, "%s/vocab.bpe", dir);
+    size_t ne, nv;
+    char *e = read_file("data/gpt2/encoder.json", &ne), *v = read_file("data/gpt2/vocab.bpe", &nv);
+    if (!e || !v) { CHECK(0, "cannot read data/gpt2"); free(e); free(v); return; }
+    Tokenizer t;
+    signal(SIGALRM, on_alarm);
+    alarm(20);
+    CHECK(mkfifo(enc_path, 0600) == 0, "mkfifo %s", enc_path);
+    write_file(bpe_path, v, nv);
+    err[0] = 0;
+    CHECK(tok_load(&t, dir, err, sizeof err) == -1 && strstr(err, "encoder.json: is a FIFO"), "encoder.json a FIFO: %s", err);
+    remove(enc_path);
+    write_file(enc_path, e, ne);
+    remove(bpe_path);
+    CHECK(mkfifo(bpe_path, 0600) == 0, "mkfifo %s", bpe_path);
+    err[0] = 0;
+    CHECK(tok_load(&t, dir, err, sizeof err) == -1 && strstr(err, "vocab.bpe: is a FIFO"), "vocab.bpe a FIFO: %s", err);
+    alarm(0);
+    remove(bpe_path);
+    mkdir(bpe_path, 0700);
+    err[0] = 0;
+    CHECK(tok_load(&t, dir, err, sizeof err) == -1 && strstr(err, "vocab.bpe: is a directory"), "vocab.bpe a directory: %s", err);
+    rmdir(bpe_path);
+    write_file(bpe_path, v, nv);
+    /* encoder.json whose first token holds a newline and has a bad id */
+    static const char first[] = "{\"!\": 0,";
+    CHECK(ne > sizeof first && !memcmp(e, first, sizeof first - 1), "encoder.json starts with %s", first);
+    FILE *f = fopen(enc_path, "wb");
+    fputs("{\"a\\nb\": -1,", f);
+    fwrite(e + sizeof first - 1, 1, ne - (sizeof first - 1), f);
+    fclose(f);
+    err[0] = 0;
+    CHECK(tok_load(&t, dir, err, sizeof err) == -1 && strstr(err, "token \"a\\nb\" has id") && !strchr(err, '\n'),
+          "a token with a newline is escaped in the message: %s", err);
+    printf("  ok   %s\n", err);
+    write_file(enc_path, e, ne);
+    /* a merge rule of unknown tokens with a quote and a backslash: quoted escaped */
+    f = fopen(bpe_path, "wb");
+    char *nl = memchr(v, '\n', nv);
+    fwrite(v, 1, (size_t)(nl - v) + 1, f);
+    fputs("\"q\\ zz\n", f);
+    fwrite(nl + 1, 1, nv - (size_t)(nl + 1 - v), f);
+    fclose(f);
+    err[0] = 0;
+    CHECK(tok_load(&t, dir, err, sizeof err) == -1 && strstr(err, "line 2: \"\\\"q\\\\ zz\"") && !strchr(err, '\n'),
+          "a merge line is quoted escaped: %s", err);
+    printf("  ok   %s\n", err);
+    free(e);
+    free(v);
+    remove(enc_path);
+    remove(bpe_path);
+    rmdir(dir);
+}
+
 /* Run a shell command; returns its exit status. */
 static int sh(const char *cmd) {
     int st = system(cmd);
@@ -332,6 +403,8 @@ static void test_cli(Tokenizer *t) {
         CHECK(sh(cmd) != 0, "'%s' exits non-zero", bad[i]);
     }
     CHECK(sh("./tokenize -h > /dev/null") == 0, "./tokenize -h exits 0");
+    CHECK(sh("printf '12 ab\\001c' | ./tokenize -d 2>&1 | grep -qF \"input item 2 ('ab\\x01c')\"") == 0,
+          "./tokenize -d quotes a bad item escaped (a control character as \\x01)");
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     sh(cmd);
 }
@@ -349,6 +422,7 @@ int main(void) {
     test_random_bytes(&t);
     test_tinyshakespeare(&t);
     test_broken_vocab();
+    test_odd_vocab();
     test_cli(&t);
     tok_free(&t);
     return test_summary("test_tokenizer");
