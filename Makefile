@@ -142,11 +142,12 @@ define make_run_dir
 	 for f in infer tokenize train_deltanet; do ln -s ../$$f $(RUN)/$$f; done
 endef
 endif
-RUN_TESTS := $(if $(filter .,$(RUN)),$(TEST_BINS),$(abspath $(TEST_BINS)))
+# Paths of programs as seen from $(RUN).
+from_run = $(if $(filter .,$(RUN)),$(1),$(abspath $(1)))
 
 test: $(TEST_BINS) $(BUILD)/train_deltanet_cpu $(PROGS) | deps
 	$(make_run_dir)
-	@cd $(RUN) && DN_TRAINER=$(abspath $(BUILD))/train_deltanet_cpu $(SAN_ENV) $(CURDIR)/tests/run_tests.sh $(RUN_TESTS) $(TEST_SCRIPTS)
+	@cd $(RUN) && DN_TRAINER=$(abspath $(BUILD))/train_deltanet_cpu $(SAN_ENV) $(CURDIR)/tests/run_tests.sh $(call from_run,$(TEST_BINS)) $(TEST_SCRIPTS)
 
 # `make train` also prepares the bundled TinyShakespeare shards, so that ./train_deltanet runs
 # with no arguments. Without nvcc it builds the CPU-only trainer (-DDN_CPU_ONLY, its CPU backend
@@ -178,7 +179,7 @@ $(BUILD)/tests/gpu/%: tests/gpu/%.cu $(wildcard tests/gpu/*.h tests/gpu/*.cuh) $
 
 test-gpu: $(GPU_TEST_BINS) $(BIN)/train_deltanet $(PROGS) data
 	$(make_run_dir)
-	@cd $(RUN) && $(CURDIR)/tests/run_tests.sh $(abspath $(GPU_TEST_BINS)) tests/gpu/test_trainer.sh
+	@cd $(RUN) && $(CURDIR)/tests/run_tests.sh $(call from_run,$(GPU_TEST_BINS)) tests/gpu/test_trainer.sh
 
 bench-gpu: $(GPU_BENCH_BINS)
 	@for b in $(GPU_BENCH_BINS); do echo "== $$b"; $$b || exit 1; done
