@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Unpacks the Debian -dev packages carried in .deps/ (fetched here with scripts/fetch_deps.sh)
-# under .deps/root, never into /, for a machine that lacks cJSON / PCRE2 / stb headers.
+# under .deps/root, never into /, for a machine that lacks the cJSON / PCRE2 headers.
 # Then build with: make DEPS=.deps/root ...
 set -e
 cd "$(dirname "$0")/.."
