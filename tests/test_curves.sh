@@ -18,6 +18,7 @@
 set -u
 cd "$(dirname "$0")/.."
 TR=${DN_TRAINER:-build/train_deltanet_cpu}
+case "$TR" in /*) ;; *) TR="$PWD/$TR" ;; esac
 # one OpenMP thread: as fast at these tiny shapes, and spinning threads are slow on a busy machine
 export OMP_NUM_THREADS=1
 pass=0; fail=0
@@ -138,9 +139,9 @@ while [ \$# -gt 0 ]; do
         *) args+=("\$1"); shift ;;
     esac
 done
-[ -n "\${KEEP_CPU_LINE-}" ] && exec "$PWD/$TR" "\${args[@]}"
+[ -n "\${KEEP_CPU_LINE-}" ] && exec "$TR" "\${args[@]}"
 set -o pipefail
-"$PWD/$TR" "\${args[@]}" 2>&1 | sed '/^training on the CPU/d'
+"$TR" "\${args[@]}" 2>&1 | sed '/^training on the CPU/d'
 EOF
 chmod +x "$tmp/trainer.sh"
 plot=--no-plot
