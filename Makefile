@@ -75,12 +75,12 @@ endif
 
 # Library code shared by every program: model.h's implementation, the tokenizer and shard code
 # (when present), and the CPU reference compiled twice (float, and double for gradient checks).
-CORE_SRCS := model.c $(wildcard tokenizer.c data.c)
+CORE_SRCS := src/model.c src/tokenizer.c src/data.c
 REF_SRCS  := $(wildcard ref/*.c)
 CORE_OBJS := $(CORE_SRCS:%.c=$(BUILD)/%.o)
 REF_OBJS  := $(REF_SRCS:%.c=$(BUILD)/%.o) $(REF_SRCS:%.c=$(BUILD)/%_f64.o)
 LIB_OBJS  := $(CORE_OBJS) $(REF_OBJS)
-HEADERS   := model.h $(wildcard ref/*.h tokenizer.h data.h)
+HEADERS   := model.h $(wildcard ref/*.h src/*.h)
 
 TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)

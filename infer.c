@@ -55,8 +55,8 @@
 #endif
 #include "model.h"
 #include "ref/reference.h"
-#include "tokenizer.h"
-#include "data.h"
+#include "src/tokenizer.h"
+#include "src/data.h"
 
 #define INFER_DEFAULT_SEED 1337
 #define INFER_DEFAULT_MAX_CONTEXT 32768

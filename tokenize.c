@@ -23,9 +23,9 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "data.h"
+#include "src/data.h"
 #include "model.h"
-#include "tokenizer.h"
+#include "src/tokenizer.h"
 
 #define BLOCK (8u << 20)  /* bytes read at a time with -o */
 

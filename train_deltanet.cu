@@ -3,8 +3,8 @@
  * with sliding-window ('S') and global ('G') softmax attention layers, trained on llm.c-format
  * token shards. This file only wires things up: the model (parameters, activations, forward,
  * backward, the AdamW step, the CUDA graph) is kernels/model_gpu.cuh, the kernels are the .cuh files of kernels/,
- * the config / parameter table / checkpoints are model.h, the shards data.h, the tokenizer
- * tokenizer.h.
+ * the config / parameter table / checkpoints are model.h (src/model.c), the shards src/data.h, the tokenizer
+ * src/tokenizer.h.
  *
  * One step: `accum` micro-batches of B x T tokens (accum = total batch / (B T)), gradients
  * averaged over them, the global gradient norm clipped to --clip, AdamW (betas 0.9, 0.95,
@@ -51,8 +51,8 @@
 #endif
 #include "ref/reference.h"
 extern "C" {
-#include "data.h"
-#include "tokenizer.h"
+#include "src/data.h"
+#include "src/tokenizer.h"
 }
 
 #define H100_BF16_PEAK_FLOPS 989e12

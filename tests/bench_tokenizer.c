@@ -5,7 +5,7 @@
  */
 #include <time.h>
 #include "test.h"
-#include "../tokenizer.h"
+#include "../src/tokenizer.h"
 
 static double now(void) {
     struct timespec ts;

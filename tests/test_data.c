@@ -13,8 +13,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "test.h"
-#include "../data.h"
-#include "../tokenizer.h"
+#include "../src/data.h"
+#include "../src/tokenizer.h"
 
 #define VOCAB 50257
 

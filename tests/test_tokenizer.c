@@ -12,7 +12,7 @@
 #include <unistd.h>
 #include <cjson/cJSON.h>
 #include "test.h"
-#include "../tokenizer.h"
+#include "../src/tokenizer.h"
 
 static char *read_file(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");

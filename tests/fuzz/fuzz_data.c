@@ -9,7 +9,7 @@
  * targets[b][t] == inputs[b][t+1]; the position read back seeks.
  */
 #include "fuzz.h"
-#include "../../data.h"
+#include "../../src/data.h"
 
 #define VOCAB 50257
 

@@ -9,7 +9,7 @@
  * The vocabulary loads once from data/gpt2 (run from the repository root) or $DN_TOK_DIR.
  */
 #include "fuzz.h"
-#include "../../tokenizer.h"
+#include "../../src/tokenizer.h"
 
 static Tokenizer g_tok;
 

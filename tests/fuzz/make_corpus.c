@@ -15,7 +15,7 @@
 #include <cjson/cJSON.h>
 
 #include "fuzz.h"
-#include "../../data.h"
+#include "../../src/data.h"
 
 static const char *g_root;
 

@@ -5,7 +5,7 @@
  * may hold any byte but '/' and NUL, a newline included; every message stays one line.
  */
 #include "data.h"
-#include "model.h"
+#include "../model.h"
 
 #include <errno.h>
 #include <glob.h>
@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
+#include <fcntl.h>
 
 /* Room for a shard's name in a message; longer names are cut with "..." (DN_ERR_LEN is 512). */
 #define NAME_ESC_LEN 256

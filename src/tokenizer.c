@@ -12,7 +12,7 @@
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "tokenizer.h"
-#include "model.h"
+#include "../model.h"
 
 #include <errno.h>
 #include <stdarg.h>
