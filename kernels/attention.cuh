@@ -45,10 +45,8 @@
  *   rope_backward(dx, cs, B, T, H, d, pos0, stream)     in place
  * Pointers must be 16-byte aligned (cudaMalloc'd buffers and [B,T,H,d] slices of them are).
  *
- * Measured (H100 80GB HBM3, B=8 T=2048 Hq=Hkv=8 d=128 bf16, tests/gpu/bench_attention.cu): global
- * causal fwd 0.33 ms (208 TFLOP/s), bwd 1.07 ms (160), fwd+bwd 1.40 ms = 2.2x cuDNN's 0.627 ms;
- * window 512 fwd+bwd 0.74 ms. The other tile variants (forward_launch / backward_launch template
- * arguments) are within ~5% of the defaults. Registers: fwd d=128 ~236, bwd d=128 255 (tiny spill).
+ * Speed: tests/gpu/bench_attention.cu times each variant (the README holds the table). The other tile
+ * variants (forward_launch / backward_launch template arguments) stay selectable for that bench.
  */
 #pragma once
 #include <cassert>
@@ -94,24 +92,8 @@ __device__ __forceinline__ void store_pair(bf16 *p, float x, float y) {
 }
 __device__ __forceinline__ void store_pair(float *p, float x, float y) { *reinterpret_cast<float2 *>(p) = make_float2(x, y); }
 
-__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
-}
-
-/* c += a b */
-__device__ __forceinline__ void mma(float c[4], const uint32_t a[4], const uint32_t b[2]) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
+/* c += a b (bf16 tensor cores, mma_bf16 in common.cuh) */
+__device__ __forceinline__ void mma(float c[4], const uint32_t a[4], const uint32_t b[2]) { mma_bf16(c, a, b[0], b[1]); }
 /* The same product in exact fp32: lane (g, t) needs A rows g, g+8 (held by the 4 lanes 4g..4g+3)
  * and B columns 2t, 2t+1 (held by lanes 8t.. and 8t+4..), fetched by shuffles, 4 k-pairs at a time. */
 __device__ __forceinline__ float2 shfl2(float2 v, int src) {
@@ -213,22 +195,12 @@ __device__ __forceinline__ void c_to_a(typename Pair<T>::type a[4], const float 
 // ----------------------------------------------------------------------------
 // cp.async staging
 
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async4(void *dst, const void *src, int src_bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
-
-/* Shared row stride of a tile of width W elements: padded by 16 bytes. */
-template <typename T, int W> __host__ __device__ constexpr int padded() { return W + 16 / (int)sizeof(T); }
+/* cp.async and the padded row stride (padded<T>(W): W + 16 bytes) are in common.cuh. */
 
 /* ROWS rows of D elements, global rows row0.. of stride gst (rows >= nrows zero-filled), into s. */
 template <typename T, int D, int ROWS, int NTHR>
 __device__ __forceinline__ void load_rows(T *s, const T *g, long gst, int row0, int nrows) {
-    constexpr int EPC = 16 / sizeof(T), CPR = D / EPC, ST = padded<T, D>(), TOTAL = ROWS * CPR;
+    constexpr int EPC = 16 / sizeof(T), CPR = D / EPC, ST = padded<T>(D), TOTAL = ROWS * CPR;
 #pragma unroll
     for (int it = 0; it < (TOTAL + NTHR - 1) / NTHR; it++) {
         const int c = it * NTHR + threadIdx.x;
@@ -261,7 +233,7 @@ __device__ __forceinline__ bool visible(int i, int j, int window) {
 
 template <typename T, int D, int NW, int MT, int BK>
 __host__ __device__ constexpr size_t fwd_smem_bytes() {
-    return (size_t)(NW * 16 * MT + 2 * BK) * padded<T, D>() * sizeof(T);
+    return (size_t)(NW * 16 * MT + 2 * BK) * padded<T>(D) * sizeof(T);
 }
 
 template <typename T, int D, int NW, int MT, int BK, bool LDM, int MINB, bool QR>
@@ -270,7 +242,7 @@ __global__ void __launch_bounds__(NW * 32, MINB)
                              const T *__restrict__ k, const T *__restrict__ v, int T_, int Hq, int Hkv,
                              int window, float sl2) {
     typedef typename Pair<T>::type P;
-    constexpr int NTHR = NW * 32, BQ = NW * 16 * MT, ST = padded<T, D>();
+    constexpr int NTHR = NW * 32, BQ = NW * 16 * MT, ST = padded<T>(D);
     constexpr int NT = BK / 8, DT = D / 8, KS = D / 16;
     static_assert(D % 16 == 0 && BK % 16 == 0, "tile shapes");
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -464,8 +436,8 @@ constexpr int BWD_BQ = 64;
 
 template <typename T, int D, int NW>
 __host__ __device__ constexpr size_t bwd_smem_bytes() {
-    return (size_t)(2 * NW * 16 + 2 * BWD_BQ) * padded<T, D>() * sizeof(T) +
-           (size_t)NW * 16 * padded<T, BWD_BQ>() * sizeof(T) + 2 * BWD_BQ * sizeof(float);
+    return (size_t)(2 * NW * 16 + 2 * BWD_BQ) * padded<T>(D) * sizeof(T) +
+           (size_t)NW * 16 * padded<T>(BWD_BQ) * sizeof(T) + 2 * BWD_BQ * sizeof(float);
 }
 
 template <typename T, int D, int NW, bool LDM>
@@ -475,7 +447,7 @@ __global__ void __launch_bounds__(NW * 32)
                               const T *__restrict__ v, const float *__restrict__ lse, const float *__restrict__ Dd,
                               int T_, int Hq, int Hkv, int window, float scale, float sl2) {
     typedef typename Pair<T>::type P;
-    constexpr int NTHR = NW * 32, BK = NW * 16, BQ = BWD_BQ, ST = padded<T, D>(), SST = padded<T, BQ>();
+    constexpr int NTHR = NW * 32, BK = NW * 16, BQ = BWD_BQ, ST = padded<T>(D), SST = padded<T>(BQ);
     constexpr int NT = BQ / 8, DT = D / 8, KS = D / 16;
     constexpr int CW = D / (NW / 4);       /* dQ columns per warp */
     constexpr int CC = CW < 64 ? CW : 64;  /* ... done CC at a time */

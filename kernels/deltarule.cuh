@@ -55,6 +55,7 @@
 namespace dr {
 
 constexpr int CH = 64;         /* chunk length */
+constexpr int TM_ELEMS = CH * CH; /* elements of one chunk's saved (I+A)^-1 tile in Tm */
 constexpr int NTHREADS = 256;  /* every kernel: 8 warps */
 
 /* A matrix operand: element (r, c) of the stored row-major matrix is p[r * ld + c]. rows: stored
@@ -65,17 +66,7 @@ template <typename TX> struct Mat {
     int ld, rows;
 };
 
-__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-/* ---- cp.async ---------------------------------------------------------------------------------- */
-__device__ __forceinline__ void cp_async16(void *s, const void *g, bool pred) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(s)), "l"(g), "r"(pred ? 16 : 0)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
+/* ---- cp.async (the primitives are in common.cuh) ---------------------------------------------- */
 /* R x COLS tile from global (row stride sld) to shared (row stride dld); rows >= valid are
  * zero-filled. COLS * sizeof(TX) must be a multiple of 16. */
 template <typename TX, int R, int COLS>
@@ -84,7 +75,7 @@ __device__ __forceinline__ void cp_tile(TX *dst, int dld, const TX *src, size_t 
     for (int i = threadIdx.x; i < R * CPR; i += NTHREADS) {
         const int r = i / CPR, c = (i % CPR) * VEC;
         const bool ok = r < valid;
-        cp_async16(dst + r * dld + c, ok ? src + (size_t)r * sld + c : src, ok);
+        cp_async16(dst + r * dld + c, ok ? src + (size_t)r * sld + c : src, ok ? 16 : 0);
     }
 }
 
@@ -93,25 +84,6 @@ __device__ __forceinline__ void cp_tile(TX *dst, int dld, const TX *src, size_t 
  * rows g and g+8, columns 2t and 2t+1) += op(A)[m0 + 16 mt .., 0..KD) * op(B)[0..KD, n0 + 8 nt ..).
  * op(A) is [m][k]: TA = false reads A stored [m][k], TA = true reads it stored [k][m].
  * op(B) is [k][n]: TB = false reads B stored [k][n], TB = true reads it stored [n][k]. */
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(p))
-                 : "memory");
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(p))
-                 : "memory");
-}
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 /* bf16: tensor cores; A and B in shared memory (16-byte aligned rows). NT even. */
 template <int MT, int NT, bool TA, bool TB, int KD>
 __device__ __forceinline__ void warp_mma(float (&acc)[MT][NT][4], Mat<bf16> A, int m0, Mat<bf16> B, int n0) {
@@ -223,10 +195,7 @@ template <typename TX> __device__ __forceinline__ TX *carve(unsigned char *&p, s
     p += (elems * sizeof(TX) + 15) & ~(size_t)15;
     return r;
 }
-__host__ __device__ constexpr size_t align16(size_t b) { return (b + 15) & ~(size_t)15; }
 
-/* Row padding (16 bytes) of shared tiles: ldmatrix rows land in distinct banks. */
-template <typename TX> __host__ __device__ constexpr int padded(int cols) { return cols + 16 / (int)sizeof(TX); }
 
 /* Where chunk n of (b, h) starts: row index into [B,T,H] and its number of valid rows. */
 struct Chunk {
@@ -304,7 +273,7 @@ __device__ __forceinline__ void fwd_first(float (&accX)[1][NT][4], float (&accO)
 constexpr int LDF = 68; /* fp32 64x64 work matrices: rows 16-byte aligned, 4-bank row offset */
 constexpr int LDR = 20; /* fp32 16x16 products */
 template <typename TX, int D> constexpr size_t prep_smem() {
-    return align16(2 * 64 * LDF * 4) + 64 * 4 + align16(3 * 16 * LDR * 4) +
+    return round_up(2 * 64 * LDF * 4, 16) + 64 * 4 + round_up(3 * 16 * LDR * 4, 16) +
            (sizeof(TX) == 2 ? (size_t)64 * padded<TX>(D) * sizeof(TX) : 0);
 }
 
@@ -480,7 +449,7 @@ __device__ __forceinline__ void state_forward(unsigned char *smem, TX *o, TX *hs
         if (STG) {
             cp_tile<TX, 64, D>(st.K, LDD, k + ck.row0 * D, ldg, ck.L);
             cp_tile<TX, 64, BV>(st.V, LDV, v + ck.row0 * D + v0, ldg, ck.L);
-            cp_tile<TX, 64, 64>(st.Tm, LDC, Tm + ((size_t)bh * NC + n) * 4096, 64, 64);
+            cp_tile<TX, 64, 64>(st.Tm, LDC, Tm + ((size_t)bh * NC + n) * TM_ELEMS, 64, 64);
             if (OUT) cp_tile<TX, 64, D>(st.Q, LDD, q + ck.row0 * D, ldg, ck.L);
             cp_async_commit();
         }
@@ -504,7 +473,7 @@ __device__ __forceinline__ void state_forward(unsigned char *smem, TX *o, TX *hs
         const Chunk ck = chunk_at(b, h, n, T, H);
         const Mat<TX> Km = STG ? Mat<TX>{st.K, LDD, 64} : Mat<TX>{k + ck.row0 * D, (int)ldg, ck.L};
         const Mat<TX> Vm = STG ? Mat<TX>{st.V, LDV, 64} : Mat<TX>{v + ck.row0 * D + v0, (int)ldg, ck.L};
-        const Mat<TX> Tmm = STG ? Mat<TX>{st.Tm, LDC, 64} : Mat<TX>{Tm + ((size_t)bh * NC + n) * 4096, 64, 64};
+        const Mat<TX> Tmm = STG ? Mat<TX>{st.Tm, LDC, 64} : Mat<TX>{Tm + ((size_t)bh * NC + n) * TM_ELEMS, 64, 64};
         const Mat<TX> Qm = STG ? Mat<TX>{st.Q, LDD, 64} : Mat<TX>{q + ck.row0 * D, (int)ldg, ck.L};
         const Mat<TX> Sm{Sb, LDV, D}, Xm{Xs, LDV, 64}, Um{Us, LDV, 64}, Mmm{Ms, LDC, 64};
         if (!OUT) { /* save S_n (this tile's columns) */
@@ -573,7 +542,7 @@ __device__ __forceinline__ void state_backward(unsigned char *smem, TX *dv, TX *
         if (STG) {
             cp_tile<TX, 64, D>(st.K, LDD, k + ck.row0 * D, ldg, ck.L);
             cp_tile<TX, 64, BV>(st.V, LDV, dout + ck.row0 * D + v0, ldg, ck.L);
-            cp_tile<TX, 64, 64>(st.Tm, LDC, Tm + ((size_t)bh * NC + n) * 4096, 64, 64);
+            cp_tile<TX, 64, 64>(st.Tm, LDC, Tm + ((size_t)bh * NC + n) * TM_ELEMS, 64, 64);
             cp_tile<TX, 64, D>(st.Q, LDD, q + ck.row0 * D, ldg, ck.L);
             cp_async_commit();
         }
@@ -597,7 +566,7 @@ __device__ __forceinline__ void state_backward(unsigned char *smem, TX *dv, TX *
         const Chunk ck = chunk_at(b, h, n, T, H);
         const Mat<TX> Km = STG ? Mat<TX>{st.K, LDD, 64} : Mat<TX>{k + ck.row0 * D, (int)ldg, ck.L};
         const Mat<TX> dOm = STG ? Mat<TX>{st.V, LDV, 64} : Mat<TX>{dout + ck.row0 * D + v0, (int)ldg, ck.L};
-        const Mat<TX> Tmm = STG ? Mat<TX>{st.Tm, LDC, 64} : Mat<TX>{Tm + ((size_t)bh * NC + n) * 4096, 64, 64};
+        const Mat<TX> Tmm = STG ? Mat<TX>{st.Tm, LDC, 64} : Mat<TX>{Tm + ((size_t)bh * NC + n) * TM_ELEMS, 64, 64};
         const Mat<TX> Qm = STG ? Mat<TX>{st.Q, LDD, 64} : Mat<TX>{q + ck.row0 * D, (int)ldg, ck.L};
         const Mat<TX> dSm{dSb, LDV, D}, dUm{dUs, LDV, 64}, dVm{dVs, LDV, 64}, Mmm{Ms, LDC, 64};
         { /* save dS_{n+1} */
@@ -652,7 +621,11 @@ __device__ __forceinline__ void state_backward(unsigned char *smem, TX *dv, TX *
 }
 
 /* Shared-memory bytes -> how many blocks of 256 threads should fit on one SM (launch bounds). */
-__host__ __device__ constexpr int blocks_per_sm(size_t smem) { return 2 * (smem + 1024) <= 233472 ? 2 : 1; }
+constexpr size_t SMEM_PER_SM = 233472;          /* 228 KiB: shared memory of one sm_90 SM (H100, H200) */
+constexpr size_t SMEM_RESERVED_PER_BLOCK = 1024; /* what the driver reserves per resident block */
+__host__ __device__ constexpr int blocks_per_sm(size_t smem) {
+    return 2 * (smem + SMEM_RESERVED_PER_BLOCK) <= SMEM_PER_SM ? 2 : 1;
+}
 
 template <typename TX, int D, int BV, int NST>
 __global__ void __launch_bounds__(NTHREADS, 1)
@@ -718,7 +691,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
     TX *dTs = (TX *)(smem + CL::O_ST), *Ys = dTs + 64 * LDC, *Ds = Ys + 64 * LDC; /* alias S_n, dS */
     TX *dMs = (TX *)(smem + CL::O_DM), *dWs = (TX *)(smem + CL::O_DW);
     const size_t cbase = (size_t)bh * NC + n;
-    const TX *Ug = u_ws + cbase * 64 * D, *dUg = du_ws + cbase * 64 * D, *Tg = Tm + cbase * 4096,
+    const TX *Ug = u_ws + cbase * 64 * D, *dUg = du_ws + cbase * 64 * D, *Tg = Tm + cbase * TM_ELEMS,
              *Sg = h_ws + cbase * D * D, *dSg = dh_ws + cbase * D * D;
 
     if (tid < 64) {
@@ -882,16 +855,15 @@ __global__ void __launch_bounds__(NTHREADS, 1)
 }
 
 /* ---- host side ------------------------------------------------------------------------------------ */
-inline size_t al256(size_t b) { return (b + 255) & ~(size_t)255; }
 struct Workspace {
     void *Tm, *h, *u, *dh, *du;
 };
 template <typename TX> inline size_t tm_bytes(int B, int T, int H) {
-    return al256((size_t)B * H * ceil_div(T, CH) * 4096 * sizeof(TX));
+    return round_up((size_t)B * H * ceil_div(T, CH) * TM_ELEMS * sizeof(TX), 256);
 }
 template <typename TX> inline Workspace carve_workspace(void *ws, int B, int T, int H, int D) {
     const size_t NC = (size_t)ceil_div(T, CH), BH = (size_t)B * H;
-    const size_t st = al256(BH * NC * D * D * sizeof(TX)), u = al256(BH * NC * 64 * D * sizeof(TX));
+    const size_t st = round_up(BH * NC * D * D * sizeof(TX), 256), u = round_up(BH * NC * 64 * D * sizeof(TX), 256);
     char *p = (char *)ws;
     Workspace w;
     w.Tm = p; p += tm_bytes<TX>(B, T, H);
@@ -975,23 +947,19 @@ inline int &force_bv() {
     static int bv = 0;
     return bv;
 }
-inline int num_sms() {
-    static int n = 0;
-    if (!n) {
-        int dev;
-        cudaCheck(cudaGetDevice(&dev));
-        cudaCheck(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    }
-    return n;
-}
 struct AutoCfg {
     int fwd_bv, st_bv, st_nst1;
 };
+/* "About one block per SM": the V tile 64 is taken when its blocks would keep at least
+ * WAVE_FILL_NUM / WAVE_FILL_DEN = 9/10 of the SMs busy; below that, tile 32 doubles the blocks and
+ * the busy SMs (the state passes are latency bound, so an idle SM costs more than a narrower tile). */
+constexpr long WAVE_FILL_NUM = 9, WAVE_FILL_DEN = 10;
 inline AutoCfg auto_cfg(int B, int H, int D) {
-    const long f64 = (long)B * H * (D / 64), s64 = 2 * f64, enough = 9L * num_sms();
+    /* blocks with a V tile of 64: f64 for the forward, s64 for the state passes */
+    const long f64 = (long)B * H * (D / 64), s64 = 2 * f64, enough = WAVE_FILL_NUM * num_sms();
     AutoCfg c;
-    c.fwd_bv = force_bv() ? force_bv() : (f64 * 10 >= enough ? 64 : 32);
-    c.st_bv = force_bv() ? force_bv() : (s64 * 10 >= enough ? 64 : 32);
+    c.fwd_bv = force_bv() ? force_bv() : (f64 * WAVE_FILL_DEN >= enough ? 64 : 32);
+    c.st_bv = force_bv() ? force_bv() : (s64 * WAVE_FILL_DEN >= enough ? 64 : 32);
     c.st_nst1 = c.st_bv == 64 && s64 > num_sms() ? 1 : 2;
     return c;
 }
@@ -1039,8 +1007,8 @@ void backward(TX *dq, TX *dk, TX *dv, TX *dbeta, const TX *dout, const TX *saved
 template <typename floatX_> size_t deltarule_workspace_size(int B, int T, int H, int K, int V) {
     (void)V;
     const size_t NC = (size_t)ceil_div(T, dr::CH), BH = (size_t)B * H;
-    return dr::tm_bytes<floatX_>(B, T, H) + 2 * dr::al256(BH * NC * K * K * sizeof(floatX_)) +
-           2 * dr::al256(BH * NC * 64 * K * sizeof(floatX_));
+    return dr::tm_bytes<floatX_>(B, T, H) + 2 * round_up(BH * NC * K * K * sizeof(floatX_), 256) +
+           2 * round_up(BH * NC * 64 * K * sizeof(floatX_), 256);
 }
 /* Bytes of the optional per-layer `saved` buffer: Tm of every chunk, B * H * ceil(T/64) * 64 * 64
  * floatX (T * B * H * 64 rounded up: half the size of q at K = 128). */

@@ -15,7 +15,13 @@
 #include <vector>
 #include <cstring>
 #include "../../kernels/matmul.cuh"
-#include "../../kernels/layers.cuh"
+#include "../../kernels/embedding.cuh"
+#include "../../kernels/rmsnorm.cuh"
+#include "../../kernels/conv.cuh"
+#include "../../kernels/sigmoid.cuh"
+#include "../../kernels/swiglu.cuh"
+#include "../../kernels/crossentropy.cuh"
+#include "../../kernels/reduce.cuh"
 #include "../../kernels/adamw.cuh"
 #include "gpu_util.cuh"
 #include "../test.h"
