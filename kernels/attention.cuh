@@ -192,6 +192,17 @@ __device__ __forceinline__ void c_to_a(typename Pair<T>::type a[4], const float 
     a[3] = make_pair<T>(c1[2], c1[3]);
 }
 
+/* acc[mt][2p] += a[mt] b[0] and acc[mt][2p+1] += a[mt] b[1] for every mt: one pair of B fragments
+ * (16 columns) feeds the MT row tiles (both forward products, S = Q K^T and O += P V). */
+template <int MT, int NC, typename P>
+__device__ __forceinline__ void mma_pair(float (&acc)[MT][NC][4], int p, P (&a)[MT][4], P (&b)[2][2]) {
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        mma(acc[mt][2 * p], a[mt], b[0]);
+        mma(acc[mt][2 * p + 1], a[mt], b[1]);
+    }
+}
+
 // ----------------------------------------------------------------------------
 // cp.async staging
 
@@ -308,11 +319,7 @@ __global__ void __launch_bounds__(NW * 32, MINB)
             for (int np = 0; np < NT / 2; np++) {
                 P bb[2][2];
                 ld_B2<LDM>(bb, Ks, ST, np * 16, ks * 16);
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    mma(s[mt][2 * np], a[mt], bb[0]);
-                    mma(s[mt][2 * np + 1], a[mt], bb[1]);
-                }
+                mma_pair(s, np, a, bb);
             }
         }
         cp_async_wait_all(); /* V(kb) landed */
@@ -371,11 +378,7 @@ __global__ void __launch_bounds__(NW * 32, MINB)
             for (int dp = 0; dp < DT / 2; dp++) {
                 P bb[2][2];
                 ld_Bt2<LDM>(bb, Vs, ST, kk * 16, dp * 16);
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    mma(o[mt][2 * dp], pa[mt], bb[0]);
-                    mma(o[mt][2 * dp + 1], pa[mt], bb[1]);
-                }
+                mma_pair(o, dp, pa, bb);
             }
         }
     }

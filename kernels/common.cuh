@@ -123,22 +123,18 @@ __host__ __device__ constexpr inline size_t round_up(size_t x, size_t a) { retur
 
 /* Streaming multiprocessors and resident threads per SM of the current device, queried once (the
  * launch heuristics size their grids to one wave). */
+inline int device_attr(cudaDeviceAttr attr) {
+    int dev, v;
+    cudaCheck(cudaGetDevice(&dev));
+    cudaCheck(cudaDeviceGetAttribute(&v, attr, dev));
+    return v;
+}
 inline int num_sms() {
-    static int n = 0;
-    if (!n) {
-        int dev;
-        cudaCheck(cudaGetDevice(&dev));
-        cudaCheck(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    }
+    static const int n = device_attr(cudaDevAttrMultiProcessorCount);
     return n;
 }
 inline int max_threads_per_sm() {
-    static int n = 0;
-    if (!n) {
-        int dev;
-        cudaCheck(cudaGetDevice(&dev));
-        cudaCheck(cudaDeviceGetAttribute(&n, cudaDevAttrMaxThreadsPerMultiProcessor, dev));
-    }
+    static const int n = device_attr(cudaDevAttrMaxThreadsPerMultiProcessor);
     return n;
 }
 

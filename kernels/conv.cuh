@@ -181,6 +181,26 @@ __device__ __forceinline__ void conv_warp_rows(int N, int warp, int &n0, int &n1
  * the last 3 rows rotates through fixed registers), so both are indexed by compile-time constants. */
 template <int QD> __host__ __device__ constexpr int conv_unroll() { return QD % 3 == 0 ? QD : 3 * QD; }
 
+/* The lane's 4 conv taps of each of its CPL channels (zeros past C). */
+template <int CPL, bool FULL>
+__device__ __forceinline__ void conv_load_weights(float (&w4)[CPL][4], const float *w, int c, int nvalid) {
+#pragma unroll
+    for (int k = 0; k < CPL; k++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) w4[k][j] = (FULL || k < nvalid) ? w[(size_t)(c + k) * 4 + j] : 0.0f;
+}
+/* The conv's halo of a segment starting at row s0 (time t0): the 3 input rows before it, zeros
+ * before the sequence start. */
+template <typename floatX, int CPL>
+__device__ __forceinline__ void conv_load_halo(ConvRaw<floatX, CPL> (&h)[3], const floatX *x0, int s0, int t0, int C,
+                                               bool full, int nvalid) {
+#pragma unroll
+    for (int j = 0; j < 3; j++) {
+        h[j].zero();
+        if (t0 - 3 + j >= 0) h[j].load(x0 + (size_t)(s0 - 3 + j) * C, full, nvalid);
+    }
+}
+
 template <typename floatX, int CPL, int HL, bool FULL>
 __global__ void __launch_bounds__(CONV_WARPS * 32, CPL <= 4 ? CONV_FWD_MINB : 4)
 conv_silu_l2norm_forward_kernel(floatX *out, const floatX *inp, const float *w, int N, int T, int C, int C_norm,
@@ -193,10 +213,7 @@ conv_silu_l2norm_forward_kernel(floatX *out, const floatX *inp, const float *w, 
     int n0, n1;
     conv_warp_rows(N, warp, n0, n1);
     float w4[CPL][4];
-#pragma unroll
-    for (int k = 0; k < CPL; k++)
-#pragma unroll
-        for (int j = 0; j < 4; j++) w4[k][j] = (FULL || k < nvalid) ? w[(size_t)(c + k) * 4 + j] : 0.0f;
+    conv_load_weights<CPL, FULL>(w4, w, c, nvalid);
     const floatX *x0 = inp + (c < C ? c : 0); /* row n at x0 + n*C */
     int ys;
     floatX *y0 = conv_plane_ptr(out, c, C, N, plane, ys);
@@ -204,11 +221,7 @@ conv_silu_l2norm_forward_kernel(floatX *out, const floatX *inp, const float *w, 
         /* one segment: rows [s0, s1) of one sequence, t0 = s0's time */
         int t0 = s0 % T, s1 = min(n1, s0 - t0 + T);
         ConvRaw<floatX, CPL> h[3], q[QD];
-#pragma unroll
-        for (int j = 0; j < 3; j++) {
-            h[j].zero();
-            if (t0 - 3 + j >= 0) h[j].load(x0 + (size_t)(s0 - 3 + j) * C, full, nvalid);
-        }
+        conv_load_halo<floatX, CPL>(h, x0, s0, t0, C, full, nvalid);
 #pragma unroll
         for (int r = 0; r < QD; r++) {
             q[r].zero();
@@ -266,13 +279,11 @@ conv_silu_l2norm_backward_kernel(floatX *dinp, float *partial, const floatX *dou
     int n0, n1;
     conv_warp_rows(N, warp, n0, n1);
     float w4[CPL][4], dw[CPL][4];
+    conv_load_weights<CPL, FULL>(w4, w, c, nvalid);
 #pragma unroll
     for (int k = 0; k < CPL; k++)
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            w4[k][j] = (FULL || k < nvalid) ? w[(size_t)(c + k) * 4 + j] : 0.0f;
-            dw[k][j] = 0.0f;
-        }
+        for (int j = 0; j < 4; j++) dw[k][j] = 0.0f;
     const floatX *x0 = inp + (c < C ? c : 0);
     floatX *dx0 = dinp + (c < C ? c : 0);
     int dys;
@@ -281,11 +292,7 @@ conv_silu_l2norm_backward_kernel(floatX *dinp, float *partial, const floatX *dou
         /* one segment: dinp rows [s0, s1) of one sequence; dz needed for rows [s0, s2) */
         int t0 = s0 % T, send = s0 - t0 + T, s1 = min(n1, send), s2 = min(s1 + 3, send);
         ConvRaw<floatX, CPL> h[3], qx[QD], qd[QD];
-#pragma unroll
-        for (int j = 0; j < 3; j++) {
-            h[j].zero();
-            if (t0 - 3 + j >= 0) h[j].load(x0 + (size_t)(s0 - 3 + j) * C, full, nvalid);
-        }
+        conv_load_halo<floatX, CPL>(h, x0, s0, t0, C, full, nvalid);
 #pragma unroll
         for (int r = 0; r < QD; r++) {
             qx[r].zero();
