@@ -1,6 +1,6 @@
 /*
  * attention.cuh -- causal softmax attention (global and sliding-window, grouped KV heads) on the
- * GPU, flash-style, forward and backward; and RoPE, forward and backward.
+ * GPU, flash-style, forward and backward (RoPE, applied before it, is rope.cuh).
  *
  * Contract (that of ref_attention_forward/backward in ref/ref_api.h):
  *   q, out [B,T,Hq,d]; k, v [B,T,Hkv,d] (RoPE already applied); query head h reads KV head
@@ -31,18 +31,10 @@
  * Tiles are staged global -> shared with cp.async (16 bytes per copy, rows past T zero-filled),
  * rows padded by 16 bytes so ldmatrix is bank-conflict free.
  *
- * RoPE (non-interleaved halves): for i < d/2, angle = (pos0 + t) * base^(-2i/d),
- * (x_i, x_{i+d/2}) <- (x_i cos - x_{i+d/2} sin, x_{i+d/2} cos + x_i sin); the backward rotates
- * the gradient by -angle. cos/sin come from a table computed once in double (rope_table_init):
- * a float angle at position ~1000 would already be off by ~1e-4 rad.
- *
  * Launchers (floatX = float or __nv_bfloat16; no allocation, no synchronisation):
  *   attention_forward(out, lse, q, k, v, B, T, Hq, Hkv, d, window, stream)
  *   attention_backward_scratch_bytes(B, T, Hq, d)
  *   attention_backward(dq, dk, dv, scratch, dout, q, k, v, out, lse, B, T, Hq, Hkv, d, window, stream)
- *   rope_table_init(cs, maxpos, d, base, stream)        cs: float [maxpos, d/2, 2] (cos, sin)
- *   rope_forward(x, cs, B, T, H, d, pos0, stream)       in place, positions pos0.. < maxpos
- *   rope_backward(dx, cs, B, T, H, d, pos0, stream)     in place
  * Pointers must be 16-byte aligned (cudaMalloc'd buffers and [B,T,H,d] slices of them are).
  *
  * Speed: tests/gpu/bench_attention.cu times each variant (the README holds the table). The other tile
@@ -619,41 +611,6 @@ __global__ void __launch_bounds__(NW * 32)
 }
 
 // ----------------------------------------------------------------------------
-// RoPE
-
-/* cs[p][i] = (cos, sin)(p * base^(-2i/d)), computed in double. */
-__global__ void rope_table_kernel(float2 *cs, int maxpos, int half, int d, double base) {
-    const long n = (long)maxpos * half;
-    for (long x = (long)blockIdx.x * blockDim.x + threadIdx.x; x < n; x += (long)gridDim.x * blockDim.x) {
-        const int p = (int)(x / half), i = (int)(x % half);
-        double sn, c;
-        sincos((double)p * pow(base, -2.0 * i / d), &sn, &c);
-        cs[x] = make_float2((float)c, (float)sn);
-    }
-}
-
-/* Rotate pairs (x_i, x_{i+d/2}) of x [B,T,H,d] by sign * angle(pos0 + t, i). One thread per pair. */
-template <typename T>
-__global__ void rope_kernel(T *x, const float2 *__restrict__ cs, long npairs, int T_, int H, int half, int pos0,
-                            float sign) {
-    for (long e = (long)blockIdx.x * blockDim.x + threadIdx.x; e < npairs; e += (long)gridDim.x * blockDim.x) {
-        const long row = e / half;
-        const int i = (int)(e - row * half), t = (int)((row / H) % T_);
-        const float2 c = cs[(long)(pos0 + t) * half + i];
-        const float sn = sign * c.y;
-        T *p = x + row * 2 * half + i;
-        const float a = to_f(p[0]), z = to_f(p[half]);
-        p[0] = from_f<T>(a * c.x - z * sn);
-        p[half] = from_f<T>(z * c.x + a * sn);
-    }
-}
-
-inline int grid_for(long n, int threads) {
-    long blocks = (n + threads - 1) / threads;
-    return (int)(blocks < 65536L * 16 ? (blocks > 0 ? blocks : 1) : 65536L * 16);
-}
-
-// ----------------------------------------------------------------------------
 // launchers with explicit tile choices (the bench compares them; tests use the defaults below)
 
 /* NW warps, MT m16 row slabs per warp (BQ = 16 NW MT query rows per block), BK keys per tile,
@@ -772,26 +729,4 @@ void attention_backward(floatX *dq, floatX *dk, floatX *dv, void *scratch, const
                         int Hkv, int d, int window, cudaStream_t stream) {
     attn::backward_impl<floatX, true>(dq, dk, dv, (float *)scratch, dout, q, k, v, out, lse, B, T, Hq, Hkv, d,
                                       window, stream);
-}
-
-/* cs: float [maxpos, d/2, 2] = (cos, sin) of p * base^(-2i/d), computed in double, once. */
-inline void rope_table_init(float *cs, int maxpos, int d, float base, cudaStream_t stream) {
-    const long n = (long)maxpos * (d / 2);
-    attn::rope_table_kernel<<<attn::grid_for(n, 256), 256, 0, stream>>>((float2 *)cs, maxpos, d / 2, d, (double)base);
-    cudaCheckLaunch();
-}
-
-/* In place on x [B,T,H,d]: rotate by the angles of positions pos0 .. pos0+T-1 (< the table's maxpos). */
-template <typename floatX>
-void rope_forward(floatX *x, const float *cs, int B, int T, int H, int d, int pos0, cudaStream_t stream) {
-    const long n = (long)B * T * H * (d / 2);
-    attn::rope_kernel<floatX><<<attn::grid_for(n, 256), 256, 0, stream>>>(x, (const float2 *)cs, n, T, H, d / 2, pos0, 1.0f);
-    cudaCheckLaunch();
-}
-/* In place on the gradient dx [B,T,H,d]: the inverse rotation. */
-template <typename floatX>
-void rope_backward(floatX *dx, const float *cs, int B, int T, int H, int d, int pos0, cudaStream_t stream) {
-    const long n = (long)B * T * H * (d / 2);
-    attn::rope_kernel<floatX><<<attn::grid_for(n, 256), 256, 0, stream>>>(dx, (const float2 *)cs, n, T, H, d / 2, pos0, -1.0f);
-    cudaCheckLaunch();
 }

@@ -138,6 +138,13 @@ inline int max_threads_per_sm() {
     return n;
 }
 
+/* Blocks for a grid-stride loop over n elements: enough for one element per thread, capped (the
+ * loop covers the rest). */
+inline int grid_for(long n, int threads) {
+    long blocks = (n + threads - 1) / threads;
+    return (int)(blocks < 65536L * 16 ? (blocks > 0 ? blocks : 1) : 65536L * 16);
+}
+
 // ----------------------------------------------------------------------------
 // PTX primitives (sm_80+): shared-memory addresses, cp.async, ldmatrix, mma.sync.
 //

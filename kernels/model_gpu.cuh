@@ -54,6 +54,7 @@
 #include "crossentropy.cuh"
 #include "reduce.cuh"
 #include "attention.cuh"
+#include "rope.cuh"
 #include "deltarule.cuh"
 #include "adamw.cuh"
 #include "../model.h"
