@@ -1,6 +1,6 @@
 /*
  * attention.cuh -- causal softmax attention (global and sliding-window, grouped KV heads) on the
- * GPU, flash-style, forward and backward; and RoPE, forward and backward.
+ * GPU, flash-style, forward and backward (RoPE, applied before it, is rope.cuh).
  *
  * Contract (that of ref_attention_forward/backward in ref/ref_api.h):
  *   q, out [B,T,Hq,d]; k, v [B,T,Hkv,d] (RoPE already applied); query head h reads KV head
@@ -31,24 +31,14 @@
  * Tiles are staged global -> shared with cp.async (16 bytes per copy, rows past T zero-filled),
  * rows padded by 16 bytes so ldmatrix is bank-conflict free.
  *
- * RoPE (non-interleaved halves): for i < d/2, angle = (pos0 + t) * base^(-2i/d),
- * (x_i, x_{i+d/2}) <- (x_i cos - x_{i+d/2} sin, x_{i+d/2} cos + x_i sin); the backward rotates
- * the gradient by -angle. cos/sin come from a table computed once in double (rope_table_init):
- * a float angle at position ~1000 would already be off by ~1e-4 rad.
- *
  * Launchers (floatX = float or __nv_bfloat16; no allocation, no synchronisation):
  *   attention_forward(out, lse, q, k, v, B, T, Hq, Hkv, d, window, stream)
  *   attention_backward_scratch_bytes(B, T, Hq, d)
  *   attention_backward(dq, dk, dv, scratch, dout, q, k, v, out, lse, B, T, Hq, Hkv, d, window, stream)
- *   rope_table_init(cs, maxpos, d, base, stream)        cs: float [maxpos, d/2, 2] (cos, sin)
- *   rope_forward(x, cs, B, T, H, d, pos0, stream)       in place, positions pos0.. < maxpos
- *   rope_backward(dx, cs, B, T, H, d, pos0, stream)     in place
  * Pointers must be 16-byte aligned (cudaMalloc'd buffers and [B,T,H,d] slices of them are).
  *
- * Measured (H100 80GB HBM3, B=8 T=2048 Hq=Hkv=8 d=128 bf16, tests/gpu/bench_attention.cu): global
- * causal fwd 0.33 ms (208 TFLOP/s), bwd 1.07 ms (160), fwd+bwd 1.40 ms = 2.2x cuDNN's 0.627 ms;
- * window 512 fwd+bwd 0.74 ms. The other tile variants (forward_launch / backward_launch template
- * arguments) are within ~5% of the defaults. Registers: fwd d=128 ~236, bwd d=128 255 (tiny spill).
+ * Speed: tests/gpu/bench_attention.cu times each variant (the README holds the table). The other tile
+ * variants (forward_launch / backward_launch template arguments) stay selectable for that bench.
  */
 #pragma once
 #include <cassert>
@@ -94,24 +84,8 @@ __device__ __forceinline__ void store_pair(bf16 *p, float x, float y) {
 }
 __device__ __forceinline__ void store_pair(float *p, float x, float y) { *reinterpret_cast<float2 *>(p) = make_float2(x, y); }
 
-__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
-}
-
-/* c += a b */
-__device__ __forceinline__ void mma(float c[4], const uint32_t a[4], const uint32_t b[2]) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
+/* c += a b (bf16 tensor cores, mma_bf16 in common.cuh) */
+__device__ __forceinline__ void mma(float c[4], const uint32_t a[4], const uint32_t b[2]) { mma_bf16(c, a, b[0], b[1]); }
 /* The same product in exact fp32: lane (g, t) needs A rows g, g+8 (held by the 4 lanes 4g..4g+3)
  * and B columns 2t, 2t+1 (held by lanes 8t.. and 8t+4..), fetched by shuffles, 4 k-pairs at a time. */
 __device__ __forceinline__ float2 shfl2(float2 v, int src) {
@@ -210,25 +184,26 @@ __device__ __forceinline__ void c_to_a(typename Pair<T>::type a[4], const float 
     a[3] = make_pair<T>(c1[2], c1[3]);
 }
 
+/* acc[mt][2p] += a[mt] b[0] and acc[mt][2p+1] += a[mt] b[1] for every mt: one pair of B fragments
+ * (16 columns) feeds the MT row tiles (both forward products, S = Q K^T and O += P V). */
+template <int MT, int NC, typename P>
+__device__ __forceinline__ void mma_pair(float (&acc)[MT][NC][4], int p, P (&a)[MT][4], P (&b)[2][2]) {
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        mma(acc[mt][2 * p], a[mt], b[0]);
+        mma(acc[mt][2 * p + 1], a[mt], b[1]);
+    }
+}
+
 // ----------------------------------------------------------------------------
 // cp.async staging
 
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async4(void *dst, const void *src, int src_bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
-
-/* Shared row stride of a tile of width W elements: padded by 16 bytes. */
-template <typename T, int W> __host__ __device__ constexpr int padded() { return W + 16 / (int)sizeof(T); }
+/* cp.async and the padded row stride (padded<T>(W): W + 16 bytes) are in common.cuh. */
 
 /* ROWS rows of D elements, global rows row0.. of stride gst (rows >= nrows zero-filled), into s. */
 template <typename T, int D, int ROWS, int NTHR>
 __device__ __forceinline__ void load_rows(T *s, const T *g, long gst, int row0, int nrows) {
-    constexpr int EPC = 16 / sizeof(T), CPR = D / EPC, ST = padded<T, D>(), TOTAL = ROWS * CPR;
+    constexpr int EPC = 16 / sizeof(T), CPR = D / EPC, ST = padded<T>(D), TOTAL = ROWS * CPR;
 #pragma unroll
     for (int it = 0; it < (TOTAL + NTHR - 1) / NTHR; it++) {
         const int c = it * NTHR + threadIdx.x;
@@ -261,7 +236,7 @@ __device__ __forceinline__ bool visible(int i, int j, int window) {
 
 template <typename T, int D, int NW, int MT, int BK>
 __host__ __device__ constexpr size_t fwd_smem_bytes() {
-    return (size_t)(NW * 16 * MT + 2 * BK) * padded<T, D>() * sizeof(T);
+    return (size_t)(NW * 16 * MT + 2 * BK) * padded<T>(D) * sizeof(T);
 }
 
 template <typename T, int D, int NW, int MT, int BK, bool LDM, int MINB, bool QR>
@@ -270,7 +245,7 @@ __global__ void __launch_bounds__(NW * 32, MINB)
                              const T *__restrict__ k, const T *__restrict__ v, int T_, int Hq, int Hkv,
                              int window, float sl2) {
     typedef typename Pair<T>::type P;
-    constexpr int NTHR = NW * 32, BQ = NW * 16 * MT, ST = padded<T, D>();
+    constexpr int NTHR = NW * 32, BQ = NW * 16 * MT, ST = padded<T>(D);
     constexpr int NT = BK / 8, DT = D / 8, KS = D / 16;
     static_assert(D % 16 == 0 && BK % 16 == 0, "tile shapes");
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -336,11 +311,7 @@ __global__ void __launch_bounds__(NW * 32, MINB)
             for (int np = 0; np < NT / 2; np++) {
                 P bb[2][2];
                 ld_B2<LDM>(bb, Ks, ST, np * 16, ks * 16);
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    mma(s[mt][2 * np], a[mt], bb[0]);
-                    mma(s[mt][2 * np + 1], a[mt], bb[1]);
-                }
+                mma_pair(s, np, a, bb);
             }
         }
         cp_async_wait_all(); /* V(kb) landed */
@@ -399,11 +370,7 @@ __global__ void __launch_bounds__(NW * 32, MINB)
             for (int dp = 0; dp < DT / 2; dp++) {
                 P bb[2][2];
                 ld_Bt2<LDM>(bb, Vs, ST, kk * 16, dp * 16);
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    mma(o[mt][2 * dp], pa[mt], bb[0]);
-                    mma(o[mt][2 * dp + 1], pa[mt], bb[1]);
-                }
+                mma_pair(o, dp, pa, bb);
             }
         }
     }
@@ -464,8 +431,8 @@ constexpr int BWD_BQ = 64;
 
 template <typename T, int D, int NW>
 __host__ __device__ constexpr size_t bwd_smem_bytes() {
-    return (size_t)(2 * NW * 16 + 2 * BWD_BQ) * padded<T, D>() * sizeof(T) +
-           (size_t)NW * 16 * padded<T, BWD_BQ>() * sizeof(T) + 2 * BWD_BQ * sizeof(float);
+    return (size_t)(2 * NW * 16 + 2 * BWD_BQ) * padded<T>(D) * sizeof(T) +
+           (size_t)NW * 16 * padded<T>(BWD_BQ) * sizeof(T) + 2 * BWD_BQ * sizeof(float);
 }
 
 template <typename T, int D, int NW, bool LDM>
@@ -475,7 +442,7 @@ __global__ void __launch_bounds__(NW * 32)
                               const T *__restrict__ v, const float *__restrict__ lse, const float *__restrict__ Dd,
                               int T_, int Hq, int Hkv, int window, float scale, float sl2) {
     typedef typename Pair<T>::type P;
-    constexpr int NTHR = NW * 32, BK = NW * 16, BQ = BWD_BQ, ST = padded<T, D>(), SST = padded<T, BQ>();
+    constexpr int NTHR = NW * 32, BK = NW * 16, BQ = BWD_BQ, ST = padded<T>(D), SST = padded<T>(BQ);
     constexpr int NT = BQ / 8, DT = D / 8, KS = D / 16;
     constexpr int CW = D / (NW / 4);       /* dQ columns per warp */
     constexpr int CC = CW < 64 ? CW : 64;  /* ... done CC at a time */
@@ -644,41 +611,6 @@ __global__ void __launch_bounds__(NW * 32)
 }
 
 // ----------------------------------------------------------------------------
-// RoPE
-
-/* cs[p][i] = (cos, sin)(p * base^(-2i/d)), computed in double. */
-__global__ void rope_table_kernel(float2 *cs, int maxpos, int half, int d, double base) {
-    const long n = (long)maxpos * half;
-    for (long x = (long)blockIdx.x * blockDim.x + threadIdx.x; x < n; x += (long)gridDim.x * blockDim.x) {
-        const int p = (int)(x / half), i = (int)(x % half);
-        double sn, c;
-        sincos((double)p * pow(base, -2.0 * i / d), &sn, &c);
-        cs[x] = make_float2((float)c, (float)sn);
-    }
-}
-
-/* Rotate pairs (x_i, x_{i+d/2}) of x [B,T,H,d] by sign * angle(pos0 + t, i). One thread per pair. */
-template <typename T>
-__global__ void rope_kernel(T *x, const float2 *__restrict__ cs, long npairs, int T_, int H, int half, int pos0,
-                            float sign) {
-    for (long e = (long)blockIdx.x * blockDim.x + threadIdx.x; e < npairs; e += (long)gridDim.x * blockDim.x) {
-        const long row = e / half;
-        const int i = (int)(e - row * half), t = (int)((row / H) % T_);
-        const float2 c = cs[(long)(pos0 + t) * half + i];
-        const float sn = sign * c.y;
-        T *p = x + row * 2 * half + i;
-        const float a = to_f(p[0]), z = to_f(p[half]);
-        p[0] = from_f<T>(a * c.x - z * sn);
-        p[half] = from_f<T>(z * c.x + a * sn);
-    }
-}
-
-inline int grid_for(long n, int threads) {
-    long blocks = (n + threads - 1) / threads;
-    return (int)(blocks < 65536L * 16 ? (blocks > 0 ? blocks : 1) : 65536L * 16);
-}
-
-// ----------------------------------------------------------------------------
 // launchers with explicit tile choices (the bench compares them; tests use the defaults below)
 
 /* NW warps, MT m16 row slabs per warp (BQ = 16 NW MT query rows per block), BK keys per tile,
@@ -797,26 +729,4 @@ void attention_backward(floatX *dq, floatX *dk, floatX *dv, void *scratch, const
                         int Hkv, int d, int window, cudaStream_t stream) {
     attn::backward_impl<floatX, true>(dq, dk, dv, (float *)scratch, dout, q, k, v, out, lse, B, T, Hq, Hkv, d,
                                       window, stream);
-}
-
-/* cs: float [maxpos, d/2, 2] = (cos, sin) of p * base^(-2i/d), computed in double, once. */
-inline void rope_table_init(float *cs, int maxpos, int d, float base, cudaStream_t stream) {
-    const long n = (long)maxpos * (d / 2);
-    attn::rope_table_kernel<<<attn::grid_for(n, 256), 256, 0, stream>>>((float2 *)cs, maxpos, d / 2, d, (double)base);
-    cudaCheckLaunch();
-}
-
-/* In place on x [B,T,H,d]: rotate by the angles of positions pos0 .. pos0+T-1 (< the table's maxpos). */
-template <typename floatX>
-void rope_forward(floatX *x, const float *cs, int B, int T, int H, int d, int pos0, cudaStream_t stream) {
-    const long n = (long)B * T * H * (d / 2);
-    attn::rope_kernel<floatX><<<attn::grid_for(n, 256), 256, 0, stream>>>(x, (const float2 *)cs, n, T, H, d / 2, pos0, 1.0f);
-    cudaCheckLaunch();
-}
-/* In place on the gradient dx [B,T,H,d]: the inverse rotation. */
-template <typename floatX>
-void rope_backward(floatX *dx, const float *cs, int B, int T, int H, int d, int pos0, cudaStream_t stream) {
-    const long n = (long)B * T * H * (d / 2);
-    attn::rope_kernel<floatX><<<attn::grid_for(n, 256), 256, 0, stream>>>(dx, (const float2 *)cs, n, T, H, d / 2, pos0, -1.0f);
-    cudaCheckLaunch();
 }

@@ -15,7 +15,7 @@
  *
  * Fused epilogues: cuBLASLt fuses only bias / ReLU / GELU (and their gradients), none of which this
  * model has; the residual add is the `accumulate` flag (beta = 1), the sigmoid of beta and SwiGLU are
- * separate elementwise kernels (layers.cuh).
+ * separate elementwise kernels (sigmoid.cuh, swiglu.cuh).
  *
  * Fused weights: the parameter table keeps q_proj, k_proj, v_proj adjacent ([3D, D] from
  * layer.p[DN_P_Q]) and gate_proj, up_proj adjacent ([2I, D] from layer.p[DN_P_GATE]), in the fp32

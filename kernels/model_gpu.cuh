@@ -9,9 +9,9 @@
  *             h_{l+1} = mid + MLP(x),     x = RMSNorm(h_{l+1}; g_next)     (g_attn_{l+1} or g_final)
  *   head: logits = x W_lm^T (padded_vocab columns, the padding rows of W_lm are zero), CE over the
  *         first vocab_size columns.
- *   DeltaNet mixer: per j in q, k, v: x W_j^T then silu(conv4(.)) (L2-normalised per head for q, k:
- *     one fused kernel), into [3][N][D] (the delta-rule kernels take q, k, v as separate [B,T,H,K]
- *     tensors, so the three projections stay separate matmuls rather than one [3D,D] one),
+ *   DeltaNet mixer: q|k|v = x W_qkv^T (one [3D,D] matmul, W_q, W_k, W_v adjacent in the table), then
+ *     silu(conv4(.)) (L2-normalised per head for q, k) in one fused kernel that writes the rows
+ *     q|k|v out as three planes [3][N][D] (the delta-rule kernels take q, k, v as separate [B,T,H,K]),
  *     beta = sigmoid(x W_b^T), o = delta rule (chunkwise), on = RMSNorm_head(o; g_o), out = on W_o^T.
  *   Attention mixer: q, k, v = x W^T, RoPE(q), RoPE(k), flash attention (window for 'S'), W_o.
  *   MLP: gu = x W_gu^T (one [2I,D] matmul, gate_proj|up_proj adjacent), act = silu(g) u, act W_down^T.
@@ -20,11 +20,12 @@
  * zero), its floatX copy for the matmuls (the same buffer in fp32 mode), fp32 gradients, AdamW m
  * and v: one allocation each. Activations: one allocation carved by gpu_act_table(), the single
  * place where every buffer's size is computed. Per layer the backward keeps only
- *   h_l (the layer input), mid, the MLP's gate|up, and for DeltaNet layers the pre-conv q, k, v, o,
- *   beta, the rstd's and the chunks' (I+A)^-1 that the delta-rule forward hands to its backward; for
+ *   h_l (the layer input), mid, the normed inputs of both sublayers (xn_attn, xn_mlp, which the
+ *   weight gradients read), the MLP's gate|up, and for DeltaNet layers the pre-conv q|k|v, o, beta,
+ *   the rstd's and the chunks' (I+A)^-1 that the delta-rule forward hands to its backward; for
  *   attention layers q, k, v (after RoPE), out and lse;
- * everything else (the normed inputs, the conv/L2 outputs, the per-head normed o, silu(g) u) is
- * recomputed in the backward from those, which costs a few memory-bound kernels per layer. The LM
+ * everything else (the conv/L2 outputs, the per-head normed o, silu(g) u) is recomputed in the
+ * backward from those, which costs a few memory-bound kernels per layer. The LM
  * head runs in row chunks (head_rows rows at a time): logits of a chunk, the fused cross-entropy
  * turns them into dlogits in place, and the chunk's backward matmuls run at once, so the logits
  * never exist for all N rows (GPT-2's vocab would take N x 50304 x 2 bytes = 3.1 GiB at N = 32768).
@@ -36,14 +37,8 @@
  * plan), the whole step is captured once as a CUDA graph and replayed: one launch per step and
  * one host sync, to read the loss.
  *
- * Measured (H100 80GB HBM3, bf16, 2026-11-23; tok/s of steps after the first, memory = the device's
- * in-use total after every allocation, context included; all buffers are allocated up front):
- *   d12 (124M, DeltaNet x12), B=32 T=1024:            420k tok/s (78 ms/step, MFU 33%), 10.6 GiB
- *   d12 hybrid, global attention in layers 5 and 11:   422k tok/s, 10.6 GiB
- *   d12 hybrid DDSDDSDDSDDS (window 512):              443k tok/s, 10.5 GiB
- *   340M (DeltaNet x24, vocab 32000), B=16 T=2048:     164k tok/s (200 ms/step, MFU 36%), 25.9 GiB
- *   the default `small` (6 DeltaNet layers), B=8 T=512: 485k tok/s (8.4 ms/step), 2.8 GiB
- * The CUDA graph saves ~1 ms per d12 step over eager launches (77-78 vs 78-79 ms).
+ * Speed and memory: the trainer prints tok/s, MFU and the device memory in use; the README holds the
+ * measured table. The CUDA graph removes the per-kernel launch overhead of eager launches.
  */
 #pragma once
 #include <cmath>
@@ -51,388 +46,19 @@
 #include <type_traits>
 #include "common.cuh"
 #include "matmul.cuh"
-#include "layers.cuh"
+#include "embedding.cuh"
+#include "rmsnorm.cuh"
+#include "conv.cuh"
+#include "sigmoid.cuh"
+#include "swiglu.cuh"
+#include "crossentropy.cuh"
+#include "reduce.cuh"
 #include "attention.cuh"
+#include "rope.cuh"
 #include "deltarule.cuh"
 #include "adamw.cuh"
 #include "../model.h"
-
-#define GPU_HEAD_LOGITS_BYTES ((size_t)512 << 20) /* logits of one LM-head row chunk, at most */
-#define GPU_L2_EPS 1e-6f                          /* q, k L2 norm eps (docs/MODEL.md) */
-#define GPU_ALIGN 256                             /* every carved buffer starts on this */
-
-// ----------------------------------------------------------------------------
-// allocation with a clear out-of-memory message
-
-static inline size_t gpu_round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
-
-/* cudaMalloc that, on failure, prints one line naming what was being allocated and how much, with
- * the free and total device memory, and exits (no CUDA error dump). */
-static inline void *gpu_malloc_or_die(size_t bytes, const char *what) {
-    void *p = NULL;
-    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
-    if (e != cudaSuccess) {
-        cudaGetLastError(); /* clear the sticky-free error so the query below works */
-        size_t fr = 0, tot = 0;
-        cudaMemGetInfo(&fr, &tot);
-        fprintf(stderr, "out of GPU memory: allocating %s needs %.2f GiB, %.2f GiB free of %.2f GiB (%s)\n"
-                        "  HINT: lower the micro-batch -b or the sequence length -t (keep --total-batch: more "
-                        "gradient accumulation), or use a smaller model\n",
-                what, bytes / 1073741824.0, fr / 1073741824.0, tot / 1073741824.0, cudaGetErrorString(e));
-        exit(EXIT_FAILURE);
-    }
-    return p;
-}
-
-static inline void *gpu_host_alloc_or_die(size_t bytes, const char *what) {
-    void *p = NULL;
-    if (cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess) {
-        cudaGetLastError();
-        fprintf(stderr, "out of pinned host memory: allocating %s needs %.1f MiB\n", what, bytes / 1048576.0);
-        exit(EXIT_FAILURE);
-    }
-    return p;
-}
-
-// ----------------------------------------------------------------------------
-// optional per-phase timing (train_deltanet --profile): CUDA events between the phases of a step,
-// summed per label. Off by default; a profiled step runs eagerly (no graph).
-
-#define GPU_PROF_EVENTS 2048
-#define GPU_PROF_LABELS 64
-
-typedef struct {
-    int on, n, nlab;
-    cudaEvent_t ev[GPU_PROF_EVENTS];
-    const char *ev_label[GPU_PROF_EVENTS]; /* the phase that ends at event i */
-    const char *label[GPU_PROF_LABELS];
-    double ms[GPU_PROF_LABELS];
-    long steps;
-} GPUProf;
-
-static inline void prof_mark(GPUProf *p, const char *label, cudaStream_t st) {
-    if (!p || !p->on || p->n >= GPU_PROF_EVENTS) return;
-    p->ev_label[p->n] = label;
-    cudaCheck(cudaEventRecord(p->ev[p->n++], st));
-}
-
-/* After the stream is synchronised: add the time between consecutive events to their labels. */
-static inline void prof_collect(GPUProf *p) {
-    if (!p || !p->on) return;
-    for (int i = 1; i < p->n; i++) {
-        float ms = 0;
-        cudaCheck(cudaEventElapsedTime(&ms, p->ev[i - 1], p->ev[i]));
-        int j = 0;
-        while (j < p->nlab && strcmp(p->label[j], p->ev_label[i])) j++;
-        if (j == p->nlab && p->nlab < GPU_PROF_LABELS) { p->label[p->nlab] = p->ev_label[i]; p->ms[p->nlab++] = 0; }
-        if (j < GPU_PROF_LABELS) p->ms[j] += ms;
-    }
-    p->n = 0;
-    p->steps++;
-}
-
-static inline void prof_reset(GPUProf *p) { p->nlab = 0; p->steps = 0; p->n = 0; }
-
-// ----------------------------------------------------------------------------
-// the model's state
-
-/* The activations one layer keeps for its backward (NULL where the layer kind has none). */
-template <typename floatX> struct GPULayerActs {
-    floatX *mid;        /* [N,D]   residual stream after the mixer */
-    floatX *out;        /* [N,D]   residual stream after the MLP: the next layer's input */
-    float *rstd_attn;   /* [N]     1/rms of the layer input (attn_norm) */
-    float *rstd_mlp;    /* [N]     1/rms of mid (mlp_norm) */
-    floatX *xn_attn;    /* [N,D]   the mixer's input attn_norm(h_l) (kept: the backward needs no recompute) */
-    floatX *xn_mlp;     /* [N,D]   the MLP's input mlp_norm(mid) (kept too) */
-    floatX *gu;         /* [N,2I]  gate|up projections (the backward overwrites them with their gradient) */
-    /* DeltaNet */
-    floatX *qkv_pre;    /* [N,3D] rows q|k|v: the fused projection, before the conv */
-    floatX *beta;       /* [N,H]   sigmoid(x W_b^T) */
-    floatX *o;          /* [N,D]   delta-rule output [B,T,H,V] */
-    float *rstd_o;      /* [N*H]   1/rms of each head of o */
-    floatX *dr_saved;   /* what the delta-rule forward saves for its backward (the chunks' (I+A)^-1) */
-    /* attention */
-    floatX *q, *k, *v;  /* [N,D], [N,kvd], [N,kvd] (q, k after RoPE) */
-    floatX *att;        /* [N,D]   attention output */
-    float *lse;         /* [B,Hq,T] */
-};
-
-/* Buffers shared by all layers (their contents live for one layer's forward or backward). */
-template <typename floatX> struct GPUScratch {
-    floatX *emb;        /* [N,D]   h_0, the embedding (layer 0's input; kept for its backward) */
-    float *rstd_final;  /* [N] */
-    floatX *xn;         /* [N,D]   the normed input of the current sublayer (last: the head's input) */
-    floatX *a, *b;      /* [N,D]   branch outputs / gradients */
-    floatX *dres;       /* [N,D]   gradient of the residual stream */
-    floatX *big1;       /* [N*max(3D,I)]         q, k, v ([3][N,D]), silu(g)*u, their gradients */
-    floatX *big2;       /* [N*max(3D,D+2 kvd)]   dq, dk, dv */
-    floatX *bpre;       /* [N,H]   x W_b^T, then its gradient */
-    floatX *dbeta;      /* [N,H] */
-    floatX *logits;     /* [head_rows,Vp] */
-    float *losses;      /* [N] */
-    float *rope;        /* [T,dh/2,2] RoPE cos/sin table (attention layers only) */
-    void *kscratch;     /* kernel scratch, the largest any kernel asks for */
-    size_t kscratch_bytes;
-};
-
-template <typename floatX> struct GPUModel {
-    DNParamTable t;
-    DNConfig cfg;
-    int B, T;           /* micro-batch shape the activations are sized for */
-    int accum;          /* micro-batches per optimizer step */
-    int head_rows;      /* LM-head row chunk */
-    cudaStream_t stream;
-    MatmulContext *mm;
-    /* parameters (one allocation each) */
-    float *params;      /* fp32 master weights [t.total] */
-    floatX *wx;         /* floatX copy used by the matmuls (== params in fp32 mode) */
-    float *grads;       /* [t.total] */
-    float *adam_m, *adam_v;
-    AdamWSegments seg;
-    /* activations */
-    void *act_mem;
-    size_t act_bytes;
-    GPULayerActs<floatX> *L;
-    GPUScratch<floatX> S;
-    /* step I/O: device and pinned host mirrors */
-    int *d_tokens;      /* [accum][2][N] inputs | targets of each micro-batch */
-    int *h_tokens;      /* pinned mirror */
-    AdamWHParams *d_hp, *h_hp;
-    GradNorm *d_gn;
-    float *d_loss;      /* mean loss of the step (accumulated over micro-batches) */
-    float *h_out;       /* pinned: [0] loss, [1] grad norm */
-    float *norm_scratch;
-    GPUProf *prof;      /* NULL unless profiling */
-    /* the captured step */
-    int steps_run;
-    int use_graph;
-    cudaGraphExec_t graph;
-    int have_graph;
-};
-
-// ----------------------------------------------------------------------------
-// sizes: the one place that computes every activation buffer
-
-/* One activation buffer: a name (for messages), its size, where its pointer goes. */
-typedef struct { const char *name; size_t bytes; void **ptr; } GPUActBuf;
-
-template <typename floatX>
-static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
-    const DNConfig *c = &m->cfg;
-    const size_t N = (size_t)m->B * m->T, D = c->d_model, I = c->hidden_size, H = c->n_head;
-    const size_t Hq = c->attn_heads, dh = D / Hq, kvd = (size_t)c->attn_kv_heads * dh, Vp = c->padded_vocab;
-    const size_t X = sizeof(floatX), F = sizeof(float);
-    int n = 0, has_d = 0, has_a = 0;
-#define GPU_ACT(nm, bytes_, p) do { if (n < cap) { tab[n].name = nm; tab[n].bytes = (bytes_); tab[n].ptr = (void **)(p); } n++; } while (0)
-    for (int l = 0; l < c->n_layer; l++) {
-        GPULayerActs<floatX> *a = &m->L[l];
-        GPU_ACT("mid", N * D * X, &a->mid);
-        GPU_ACT("out", N * D * X, &a->out);
-        GPU_ACT("rstd_attn", N * F, &a->rstd_attn);
-        GPU_ACT("rstd_mlp", N * F, &a->rstd_mlp);
-        GPU_ACT("xn_attn", N * D * X, &a->xn_attn);
-        GPU_ACT("xn_mlp", N * D * X, &a->xn_mlp);
-        GPU_ACT("gate|up", N * 2 * I * X, &a->gu);
-        if (c->layers[l] == 'D') {
-            has_d = 1;
-            GPU_ACT("qkv_pre", N * 3 * D * X, &a->qkv_pre);
-            GPU_ACT("beta", N * H * X, &a->beta);
-            GPU_ACT("o", N * D * X, &a->o);
-            GPU_ACT("rstd_o", N * H * F, &a->rstd_o);
-            GPU_ACT("delta rule saved", deltarule_saved_size<floatX>(m->B, m->T, c->n_head), &a->dr_saved);
-        } else {
-            has_a = 1;
-            GPU_ACT("q", N * D * X, &a->q);
-            GPU_ACT("k", N * kvd * X, &a->k);
-            GPU_ACT("v", N * kvd * X, &a->v);
-            GPU_ACT("att", N * D * X, &a->att);
-            GPU_ACT("lse", N * Hq * F, &a->lse);
-        }
-    }
-    GPUScratch<floatX> *s = &m->S;
-    size_t big1 = I, big2 = 1;
-    if (has_d) { big1 = big1 > 3 * D ? big1 : 3 * D; big2 = 3 * D; }
-    if (has_a) { size_t w = D + 2 * kvd + 2 * 16; big2 = big2 > w ? big2 : w; } /* + alignment slack */
-    GPU_ACT("emb", N * D * X, &s->emb);
-    GPU_ACT("rstd_final", N * F, &s->rstd_final);
-    GPU_ACT("xn", N * D * X, &s->xn);
-    GPU_ACT("a", N * D * X, &s->a);
-    GPU_ACT("b", N * D * X, &s->b);
-    GPU_ACT("dres", N * D * X, &s->dres);
-    GPU_ACT("big1", N * big1 * X, &s->big1);
-    GPU_ACT("big2", N * big2 * X, &s->big2);
-    GPU_ACT("bpre", N * H * X, &s->bpre);
-    GPU_ACT("dbeta", N * H * X, &s->dbeta);
-    GPU_ACT("logits", (size_t)m->head_rows * Vp * X, &s->logits);
-    GPU_ACT("losses", N * F, &s->losses);
-    if (has_a) GPU_ACT("rope", (size_t)m->T * dh * F, &s->rope);
-    /* kernel scratch: the largest request of any kernel the step runs */
-    size_t ks = 0;
-#define GPU_KS(bytes_) do { size_t b_ = (bytes_); ks = ks > b_ ? ks : b_; } while (0)
-    GPU_KS(rmsnorm_backward_scratch_floats((int)N, (int)D) * F);
-    GPU_KS(embedding_backward_scratch_bytes((int)N, (int)D, (int)Vp));
-    GPU_KS(grad_norm_scratch_floats() * F);
-    if (has_d) {
-        GPU_KS(rmsnorm_backward_scratch_floats((int)(N * H), c->head_dim) * F);
-        GPU_KS(conv_silu_l2norm_backward_scratch_floats(m->B, m->T, 3 * (int)D, c->head_dim) * F);
-        GPU_KS(deltarule_workspace_size<floatX>(m->B, m->T, c->n_head, c->head_dim, c->head_dim));
-    }
-    if (has_a) GPU_KS(attention_backward_scratch_bytes(m->B, m->T, (int)Hq, (int)dh));
-#undef GPU_KS
-    s->kscratch_bytes = ks;
-    GPU_ACT("kernel scratch", ks, &s->kscratch);
-#undef GPU_ACT
-    return n;
-}
-
-// ----------------------------------------------------------------------------
-// what the kernels support
-
-/* 0 if the GPU kernels can run this config, else -1 with a one-line reason in err. */
-static inline int gpu_model_supported(const DNConfig *c, char *err, size_t errlen) {
-    int has_d = strchr(c->layers, 'D') != NULL, has_a = strpbrk(c->layers, "SG") != NULL;
-    if (has_d && c->head_dim != 64 && c->head_dim != 128) {
-        snprintf(err, errlen, "the GPU delta-rule kernels need head_dim 64 or 128; this model has d_model %d / %d heads = %d",
-                 c->d_model, c->n_head, c->head_dim);
-        return -1;
-    }
-    if (has_d && c->conv_size != 4) {
-        snprintf(err, errlen, "the GPU conv kernels need conv_size 4; this model has %d", c->conv_size);
-        return -1;
-    }
-    int dh = has_a ? c->d_model / c->attn_heads : 64;
-    if (dh != 32 && dh != 64 && dh != 128) {
-        snprintf(err, errlen, "the GPU attention kernels need a head size of 32, 64 or 128; this model has d_model %d / %d attention heads = %d",
-                 c->d_model, c->attn_heads, dh);
-        return -1;
-    }
-    return 0;
-}
-
-// ----------------------------------------------------------------------------
-// create / destroy / host transfers
-
-/* Build the model for micro-batches of B x T, `accum` micro-batches per step, on `stream`. The
- * parameters are zero until gpu_model_set_params. Exits with a clear message when out of memory. */
-template <typename floatX>
-static void gpu_model_create(GPUModel<floatX> *m, const DNConfig *cfg, int B, int T, int accum, cudaStream_t stream) {
-    memset(m, 0, sizeof *m);
-    char err[DN_ERR_LEN];
-    if (dn_build_param_table(&m->t, cfg, err, sizeof err) || gpu_model_supported(cfg, err, sizeof err)) {
-        fprintf(stderr, "model config: %s\n", err);
-        exit(EXIT_FAILURE);
-    }
-    for (int l = 0; l < cfg->n_layer; l++) { /* the fused q|k|v products need their tensors adjacent */
-        const size_t *q = m->t.layer[l].p, DD = (size_t)cfg->d_model * cfg->d_model, D4 = (size_t)cfg->d_model * cfg->conv_size;
-        if (cfg->layers[l] == 'D' && (q[DN_P_K] != q[DN_P_Q] + DD || q[DN_P_V] != q[DN_P_K] + DD ||
-                                      q[DN_P_K_CONV] != q[DN_P_Q_CONV] + D4 || q[DN_P_V_CONV] != q[DN_P_K_CONV] + D4)) {
-            fprintf(stderr, "internal error: layer %d's q, k, v tensors are not adjacent in the parameter table\n", l);
-            exit(EXIT_FAILURE);
-        }
-    }
-    m->cfg = *cfg;
-    m->B = B; m->T = T; m->accum = accum; m->stream = stream;
-    const size_t N = (size_t)B * T, Vp = cfg->padded_vocab;
-    size_t hr = GPU_HEAD_LOGITS_BYTES / (Vp * sizeof(floatX));
-    hr = hr >= 64 ? hr / 64 * 64 : (hr < 1 ? 1 : hr); /* row chunks keep 16-byte alignment */
-    m->head_rows = (int)(hr < N ? hr : N);
-    m->mm = matmul_create();
-    const size_t P = m->t.total;
-    char what[160];
-    snprintf(what, sizeof what, "the fp32 parameters (%zu)", P);
-    m->params = (float *)gpu_malloc_or_die(P * sizeof(float), what);
-    if (std::is_same<floatX, float>::value) m->wx = (floatX *)m->params;
-    else m->wx = (floatX *)gpu_malloc_or_die(P * sizeof(floatX), "the bf16 weight copy");
-    m->grads = (float *)gpu_malloc_or_die(P * sizeof(float), "the fp32 gradients");
-    m->adam_m = (float *)gpu_malloc_or_die(P * sizeof(float), "AdamW's first moments");
-    m->adam_v = (float *)gpu_malloc_or_die(P * sizeof(float), "AdamW's second moments");
-    cudaCheck(cudaMemsetAsync(m->params, 0, P * sizeof(float), stream));
-    cudaCheck(cudaMemsetAsync(m->grads, 0, P * sizeof(float), stream));
-    cudaCheck(cudaMemsetAsync(m->adam_m, 0, P * sizeof(float), stream));
-    cudaCheck(cudaMemsetAsync(m->adam_v, 0, P * sizeof(float), stream));
-    adamw_segments_create(&m->seg, &m->t);
-
-    m->L = (GPULayerActs<floatX> *)calloc((size_t)cfg->n_layer, sizeof(GPULayerActs<floatX>));
-    if (!m->L) { fprintf(stderr, "out of host memory\n"); exit(EXIT_FAILURE); }
-    int n = gpu_act_table(m, (GPUActBuf *)NULL, 0);
-    GPUActBuf *tab = (GPUActBuf *)calloc((size_t)n, sizeof(GPUActBuf));
-    if (!tab) { fprintf(stderr, "out of host memory\n"); exit(EXIT_FAILURE); }
-    gpu_act_table(m, tab, n);
-    size_t total = 0;
-    for (int i = 0; i < n; i++) total += gpu_round_up(tab[i].bytes, GPU_ALIGN);
-    snprintf(what, sizeof what, "the activations for micro-batch B=%d x T=%d (%d layers)", B, T, cfg->n_layer);
-    m->act_mem = gpu_malloc_or_die(total, what);
-    m->act_bytes = total;
-    char *p = (char *)m->act_mem;
-    for (int i = 0; i < n; i++) { *tab[i].ptr = p; p += gpu_round_up(tab[i].bytes, GPU_ALIGN); }
-    free(tab);
-    if (m->S.rope) rope_table_init(m->S.rope, T, cfg->d_model / cfg->attn_heads, cfg->rope_base, stream);
-
-    m->d_tokens = (int *)gpu_malloc_or_die((size_t)accum * 2 * N * sizeof(int), "the token buffer");
-    m->h_tokens = (int *)gpu_host_alloc_or_die((size_t)accum * 2 * N * sizeof(int), "the token buffer");
-    m->d_hp = (AdamWHParams *)gpu_malloc_or_die(sizeof(AdamWHParams), "AdamW hyperparameters");
-    m->h_hp = (AdamWHParams *)gpu_host_alloc_or_die(sizeof(AdamWHParams), "AdamW hyperparameters");
-    memset(m->h_hp, 0, sizeof *m->h_hp);
-    m->d_gn = (GradNorm *)gpu_malloc_or_die(sizeof(GradNorm), "the gradient norm");
-    m->d_loss = (float *)gpu_malloc_or_die(sizeof(float), "the loss");
-    m->h_out = (float *)gpu_host_alloc_or_die(4 * sizeof(float), "the step results");
-    m->norm_scratch = (float *)m->S.kscratch; /* grad_norm runs after the backward: shares it */
-    m->use_graph = 1;
-    cudaCheck(cudaStreamSynchronize(stream));
-}
-
-template <typename floatX>
-static void gpu_model_free(GPUModel<floatX> *m) {
-    if (m->have_graph) cudaCheck(cudaGraphExecDestroy(m->graph));
-    matmul_destroy(m->mm);
-    if ((void *)m->wx != (void *)m->params) cudaCheck(cudaFree(m->wx));
-    cudaCheck(cudaFree(m->params));
-    cudaCheck(cudaFree(m->grads));
-    cudaCheck(cudaFree(m->adam_m));
-    cudaCheck(cudaFree(m->adam_v));
-    adamw_segments_free(&m->seg);
-    cudaCheck(cudaFree(m->act_mem));
-    cudaCheck(cudaFree(m->d_tokens));
-    cudaCheck(cudaFreeHost(m->h_tokens));
-    cudaCheck(cudaFree(m->d_hp));
-    cudaCheck(cudaFreeHost(m->h_hp));
-    cudaCheck(cudaFree(m->d_gn));
-    cudaCheck(cudaFree(m->d_loss));
-    cudaCheck(cudaFreeHost(m->h_out));
-    free(m->L);
-    dn_free_param_table(&m->t);
-    memset(m, 0, sizeof *m);
-}
-
-/* Parameters (t.total floats, table layout) host -> device, and the floatX copy. */
-template <typename floatX>
-static void gpu_model_set_params(GPUModel<floatX> *m, const float *host) {
-    cudaCheck(cudaMemcpy(m->params, host, m->t.total * sizeof(float), cudaMemcpyHostToDevice));
-    if ((void *)m->wx != (void *)m->params) convert(m->wx, m->params, m->t.total, m->stream);
-    cudaCheck(cudaStreamSynchronize(m->stream));
-}
-template <typename floatX>
-static void gpu_model_get_params(const GPUModel<floatX> *m, float *host) {
-    cudaCheck(cudaStreamSynchronize(m->stream));
-    cudaCheck(cudaMemcpy(host, m->params, m->t.total * sizeof(float), cudaMemcpyDeviceToHost));
-}
-template <typename floatX>
-static void gpu_model_get_grads(const GPUModel<floatX> *m, float *host) {
-    cudaCheck(cudaStreamSynchronize(m->stream));
-    cudaCheck(cudaMemcpy(host, m->grads, m->t.total * sizeof(float), cudaMemcpyDeviceToHost));
-}
-/* AdamW moments host <-> device (checkpoints). */
-template <typename floatX>
-static void gpu_model_get_adam(const GPUModel<floatX> *m, float *hm, float *hv) {
-    cudaCheck(cudaStreamSynchronize(m->stream));
-    cudaCheck(cudaMemcpy(hm, m->adam_m, m->t.total * sizeof(float), cudaMemcpyDeviceToHost));
-    cudaCheck(cudaMemcpy(hv, m->adam_v, m->t.total * sizeof(float), cudaMemcpyDeviceToHost));
-}
-template <typename floatX>
-static void gpu_model_set_adam(GPUModel<floatX> *m, const float *hm, const float *hv) {
-    cudaCheck(cudaMemcpy(m->adam_m, hm, m->t.total * sizeof(float), cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(m->adam_v, hv, m->t.total * sizeof(float), cudaMemcpyHostToDevice));
-}
+#include "model_gpu_state.cuh" /* parameters, activations, allocation, host transfers */
 
 // ----------------------------------------------------------------------------
 // forward
@@ -441,7 +67,7 @@ static void gpu_model_set_adam(GPUModel<floatX> *m, const float *hm, const float
 template <typename floatX>
 static inline floatX *gpu_layer_input(GPUModel<floatX> *m, int l) { return l ? m->L[l - 1].out : m->S.emb; }
 
-/* Mixer of layer l: L[l].xn_attn -> S.b (the branch output). */
+/* Mixer of layer l: L[l].xn_attn -> S.branch (the branch output). */
 template <typename floatX>
 static void mixer_forward(GPUModel<floatX> *m, int l, int B, int T) {
     const DNConfig *c = &m->cfg;
@@ -457,17 +83,17 @@ static void mixer_forward(GPUModel<floatX> *m, int l, int B, int T) {
          * (+ L2 norm on q, k) over the 3D channels, written as the three [N, D] planes the delta rule reads */
         matmul_forward(m->mm, a->qkv_pre, a->xn_attn, m->wx + P[DN_P_Q], N, D, 3 * D, 0, st);
         prof_mark(m->prof, "fwd matmuls", st);
-        conv_silu_l2norm_forward(s->big1, a->qkv_pre, m->params + P[DN_P_Q_CONV], B, T, 3 * D, 2 * D, K, GPU_L2_EPS, st, D);
+        conv_silu_l2norm_forward(s->qkv, a->qkv_pre, m->params + P[DN_P_Q_CONV], B, T, 3 * D, 2 * D, K, GPU_L2_EPS, st, D);
         prof_mark(m->prof, "fwd conv+silu+l2", st);
         matmul_forward(m->mm, s->bpre, a->xn_attn, m->wx + P[DN_P_B], N, D, H, 0, st);
         sigmoid_forward(a->beta, s->bpre, N * H, st);
         prof_mark(m->prof, "fwd beta", st);
-        deltarule_forward(a->o, a->dr_saved, s->big1, s->big1 + ND, s->big1 + 2 * ND, a->beta, 1.0f / sqrtf((float)K),
+        deltarule_forward(a->o, a->dr_saved, s->qkv, s->qkv + ND, s->qkv + 2 * ND, a->beta, 1.0f / sqrtf((float)K),
                           s->kscratch, B, T, H, K, K, st);
         prof_mark(m->prof, "fwd delta rule", st);
-        rmsnorm_forward(s->a, a->rstd_o, a->o, m->params + P[DN_P_O_NORM], N * H, K, c->norm_eps, st);
+        rmsnorm_forward(s->dx, a->rstd_o, a->o, m->params + P[DN_P_O_NORM], N * H, K, c->norm_eps, st);
         prof_mark(m->prof, "fwd norms", st);
-        matmul_forward(m->mm, s->b, s->a, m->wx + P[DN_P_O], N, D, D, 0, st);
+        matmul_forward(m->mm, s->branch, s->dx, m->wx + P[DN_P_O], N, D, D, 0, st);
         prof_mark(m->prof, "fwd matmuls", st);
     } else {
         const int Hq = c->attn_heads, Hkv = c->attn_kv_heads, dh = D / Hq, kvd = Hkv * dh;
@@ -481,7 +107,7 @@ static void mixer_forward(GPUModel<floatX> *m, int l, int B, int T) {
         prof_mark(m->prof, "fwd rope", st);
         attention_forward(a->att, a->lse, a->q, a->k, a->v, B, T, Hq, Hkv, dh, window, st);
         prof_mark(m->prof, "fwd attention", st);
-        matmul_forward(m->mm, s->b, a->att, m->wx + P[DN_P_O], N, D, D, 0, st);
+        matmul_forward(m->mm, s->branch, a->att, m->wx + P[DN_P_O], N, D, D, 0, st);
         prof_mark(m->prof, "fwd matmuls", st);
     }
 }
@@ -502,19 +128,19 @@ static void gpu_forward(GPUModel<floatX> *m, const int *d_inputs, int B, int T) 
         const size_t *P = t->layer[l].p;
         GPULayerActs<floatX> *a = &m->L[l];
         mixer_forward(m, l, B, T);
-        residual_rmsnorm_forward(a->mid, a->xn_mlp, a->rstd_mlp, gpu_layer_input(m, l), s->b,
+        residual_rmsnorm_forward(a->mid, a->xn_mlp, a->rstd_mlp, gpu_layer_input(m, l), s->branch,
                                  m->params + P[DN_P_MLP_NORM], N, D, eps, st);
         prof_mark(m->prof, "fwd norms", st);
         matmul_forward(m->mm, a->gu, a->xn_mlp, m->wx + P[DN_P_GATE], N, D, 2 * I, 0, st);
         prof_mark(m->prof, "fwd matmuls", st);
-        swiglu_forward(s->big1, a->gu, N, I, st);
+        swiglu_forward(s->qkv, a->gu, N, I, st);
         prof_mark(m->prof, "fwd swiglu", st);
-        matmul_forward(m->mm, s->b, s->big1, m->wx + P[DN_P_DOWN], N, I, D, 0, st);
+        matmul_forward(m->mm, s->branch, s->qkv, m->wx + P[DN_P_DOWN], N, I, D, 0, st);
         prof_mark(m->prof, "fwd matmuls", st);
         const int last = l + 1 == c->n_layer;
         const float *g_next = m->params + (last ? t->norm : t->layer[l + 1].p[DN_P_ATTN_NORM]);
         float *rstd_next = last ? s->rstd_final : m->L[l + 1].rstd_attn;
-        residual_rmsnorm_forward(a->out, last ? s->xn : m->L[l + 1].xn_attn, rstd_next, a->mid, s->b, g_next, N, D, eps, st);
+        residual_rmsnorm_forward(a->out, last ? s->xn : m->L[l + 1].xn_attn, rstd_next, a->mid, s->branch, g_next, N, D, eps, st);
         prof_mark(m->prof, "fwd norms", st);
     }
 }
@@ -541,7 +167,7 @@ static void gpu_head(GPUModel<floatX> *m, const int *d_targets, int N, int train
         if (train) {
             crossentropy_forward_backward(s->logits, s->losses + r0, d_targets + r0, dloss_scale * rows / N, rows, V, Vp, st);
             prof_mark(m->prof, "head cross-entropy", st);
-            matmul_backward_data(m->mm, s->a + (size_t)r0 * D, s->logits, W, rows, D, Vp, 0, st);
+            matmul_backward_data(m->mm, s->dx + (size_t)r0 * D, s->logits, W, rows, D, Vp, 0, st);
             matmul_backward_weight(m->mm, m->grads + t->lm_head, s->logits, s->xn + (size_t)r0 * D, rows, D, Vp, st);
             prof_mark(m->prof, "head matmuls", st);
         } else {
@@ -551,7 +177,7 @@ static void gpu_head(GPUModel<floatX> *m, const int *d_targets, int N, int train
     }
     if (d_loss) sum_float(d_loss, s->losses, N, loss_scale / N, 1, st);
     if (train)
-        rmsnorm_backward(s->dres, m->grads + t->norm, (float *)s->kscratch, s->a, m->L[c->n_layer - 1].out,
+        rmsnorm_backward(s->dres, m->grads + t->norm, (float *)s->kscratch, s->dx, m->L[c->n_layer - 1].out,
                          m->params + t->norm, s->rstd_final, N, D, 0, st);
     prof_mark(m->prof, "head cross-entropy", st);
 }
@@ -559,7 +185,7 @@ static void gpu_head(GPUModel<floatX> *m, const int *d_targets, int N, int train
 // ----------------------------------------------------------------------------
 // backward
 
-/* Mixer of layer l: S.dres (gradient of its output) -> S.a = gradient of its input x (=), weight
+/* Mixer of layer l: S.dres (gradient of its output) -> S.dx = gradient of its input x (=), weight
  * gradients (+=); x = L[l].xn_attn, kept by the forward. */
 template <typename floatX>
 static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
@@ -573,43 +199,43 @@ static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
     if (c->layers[l] == 'D') {
         const int H = c->n_head, K = c->head_dim;
         /* out = on W_o^T */
-        rmsnorm_forward(s->b, a->rstd_o, a->o, m->params + P[DN_P_O_NORM], N * H, K, c->norm_eps, st); /* on */
+        rmsnorm_forward(s->branch, a->rstd_o, a->o, m->params + P[DN_P_O_NORM], N * H, K, c->norm_eps, st); /* on */
         prof_mark(m->prof, "bwd norms", st);
-        matmul_backward_weight(m->mm, G + P[DN_P_O], s->dres, s->b, N, D, D, st);
-        matmul_backward_data(m->mm, s->b, s->dres, m->wx + P[DN_P_O], N, D, D, 0, st);                 /* don */
+        matmul_backward_weight(m->mm, G + P[DN_P_O], s->dres, s->branch, N, D, D, st);
+        matmul_backward_data(m->mm, s->branch, s->dres, m->wx + P[DN_P_O], N, D, D, 0, st);                 /* don */
         prof_mark(m->prof, "bwd matmuls", st);
-        rmsnorm_backward(s->a, G + P[DN_P_O_NORM], (float *)s->kscratch, s->b, a->o, m->params + P[DN_P_O_NORM],
+        rmsnorm_backward(s->dx, G + P[DN_P_O_NORM], (float *)s->kscratch, s->branch, a->o, m->params + P[DN_P_O_NORM],
                          a->rstd_o, N * H, K, 0, st);                                                   /* do */
         prof_mark(m->prof, "bwd norms", st);
         /* the delta rule, from the recomputed q, k, v */
         const size_t ND = (size_t)N * D;
-        conv_silu_l2norm_forward(s->big1, a->qkv_pre, m->params + P[DN_P_Q_CONV], B, T, 3 * D, 2 * D, K, GPU_L2_EPS, st, D);
+        conv_silu_l2norm_forward(s->qkv, a->qkv_pre, m->params + P[DN_P_Q_CONV], B, T, 3 * D, 2 * D, K, GPU_L2_EPS, st, D);
         prof_mark(m->prof, "bwd conv+silu+l2", st);
-        deltarule_backward(s->big2, s->big2 + ND, s->big2 + 2 * ND, s->dbeta, s->a, a->dr_saved, s->big1, s->big1 + ND,
-                           s->big1 + 2 * ND, a->beta, 1.0f / sqrtf((float)K), s->kscratch, B, T, H, K, K, st);
+        deltarule_backward(s->dqkv, s->dqkv + ND, s->dqkv + 2 * ND, s->dbeta, s->dx, a->dr_saved, s->qkv, s->qkv + ND,
+                           s->qkv + 2 * ND, a->beta, 1.0f / sqrtf((float)K), s->kscratch, B, T, H, K, K, st);
         prof_mark(m->prof, "bwd delta rule", st);
         /* beta's sigmoid and projection */
         sigmoid_backward(s->bpre, s->dbeta, a->beta, N * H, st);
         matmul_backward_weight(m->mm, G + P[DN_P_B], s->bpre, a->xn_attn, N, D, H, st);
-        matmul_backward_data(m->mm, s->a, s->bpre, m->wx + P[DN_P_B], N, D, H, 0, st);
+        matmul_backward_data(m->mm, s->dx, s->bpre, m->wx + P[DN_P_B], N, D, H, 0, st);
         prof_mark(m->prof, "bwd beta", st);
         /* q|k|v: conv + silu (+ L2 norm) from the planes dq, dk, dv into rows dq|dk|dv, then the fused projection */
-        conv_silu_l2norm_backward(s->big1, G + P[DN_P_Q_CONV], (float *)s->kscratch, s->big2, a->qkv_pre,
+        conv_silu_l2norm_backward(s->qkv, G + P[DN_P_Q_CONV], (float *)s->kscratch, s->dqkv, a->qkv_pre,
                                   m->params + P[DN_P_Q_CONV], B, T, 3 * D, 2 * D, K, GPU_L2_EPS, st, D);
         prof_mark(m->prof, "bwd conv+silu+l2", st);
-        matmul_backward_weight(m->mm, G + P[DN_P_Q], s->big1, a->xn_attn, N, D, 3 * D, st);
-        matmul_backward_data(m->mm, s->a, s->big1, m->wx + P[DN_P_Q], N, D, 3 * D, 1, st);
+        matmul_backward_weight(m->mm, G + P[DN_P_Q], s->qkv, a->xn_attn, N, D, 3 * D, st);
+        matmul_backward_data(m->mm, s->dx, s->qkv, m->wx + P[DN_P_Q], N, D, 3 * D, 1, st);
         prof_mark(m->prof, "bwd matmuls", st);
     } else {
         const int Hq = c->attn_heads, Hkv = c->attn_kv_heads, dh = D / Hq, kvd = Hkv * dh;
         const int window = c->layers[l] == 'S' ? c->window : 0;
-        floatX *dq = s->big2;
-        floatX *dk = dq + gpu_round_up((size_t)N * D, 16);
-        floatX *dv = dk + gpu_round_up((size_t)N * kvd, 16);
+        floatX *dq = s->dqkv;
+        floatX *dk = dq + round_up((size_t)N * D, 16);
+        floatX *dv = dk + round_up((size_t)N * kvd, 16);
         matmul_backward_weight(m->mm, G + P[DN_P_O], s->dres, a->att, N, D, D, st);
-        matmul_backward_data(m->mm, s->b, s->dres, m->wx + P[DN_P_O], N, D, D, 0, st);
+        matmul_backward_data(m->mm, s->branch, s->dres, m->wx + P[DN_P_O], N, D, D, 0, st);
         prof_mark(m->prof, "bwd matmuls", st);
-        attention_backward(dq, dk, dv, s->kscratch, s->b, a->q, a->k, a->v, a->att, a->lse, B, T, Hq, Hkv, dh, window, st);
+        attention_backward(dq, dk, dv, s->kscratch, s->branch, a->q, a->k, a->v, a->att, a->lse, B, T, Hq, Hkv, dh, window, st);
         prof_mark(m->prof, "bwd attention", st);
         rope_backward(dq, s->rope, B, T, Hq, dh, 0, st);
         rope_backward(dk, s->rope, B, T, Hkv, dh, 0, st);
@@ -617,9 +243,9 @@ static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
         matmul_backward_weight(m->mm, G + P[DN_P_Q], dq, a->xn_attn, N, D, D, st);
         matmul_backward_weight(m->mm, G + P[DN_P_K], dk, a->xn_attn, N, D, kvd, st);
         matmul_backward_weight(m->mm, G + P[DN_P_V], dv, a->xn_attn, N, D, kvd, st);
-        matmul_backward_data(m->mm, s->a, dq, m->wx + P[DN_P_Q], N, D, D, 0, st);
-        matmul_backward_data(m->mm, s->a, dk, m->wx + P[DN_P_K], N, D, kvd, 1, st);
-        matmul_backward_data(m->mm, s->a, dv, m->wx + P[DN_P_V], N, D, kvd, 1, st);
+        matmul_backward_data(m->mm, s->dx, dq, m->wx + P[DN_P_Q], N, D, D, 0, st);
+        matmul_backward_data(m->mm, s->dx, dk, m->wx + P[DN_P_K], N, D, kvd, 1, st);
+        matmul_backward_data(m->mm, s->dx, dv, m->wx + P[DN_P_V], N, D, kvd, 1, st);
         prof_mark(m->prof, "bwd matmuls", st);
     }
 }
@@ -638,21 +264,21 @@ static void gpu_backward(GPUModel<floatX> *m, const int *d_inputs, int B, int T)
         const size_t *P = t->layer[l].p;
         GPULayerActs<floatX> *a = &m->L[l];
         /* MLP: S.dres = d out -> d mid */
-        matmul_backward_data(m->mm, s->big1, s->dres, m->wx + P[DN_P_DOWN], N, I, D, 0, st);
+        matmul_backward_data(m->mm, s->qkv, s->dres, m->wx + P[DN_P_DOWN], N, I, D, 0, st);
         prof_mark(m->prof, "bwd matmuls", st);
-        /* in place: gu now holds dgate|dup, big1 the forward's silu(gate) up (was its gradient) */
-        swiglu_backward(a->gu, s->big1, a->gu, N, I, st, s->big1);
+        /* in place: gu now holds dgate|dup, qkv the forward's silu(gate) up (was its gradient) */
+        swiglu_backward(a->gu, s->qkv, a->gu, N, I, st, s->qkv);
         prof_mark(m->prof, "bwd swiglu", st);
-        matmul_backward_weight(m->mm, G + P[DN_P_DOWN], s->dres, s->big1, N, I, D, st);
+        matmul_backward_weight(m->mm, G + P[DN_P_DOWN], s->dres, s->qkv, N, I, D, st);
         matmul_backward_weight(m->mm, G + P[DN_P_GATE], a->gu, a->xn_mlp, N, D, 2 * I, st);
-        matmul_backward_data(m->mm, s->a, a->gu, m->wx + P[DN_P_GATE], N, D, 2 * I, 0, st);
+        matmul_backward_data(m->mm, s->dx, a->gu, m->wx + P[DN_P_GATE], N, D, 2 * I, 0, st);
         prof_mark(m->prof, "bwd matmuls", st);
-        rmsnorm_backward(s->dres, G + P[DN_P_MLP_NORM], ks, s->a, a->mid, m->params + P[DN_P_MLP_NORM],
+        rmsnorm_backward(s->dres, G + P[DN_P_MLP_NORM], ks, s->dx, a->mid, m->params + P[DN_P_MLP_NORM],
                          a->rstd_mlp, N, D, 1, st);
         /* mixer: S.dres = d mid -> d h_l */
         const floatX *h = gpu_layer_input(m, l);
         mixer_backward(m, l, B, T);
-        rmsnorm_backward(s->dres, G + P[DN_P_ATTN_NORM], ks, s->a, h, m->params + P[DN_P_ATTN_NORM],
+        rmsnorm_backward(s->dres, G + P[DN_P_ATTN_NORM], ks, s->dx, h, m->params + P[DN_P_ATTN_NORM],
                          a->rstd_attn, N, D, 1, st);
         prof_mark(m->prof, "bwd norms", st);
     }

@@ -48,9 +48,14 @@ if has check; then
 fi
 if has sanitize; then
     log "compute-sanitizer (--small configs)"
-    for tt in "memcheck test_model_gpu 120" "racecheck test_model_gpu 240" "memcheck test_kernels 60" "racecheck test_kernels 60" \
-              "memcheck test_deltarule 60" "racecheck test_deltarule 90" "memcheck test_attention 60" "racecheck test_attention 90"; do
-        set -- $tt
+    # tool:program:seconds; the per-layer kernel tests (tests/gpu/test_<layer>.cu) each get both tools
+    san="memcheck:test_model_gpu:120 racecheck:test_model_gpu:240"
+    for p in test_matmul test_rmsnorm test_conv test_sigmoid test_swiglu test_embedding test_crossentropy test_adamw; do
+        san="$san memcheck:$p:60 racecheck:$p:60"
+    done
+    san="$san memcheck:test_deltarule:60 racecheck:test_deltarule:90 memcheck:test_attention:60 racecheck:test_attention:90"
+    for tt in $san; do
+        set -- ${tt//:/ }
         t0=$(date +%s)
         r=$(timeout "$3" compute-sanitizer --tool $1 --error-exitcode 9 build/tests/gpu/$2 --small 2>&1 | tee "$OUT/san_$1_$2.log" | grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed, " | tr '\n' ' ')
         echo "$1 $2 ($(( $(date +%s) - t0 )) s): ${r:-TIMED OUT after $3 s}" | tee -a "$S"

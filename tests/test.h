@@ -63,6 +63,31 @@ static inline void *xcalloc(size_t n, size_t sz) {
     return p;
 }
 
+/* The small models of the tests (CPU and GPU): every DNConfig field set from the arguments (head_dim:
+ * K = V of a DeltaNet head; attention: attn_heads query heads sharing attn_kv_heads key/value heads,
+ * `window` keys for 'S' layers), the rest the same everywhere (conv 4, eps 1e-6, RoPE base 10000),
+ * and the layer string parsed (exits on a bad one). */
+static inline void test_config(DNConfig *c, const char *layers, int d_model, int n_head, int head_dim, int hidden,
+                               int vocab, int padded_vocab, int attn_heads, int attn_kv_heads, int window,
+                               int tied) {
+    memset(c, 0, sizeof *c);
+    c->vocab_size = vocab;
+    c->padded_vocab = padded_vocab;
+    c->d_model = d_model;
+    c->n_head = n_head;
+    c->head_dim = head_dim;
+    c->conv_size = 4;
+    c->hidden_size = hidden;
+    c->norm_eps = 1e-6f;
+    c->tie_embeddings = tied;
+    c->attn_heads = attn_heads;
+    c->attn_kv_heads = attn_kv_heads;
+    c->window = window;
+    c->rope_base = 10000.0f;
+    char err[256];
+    if (dn_config_set_layers(c, layers, err, sizeof err)) { printf("bad layers: %s\n", err); exit(2); }
+}
+
 static inline int test_summary(const char *prog) {
     printf("[%s] %d passed, %d failed\n", prog, t_passed, t_failed);
     return t_failed ? 1 : 0;

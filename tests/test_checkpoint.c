@@ -79,14 +79,7 @@ static int file_is(const char *path, const char *content) {
     return n == strlen(content) && !memcmp(buf, content, n);
 }
 
-static void hybrid_config(DNConfig *c, int tied) {
-    memset(c, 0, sizeof *c);
-    c->vocab_size = 300; c->padded_vocab = 384; c->d_model = 32; c->n_head = 2; c->head_dim = 16;
-    c->conv_size = 4; c->hidden_size = 96; c->norm_eps = 1e-6f; c->tie_embeddings = tied;
-    c->attn_heads = 4; c->attn_kv_heads = 2; c->window = 7; c->rope_base = 10000.0f;
-    char err[128];
-    dn_config_set_layers(c, "DSDG", err, sizeof err);
-}
+static void hybrid_config(DNConfig *c, int tied) { test_config(c, "DSDG", 32, 2, 16, 96, 300, 384, 4, 2, 7, tied); }
 
 static void test_presets(void) {
     DNConfig c;

@@ -8,23 +8,9 @@
 #include "test.h"
 #include "../ref/reference.h"
 
+/* vocab 37 padded to 40: the padding rows must stay out of the loss and the gradients */
 static void small_config(DNConfig *c, const char *layers, int tied) {
-    memset(c, 0, sizeof *c);
-    c->vocab_size = 37;
-    c->padded_vocab = 40;  /* padding rows must stay out of the loss and the gradients */
-    c->d_model = 12;
-    c->n_head = 2;
-    c->head_dim = 6;
-    c->conv_size = 4;
-    c->hidden_size = 20;
-    c->norm_eps = 1e-6f;
-    c->tie_embeddings = tied;
-    c->attn_heads = 2;
-    c->attn_kv_heads = 1;
-    c->window = 3;
-    c->rope_base = 10000.0f;
-    char err[256];
-    if (dn_config_set_layers(c, layers, err, sizeof err)) { printf("bad layers: %s\n", err); exit(2); }
+    test_config(c, layers, 12, 2, 6, 20, 37, 40, 2, 1, 3, tied);
 }
 
 static void random_tokens(int *x, int n, int vocab, DNRng *r) {

@@ -19,14 +19,7 @@ static unsigned char *read_text(const char *path, size_t *n) {
     return b;
 }
 
-static void tiny_config(DNConfig *c) {
-    memset(c, 0, sizeof *c);
-    c->vocab_size = 256; c->padded_vocab = 256; c->d_model = 32; c->n_head = 2; c->head_dim = 16;
-    c->conv_size = 4; c->hidden_size = 64; c->norm_eps = 1e-6f; c->tie_embeddings = 0;
-    c->attn_heads = 2; c->attn_kv_heads = 1; c->window = 8; c->rope_base = 10000.0f;
-    char err[64];
-    dn_config_set_layers(c, "DSD", err, sizeof err);
-}
+static void tiny_config(DNConfig *c) { test_config(c, "DSD", 32, 2, 16, 64, 256, 256, 2, 1, 8, 0); }
 
 static void test_overfit(void) {
     size_t n = 0;

@@ -13,6 +13,7 @@
 #include <vector>
 #include <cstring>
 #include "../../kernels/attention.cuh"
+#include "../../kernels/rope.cuh"
 #include "gpu_util.cuh"
 #include "../test.h"
 #include "../../ref/reference.h"

@@ -23,7 +23,7 @@
 /* ---- the warp_mma helper alone: C (64x64) = op(A) op(B), inner dimension 64 ------------------ */
 template <typename TX, bool TA, bool TB>
 __global__ void mma_probe_kernel(float *C, const TX *A, const TX *B) {
-    constexpr int LD = dr::padded<TX>(64);
+    constexpr int LD = padded<TX>(64);
     __shared__ __align__(16) TX As[64 * LD], Bs[64 * LD];
     for (int i = threadIdx.x; i < 64 * 64; i += blockDim.x) {
         As[(i / 64) * LD + i % 64] = A[i];

@@ -34,22 +34,8 @@
 static const int TB = 2, TT = 67;
 
 static void small_config(DNConfig *c, int tied) {
-    memset(c, 0, sizeof *c);
-    c->vocab_size = 300;
-    c->padded_vocab = dn_pad_vocab(300);
-    c->d_model = 128;
-    c->n_head = 2;
-    c->head_dim = 64;
-    c->conv_size = 4;
-    c->hidden_size = dn_default_hidden(128);
-    c->norm_eps = 1e-6f;
-    c->tie_embeddings = tied;
-    c->attn_heads = 2;
-    c->attn_kv_heads = 1;
-    c->window = 5;
-    c->rope_base = 10000.0f;
+    test_config(c, "DSGD", 128, 2, 64, dn_default_hidden(128), 300, dn_pad_vocab(300), 2, 1, 5, tied);
     char err[256];
-    if (dn_config_set_layers(c, "DSGD", err, sizeof err)) { printf("bad layers: %s\n", err); exit(2); }
     if (dn_config_validate(c, err, sizeof err)) { printf("bad config: %s\n", err); exit(2); }
 }
 
