@@ -371,8 +371,8 @@ static void deltanet_step(const Model *m, RunState *s, int l) {
     conv_step(s->qc, ls->tail, s->q, w + P[DN_P_Q_CONV], D, cs);
     conv_step(s->kc, ls->tail + tailn, s->k, w + P[DN_P_K_CONV], D, cs);
     conv_step(s->vc, ls->tail + 2 * tailn, s->v, w + P[DN_P_V_CONV], D, cs);
-    ref_l2norm_forward(s->qn, s->qc, H, K, 1e-6f);
-    ref_l2norm_forward(s->kn, s->kc, H, K, 1e-6f);
+    ref_l2norm_forward(s->qn, s->qc, H, K, c->l2_eps);
+    ref_l2norm_forward(s->kn, s->kc, H, K, c->l2_eps);
     ref_sigmoid_forward(s->beta, s->bpre, H);
     /* T = 1 with S0 == S_final: one step of the recurrence, state updated in place */
     ref_delta_rule_recurrent_forward(s->o, ls->S, s->qn, s->kn, s->vc, s->beta, ls->S,
@@ -607,8 +607,8 @@ static double forward_block(const Model *m, BlockState *b, int T) {
             ref_conv_silu_forward(b->qc, b->q, w + P[DN_P_Q_CONV], 1, T, D, cs);
             ref_conv_silu_forward(b->kc, b->k, w + P[DN_P_K_CONV], 1, T, D, cs);
             ref_conv_silu_forward(b->vc, b->v, w + P[DN_P_V_CONV], 1, T, D, cs);
-            ref_l2norm_forward(b->qn, b->qc, T * H, K, 1e-6f);
-            ref_l2norm_forward(b->kn, b->kc, T * H, K, 1e-6f);
+            ref_l2norm_forward(b->qn, b->qc, T * H, K, c->l2_eps);
+            ref_l2norm_forward(b->kn, b->kc, T * H, K, c->l2_eps);
             ref_sigmoid_forward(b->beta, b->bpre, T * H);
             delta_rule_block(b->o, b->qn, b->kn, b->vc, b->beta, T, H, K, (float)(1.0 / sqrt((double)K)));
             ref_rmsnorm_forward(b->on, b->rstd, b->o, w + P[DN_P_O_NORM], T * H, K, eps);

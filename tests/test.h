@@ -79,6 +79,7 @@ static inline void test_config(DNConfig *c, const char *layers, int d_model, int
     c->conv_size = 4;
     c->hidden_size = hidden;
     c->norm_eps = 1e-6f;
+    c->l2_eps = DN_DEFAULT_L2_EPS;
     c->tie_embeddings = tied;
     c->attn_heads = attn_heads;
     c->attn_kv_heads = attn_kv_heads;
