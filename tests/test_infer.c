@@ -315,7 +315,7 @@ static void decode_marks(const Model *m, RunState *s, Sampler *sp, const int *ma
     int tok = 0, k = 0;
     for (int pos = 0; k < nmarks; pos++) {
         const float *logits = forward_step(m, s, tok, pos, 1);
-        tok = sample(sp, logits);
+        tok = sampler_next(sp, logits);
         if (pos + 1 == marks[k]) { rss[k] = rss_kib(); state[k] = runstate_bytes(s, &m->cfg); k++; }
     }
 }
@@ -390,7 +390,7 @@ static void test_sampler(void) {
     float logits[5] = {logf(0.1f), logf(0.5f), logf(0.05f), logf(0.3f), logf(0.05f)};
     Sampler sp;
     sampler_build(&sp, 5, 0.0f, 1.0f, 0, 1);
-    CHECK(sample(&sp, logits) == 1, "temperature 0 takes the argmax");
+    CHECK(sampler_next(&sp, logits) == 1, "temperature 0 takes the argmax");
     sampler_free(&sp);
     struct { float topp; int topk; double want[5]; const char *what; } cases[] = {
         {1.0f, 0, {0.1, 0.5, 0.05, 0.3, 0.05}, "plain sampling"},
@@ -404,7 +404,7 @@ static void test_sampler(void) {
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         sampler_build(&sp, 5, 1.0f, cases[ci].topp, cases[ci].topk, 123 + ci);
         int count[5] = {0};
-        for (int i = 0; i < N; i++) count[sample(&sp, logits)]++;
+        for (int i = 0; i < N; i++) count[sampler_next(&sp, logits)]++;
         double worst = 0;
         int zero_ok = 1;
         for (int j = 0; j < 5; j++) {
@@ -421,7 +421,7 @@ static void test_sampler(void) {
     dn_rng_seed(&rq, 17);
     for (int rep = 0; rep < 200; rep++) {
         int n = rep % 2 ? 50257 : 1 + (int)(dn_rng_u64(&rq) % 2000);
-        Candidate *x = xcalloc((size_t)n, sizeof *x), *y = xcalloc((size_t)n, sizeof *y);
+        SampleCandidate *x = xcalloc((size_t)n, sizeof *x), *y = xcalloc((size_t)n, sizeof *y);
         double total = 0;
         for (int i = 0; i < n; i++) {
             float u = dn_rng_uniform(&rq);
@@ -431,8 +431,8 @@ static void test_sampler(void) {
         }
         memcpy(y, x, (size_t)n * sizeof *x);
         double need = total * (0.05 + 0.9 * dn_rng_uniform(&rq));
-        int m = nucleus_select(x, n, need);
-        qsort(y, (size_t)n, sizeof *y, cand_desc);
+        int m = sample_nucleus_select(x, n, need);
+        qsort(y, (size_t)n, sizeof *y, sample_cand_desc);
         double cum = 0;
         int m_ref = n;
         for (int j = 0; j < n; j++) { cum += y[j].p; if (cum >= need) { m_ref = j + 1; break; } }
@@ -459,7 +459,7 @@ static void test_sampler(void) {
     sampler_build(&sp, V, 1.0f, 1.0f, 3, 9);
     int ok = 1;
     for (int i = 0; i < 3000; i++) {
-        int x = sample(&sp, lg);
+        int x = sampler_next(&sp, lg);
         ok &= x == best[0] || x == best[1] || x == best[2];
     }
     CHECK(ok, "top-k 3 over 50257 draws only the 3 largest logits");
@@ -485,7 +485,7 @@ static void test_temperatures(void) {
     float *logits = xcalloc((size_t)V, sizeof(float));
     memcpy(logits, lg, (size_t)V * sizeof(float));
     runstate_free(&s, &m.cfg);
-    int best = argmax(logits, V), second = best == 0 ? 1 : 0;
+    int best = sample_argmax(logits, V), second = best == 0 ? 1 : 0;
     for (int i = 0; i < V; i++) if (i != best && logits[i] > logits[second]) second = i;
     double *p = xcalloc((size_t)V, sizeof(double)), z = 0;
     for (int i = 0; i < V; i++) z += p[i] = exp((double)logits[i] - logits[best]);
@@ -502,7 +502,7 @@ static void test_temperatures(void) {
         const int topk[3] = {0, 5, 0};
         for (int path = 0; path < 3; path++) {
             sampler_build(&sp, V, tiny[k], topp[path], topk[path], 100 + k);
-            for (int i = 0; i < 300; i++) hits += sample(&sp, logits) == best;
+            for (int i = 0; i < 300; i++) hits += sampler_next(&sp, logits) == best;
             sampler_free(&sp);
         }
         CHECK(hits == 900, "T = %g picks the argmax %d in %d of 900 draws (plain, top-k 5, top-p 0.9)", tiny[k], best, hits);
@@ -511,7 +511,7 @@ static void test_temperatures(void) {
     const int N = 60000;
     int *count = xcalloc((size_t)V, sizeof(int));
     sampler_build(&sp, V, 1.0, 1.0f, 0, 7);
-    for (int i = 0; i < N; i++) count[sample(&sp, logits)]++;
+    for (int i = 0; i < N; i++) count[sampler_next(&sp, logits)]++;
     sampler_free(&sp);
     double worst = 0;
     for (int i = 0; i < V; i++) worst = fmax(worst, fabs((double)count[i] / N - p[i]));
@@ -520,7 +520,7 @@ static void test_temperatures(void) {
     const int per = 200;
     memset(count, 0, (size_t)V * sizeof(int));
     sampler_build(&sp, V, 1e6, 1.0f, 0, 8);
-    for (int i = 0; i < per * V; i++) count[sample(&sp, logits)]++;
+    for (int i = 0; i < per * V; i++) count[sampler_next(&sp, logits)]++;
     sampler_free(&sp);
     int lo = INT_MAX, hi = 0;
     for (int i = 0; i < V; i++) { lo = count[i] < lo ? count[i] : lo; hi = count[i] > hi ? count[i] : hi; }
@@ -533,31 +533,31 @@ static void test_temperatures(void) {
 
     /* NaN and infinite logits: a NaN is never drawn and never the argmax; +inf wins outright */
     float odd[5] = {NAN, 1.0f, NAN, 0.5f, -INFINITY};
-    CHECK(argmax(odd, 5) == 1, "argmax skips NaN (got %d)", argmax(odd, 5));
+    CHECK(sample_argmax(odd, 5) == 1, "argmax skips NaN (got %d)", sample_argmax(odd, 5));
     int c5[5] = {0};
     sampler_build(&sp, 5, 1.0, 1.0f, 0, 3);
-    for (int i = 0; i < 20000; i++) c5[sample(&sp, odd)]++;
+    for (int i = 0; i < 20000; i++) c5[sampler_next(&sp, odd)]++;
     sampler_free(&sp);
     double want1 = exp(0.5) / (1 + exp(0.5));
     CHECK(c5[0] + c5[2] + c5[4] == 0 && fabs(c5[1] / 20000.0 - want1) < 0.015,
           "NaN / -inf logits never drawn; p(1) = %.4f (want %.4f)", c5[1] / 20000.0, want1);
     sampler_build(&sp, 5, 1e-40, 1.0f, 0, 3);
-    CHECK(sample(&sp, odd) == 1, "NaN logits at T = 1e-40: the argmax");
+    CHECK(sampler_next(&sp, odd) == 1, "NaN logits at T = 1e-40: the argmax");
     sampler_free(&sp);
     float inf3[3] = {0.0f, INFINITY, 1.0f};
     sampler_build(&sp, 3, 0.7, 1.0f, 0, 3);
-    CHECK(sample(&sp, inf3) == 1, "a +inf logit is drawn outright");
+    CHECK(sampler_next(&sp, inf3) == 1, "a +inf logit is drawn outright");
     sampler_free(&sp);
 
     /* the walk: a target at (or, by rounding, past) the total takes the last positive weight */
     double w[5] = {0.25, 0.75, 0.0, 0.0, 0.0};
-    CHECK(pick_weight(w, 5, 0.1) == 0 && pick_weight(w, 5, 0.3) == 1, "pick_weight inside the sum");
-    CHECK(pick_weight(w, 5, 1.0) == 1 && pick_weight(w, 5, 1.5) == 1,
+    CHECK(sample_pick_weight(w, 5, 0.1) == 0 && sample_pick_weight(w, 5, 0.3) == 1, "pick_weight inside the sum");
+    CHECK(sample_pick_weight(w, 5, 1.0) == 1 && sample_pick_weight(w, 5, 1.5) == 1,
           "pick_weight at / past the total: id 1, the last of positive weight (got %d, %d), not id 4",
-          pick_weight(w, 5, 1.0), pick_weight(w, 5, 1.5));
-    Candidate cd[3] = {{0.5, 7}, {0.5, 3}, {0.0, 9}};
-    CHECK(pick_candidate(cd, 3, 1.0) == 3 && pick_candidate(cd, 3, 0.2) == 7,
-          "pick_candidate at the total: id 3, not the zero-weight id 9 (got %d)", pick_candidate(cd, 3, 1.0));
+          sample_pick_weight(w, 5, 1.0), sample_pick_weight(w, 5, 1.5));
+    SampleCandidate cd[3] = {{0.5, 7}, {0.5, 3}, {0.0, 9}};
+    CHECK(sample_pick_candidate(cd, 3, 1.0) == 3 && sample_pick_candidate(cd, 3, 0.2) == 7,
+          "pick_candidate at the total: id 3, not the zero-weight id 9 (got %d)", sample_pick_candidate(cd, 3, 1.0));
 }
 
 /* ---- 5. the command line --------------------------------------------------------------------- */
