@@ -73,9 +73,9 @@ BIN := $(BUILD)
 RUN := $(BUILD)/root
 endif
 
-# Library code shared by every program: model.h's implementation, the tokenizer and shard code
+# Library code shared by every program: model.h's implementation, the tokenizer, shard and sampler code
 # (when present), and the CPU reference compiled twice (float, and double for gradient checks).
-CORE_SRCS := src/model.c src/tokenizer.c src/data.c
+CORE_SRCS := src/model.c src/tokenizer.c src/data.c src/sample.c
 REF_SRCS  := $(wildcard ref/*.c)
 CORE_OBJS := $(CORE_SRCS:%.c=$(BUILD)/%.o)
 REF_OBJS  := $(REF_SRCS:%.c=$(BUILD)/%.o) $(REF_SRCS:%.c=$(BUILD)/%_f64.o)
@@ -181,8 +181,10 @@ test-gpu: $(GPU_TEST_BINS) $(BIN)/train_deltanet $(PROGS) data
 	$(make_run_dir)
 	@cd $(RUN) && $(CURDIR)/tests/run_tests.sh $(call from_run,$(GPU_TEST_BINS)) tests/gpu/test_trainer.sh
 
-bench-gpu: $(GPU_BENCH_BINS)
-	@for b in $(GPU_BENCH_BINS); do echo "== $$b"; $$b || exit 1; done
+# The README's results table (markdown), from the trainer and the benches: scripts/bench_table.sh,
+# which keeps every command's output under results/bench-DATE-GPU/.
+bench-gpu: $(GPU_BENCH_BINS) $(BIN)/train_deltanet data
+	@TRAINER=$(BIN)/train_deltanet scripts/bench_table.sh $(BUILD)
 
 # Compile every CUDA source without running anything (what CI can do without a GPU).
 cuda-compile: $(if $(wildcard train_deltanet.cu),$(BIN)/train_deltanet) $(GPU_TEST_BINS) $(GPU_BENCH_BINS)

@@ -30,8 +30,8 @@
  * reuses the CPU reference (ref/: rmsnorm, l2norm, sigmoid, RoPE with a position offset, the
  * delta-rule recurrence with T = 1 updating S in place, SwiGLU, cross-entropy); this file adds only
  * the conv-tail step, the cached-attention step, a matrix-vector product that is parallel over
- * output rows (the reference's linear layer parallelises over tokens, and here there is one), and
- * the sampler. tests/test_infer.c checks that stepping through a sequence gives the logits of the
+ * output rows (the reference's linear layer parallelises over tokens, and here there is one); the
+ * sampler is src/sample.c. tests/test_infer.c checks that stepping through a sequence gives the logits of the
  * reference's full-sequence (chunkwise) forward, and that --eval gives its loss. --eval scores each
  * block with one full-sequence forward instead (forward_block: matrix products over the block);
  * --eval-step scores it through forward_step, token by token.
@@ -57,6 +57,7 @@
 #include "ref/reference.h"
 #include "src/tokenizer.h"
 #include "src/data.h"
+#include "src/sample.h"
 
 #define INFER_DEFAULT_SEED 1337
 #define INFER_DEFAULT_MAX_CONTEXT 32768
@@ -371,8 +372,8 @@ static void deltanet_step(const Model *m, RunState *s, int l) {
     conv_step(s->qc, ls->tail, s->q, w + P[DN_P_Q_CONV], D, cs);
     conv_step(s->kc, ls->tail + tailn, s->k, w + P[DN_P_K_CONV], D, cs);
     conv_step(s->vc, ls->tail + 2 * tailn, s->v, w + P[DN_P_V_CONV], D, cs);
-    ref_l2norm_forward(s->qn, s->qc, H, K, 1e-6f);
-    ref_l2norm_forward(s->kn, s->kc, H, K, 1e-6f);
+    ref_l2norm_forward(s->qn, s->qc, H, K, c->l2_eps);
+    ref_l2norm_forward(s->kn, s->kc, H, K, c->l2_eps);
     ref_sigmoid_forward(s->beta, s->bpre, H);
     /* T = 1 with S0 == S_final: one step of the recurrence, state updated in place */
     ref_delta_rule_recurrent_forward(s->o, ls->S, s->qn, s->kn, s->vc, s->beta, ls->S,
@@ -607,8 +608,8 @@ static double forward_block(const Model *m, BlockState *b, int T) {
             ref_conv_silu_forward(b->qc, b->q, w + P[DN_P_Q_CONV], 1, T, D, cs);
             ref_conv_silu_forward(b->kc, b->k, w + P[DN_P_K_CONV], 1, T, D, cs);
             ref_conv_silu_forward(b->vc, b->v, w + P[DN_P_V_CONV], 1, T, D, cs);
-            ref_l2norm_forward(b->qn, b->qc, T * H, K, 1e-6f);
-            ref_l2norm_forward(b->kn, b->kc, T * H, K, 1e-6f);
+            ref_l2norm_forward(b->qn, b->qc, T * H, K, c->l2_eps);
+            ref_l2norm_forward(b->kn, b->kc, T * H, K, c->l2_eps);
             ref_sigmoid_forward(b->beta, b->bpre, T * H);
             delta_rule_block(b->o, b->qn, b->kn, b->vc, b->beta, T, H, K, (float)(1.0 / sqrt((double)K)));
             ref_rmsnorm_forward(b->on, b->rstd, b->o, w + P[DN_P_O_NORM], T * H, K, eps);
@@ -641,172 +642,6 @@ static double forward_block(const Model *m, BlockState *b, int T) {
         for (int i = 0; i < n; i++) sum += b->losses[i];
     }
     return sum;
-}
-
-/* ----------------------------------------------------------------------------------------------
- * Sampler: temperature, then top-k and/or top-p (nucleus) over the softmax.
- *
- * The softmax is taken in double on (logit - max) / T, so that every accepted temperature works:
- * the largest logit gets weight exp(0) = 1 and every other a weight in [0, 1], with no overflow.
- * A tiny T (1e-40) sends every weight but the largest to 0 (greedy); a huge one (1e6) sends every
- * weight to about 1 (uniform). The weights stay unnormalised: the choices below only compare them
- * or draw u * (their sum), and a draw that rounding leaves at or past the end of the running sum
- * takes the last token of positive weight, never one of probability 0. */
-
-typedef struct { double p; int i; } Candidate;
-
-typedef struct {
-    int vocab;
-    double temperature;  /* 0: greedy (argmax) */
-    float topp;          /* 1: off */
-    int topk;            /* 0: off */
-    DNRng rng;
-    double *w;           /* [vocab] softmax weights exp((logit - max) / T), unnormalised */
-    Candidate *cand;     /* [vocab] */
-} Sampler;
-
-static void sampler_build(Sampler *sp, int vocab, double temperature, float topp, int topk, uint64_t seed) {
-    sp->vocab = vocab;
-    sp->temperature = temperature;
-    sp->topp = topp;
-    sp->topk = topk >= vocab ? 0 : topk;
-    dn_rng_seed(&sp->rng, seed);
-    sp->w = ALLOC(double, vocab);
-    sp->cand = ALLOC(Candidate, vocab);
-}
-
-static void sampler_free(Sampler *sp) { free(sp->w); free(sp->cand); }
-
-/* The first largest logit. A NaN never wins (all NaN: id 0). */
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best] || (isnan(x[best]) && !isnan(x[i]))) best = i;
-    return best;
-}
-
-/* Larger weight first; equal ones by id, so the order (and the sample) is deterministic. */
-static int cand_desc(const void *a, const void *b) {
-    const Candidate *x = a, *y = b;
-    if (x->p != y->p) return x->p > y->p ? -1 : 1;
-    return x->i - y->i;
-}
-
-/* Is a ranked below b (smaller weight, or equal and a larger id)? */
-static int cand_below(Candidate a, Candidate b) { return a.p < b.p || (a.p == b.p && a.i > b.i); }
-
-/* Keep the k best of w[0..n) in h[0..k): a min-heap (h[0] the worst kept) over one pass. */
-static void top_k_select(Candidate *h, const double *w, int n, int k) {
-    for (int i = 0; i < n; i++) {
-        Candidate c = {w[i], i};
-        int len = i < k ? i : k;
-        if (i < k) {                            /* grow: sift the new one up */
-            int j = len;
-            while (j > 0 && cand_below(c, h[(j - 1) / 2])) { h[j] = h[(j - 1) / 2]; j = (j - 1) / 2; }
-            h[j] = c;
-        } else if (cand_below(h[0], c)) {       /* replace the worst: sift c down from the root */
-            int j = 0;
-            for (;;) {
-                int a = 2 * j + 1, b = a + 1, m = j;
-                Candidate low = c;
-                if (a < k && cand_below(h[a], low)) { m = a; low = h[a]; }
-                if (b < k && cand_below(h[b], low)) m = b;
-                if (m == j) break;
-                h[j] = h[m];
-                j = m;
-            }
-            h[j] = c;
-        }
-    }
-}
-
-/* Reorder cd[0..n) so that cd[0..m) holds the m best candidates (cand_below's order), m the
- * smallest count whose mass reaches need, and return m. Quickselect on the mass, O(n) expected:
- * sorting the ~50k candidates of a flat distribution would cost milliseconds per token. */
-static int nucleus_select(Candidate *cd, int n, double need) {
-    int lo = 0, hi = n;        /* cd[0..lo) are in (mass acc); the boundary lies in [lo, hi) */
-    double acc = 0.0;
-    while (hi - lo > 32) {
-        Candidate piv = cd[lo + (hi - lo) / 2], t;
-        int g = lo;
-        double above = 0.0;
-        for (int j = lo; j < hi; j++)  /* candidates ranked above the pivot to the front */
-            if (cand_below(piv, cd[j])) { t = cd[g]; cd[g] = cd[j]; cd[j] = t; above += cd[g].p; g++; }
-        for (int j = g; j < hi; j++)   /* then the pivot itself, at g */
-            if (cd[j].i == piv.i) { t = cd[g]; cd[g] = cd[j]; cd[j] = t; break; }
-        if (acc + above >= need) { hi = g; continue; }
-        if (acc + above + piv.p >= need) return g + 1;
-        acc += above + piv.p;
-        lo = g + 1;
-    }
-    qsort(cd + lo, (size_t)(hi - lo), sizeof *cd, cand_desc);
-    for (int j = lo; j < hi; j++) { acc += cd[j].p; if (acc >= need) return j + 1; }
-    return hi;
-}
-
-/* Walk the running sum of the weights: the first index whose sum passes target. If rounding
- * leaves target at or past the total, the last index of positive weight (-1: none). */
-static int pick_weight(const double *w, int n, double target) {
-    double cum = 0.0;
-    int last = -1;
-    for (int i = 0; i < n; i++) {
-        if (!(w[i] > 0.0)) continue;
-        cum += w[i];
-        last = i;
-        if (target < cum) return i;
-    }
-    return last;
-}
-static int pick_candidate(const Candidate *cd, int n, double target) {
-    double cum = 0.0;
-    int last = -1;
-    for (int j = 0; j < n; j++) {
-        if (!(cd[j].p > 0.0)) continue;
-        cum += cd[j].p;
-        last = cd[j].i;
-        if (target < cum) return cd[j].i;
-    }
-    return last;
-}
-
-static int sample(Sampler *sp, const float *logits) {
-    int n = sp->vocab, best = argmax(logits, n);
-    /* greedy; and where the largest logit is not finite (+inf wins outright; all NaN or -inf
-     * leave nothing to weigh) */
-    if (sp->temperature == 0.0 || !isfinite(logits[best])) return best;
-    double *w = sp->w, mx = logits[best], sum = 0.0;
-    for (int i = 0; i < n; i++) {
-        double z = ((double)logits[i] - mx) / sp->temperature;  /* <= 0, or NaN for a NaN logit */
-        w[i] = z <= 0.0 ? exp(z) : 0.0;
-        sum += w[i];
-    }
-    double r = dn_rng_uniform(&sp->rng);
-    int got;
-    if (sp->topk == 0 && sp->topp >= 1.0f) {                 /* plain sampling: walk the CDF */
-        got = pick_weight(w, n, r * sum);
-        return got >= 0 ? got : best;
-    }
-    int nc = 0;
-    Candidate *cd = sp->cand;
-    if (sp->topk > 0) {
-        top_k_select(cd, w, n, sp->topk);
-        nc = sp->topk;
-    } else {
-        /* Nucleus only. The tokens below (1-p)/n of the mass hold less than 1-p of it in all, so
-         * the tokens at or above it hold more than p: a top-ranked set that contains the nucleus. */
-        double cut = (1.0 - sp->topp) / n * sum;
-        for (int i = 0; i < n; i++) if (w[i] >= cut && w[i] > 0.0) { cd[nc].p = w[i]; cd[nc].i = i; nc++; }
-    }
-    double mass = 0.0;
-    for (int j = 0; j < nc; j++) mass += cd[j].p;
-    if (sp->topp < 1.0f) {                 /* the smallest top-ranked set with mass >= p (of it) */
-        nc = nucleus_select(cd, nc, sp->topp * mass);
-        mass = 0.0;
-        for (int j = 0; j < nc; j++) mass += cd[j].p;
-    }
-    /* sample among cd[0..nc) in the order they are in: the set decides, not the order */
-    got = pick_candidate(cd, nc, r * mass);
-    return got >= 0 ? got : best;
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -912,7 +747,7 @@ static int generate(const Model *m, RunState *s, Tokenizer *tok, Sampler *sp, co
     long rss0 = o->stats ? rss_kib() : 0;
     int pos = n_prompt, generated = 0;
     for (; generated < steps; generated++) {
-        int next = sample(sp, logits);
+        int next = sampler_next(sp, logits);
         if (next == tok->eot && !o->ignore_eot) break;
         size_t len = 0;
         const char *bytes = tok_token(tok, next, &len);
@@ -1169,7 +1004,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "seed %llu, temperature %g, top-p %g, top-k %d\n", (unsigned long long)o.seed,
                 o.temperature, o.topp, o.topk);
         Sampler sp;
-        sampler_build(&sp, m.cfg.vocab_size, o.temperature, o.topp, o.topk, o.seed);
+        if (sampler_build(&sp, m.cfg.vocab_size, o.temperature, o.topp, o.topk, o.seed)) {
+            fprintf(stderr, "infer: out of memory (sampler)\n");
+            exit(1);
+        }
         rc = generate(&m, &s, &tok, &sp, &o);
         sampler_free(&sp);
         tok_free(&tok);

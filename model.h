@@ -113,6 +113,7 @@ typedef struct {
     int conv_size;       /* causal depthwise conv kernel size (4) */
     int hidden_size;     /* SwiGLU hidden size I */
     float norm_eps;      /* RMSNorm eps (1e-6), also the per-head output norm's */
+    float l2_eps;        /* q, k L2-norm eps (DN_DEFAULT_L2_EPS, fla's l2norm) */
     int tie_embeddings;  /* 1: LM head = embedding^T (no lm_head.weight tensor) */
     int attn_heads;      /* softmax-attention query heads (head size D / attn_heads) */
     int attn_kv_heads;   /* grouped KV heads (divides attn_heads) */
@@ -121,6 +122,9 @@ typedef struct {
     char layers[DN_MAX_LAYERS + 1]; /* one letter per layer: D, S or G; NUL-terminated */
 } DNConfig;
 
+/* The q, k L2-norm eps: fla's l2norm constant, which its config does not carry. A checkpoint
+ * stores it in our own metadata ('l2_eps'); one without that key reads back as this. */
+#define DN_DEFAULT_L2_EPS 1e-6f
 /* Default SwiGLU hidden size: 256 * ceil(int(D * 4 * 2/3) / 256). */
 int dn_default_hidden(int d_model);
 /* Round v up to a multiple of 128 (the padded vocab for GPU matmuls); -1 if no int holds that. */

@@ -53,6 +53,7 @@
 extern "C" {
 #include "src/data.h"
 #include "src/tokenizer.h"
+#include "src/sample.h"
 }
 
 #define H100_BF16_PEAK_FLOPS 989e12
@@ -832,40 +833,23 @@ static float validate(Trainer<Model> *tr) {
     return (float)(sum / (tr->val_count > 0 ? tr->val_count : 1));
 }
 
-/* Draw a token from logits at temperature temp (0: greedy), in double on (logit - max) / temp, so
- * that any temperature is exact: a tiny one is greedy, a huge one uniform. */
-static int sample_token(const float *logits, int V, float temp, DNRng *rng) {
-    int best = 0;
-    for (int j = 1; j < V; j++) if (logits[j] > logits[best]) best = j;
-    if (temp <= 0.0f) return best;
-    double z = 0;
-    for (int j = 0; j < V; j++) z += exp(((double)logits[j] - logits[best]) / temp);
-    const double r = dn_rng_uniform(rng) * z;
-    double acc = 0;
-    int last = best; /* the last id with a non-zero probability: where rounding leaves r */
-    for (int j = 0; j < V; j++) {
-        const double p = exp(((double)logits[j] - logits[best]) / temp);
-        if (p > 0) last = j;
-        acc += p;
-        if (acc > r) return j;
-    }
-    return last;
-}
-
 /* Print a sample of sample_len tokens after <|endoftext|>, each from the model over the last T
- * tokens. */
+ * tokens, drawn by infer's sampler (src/sample.c: plain sampling at --temperature, 0 = greedy) from
+ * the trainer's rng stream (saved in the checkpoint), one uniform per draw. */
 template <typename Model>
 static void sample(Trainer<Model> *tr) {
     const int T = tr->a.T, V = tr->cfg.vocab_size, n = tr->a.sample_len;
     int *seq = (int *)malloc((size_t)(n + 1) * sizeof(int));
     float *logits = (float *)malloc((size_t)V * sizeof(float));
-    if (!seq || !logits) die("out of host memory");
+    Sampler sp;
+    if (!seq || !logits || sampler_build(&sp, V, tr->a.temperature, 1.0f, 0, 0)) die("out of host memory");
+    sp.rng = tr->rng;
     seq[0] = tr->tok.eot;
     printf("---- sample (step %ld, temperature %g)\n", tr->step, tr->a.temperature);
     for (int i = 1; i <= n; i++) {
         const int len = i < T ? i : T, start = i - len;
         model_next_logits(&tr->m, seq + start, len, logits);
-        const int next = sample_token(logits, V, tr->a.temperature, &tr->rng);
+        const int next = sampler_next(&sp, logits);
         seq[i] = next;
         size_t bl = 0;
         const char *b = tok_token(&tr->tok, next, &bl);
@@ -873,6 +857,8 @@ static void sample(Trainer<Model> *tr) {
     }
     printf("\n----\n");
     fflush(stdout);
+    tr->rng = sp.rng;
+    sampler_free(&sp);
     free(seq); free(logits);
 }
 

@@ -27,7 +27,7 @@
 // kernel launchers (declarations; definitions at the end)
 
 /* inp/out [B,T,C]; w fp32 [C,4] (tap 3 = current token). Channels c < C_norm (a multiple of K)
- * are L2-normalised per group of K consecutive channels (eps_l2 = 1e-6 in the model); the rest are
+ * are L2-normalised per group of K consecutive channels (eps_l2 = the config's l2_eps in the model); the rest are
  * plain silu(conv). DeltaNet: C = 3D (q|k|v rows), C_norm = 2D, K = head_dim. Plain conv+SiLU:
  * C_norm = 0 (K is then unused, pass 128).
  * plane > 0 (a divisor of C, a multiple of K and of 16/sizeof(floatX)): out is stored planar, C/plane

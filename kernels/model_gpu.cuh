@@ -83,7 +83,7 @@ static void mixer_forward(GPUModel<floatX> *m, int l, int B, int T) {
          * (+ L2 norm on q, k) over the 3D channels, written as the three [N, D] planes the delta rule reads */
         matmul_forward(m->mm, a->qkv_pre, a->xn_attn, m->wx + P[DN_P_Q], N, D, 3 * D, 0, st);
         prof_mark(m->prof, "fwd matmuls", st);
-        conv_silu_l2norm_forward(s->qkv, a->qkv_pre, m->params + P[DN_P_Q_CONV], B, T, 3 * D, 2 * D, K, GPU_L2_EPS, st, D);
+        conv_silu_l2norm_forward(s->qkv, a->qkv_pre, m->params + P[DN_P_Q_CONV], B, T, 3 * D, 2 * D, K, c->l2_eps, st, D);
         prof_mark(m->prof, "fwd conv+silu+l2", st);
         matmul_forward(m->mm, s->bpre, a->xn_attn, m->wx + P[DN_P_B], N, D, H, 0, st);
         sigmoid_forward(a->beta, s->bpre, N * H, st);
@@ -209,7 +209,7 @@ static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
         prof_mark(m->prof, "bwd norms", st);
         /* the delta rule, from the recomputed q, k, v */
         const size_t ND = (size_t)N * D;
-        conv_silu_l2norm_forward(s->qkv, a->qkv_pre, m->params + P[DN_P_Q_CONV], B, T, 3 * D, 2 * D, K, GPU_L2_EPS, st, D);
+        conv_silu_l2norm_forward(s->qkv, a->qkv_pre, m->params + P[DN_P_Q_CONV], B, T, 3 * D, 2 * D, K, c->l2_eps, st, D);
         prof_mark(m->prof, "bwd conv+silu+l2", st);
         deltarule_backward(s->dqkv, s->dqkv + ND, s->dqkv + 2 * ND, s->dbeta, s->dx, a->dr_saved, s->qkv, s->qkv + ND,
                            s->qkv + 2 * ND, a->beta, 1.0f / sqrtf((float)K), s->kscratch, B, T, H, K, K, st);
@@ -221,7 +221,7 @@ static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
         prof_mark(m->prof, "bwd beta", st);
         /* q|k|v: conv + silu (+ L2 norm) from the planes dq, dk, dv into rows dq|dk|dv, then the fused projection */
         conv_silu_l2norm_backward(s->qkv, G + P[DN_P_Q_CONV], (float *)s->kscratch, s->dqkv, a->qkv_pre,
-                                  m->params + P[DN_P_Q_CONV], B, T, 3 * D, 2 * D, K, GPU_L2_EPS, st, D);
+                                  m->params + P[DN_P_Q_CONV], B, T, 3 * D, 2 * D, K, c->l2_eps, st, D);
         prof_mark(m->prof, "bwd conv+silu+l2", st);
         matmul_backward_weight(m->mm, G + P[DN_P_Q], s->qkv, a->xn_attn, N, D, 3 * D, st);
         matmul_backward_data(m->mm, s->dx, s->qkv, m->wx + P[DN_P_Q], N, D, 3 * D, 1, st);

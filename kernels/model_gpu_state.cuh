@@ -20,7 +20,6 @@
 #include "../model.h"
 
 #define GPU_HEAD_LOGITS_BYTES ((size_t)512 << 20) /* logits of one LM-head row chunk, at most */
-#define GPU_L2_EPS 1e-6f                          /* q, k L2 norm eps (docs/MODEL.md) */
 #define GPU_ALIGN 256                             /* every carved buffer starts on this */
 
 // ----------------------------------------------------------------------------

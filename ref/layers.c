@@ -81,49 +81,32 @@ void RF(ref_linear_forward)(real *out, const real *inp, const real *w, int N, in
     }
 }
 
+/* out[r, :] += sum_i g[r gr + i gc] x[i, :] for r < R, x [n, C]: each output row summed in one double
+ * accumulator row per thread (both products of the linear backward). */
+static void add_weighted_rows(real *out, const real *g, size_t gr, size_t gc, const real *x, int R, int n, int C) {
+    #pragma omp parallel
+    {
+        double *acc = xmalloc((size_t)C * sizeof(double));
+        #pragma omp for schedule(static)
+        for (int r = 0; r < R; r++) {
+            for (int c = 0; c < C; c++) acc[c] = 0;
+            for (int i = 0; i < n; i++) {
+                double gi = g[(size_t)r * gr + (size_t)i * gc];
+                const real *xi = x + (size_t)i * C;
+                #pragma omp simd /* elementwise: vectorising changes no result */
+                for (int c = 0; c < C; c++) acc[c] += gi * xi[c];
+            }
+            real *o = out + (size_t)r * C;
+            for (int c = 0; c < C; c++) o[c] += (real)acc[c];
+        }
+        free(acc);
+    }
+}
+
 void RF(ref_linear_backward)(real *dinp, real *dw, const real *dout, const real *inp, const real *w,
                              int N, int C, int OC) {
-    if (dinp) {
-        /* dinp[n,:] += sum_o dout[n,o] w[o,:] -- one double row accumulator per thread */
-        #pragma omp parallel
-        {
-            double *acc = xmalloc((size_t)C * sizeof(double));
-            #pragma omp for schedule(static)
-            for (int n = 0; n < N; n++) {
-                const real *dy = dout + (size_t)n * OC;
-                for (int c = 0; c < C; c++) acc[c] = 0;
-                for (int o = 0; o < OC; o++) {
-                    double g = dy[o];
-                    const real *wo = w + (size_t)o * C;
-                    #pragma omp simd /* elementwise: vectorising changes no result */
-                    for (int c = 0; c < C; c++) acc[c] += g * wo[c];
-                }
-                real *dx = dinp + (size_t)n * C;
-                for (int c = 0; c < C; c++) dx[c] += (real)acc[c];
-            }
-            free(acc);
-        }
-    }
-    if (dw) {
-        /* dw[o,:] += sum_n dout[n,o] inp[n,:] */
-        #pragma omp parallel
-        {
-            double *acc = xmalloc((size_t)C * sizeof(double));
-            #pragma omp for schedule(static)
-            for (int o = 0; o < OC; o++) {
-                for (int c = 0; c < C; c++) acc[c] = 0;
-                for (int n = 0; n < N; n++) {
-                    double g = dout[(size_t)n * OC + o];
-                    const real *x = inp + (size_t)n * C;
-                    #pragma omp simd /* elementwise: vectorising changes no result */
-                    for (int c = 0; c < C; c++) acc[c] += g * x[c];
-                }
-                real *dwo = dw + (size_t)o * C;
-                for (int c = 0; c < C; c++) dwo[c] += (real)acc[c];
-            }
-            free(acc);
-        }
-    }
+    if (dinp) add_weighted_rows(dinp, dout, (size_t)OC, 1, w, N, OC, C);   /* dinp[n,:] += sum_o dout[n,o] w[o,:] */
+    if (dw) add_weighted_rows(dw, dout, 1, (size_t)OC, inp, OC, N, C);     /* dw[o,:] += sum_n dout[n,o] inp[n,:] */
 }
 
 /* ---- rmsnorm --------------------------------------------------------------------------------- */

@@ -119,8 +119,8 @@ static void mixer_forward(RF(RefModel) *m, int l, const real *params, real *out)
         RF(ref_conv_silu_forward)(a->qc, a->qpre, params + P[DN_P_Q_CONV], B, T, D, cs);
         RF(ref_conv_silu_forward)(a->kc, a->kpre, params + P[DN_P_K_CONV], B, T, D, cs);
         RF(ref_conv_silu_forward)(a->vc, a->vpre, params + P[DN_P_V_CONV], B, T, D, cs);
-        RF(ref_l2norm_forward)(a->qn, a->qc, N * H, K, (real)1e-6);
-        RF(ref_l2norm_forward)(a->kn, a->kc, N * H, K, (real)1e-6);
+        RF(ref_l2norm_forward)(a->qn, a->qc, N * H, K, (real)c->l2_eps);
+        RF(ref_l2norm_forward)(a->kn, a->kc, N * H, K, (real)c->l2_eps);
         RF(ref_sigmoid_forward)(a->beta, a->bpre, N * H);
         real scale = (real)(1.0 / sqrt((double)K));
         if (m->chunk > 0)
@@ -198,12 +198,12 @@ static void mixer_backward(RF(RefModel) *m, int l, const real *params, real *gra
         RF(ref_linear_backward)(dx1, grads + P[DN_P_B], dbpre, a->x1, params + P[DN_P_B], N, D, H);
         /* q branch: l2norm <- conv+silu <- projection */
         vzero(dqc, ND); vzero(dpre, ND);
-        RF(ref_l2norm_backward)(dqc, dqn, a->qc, N * H, K, (real)1e-6);
+        RF(ref_l2norm_backward)(dqc, dqn, a->qc, N * H, K, (real)c->l2_eps);
         RF(ref_conv_silu_backward)(dpre, grads + P[DN_P_Q_CONV], dqc, a->qpre, params + P[DN_P_Q_CONV], B, T, D, cs);
         RF(ref_linear_backward)(dx1, grads + P[DN_P_Q], dpre, a->x1, params + P[DN_P_Q], N, D, D);
         /* k branch */
         vzero(dqc, ND); vzero(dpre, ND);
-        RF(ref_l2norm_backward)(dqc, dkn, a->kc, N * H, K, (real)1e-6);
+        RF(ref_l2norm_backward)(dqc, dkn, a->kc, N * H, K, (real)c->l2_eps);
         RF(ref_conv_silu_backward)(dpre, grads + P[DN_P_K_CONV], dqc, a->kpre, params + P[DN_P_K_CONV], B, T, D, cs);
         RF(ref_linear_backward)(dx1, grads + P[DN_P_K], dpre, a->x1, params + P[DN_P_K], N, D, D);
         /* v branch (no L2 norm) */

@@ -64,6 +64,9 @@ def main():
     with safe_open(args.checkpoint, "pt") as f:
         meta = f.metadata()
     fla_cfg = json.loads(meta["fla_config"])
+    # fla's l2norm has a fixed eps (1e-6) that its config does not carry
+    if float(meta.get("l2_eps", "1e-6")) != float("1e-6"):
+        sys.exit(f"l2_eps {meta['l2_eps']}: fla's l2norm uses 1e-6, so it cannot reproduce this model")
     fla_cfg.pop("model_type", None)
     # fla's chunk kernels refuse float32; its fused_recurrent kernels compute the sequential form
     fla_cfg["attn_mode"] = "chunk" if args.chunk else "fused_recurrent"

@@ -5,8 +5,8 @@
 # profile, and the benchmarks.
 # usage: bash scripts/gpu_run.sh [STAGE...]     (carry .deps, and .whl for the fla check)
 #   stages: check (make test-gpu, trainer vs infer vs fla), sanitize (compute-sanitizer on the
-#   --small configs), profile (d12 B=32 T=1024 step profile and speed), bench (every bench
-#   program); default: check sanitize profile. The build always runs first.
+#   --small configs), profile (d12 B=32 T=1024 step profile and speed), bench (the README's results
+#   table, scripts/bench_table.sh); default: check sanitize profile. The build always runs first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
@@ -70,7 +70,6 @@ if has profile; then
 fi
 if has bench; then
     log "benchmarks"
-    for b in build/tests/gpu/bench_*; do timeout 120 "$b"; done >"$OUT/bench.log" 2>&1
-    tail -60 "$OUT/bench.log"
+    OUT="$OUT/bench" scripts/bench_table.sh build 2>&1 | tee -a "$S" # the README's results table
 fi
 log "end"

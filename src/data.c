@@ -120,11 +120,13 @@ int shard_read(const char *path, int vocab_size, uint16_t **tokens, size_t *ntok
 /* ----------------------------------------------------------------------------------------------
  * Data loader */
 
-int dl_init(DataLoader *dl, const char *pattern, int B, int T, int vocab_size,
-            char *err, size_t errlen) {
-    memset(dl, 0, sizeof *dl);
+/* The shards matching pattern, in glob's (sorted) order, into files[nfiles] (allocated here) with
+ * each one's token count from its header in ntok[]; each must hold at least min_tokens ("fewer than
+ * <what>" otherwise). Shared by the loader and the shard set. On failure the arrays stay set, for
+ * the caller's free function. */
+static int shard_list(const char *pattern, size_t min_tokens, const char *what, char ***files, size_t **ntok,
+                      size_t *nfiles, char *err, size_t errlen) {
     char e[NAME_ESC_LEN];
-    if (B <= 0 || T <= 0) { dn_seterr(err, errlen, "data loader: B=%d, T=%d must be positive", B, T); return -1; }
     glob_t g;
     int grc = glob(pattern, 0, NULL, &g);
     if (grc != 0) {
@@ -132,35 +134,52 @@ int dl_init(DataLoader *dl, const char *pattern, int B, int T, int vocab_size,
         if (grc != GLOB_NOMATCH) globfree(&g);
         return -1;
     }
-    dl->B = B;
-    dl->T = T;
-    dl->vocab_size = vocab_size;
-    dl->nfiles = g.gl_pathc;
-    dl->loaded = dl->nfiles;
-    dl->files = calloc(dl->nfiles, sizeof *dl->files);
-    dl->file_ntok = calloc(dl->nfiles, sizeof *dl->file_ntok);
-    dl->inputs = malloc((size_t)B * T * sizeof *dl->inputs);
-    dl->targets = malloc((size_t)B * T * sizeof *dl->targets);
+    *nfiles = g.gl_pathc;
+    *files = calloc(*nfiles, sizeof **files);
+    *ntok = calloc(*nfiles, sizeof **ntok);
     int rc = -1;
-    if (!dl->files || !dl->file_ntok || !dl->inputs || !dl->targets) {
+    if (!*files || !*ntok) {
         dn_seterr(err, errlen, "%s: out of memory", ESC(e, pattern));
         goto done;
     }
-    for (size_t i = 0; i < dl->nfiles; i++) {
-        dl->files[i] = strdup(g.gl_pathv[i]);
-        if (!dl->files[i]) { dn_seterr(err, errlen, "%s: out of memory", ESC(e, pattern)); goto done; }
-        if (shard_read_header(dl->files[i], &dl->file_ntok[i], err, errlen) != 0) goto done;
-        if (dl->file_ntok[i] < (size_t)B * T + 1) {
-            dn_seterr(err, errlen, "%s: %zu tokens, fewer than one batch needs (B*T+1 = %zu)", ESC(e, dl->files[i]),
-                   dl->file_ntok[i], (size_t)B * T + 1);
+    for (size_t i = 0; i < *nfiles; i++) {
+        (*files)[i] = strdup(g.gl_pathv[i]);
+        if (!(*files)[i]) { dn_seterr(err, errlen, "%s: out of memory", ESC(e, pattern)); goto done; }
+        if (shard_read_header((*files)[i], &(*ntok)[i], err, errlen) != 0) goto done;
+        if ((*ntok)[i] < min_tokens) {
+            dn_seterr(err, errlen, "%s: %zu tokens, fewer than %s", ESC(e, (*files)[i]), (*ntok)[i], what);
             goto done;
         }
     }
     rc = 0;
 done:
     globfree(&g);
-    if (rc != 0) dl_free(dl);
     return rc;
+}
+
+int dl_init(DataLoader *dl, const char *pattern, int B, int T, int vocab_size,
+            char *err, size_t errlen) {
+    memset(dl, 0, sizeof *dl);
+    char e[NAME_ESC_LEN], what[64];
+    if (B <= 0 || T <= 0) { dn_seterr(err, errlen, "data loader: B=%d, T=%d must be positive", B, T); return -1; }
+    dl->B = B;
+    dl->T = T;
+    dl->vocab_size = vocab_size;
+    const size_t need = (size_t)B * T + 1;
+    snprintf(what, sizeof what, "one batch needs (B*T+1 = %zu)", need);
+    if (shard_list(pattern, need, what, &dl->files, &dl->file_ntok, &dl->nfiles, err, errlen) != 0) {
+        dl_free(dl);
+        return -1;
+    }
+    dl->loaded = dl->nfiles;
+    dl->inputs = malloc((size_t)B * T * sizeof *dl->inputs);
+    dl->targets = malloc((size_t)B * T * sizeof *dl->targets);
+    if (!dl->inputs || !dl->targets) {
+        dn_seterr(err, errlen, "%s: out of memory", ESC(e, pattern));
+        dl_free(dl);
+        return -1;
+    }
+    return 0;
 }
 
 static int load_shard(DataLoader *dl, size_t i, char *err, size_t errlen) {
@@ -245,38 +264,20 @@ int ss_open(ShardSet *s, const char *pattern, int vocab_size, size_t min_tokens,
             char *err, size_t errlen) {
     memset(s, 0, sizeof *s);
     for (int i = 0; i < SHARDSET_OPEN; i++) s->fd[i] = -1;
-    glob_t g;
-    int grc = glob(pattern, 0, NULL, &g);
-    if (grc != 0) {
-        dn_seterr(err, errlen, "%s: %s", pattern, grc == GLOB_NOMATCH ? "no file matches" : "glob failed");
-        if (grc != GLOB_NOMATCH) globfree(&g);
+    char e[NAME_ESC_LEN];
+    s->vocab_size = vocab_size;
+    if (shard_list(pattern, min_tokens, what, &s->files, &s->file_ntok, &s->nfiles, err, errlen) != 0) {
+        ss_close(s);
         return -1;
     }
-    s->vocab_size = vocab_size;
-    s->nfiles = g.gl_pathc;
-    s->files = calloc(s->nfiles, sizeof *s->files);
-    s->file_ntok = calloc(s->nfiles, sizeof *s->file_ntok);
     s->start = calloc(s->nfiles + 1, sizeof *s->start);
-    int rc = -1;
-    if (!s->files || !s->file_ntok || !s->start) {
-        dn_seterr(err, errlen, "%s: out of memory", pattern);
-        goto done;
+    if (!s->start) {
+        dn_seterr(err, errlen, "%s: out of memory", ESC(e, pattern));
+        ss_close(s);
+        return -1;
     }
-    for (size_t i = 0; i < s->nfiles; i++) {
-        s->files[i] = strdup(g.gl_pathv[i]);
-        if (!s->files[i]) { dn_seterr(err, errlen, "%s: out of memory", pattern); goto done; }
-        if (shard_read_header(s->files[i], &s->file_ntok[i], err, errlen) != 0) goto done;
-        if (s->file_ntok[i] < min_tokens) {
-            dn_seterr(err, errlen, "%s: %zu tokens, fewer than %s", s->files[i], s->file_ntok[i], what);
-            goto done;
-        }
-        s->start[i + 1] = s->start[i] + s->file_ntok[i];
-    }
-    rc = 0;
-done:
-    globfree(&g);
-    if (rc != 0) ss_close(s);
-    return rc;
+    for (size_t i = 0; i < s->nfiles; i++) s->start[i + 1] = s->start[i] + s->file_ntok[i];
+    return 0;
 }
 
 /* The descriptor of shard i, opened (header and size checked again) if it is not. */

@@ -234,6 +234,7 @@ static void dn_config_fill(DNConfig *c, int vocab, int d, int nl, int nh, int ti
     c->conv_size = 4;
     c->hidden_size = dn_default_hidden(d);
     c->norm_eps = 1e-6f;
+    c->l2_eps = DN_DEFAULT_L2_EPS;
     c->tie_embeddings = tied;
     c->attn_heads = nh;
     c->attn_kv_heads = nh;
@@ -292,6 +293,7 @@ int dn_config_validate(const DNConfig *c, char *err, size_t errlen) {
     DN_REQ(c->conv_size >= 1 && c->conv_size <= 16, "conv_size %d out of range [1, 16]", c->conv_size);
     DN_REQ(c->hidden_size >= 1 && c->hidden_size <= (1 << 20), "hidden_size %d out of range", c->hidden_size);
     DN_REQ(isfinite(c->norm_eps) && c->norm_eps > 0.0f && c->norm_eps < 1.0f, "norm_eps %g must be in (0, 1)", (double)c->norm_eps);
+    DN_REQ(isfinite(c->l2_eps) && c->l2_eps > 0.0f && c->l2_eps < 1.0f, "l2_eps %g must be in (0, 1)", (double)c->l2_eps);
     DN_REQ(c->tie_embeddings == 0 || c->tie_embeddings == 1, "tie_embeddings must be 0 or 1");
     /* the attention fields are checked on every model, so that no file carries nonsense in them
      * (a pure DeltaNet model keeps its preset's values) */
@@ -881,12 +883,14 @@ int dn_checkpoint_write(const char *path, const DNParamTable *t, const float *pa
     snprintf(v[12], 48, "%d", c->attn_kv_heads);
     snprintf(v[13], 48, "%d", c->window);
     snprintf(v[14], 48, "%.9g", (double)c->rope_base);
+    snprintf(v[15], 48, "%.9g", (double)c->l2_eps);
     char *fla = dn_fla_config_json(c);
     const char *meta[] = {"format", DN_FORMAT_NAME, "format_version", v[0], "vocab_size", v[1],
                           "padded_vocab", v[2], "d_model", v[3], "n_layer", v[4], "n_head", v[5],
                           "head_dim", v[6], "conv_size", v[7], "hidden_size", v[8], "norm_eps", v[9],
                           "tie_embeddings", v[10], "attn_heads", v[11], "attn_kv_heads", v[12],
                           "window", v[13], "rope_base", v[14], "layers", c->layers,
+                          "l2_eps", v[15], /* ours: fla's config has no such key */
                           "fla_config", fla ? fla : "{}", NULL, NULL};
     DNStWrite *ts = (DNStWrite *)calloc((size_t)t->n_params, sizeof(DNStWrite));
     if (!ts) { free(fla); dn_seterr(err, errlen, "%s: out of memory", path); return -1; }
@@ -917,6 +921,8 @@ static int dn_config_from_meta(const DNStFile *s, DNConfig *c, const char *path,
     c->tie_embeddings = (int)x[8]; c->attn_heads = (int)x[9]; c->attn_kv_heads = (int)x[10]; c->window = (int)x[11];
     if (dn_meta_float(s, "norm_eps", &c->norm_eps, path, err, errlen)) return -1;
     if (dn_meta_float(s, "rope_base", &c->rope_base, path, err, errlen)) return -1;
+    c->l2_eps = DN_DEFAULT_L2_EPS; /* optional: files converted from fla (or written before it) lack it */
+    if (dn_st_meta(s, "l2_eps") && dn_meta_float(s, "l2_eps", &c->l2_eps, path, err, errlen)) return -1;
     const char *layers = dn_st_meta(s, "layers");
     if (!layers) { dn_seterr(err, errlen, "%s: __metadata__ lacks 'layers'", path); return -1; }
     if (strlen(layers) > DN_MAX_LAYERS) { dn_seterr(err, errlen, "%s: more than %d layers", path, DN_MAX_LAYERS); return -1; }

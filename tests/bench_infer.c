@@ -100,7 +100,7 @@ int main(void) {
         double t0 = 0;
         for (int i = 0; i < BENCH_STEPS + 2; i++) {
             if (i == 2) t0 = now_s();
-            tok = sample(&sp, forward_step(&m, &s, tok, i, 1));
+            tok = sampler_next(&sp, forward_step(&m, &s, tok, i, 1));
         }
         double tps = BENCH_STEPS / (now_s() - t0), bound = bw / bytes;
         printf("| %7d | %12.2f | %8.1f | %19.2f | %27.1f | %7.0f%% |\n", nt, tps, 1e3 / tps, bw / 1e9, bound, 100 * tps / bound);

@@ -6,9 +6,11 @@
 #ifndef DELTANET_TEST_H
 #define DELTANET_TEST_H
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "../model.h"
 
 static int t_passed, t_failed;
@@ -71,21 +73,33 @@ static inline void test_config(DNConfig *c, const char *layers, int d_model, int
                                int vocab, int padded_vocab, int attn_heads, int attn_kv_heads, int window,
                                int tied) {
     memset(c, 0, sizeof *c);
-    c->vocab_size = vocab;
-    c->padded_vocab = padded_vocab;
-    c->d_model = d_model;
-    c->n_head = n_head;
-    c->head_dim = head_dim;
-    c->conv_size = 4;
-    c->hidden_size = hidden;
-    c->norm_eps = 1e-6f;
-    c->tie_embeddings = tied;
-    c->attn_heads = attn_heads;
-    c->attn_kv_heads = attn_kv_heads;
-    c->window = window;
-    c->rope_base = 10000.0f;
+    c->vocab_size = vocab; c->padded_vocab = padded_vocab; c->d_model = d_model; c->hidden_size = hidden;
+    c->n_head = n_head; c->head_dim = head_dim; c->conv_size = 4; c->tie_embeddings = tied;
+    c->norm_eps = 1e-6f; c->l2_eps = DN_DEFAULT_L2_EPS; c->rope_base = 10000.0f;
+    c->attn_heads = attn_heads; c->attn_kv_heads = attn_kv_heads; c->window = window;
     char err[256];
     if (dn_config_set_layers(c, layers, err, sizeof err)) { printf("bad layers: %s\n", err); exit(2); }
+}
+
+/* A watchdog for the tests of readers that must refuse a FIFO at once instead of blocking on it:
+ * test_watchdog(prog, s) arms alarm(s), and a read still blocked then ends the program with one
+ * FAIL line (exit 3): a regression fails, never hangs. test_watchdog_off() disarms it. */
+static char t_watchdog_msg[160];
+static size_t t_watchdog_len;
+static inline void t_watchdog_fire(int sig) {
+    (void)sig;
+    if (write(1, t_watchdog_msg, t_watchdog_len) < 0) _exit(3); /* write and _exit only: async-signal-safe */
+    _exit(3);
+}
+static inline void test_watchdog(const char *prog, unsigned seconds) {
+    int n = snprintf(t_watchdog_msg, sizeof t_watchdog_msg, "FAIL %s: timed out after %u s: a read blocked (a FIFO opened as a file?)\n", prog, seconds);
+    t_watchdog_len = n < 0 ? 0 : (size_t)n < sizeof t_watchdog_msg ? (size_t)n : sizeof t_watchdog_msg - 1;
+    signal(SIGALRM, t_watchdog_fire);
+    alarm(seconds);
+}
+static inline void test_watchdog_off(void) {
+    alarm(0);
+    signal(SIGALRM, SIG_DFL);
 }
 
 static inline int test_summary(const char *prog) {

@@ -130,13 +130,6 @@ static void test_corrupt(DNRng *r) {
     free(tok);
 }
 
-static void on_alarm(int sig) {
-    (void)sig;
-    static const char msg[] = "FAIL test_data: timed out: a read blocked (a FIFO opened as a file?)\n";
-    if (write(1, msg, sizeof msg - 1) < 0) _exit(3);
-    _exit(3);
-}
-
 /* Shard names that are not regular files, or that hold control characters, and ids beyond the
  * vocabulary: one line each, naming the shard (escaped), refused without blocking. */
 static void test_odd_files(DNRng *r) {
@@ -147,14 +140,13 @@ static void test_odd_files(DNRng *r) {
     /* a FIFO and a directory, read directly and through a glob; alarm() turns a hang into a failure */
     snprintf(path, sizeof path, "%s/odd_fifo_000000.bin", dir);
     CHECK(mkfifo(path, 0600) == 0, "mkfifo %s", path);
-    signal(SIGALRM, on_alarm);
-    alarm(20);
+    test_watchdog("test_data", 20);
     CHECK(shard_read(path, VOCAB, &t, &m, err, sizeof err) == -1 && strstr(err, "FIFO") && strstr(err, "odd_fifo_000000.bin"),
           "a FIFO as a shard is refused at once: %s", err);
     CHECK(shard_read_header(path, &m, err, sizeof err) == -1 && strstr(err, "FIFO"), "shard_read_header refuses a FIFO: %s", err);
     snprintf(pattern, sizeof pattern, "%s/odd_fifo_*.bin", dir);
     CHECK(dl_init(&dl, pattern, 2, 8, VOCAB, err, sizeof err) == -1 && strstr(err, "FIFO"), "dl_init refuses a FIFO in its glob: %s", err);
-    alarm(0);
+    test_watchdog_off();
     remove(path);
     snprintf(path, sizeof path, "%s/odd_dir_000000.bin", dir);
     mkdir(path, 0700);

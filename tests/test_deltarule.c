@@ -30,7 +30,7 @@ static void l2norm_rows(double *x, size_t rows, int n) {
     for (size_t r = 0; r < rows; r++) {
         double s = 0;
         for (int i = 0; i < n; i++) s += x[r * n + i] * x[r * n + i];
-        for (int i = 0; i < n; i++) x[r * n + i] /= sqrt(s + 1e-6);
+        for (int i = 0; i < n; i++) x[r * n + i] /= sqrt(s + DN_DEFAULT_L2_EPS);
     }
 }
 

@@ -34,6 +34,7 @@
 #include "test.h"
 
 #include <signal.h>
+#include <stdarg.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -315,7 +316,7 @@ static void decode_marks(const Model *m, RunState *s, Sampler *sp, const int *ma
     int tok = 0, k = 0;
     for (int pos = 0; k < nmarks; pos++) {
         const float *logits = forward_step(m, s, tok, pos, 1);
-        tok = sample(sp, logits);
+        tok = sampler_next(sp, logits);
         if (pos + 1 == marks[k]) { rss[k] = rss_kib(); state[k] = runstate_bytes(s, &m->cfg); k++; }
     }
 }
@@ -390,7 +391,7 @@ static void test_sampler(void) {
     float logits[5] = {logf(0.1f), logf(0.5f), logf(0.05f), logf(0.3f), logf(0.05f)};
     Sampler sp;
     sampler_build(&sp, 5, 0.0f, 1.0f, 0, 1);
-    CHECK(sample(&sp, logits) == 1, "temperature 0 takes the argmax");
+    CHECK(sampler_next(&sp, logits) == 1, "temperature 0 takes the argmax");
     sampler_free(&sp);
     struct { float topp; int topk; double want[5]; const char *what; } cases[] = {
         {1.0f, 0, {0.1, 0.5, 0.05, 0.3, 0.05}, "plain sampling"},
@@ -404,7 +405,7 @@ static void test_sampler(void) {
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         sampler_build(&sp, 5, 1.0f, cases[ci].topp, cases[ci].topk, 123 + ci);
         int count[5] = {0};
-        for (int i = 0; i < N; i++) count[sample(&sp, logits)]++;
+        for (int i = 0; i < N; i++) count[sampler_next(&sp, logits)]++;
         double worst = 0;
         int zero_ok = 1;
         for (int j = 0; j < 5; j++) {
@@ -421,7 +422,7 @@ static void test_sampler(void) {
     dn_rng_seed(&rq, 17);
     for (int rep = 0; rep < 200; rep++) {
         int n = rep % 2 ? 50257 : 1 + (int)(dn_rng_u64(&rq) % 2000);
-        Candidate *x = xcalloc((size_t)n, sizeof *x), *y = xcalloc((size_t)n, sizeof *y);
+        SampleCandidate *x = xcalloc((size_t)n, sizeof *x), *y = xcalloc((size_t)n, sizeof *y);
         double total = 0;
         for (int i = 0; i < n; i++) {
             float u = dn_rng_uniform(&rq);
@@ -431,8 +432,8 @@ static void test_sampler(void) {
         }
         memcpy(y, x, (size_t)n * sizeof *x);
         double need = total * (0.05 + 0.9 * dn_rng_uniform(&rq));
-        int m = nucleus_select(x, n, need);
-        qsort(y, (size_t)n, sizeof *y, cand_desc);
+        int m = sample_nucleus_select(x, n, need);
+        qsort(y, (size_t)n, sizeof *y, sample_cand_desc);
         double cum = 0;
         int m_ref = n;
         for (int j = 0; j < n; j++) { cum += y[j].p; if (cum >= need) { m_ref = j + 1; break; } }
@@ -459,7 +460,7 @@ static void test_sampler(void) {
     sampler_build(&sp, V, 1.0f, 1.0f, 3, 9);
     int ok = 1;
     for (int i = 0; i < 3000; i++) {
-        int x = sample(&sp, lg);
+        int x = sampler_next(&sp, lg);
         ok &= x == best[0] || x == best[1] || x == best[2];
     }
     CHECK(ok, "top-k 3 over 50257 draws only the 3 largest logits");
@@ -485,7 +486,7 @@ static void test_temperatures(void) {
     float *logits = xcalloc((size_t)V, sizeof(float));
     memcpy(logits, lg, (size_t)V * sizeof(float));
     runstate_free(&s, &m.cfg);
-    int best = argmax(logits, V), second = best == 0 ? 1 : 0;
+    int best = sample_argmax(logits, V), second = best == 0 ? 1 : 0;
     for (int i = 0; i < V; i++) if (i != best && logits[i] > logits[second]) second = i;
     double *p = xcalloc((size_t)V, sizeof(double)), z = 0;
     for (int i = 0; i < V; i++) z += p[i] = exp((double)logits[i] - logits[best]);
@@ -502,7 +503,7 @@ static void test_temperatures(void) {
         const int topk[3] = {0, 5, 0};
         for (int path = 0; path < 3; path++) {
             sampler_build(&sp, V, tiny[k], topp[path], topk[path], 100 + k);
-            for (int i = 0; i < 300; i++) hits += sample(&sp, logits) == best;
+            for (int i = 0; i < 300; i++) hits += sampler_next(&sp, logits) == best;
             sampler_free(&sp);
         }
         CHECK(hits == 900, "T = %g picks the argmax %d in %d of 900 draws (plain, top-k 5, top-p 0.9)", tiny[k], best, hits);
@@ -511,7 +512,7 @@ static void test_temperatures(void) {
     const int N = 60000;
     int *count = xcalloc((size_t)V, sizeof(int));
     sampler_build(&sp, V, 1.0, 1.0f, 0, 7);
-    for (int i = 0; i < N; i++) count[sample(&sp, logits)]++;
+    for (int i = 0; i < N; i++) count[sampler_next(&sp, logits)]++;
     sampler_free(&sp);
     double worst = 0;
     for (int i = 0; i < V; i++) worst = fmax(worst, fabs((double)count[i] / N - p[i]));
@@ -520,7 +521,7 @@ static void test_temperatures(void) {
     const int per = 200;
     memset(count, 0, (size_t)V * sizeof(int));
     sampler_build(&sp, V, 1e6, 1.0f, 0, 8);
-    for (int i = 0; i < per * V; i++) count[sample(&sp, logits)]++;
+    for (int i = 0; i < per * V; i++) count[sampler_next(&sp, logits)]++;
     sampler_free(&sp);
     int lo = INT_MAX, hi = 0;
     for (int i = 0; i < V; i++) { lo = count[i] < lo ? count[i] : lo; hi = count[i] > hi ? count[i] : hi; }
@@ -533,37 +534,43 @@ static void test_temperatures(void) {
 
     /* NaN and infinite logits: a NaN is never drawn and never the argmax; +inf wins outright */
     float odd[5] = {NAN, 1.0f, NAN, 0.5f, -INFINITY};
-    CHECK(argmax(odd, 5) == 1, "argmax skips NaN (got %d)", argmax(odd, 5));
+    CHECK(sample_argmax(odd, 5) == 1, "argmax skips NaN (got %d)", sample_argmax(odd, 5));
     int c5[5] = {0};
     sampler_build(&sp, 5, 1.0, 1.0f, 0, 3);
-    for (int i = 0; i < 20000; i++) c5[sample(&sp, odd)]++;
+    for (int i = 0; i < 20000; i++) c5[sampler_next(&sp, odd)]++;
     sampler_free(&sp);
     double want1 = exp(0.5) / (1 + exp(0.5));
     CHECK(c5[0] + c5[2] + c5[4] == 0 && fabs(c5[1] / 20000.0 - want1) < 0.015,
           "NaN / -inf logits never drawn; p(1) = %.4f (want %.4f)", c5[1] / 20000.0, want1);
     sampler_build(&sp, 5, 1e-40, 1.0f, 0, 3);
-    CHECK(sample(&sp, odd) == 1, "NaN logits at T = 1e-40: the argmax");
+    CHECK(sampler_next(&sp, odd) == 1, "NaN logits at T = 1e-40: the argmax");
     sampler_free(&sp);
     float inf3[3] = {0.0f, INFINITY, 1.0f};
     sampler_build(&sp, 3, 0.7, 1.0f, 0, 3);
-    CHECK(sample(&sp, inf3) == 1, "a +inf logit is drawn outright");
+    CHECK(sampler_next(&sp, inf3) == 1, "a +inf logit is drawn outright");
     sampler_free(&sp);
 
     /* the walk: a target at (or, by rounding, past) the total takes the last positive weight */
     double w[5] = {0.25, 0.75, 0.0, 0.0, 0.0};
-    CHECK(pick_weight(w, 5, 0.1) == 0 && pick_weight(w, 5, 0.3) == 1, "pick_weight inside the sum");
-    CHECK(pick_weight(w, 5, 1.0) == 1 && pick_weight(w, 5, 1.5) == 1,
+    CHECK(sample_pick_weight(w, 5, 0.1) == 0 && sample_pick_weight(w, 5, 0.3) == 1, "pick_weight inside the sum");
+    CHECK(sample_pick_weight(w, 5, 1.0) == 1 && sample_pick_weight(w, 5, 1.5) == 1,
           "pick_weight at / past the total: id 1, the last of positive weight (got %d, %d), not id 4",
-          pick_weight(w, 5, 1.0), pick_weight(w, 5, 1.5));
-    Candidate cd[3] = {{0.5, 7}, {0.5, 3}, {0.0, 9}};
-    CHECK(pick_candidate(cd, 3, 1.0) == 3 && pick_candidate(cd, 3, 0.2) == 7,
-          "pick_candidate at the total: id 3, not the zero-weight id 9 (got %d)", pick_candidate(cd, 3, 1.0));
+          sample_pick_weight(w, 5, 1.0), sample_pick_weight(w, 5, 1.5));
+    SampleCandidate cd[3] = {{0.5, 7}, {0.5, 3}, {0.0, 9}};
+    CHECK(sample_pick_candidate(cd, 3, 1.0) == 3 && sample_pick_candidate(cd, 3, 0.2) == 7,
+          "pick_candidate at the total: id 3, not the zero-weight id 9 (got %d)", sample_pick_candidate(cd, 3, 1.0));
 }
 
 /* ---- 5. the command line --------------------------------------------------------------------- */
 
-static void expect_fail(const char *what, const char *cmd, const char *needle) {
-    char out[8192], errb[8192], line[512];
+/* Run the command formatted from fmt and expect it to fail with needle on stderr. */
+static void expect_fail(const char *what, const char *needle, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void expect_fail(const char *what, const char *needle, const char *fmt, ...) {
+    char cmd[2048], out[8192], errb[8192], line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
     int rc = run_cmd(cmd, out, sizeof out, errb, sizeof errb);
     /* a normal exit with a non-zero status (no crash), and a message that names the problem */
     int ok = rc > 0 && strstr(errb, needle) != NULL;
@@ -666,8 +673,7 @@ static void test_cli(void) {
     snprintf(cmd, sizeof cmd, "./infer %s 'x' -n 30 -t 1e6 --ignore-eot", ck);
     rc = run_cmd(cmd, a, sizeof a, errb, sizeof errb);
     CHECK(rc == 0 && strstr(errb, "decode: 30 tokens") && strlen(a) > 30, "-t 1e6 (the largest accepted) samples 30 tokens (exit %d)", rc);
-    snprintf(cmd, sizeof cmd, "./infer %s 'x' -t 1e7", ck);
-    expect_fail("temperature above 1e6", cmd, "temperature");
+    expect_fail("temperature above 1e6", "temperature", "./infer %s 'x' -t 1e7", ck);
     snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=1 ./infer %s 'Hello' -n 3000 --ignore-eot --stats", ck);
     rc = run_cmd(cmd, out, sizeof out, errb, sizeof errb);
     long r0 = -1, r1 = -2;
@@ -682,12 +688,10 @@ static void test_cli(void) {
     CHECK(rc == 0 && strstr(out, "usage:") && strstr(out, "--eval") && strstr(out, "--eval-step"), "-h prints the usage");
 
     /* bad inputs: one clear message each, non-zero exit */
-    snprintf(cmd, sizeof cmd, "./infer %s/no_such.bin 'hi'", g_dir);
-    expect_fail("missing checkpoint", cmd, "no_such.bin");
+    expect_fail("missing checkpoint", "no_such.bin", "./infer %s/no_such.bin 'hi'", g_dir);
     write_ckpt(ckv, &c, 1, DN_F32, NULL, NULL);
     CHECK(patch_file(ckv, "\"format_version\":\"1\"", "\"format_version\":\"9\"") == 0, "patched the format version");
-    snprintf(cmd, sizeof cmd, "./infer %s 'hi'", ckv);
-    expect_fail("checkpoint of format version 9", cmd, "format version 9");
+    expect_fail("checkpoint of format version 9", "format version 9", "./infer %s 'hi'", ckv);
 
     uint16_t toks[200];
     for (int i = 0; i < 200; i++) toks[i] = (uint16_t)(i * 37 % 500);
@@ -712,14 +716,10 @@ static void test_cli(void) {
     snprintf(cmd, sizeof cmd, "./infer %s --eval %s", ck512, sh);
     rc = run_cmd(cmd, out, sizeof out, errb, sizeof errb);
     CHECK(rc == 0 && strstr(out, "199 predictions"), "a good shard evaluates (exit %d): %s", rc, out);
-    snprintf(cmd, sizeof cmd, "./infer %s --eval %s", ck512, shm);
-    expect_fail("shard with a wrong magic", cmd, "magic");
-    snprintf(cmd, sizeof cmd, "./infer %s --eval %s", ck512, shc);
-    expect_fail("shard token count > file", cmd, "201 tokens");
-    snprintf(cmd, sizeof cmd, "./infer %s --eval %s", ck512, shv);
-    expect_fail("shard token id >= vocab", cmd, "vocabulary size 512");
-    snprintf(cmd, sizeof cmd, "./infer %s --eval %s/none.bin", ck512, g_dir);
-    expect_fail("missing shard", cmd, "none.bin");
+    expect_fail("shard with a wrong magic", "magic", "./infer %s --eval %s", ck512, shm);
+    expect_fail("shard token count > file", "201 tokens", "./infer %s --eval %s", ck512, shc);
+    expect_fail("shard token id >= vocab", "vocabulary size 512", "./infer %s --eval %s", ck512, shv);
+    expect_fail("missing shard", "none.bin", "./infer %s --eval %s/none.bin", ck512, g_dir);
 
     path_in(vdir, sizeof vdir, "vocab");
     mkdir(vdir, 0700);
@@ -730,29 +730,21 @@ static void test_cli(void) {
     snprintf(src, sizeof src, "%s/encoder.json", TOK_DEFAULT_DIR);
     snprintf(dst, sizeof dst, "%s/encoder.json", vdir);
     copy_prefix(src, dst, 500000);
-    snprintf(cmd, sizeof cmd, "./infer %s 'hi' -V %s", ck, vdir);
-    expect_fail("encoder.json cut short", cmd, "encoder.json");
-    snprintf(cmd, sizeof cmd, "./infer %s 'hi' -V %s/nowhere", ck, g_dir);
-    expect_fail("vocab dir missing", cmd, "nowhere");
+    expect_fail("encoder.json cut short", "encoder.json", "./infer %s 'hi' -V %s", ck, vdir);
+    expect_fail("vocab dir missing", "nowhere", "./infer %s 'hi' -V %s/nowhere", ck, g_dir);
 
-    snprintf(cmd, sizeof cmd, "./infer %s 'one two three four five six seven eight nine ten' --max-context 8", ckg);
-    expect_fail("prompt longer than --max-context", cmd, "--max-context 8");
+    expect_fail("prompt longer than --max-context", "--max-context 8", "./infer %s 'one two three four five six seven eight nine ten' --max-context 8", ckg);
     snprintf(cmd, sizeof cmd, "./infer %s 'one two three' --max-context 8 -n 100 --ignore-eot", ckg);
     rc = run_cmd(cmd, out, sizeof out, errb, sizeof errb);
     CHECK(rc == 0 && strstr(errb, "generating 5 tokens, not 100"), "prompt + -n over --max-context: generation clamped with a note (exit %d): %s", rc, errb);
     snprintf(cmd, sizeof cmd, "./infer %s 'hi' --max-context 8 -n 20 --ignore-eot", ck);
     rc = run_cmd(cmd, out, sizeof out, errb, sizeof errb);
     CHECK(rc == 0 && !strstr(errb, "generating"), "--max-context does not limit a DeltaNet + SWA model");
-    snprintf(cmd, sizeof cmd, "./infer %s 'hi' -t -1", ck);
-    expect_fail("negative temperature", cmd, "temperature");
-    snprintf(cmd, sizeof cmd, "./infer %s 'hi' -p 1.5", ck);
-    expect_fail("top-p above 1", cmd, "top-p");
-    snprintf(cmd, sizeof cmd, "./infer %s 'hi' -n ten", ck);
-    expect_fail("non-numeric -n", cmd, "-n");
-    snprintf(cmd, sizeof cmd, "./infer %s 'hi' --eval %s", ck, sh);
-    expect_fail("prompt and --eval together", cmd, "not both");
-    snprintf(cmd, sizeof cmd, "./infer");
-    expect_fail("no arguments", cmd, "missing CHECKPOINT");
+    expect_fail("negative temperature", "temperature", "./infer %s 'hi' -t -1", ck);
+    expect_fail("top-p above 1", "top-p", "./infer %s 'hi' -p 1.5", ck);
+    expect_fail("non-numeric -n", "-n", "./infer %s 'hi' -n ten", ck);
+    expect_fail("prompt and --eval together", "not both", "./infer %s 'hi' --eval %s", ck, sh);
+    expect_fail("no arguments", "missing CHECKPOINT", "./infer");
     snprintf(cmd, sizeof cmd, "./infer %s --eval %s", ck, sh);
     /* ids of good.bin are < 500 < 50257: a GPT-2-vocabulary model scores it fine */
     rc = run_cmd(cmd, out, sizeof out, errb, sizeof errb);
@@ -824,18 +816,10 @@ static void test_long_window(void) {
     int rc2 = run_cmd(cmd, out, sizeof out, errb, sizeof errb);
     if ((q = strstr(out, "loss "))) sscanf(q, "loss %lf", &l2);
     CHECK(rc == 0 && rc2 == 0 && fabs(l1 - l2) <= 2e-6, "window 2^31-1: --eval %.6f == --eval-step %.6f (exit %d, %d)", l1, l2, rc, rc2);
-    snprintf(cmd, sizeof cmd, "./infer %s --eval %s -b 100 --eval-step --max-context 50", path, sh);
-    expect_fail("window > --max-context < -b", cmd, "--max-context 50");
+    expect_fail("window > --max-context < -b", "--max-context 50", "./infer %s --eval %s -b 100 --eval-step --max-context 50", path, sh);
     snprintf(cmd, sizeof cmd, "./infer %s 'one two three' --max-context 8 -n 100 --ignore-eot", ckw);
     rc = run_cmd(cmd, out, sizeof out, errb, sizeof errb);
     CHECK(rc == 0 && strstr(errb, "generating 5 tokens, not 100"), "window 2^31-1 > --max-context 8: generation clamped (exit %d): %s", rc, errb);
-}
-
-static void on_alarm(int sig) {
-    (void)sig;
-    static const char msg[] = "FAIL test_infer: timed out: a read blocked (a FIFO opened as a file?)\n";
-    if (write(1, msg, sizeof msg - 1) < 0) _exit(3);
-    _exit(3);
 }
 
 /* -f FILE / -f -: prompts of any size (the kernel limits one argument to 128 KiB), every byte. */
@@ -858,15 +842,14 @@ static void test_prompt_file(void) {
           "read_prompt_file: all 7 bytes, NUL included (%zu): %s", len, err);
     free(text);
     CHECK(mkfifo(fifo, 0600) == 0, "mkfifo %s", fifo);
-    signal(SIGALRM, on_alarm);
-    alarm(20);
+    test_watchdog("test_infer", 20);
     text = NULL;
     err[0] = 0;
     CHECK(read_prompt_file(fifo, &text, &len, err, sizeof err) == -1 && strstr(err, "FIFO") && !text,
           "a FIFO as -f is refused without blocking: %s", err);
     CHECK(read_prompt_file(g_dir, &text, &len, err, sizeof err) == -1 && strstr(err, "directory"),
           "a directory as -f is refused: %s", err);
-    alarm(0);
+    test_watchdog_off();
 
     /* a prompt over 128 KiB: through -f and through stdin, echoed whole, every token prefilled */
     size_t big = 150000;
@@ -913,16 +896,11 @@ static void test_prompt_file(void) {
     free(out2);
     free(prompt);
 
-    snprintf(cmd, sizeof cmd, "timeout 20 ./infer %s -f %s", ck, fifo);
-    expect_fail("-f FIFO", cmd, "FIFO");
-    snprintf(cmd, sizeof cmd, "./infer %s -f %s", ck, g_dir);
-    expect_fail("-f directory", cmd, "directory");
-    snprintf(cmd, sizeof cmd, "./infer %s -f %s/none.txt", ck, g_dir);
-    expect_fail("-f missing file", cmd, "none.txt");
-    snprintf(cmd, sizeof cmd, "./infer %s 'hi' -f %s", ck, small);
-    expect_fail("-f and a PROMPT", cmd, "not both");
-    snprintf(cmd, sizeof cmd, "./infer %s -f %s --eval %s", ck, small, small);
-    expect_fail("-f and --eval", cmd, "not both");
+    expect_fail("-f FIFO", "FIFO", "timeout 20 ./infer %s -f %s", ck, fifo);
+    expect_fail("-f directory", "directory", "./infer %s -f %s", ck, g_dir);
+    expect_fail("-f missing file", "none.txt", "./infer %s -f %s/none.txt", ck, g_dir);
+    expect_fail("-f and a PROMPT", "not both", "./infer %s 'hi' -f %s", ck, small);
+    expect_fail("-f and --eval", "not both", "./infer %s -f %s --eval %s", ck, small, small);
     char out[8192];
     rc = run_cmd("./infer -h", out, sizeof out, errb, sizeof errb);
     CHECK(rc == 0 && strstr(out, "-f, --file FILE") && strstr(out, "stdin"), "-h documents -f FILE and '-f -'");
@@ -931,39 +909,32 @@ static void test_prompt_file(void) {
 /* Shards and vocabulary files that are not regular files are refused at once, naming what they are. */
 static void test_not_regular(void) {
     printf("-- FIFOs and directories where files belong\n");
-    char ck[300], ck512[300], fifo[300], vdir[300], sh0[300], cmd[2048], src[600], dst[600], err[DN_ERR_LEN];
+    char ck[300], ck512[300], fifo[300], vdir[300], sh0[300], src[600], dst[600], err[DN_ERR_LEN];
     path_in(ck, sizeof ck, "gpt2tiny.bin");
     path_in(ck512, sizeof ck512, "dsgd.bin");
     path_in(fifo, sizeof fifo, "shard.fifo");
     CHECK(mkfifo(fifo, 0600) == 0, "mkfifo %s", fifo);
-    snprintf(cmd, sizeof cmd, "timeout 20 ./infer %s --eval %s", ck512, fifo);
-    expect_fail("--eval FIFO", cmd, "FIFO");
-    snprintf(cmd, sizeof cmd, "./infer %s --eval %s", ck512, g_dir);
-    expect_fail("--eval directory", cmd, "directory");
-    snprintf(cmd, sizeof cmd, "timeout 20 ./infer %s 'hi'", fifo);
-    expect_fail("checkpoint FIFO", cmd, "FIFO");
+    expect_fail("--eval FIFO", "FIFO", "timeout 20 ./infer %s --eval %s", ck512, fifo);
+    expect_fail("--eval directory", "directory", "./infer %s --eval %s", ck512, g_dir);
+    expect_fail("checkpoint FIFO", "FIFO", "timeout 20 ./infer %s 'hi'", fifo);
     path_in(sh0, sizeof sh0, "empty_shard.bin");
     CHECK(shard_write(sh0, NULL, 0, err, sizeof err) == 0, "a 0-token shard: %s", err);
-    snprintf(cmd, sizeof cmd, "./infer %s --eval %s", ck512, sh0);
-    expect_fail("--eval of a 0-token shard", cmd, "0 tokens, need at least 2");
+    expect_fail("--eval of a 0-token shard", "0 tokens, need at least 2", "./infer %s --eval %s", ck512, sh0);
     /* vocabulary files: encoder.json a FIFO; vocab.bpe a FIFO; encoder.json a directory */
     path_in(vdir, sizeof vdir, "vocab_fifo");
     mkdir(vdir, 0700);
     snprintf(dst, sizeof dst, "%s/encoder.json", vdir);
     CHECK(mkfifo(dst, 0600) == 0, "mkfifo %s", dst);
-    snprintf(cmd, sizeof cmd, "timeout 20 ./infer %s 'hi' -V %s", ck, vdir);
-    expect_fail("encoder.json a FIFO", cmd, "FIFO");
+    expect_fail("encoder.json a FIFO", "FIFO", "timeout 20 ./infer %s 'hi' -V %s", ck, vdir);
     remove(dst);
     snprintf(src, sizeof src, "%s/encoder.json", TOK_DEFAULT_DIR);
     copy_prefix(src, dst, -1);
     snprintf(dst, sizeof dst, "%s/vocab.bpe", vdir);
     CHECK(mkfifo(dst, 0600) == 0, "mkfifo %s", dst);
-    snprintf(cmd, sizeof cmd, "timeout 20 ./infer %s 'hi' -V %s", ck, vdir);
-    expect_fail("vocab.bpe a FIFO", cmd, "vocab.bpe: is a FIFO");
+    expect_fail("vocab.bpe a FIFO", "vocab.bpe: is a FIFO", "timeout 20 ./infer %s 'hi' -V %s", ck, vdir);
     remove(dst);
     mkdir(dst, 0700);
-    snprintf(cmd, sizeof cmd, "./infer %s 'hi' -V %s", ck, vdir);
-    expect_fail("vocab.bpe a directory", cmd, "vocab.bpe: is a directory");
+    expect_fail("vocab.bpe a directory", "vocab.bpe: is a directory", "./infer %s 'hi' -V %s", ck, vdir);
 }
 
 int main(int argc, char **argv) {

@@ -49,6 +49,15 @@ static double *tod(const float *x, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] = x[i];
     return y;
 }
+/* An input of a float-vs-double check: n random values (std scale) rounded to float, returned, and
+ * the same values as doubles in *d. */
+static float *twin(size_t n, double scale, double **d) {
+    double *x = dvec(n, scale);
+    float *f = tof(x, n);
+    free(x);
+    *d = tod(f, n);
+    return f;
+}
 static double dotd(const double *a, const double *b, size_t n) {
     double s = 0;
     for (size_t i = 0; i < n; i++) s += a[i] * b[i];
@@ -147,9 +156,8 @@ static void test_linear_shape(int N, int C, int OC) {
 static void test_linear_f32(void) {
     int N = 13, C = 37, OC = 21;
     size_t nx = (size_t)N * C, nw = (size_t)OC * C, no = (size_t)N * OC;
-    double *x0 = dvec(nx, 1), *w0 = dvec(nw, 0.2), *r0 = dvec(no, 1);
-    float *xf = tof(x0, nx), *wf = tof(w0, nw), *rf = tof(r0, no);
-    double *xd = tod(xf, nx), *wd = tod(wf, nw), *rd = tod(rf, no);
+    double *xd, *wd, *rd;
+    float *xf = twin(nx, 1, &xd), *wf = twin(nw, 0.2, &wd), *rf = twin(no, 1, &rd);
     float *of = fzeros(no), *dxf = fzeros(nx), *dwf = fzeros(nw);
     double *od = dzeros(no), *dxd = dzeros(nx), *dwd = dzeros(nw);
     ref_linear_forward(of, xf, wf, N, C, OC);
@@ -158,7 +166,7 @@ static void test_linear_f32(void) {
     ref_linear_backward_f64(dxd, dwd, rd, xd, wd, N, C, OC);
     double e = fmax(rel_fd(of, od, no), fmax(rel_fd(dxf, dxd, nx), rel_fd(dwf, dwd, nw)));
     CHECK_REL(e, F32_TOL, "linear float vs double");
-    free(x0); free(w0); free(r0); free(xf); free(wf); free(rf); free(xd); free(wd); free(rd);
+    free(xf); free(wf); free(rf); free(xd); free(wd); free(rd);
     free(of); free(dxf); free(dwf); free(od); free(dxd); free(dwd);
 }
 
@@ -197,9 +205,8 @@ static void test_rmsnorm(void) {
 
     int N2 = 11, C2 = 24;
     size_t n2 = (size_t)N2 * C2;
-    double *x0 = dvec(n2, 1), *g0 = dvec(C2, 1), *r0 = dvec(n2, 1);
-    float *xf = tof(x0, n2), *gf = tof(g0, C2), *rf = tof(r0, n2);
-    double *xd = tod(xf, n2), *gd = tod(gf, C2), *rd = tod(rf, n2);
+    double *xd, *gd, *rd;
+    float *xf = twin(n2, 1, &xd), *gf = twin(C2, 1, &gd), *rf = twin(n2, 1, &rd);
     float *of = fzeros(n2), *sf = fzeros(N2), *dxf = fzeros(n2), *dgf = fzeros(C2);
     double *od = dzeros(n2), *sd = dzeros(N2), *dxd = dzeros(n2), *dgd = dzeros(C2);
     ref_rmsnorm_forward(of, sf, xf, gf, N2, C2, 1e-6f);
@@ -209,7 +216,7 @@ static void test_rmsnorm(void) {
     e = fmax(fmax(rel_fd(of, od, n2), rel_fd(sf, sd, N2)), fmax(rel_fd(dxf, dxd, n2), rel_fd(dgf, dgd, C2)));
     CHECK_REL(e, F32_TOL, "rmsnorm float vs double");
     free(c.x); free(c.g); free(c.r); free(c.out); free(c.rstd); free(dx); free(dg);
-    free(x0); free(g0); free(r0); free(xf); free(gf); free(rf); free(xd); free(gd); free(rd);
+    free(xf); free(gf); free(rf); free(xd); free(gd); free(rd);
     free(of); free(sf); free(dxf); free(dgf); free(od); free(sd); free(dxd); free(dgd);
 }
 
@@ -256,9 +263,8 @@ static void test_conv(void) {
 
     int B2 = 2, T2 = 19, C2 = 13;
     size_t n2 = (size_t)B2 * T2 * C2, nw2 = (size_t)C2 * KS;
-    double *x0 = dvec(n2, 1), *w0 = dvec(nw2, 0.5), *r0 = dvec(n2, 1);
-    float *xf = tof(x0, n2), *wf = tof(w0, nw2), *rf = tof(r0, n2);
-    double *xd = tod(xf, n2), *wd = tod(wf, nw2), *rd = tod(rf, n2);
+    double *xd, *wd, *rd;
+    float *xf = twin(n2, 1, &xd), *wf = twin(nw2, 0.5, &wd), *rf = twin(n2, 1, &rd);
     float *of = fzeros(n2), *dxf = fzeros(n2), *dwf = fzeros(nw2);
     double *od = dzeros(n2), *dxd = dzeros(n2), *dwd = dzeros(nw2);
     ref_conv_silu_forward(of, xf, wf, B2, T2, C2, KS);
@@ -268,7 +274,7 @@ static void test_conv(void) {
     e = fmax(rel_fd(of, od, n2), fmax(rel_fd(dxf, dxd, n2), rel_fd(dwf, dwd, nw2)));
     CHECK_REL(e, F32_TOL, "conv_silu float vs double");
     free(x); free(w); free(out);
-    free(x0); free(w0); free(r0); free(xf); free(wf); free(rf); free(xd); free(wd); free(rd);
+    free(xf); free(wf); free(rf); free(xd); free(wd); free(rd);
     free(of); free(dxf); free(dwf); free(od); free(dxd); free(dwd);
 }
 
@@ -299,7 +305,7 @@ static void test_elementwise(void) {
     /* l2norm */
     int N = 7, K = 6;
     size_t n = (size_t)N * K;
-    L2Ctx l = {N, K, 1e-6, dvec(n, 1), dvec(n, 1), dzeros(n)};
+    L2Ctx l = {N, K, DN_DEFAULT_L2_EPS, dvec(n, 1), dvec(n, 1), dzeros(n)};
     l2_loss(&l);
     double e = 0;
     for (int r = 0; r < N; r++) {
@@ -336,15 +342,14 @@ static void test_elementwise(void) {
     /* float vs double, all three */
     int N2 = 17, K2 = 16;
     size_t n2 = (size_t)N2 * K2;
-    double *x0 = dvec(n2, 2), *u0 = dvec(n2, 1), *r0 = dvec(n2, 1);
-    float *xf = tof(x0, n2), *uf = tof(u0, n2), *rf = tof(r0, n2);
-    double *xd = tod(xf, n2), *ud = tod(uf, n2), *rd = tod(rf, n2);
+    double *xd, *ud, *rd;
+    float *xf = twin(n2, 2, &xd), *uf = twin(n2, 1, &ud), *rf = twin(n2, 1, &rd);
     float *of = fzeros(n2), *g1f = fzeros(n2), *g2f = fzeros(n2);
     double *od = dzeros(n2), *g1d = dzeros(n2), *g2d = dzeros(n2);
-    ref_l2norm_forward(of, xf, N2, K2, 1e-6f);
-    ref_l2norm_backward(g1f, rf, xf, N2, K2, 1e-6f);
-    ref_l2norm_forward_f64(od, xd, N2, K2, 1e-6);
-    ref_l2norm_backward_f64(g1d, rd, xd, N2, K2, 1e-6);
+    ref_l2norm_forward(of, xf, N2, K2, DN_DEFAULT_L2_EPS);
+    ref_l2norm_backward(g1f, rf, xf, N2, K2, DN_DEFAULT_L2_EPS);
+    ref_l2norm_forward_f64(od, xd, N2, K2, DN_DEFAULT_L2_EPS);
+    ref_l2norm_backward_f64(g1d, rd, xd, N2, K2, DN_DEFAULT_L2_EPS);
     CHECK_REL(fmax(rel_fd(of, od, n2), rel_fd(g1f, g1d, n2)), F32_TOL, "l2norm float vs double");
     memset(g1f, 0, n2 * sizeof(float)); memset(g1d, 0, n2 * sizeof(double));
     ref_sigmoid_forward(of, xf, (int)n2);
@@ -361,7 +366,7 @@ static void test_elementwise(void) {
               "swiglu float vs double");
     free(l.x); free(l.r); free(l.out); free(dx); free(s.x); free(s.r); free(s.out); free(dsx);
     free(w.a); free(w.u); free(w.r); free(w.out); free(da); free(du);
-    free(x0); free(u0); free(r0); free(xf); free(uf); free(rf); free(xd); free(ud); free(rd);
+    free(xf); free(uf); free(rf); free(xd); free(ud); free(rd);
     free(of); free(g1f); free(g2f); free(od); free(g1d); free(g2d);
 }
 
@@ -539,9 +544,8 @@ static void test_attention_f32(void) {
     for (int pass = 0; pass < 2; pass++) {
         int w = pass ? window : 0;
         size_t nq = (size_t)B * T * Hq * d, nk = (size_t)B * T * Hkv * d, nl = (size_t)B * Hq * T;
-        double *q0 = dvec(nq, 1), *k0 = dvec(nk, 1), *v0 = dvec(nk, 1), *r0 = dvec(nq, 1);
-        float *qf = tof(q0, nq), *kf = tof(k0, nk), *vf = tof(v0, nk), *rf = tof(r0, nq);
-        double *qd = tod(qf, nq), *kd = tod(kf, nk), *vd = tod(vf, nk), *rd = tod(rf, nq);
+        double *qd, *kd, *vd, *rd;
+        float *qf = twin(nq, 1, &qd), *kf = twin(nk, 1, &kd), *vf = twin(nk, 1, &vd), *rf = twin(nq, 1, &rd);
         float *of = fzeros(nq), *lf = fzeros(nl), *dqf = fzeros(nq), *dkf = fzeros(nk), *dvf = fzeros(nk);
         double *od = dzeros(nq), *ld = dzeros(nl), *dqd = dzeros(nq), *dkd = dzeros(nk), *dvd = dzeros(nk);
         ref_attention_forward(of, lf, qf, kf, vf, B, T, Hq, Hkv, d, w);
@@ -551,7 +555,7 @@ static void test_attention_f32(void) {
         double e = fmax(fmax(rel_fd(of, od, nq), rel_fd(lf, ld, nl)),
                         fmax(rel_fd(dqf, dqd, nq), fmax(rel_fd(dkf, dkd, nk), rel_fd(dvf, dvd, nk))));
         CHECK_REL(e, F32_TOL, "attention window=%d float vs double", w);
-        free(q0); free(k0); free(v0); free(r0); free(qf); free(kf); free(vf); free(rf);
+        free(qf); free(kf); free(vf); free(rf);
         free(qd); free(kd); free(vd); free(rd); free(of); free(lf); free(dqf); free(dkf); free(dvf);
         free(od); free(ld); free(dqd); free(dkd); free(dvd);
     }

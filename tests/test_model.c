@@ -17,6 +17,23 @@ static void random_tokens(int *x, int n, int vocab, DNRng *r) {
     for (int i = 0; i < n; i++) x[i] = (int)(dn_rng_u64(r) % (uint64_t)vocab);
 }
 
+/* N random input tokens and N random targets (free with batch_free). */
+typedef struct { int *in, *tg; } Batch;
+static Batch random_batch(int N, int vocab, DNRng *r) {
+    Batch b = {xcalloc((size_t)N, sizeof(int)), xcalloc((size_t)N, sizeof(int))};
+    random_tokens(b.in, N, vocab, r);
+    random_tokens(b.tg, N, vocab, r);
+    return b;
+}
+static void batch_free(Batch *b) { free(b->in); free(b->tg); }
+
+/* The loss of model m on batch b, its gradients added into grads. */
+static double loss_and_grads(RefModel_f64 *m, const double *params, const Batch *b, double *grads) {
+    double loss = ref_model_forward_f64(m, params, b->in, b->tg);
+    ref_model_backward_f64(m, params, grads);
+    return loss;
+}
+
 /* Parameters in double: the table's init (std 0.02 is too flat for a sharp check), rescaled to
  * std 0.3 so every path carries signal, norm gains randomised around 1. */
 static double *random_params(const DNParamTable *t, DNRng *r) {
@@ -40,13 +57,10 @@ static void fd_check_model(const char *layers, int tied, int chunk) {
     dn_rng_seed(&r, 42 + (uint64_t)tied * 7 + (uint64_t)chunk);
     double *params = random_params(&t, &r);
     double *grads = xcalloc(t.total, sizeof(double));
-    int *in = xcalloc((size_t)N, sizeof(int)), *tg = xcalloc((size_t)N, sizeof(int));
-    random_tokens(in, N, c.vocab_size, &r);
-    random_tokens(tg, N, c.vocab_size, &r);
+    Batch bt = random_batch(N, c.vocab_size, &r);
     RefModel_f64 *m = ref_model_create_f64(&t, B, T, chunk);
-    double loss = ref_model_forward_f64(m, params, in, tg);
+    double loss = loss_and_grads(m, params, &bt, grads);
     CHECK(isfinite(loss) && loss > 0, "loss %g", loss);
-    ref_model_backward_f64(m, params, grads);
     const double h = 1e-6;
     double worst = 0;
     for (int i = 0; i < t.n_params; i++) {
@@ -55,9 +69,9 @@ static void fd_check_model(const char *layers, int tied, int chunk) {
         for (size_t j = 0; j < p->numel; j++) {
             double *w = &params[p->offset + j], save = *w;
             *w = save + h;
-            double lp = ref_model_forward_f64(m, params, in, tg);
+            double lp = ref_model_forward_f64(m, params, bt.in, bt.tg);
             *w = save - h;
-            double lm = ref_model_forward_f64(m, params, in, tg);
+            double lm = ref_model_forward_f64(m, params, bt.in, bt.tg);
             *w = save;
             double fd = (lp - lm) / (2 * h), an = grads[p->offset + j];
             num += (fd - an) * (fd - an);
@@ -77,8 +91,30 @@ static void fd_check_model(const char *layers, int tied, int chunk) {
     printf("  ok  full-model FD, layers %s, %s, chunk %d: %d tensors, %zu elements, worst tensor rel err %.3e (tol 1e-6)\n",
            layers, tied ? "tied" : "untied", chunk, t.n_params, t.total_real, worst);
     ref_model_free_f64(m);
-    free(params); free(grads); free(in); free(tg);
+    free(params); free(grads); batch_free(&bt);
     dn_free_param_table(&t);
+}
+
+/* Two double models (tables ta and tb of the same size, chunk sizes ca and cb) run on the same
+ * random parameters and batch, drawn from seed: their losses and gradients. */
+typedef struct { double *params, *ga, *gb, la, lb; Batch bt; RefModel_f64 *a, *b; } TwoRuns;
+static TwoRuns two_runs(const DNParamTable *ta, int ca, const DNParamTable *tb, int cb, int B, int T, uint64_t seed) {
+    TwoRuns x;
+    DNRng r;
+    dn_rng_seed(&r, seed);
+    x.params = random_params(ta, &r);
+    x.ga = xcalloc(ta->total, sizeof(double));
+    x.gb = xcalloc(tb->total, sizeof(double));
+    x.bt = random_batch(B * T, ta->cfg.vocab_size, &r);
+    x.a = ref_model_create_f64(ta, B, T, ca);
+    x.b = ref_model_create_f64(tb, B, T, cb);
+    x.la = loss_and_grads(x.a, x.params, &x.bt, x.ga);
+    x.lb = loss_and_grads(x.b, x.params, &x.bt, x.gb);
+    return x;
+}
+static void two_runs_free(TwoRuns *x) {
+    ref_model_free_f64(x->a); ref_model_free_f64(x->b);
+    free(x->params); free(x->ga); free(x->gb); batch_free(&x->bt);
 }
 
 /* Chunkwise and sequential delta rule give the same loss and gradients inside the model. */
@@ -89,22 +125,11 @@ static void chunk_vs_recurrent(void) {
     char err[256];
     dn_build_param_table(&t, &c, err, sizeof err);
     int B = 2, T = 37, N = B * T;
-    DNRng r;
-    dn_rng_seed(&r, 5);
-    double *params = random_params(&t, &r);
-    double *g1 = xcalloc(t.total, sizeof(double)), *g2 = xcalloc(t.total, sizeof(double));
-    int *in = xcalloc((size_t)N, sizeof(int)), *tg = xcalloc((size_t)N, sizeof(int));
-    random_tokens(in, N, c.vocab_size, &r);
-    random_tokens(tg, N, c.vocab_size, &r);
-    RefModel_f64 *a = ref_model_create_f64(&t, B, T, 8), *b = ref_model_create_f64(&t, B, T, 0);
-    double la = ref_model_forward_f64(a, params, in, tg), lb = ref_model_forward_f64(b, params, in, tg);
-    ref_model_backward_f64(a, params, g1);
-    ref_model_backward_f64(b, params, g2);
-    CHECK_REL(fabs(la - lb) / fabs(lb), 1e-13, "model loss, chunk 8 vs sequential (T=37)");
-    CHECK_REL(rel_err_d(ref_model_logits_f64(a), ref_model_logits_f64(b), (size_t)N * c.vocab_size), 1e-13, "model logits, chunk 8 vs sequential");
-    CHECK_REL(rel_err_d(g1, g2, t.total), 1e-12, "model gradients, chunk 8 vs sequential");
-    ref_model_free_f64(a); ref_model_free_f64(b);
-    free(params); free(g1); free(g2); free(in); free(tg);
+    TwoRuns x = two_runs(&t, 8, &t, 0, B, T, 5);
+    CHECK_REL(fabs(x.la - x.lb) / fabs(x.lb), 1e-13, "model loss, chunk 8 vs sequential (T=37)");
+    CHECK_REL(rel_err_d(ref_model_logits_f64(x.a), ref_model_logits_f64(x.b), (size_t)N * c.vocab_size), 1e-13, "model logits, chunk 8 vs sequential");
+    CHECK_REL(rel_err_d(x.ga, x.gb, t.total), 1e-12, "model gradients, chunk 8 vs sequential");
+    two_runs_free(&x);
     dn_free_param_table(&t);
 }
 
@@ -114,37 +139,26 @@ static void swa_equals_global(void) {
     DNConfig cs, cg;
     small_config(&cs, "DSD", 1);
     small_config(&cg, "DGD", 1);
-    int B = 2, T = 11, N = B * T;
+    int B = 2, T = 11;
     cs.window = T;
     DNParamTable ts, tg_;
     char err[256];
     dn_build_param_table(&ts, &cs, err, sizeof err);
     dn_build_param_table(&tg_, &cg, err, sizeof err);
     CHECK(ts.total == tg_.total, "S and G tables differ in size");
-    DNRng r;
-    dn_rng_seed(&r, 9);
-    double *params = random_params(&ts, &r);
-    double *g1 = xcalloc(ts.total, sizeof(double)), *g2 = xcalloc(ts.total, sizeof(double));
-    int *in = xcalloc((size_t)N, sizeof(int)), *tg = xcalloc((size_t)N, sizeof(int));
-    random_tokens(in, N, cs.vocab_size, &r);
-    random_tokens(tg, N, cs.vocab_size, &r);
-    RefModel_f64 *a = ref_model_create_f64(&ts, B, T, 4), *b = ref_model_create_f64(&tg_, B, T, 4);
-    double la = ref_model_forward_f64(a, params, in, tg), lb = ref_model_forward_f64(b, params, in, tg);
-    ref_model_backward_f64(a, params, g1);
-    ref_model_backward_f64(b, params, g2);
-    CHECK(la == lb, "window >= T loss %.17g != global %.17g", la, lb);
-    CHECK_REL(rel_err_d(g1, g2, ts.total), 1e-15, "model with window >= T vs global: gradients");
+    TwoRuns x = two_runs(&ts, 4, &tg_, 4, B, T, 9);
+    CHECK(x.la == x.lb, "window >= T loss %.17g != global %.17g", x.la, x.lb);
+    CHECK_REL(rel_err_d(x.ga, x.gb, ts.total), 1e-15, "model with window >= T vs global: gradients");
     /* and a window smaller than T really changes the result */
-    ref_model_free_f64(a);
     cs.window = 3;
     DNParamTable t3;
     dn_build_param_table(&t3, &cs, err, sizeof err);
-    a = ref_model_create_f64(&t3, B, T, 4);
-    double l3 = ref_model_forward_f64(a, params, in, tg);
-    CHECK(fabs(l3 - lb) > 1e-9, "window 3 should differ from global (loss %.17g vs %.17g)", l3, lb);
-    ref_model_free_f64(a); ref_model_free_f64(b);
+    RefModel_f64 *a3 = ref_model_create_f64(&t3, B, T, 4);
+    double l3 = ref_model_forward_f64(a3, x.params, x.bt.in, x.bt.tg);
+    CHECK(fabs(l3 - x.lb) > 1e-9, "window 3 should differ from global (loss %.17g vs %.17g)", l3, x.lb);
+    ref_model_free_f64(a3);
     dn_free_param_table(&t3);
-    free(params); free(g1); free(g2); free(in); free(tg);
+    two_runs_free(&x);
     dn_free_param_table(&ts); dn_free_param_table(&tg_);
 }
 
@@ -163,22 +177,19 @@ static void float_vs_double(void) {
     for (size_t i = 0; i < t.total; i++) pd[i] = pf[i];
     DNRng r;
     dn_rng_seed(&r, 77);
-    int *in = xcalloc((size_t)N, sizeof(int)), *tg = xcalloc((size_t)N, sizeof(int));
-    random_tokens(in, N, c.vocab_size, &r);
-    random_tokens(tg, N, c.vocab_size, &r);
+    Batch bt = random_batch(N, c.vocab_size, &r);
     RefModel *mf = ref_model_create(&t, B, T, 64);
     RefModel_f64 *md = ref_model_create_f64(&t, B, T, 64);
-    float lf = ref_model_forward(mf, pf, in, tg);
-    double ld = ref_model_forward_f64(md, pd, in, tg);
+    float lf = ref_model_forward(mf, pf, bt.in, bt.tg);
     ref_model_backward(mf, pf, gf);
-    ref_model_backward_f64(md, pd, gd);
+    double ld = loss_and_grads(md, pd, &bt, gd);
     CHECK_REL(fabs(lf - ld) / ld, 1e-6, "float vs double model loss (%.6f)", ld);
     CHECK(fabs(ld - log(c.vocab_size)) < 0.05, "initial loss %.4f should be near ln(V) = %.4f", ld, log(c.vocab_size));
     double num = 0, den = 0;
     for (size_t i = 0; i < t.total; i++) { double d = gf[i] - gd[i]; num += d * d; den += gd[i] * gd[i]; }
     CHECK_REL(sqrt(num / den), 1e-4, "float vs double model gradients");
     ref_model_free(mf); ref_model_free_f64(md);
-    free(pf); free(gf); free(pd); free(gd); free(in); free(tg);
+    free(pf); free(gf); free(pd); free(gd); batch_free(&bt);
     dn_free_param_table(&t);
 }
 

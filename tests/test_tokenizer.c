@@ -294,13 +294,6 @@ static void test_broken_vocab(void) {
     rmdir(dir);
 }
 
-static void on_alarm(int sig) {
-    (void)sig;
-    static const char msg[] = "FAIL test_tokenizer: timed out: a read blocked (a FIFO opened as a file?)\n";
-    if (write(1, msg, sizeof msg - 1) < 0) _exit(3);
-    _exit(3);
-}
-
 /* Vocabulary files that are FIFOs or directories are refused at once (alarm() turns a hang into a
  * failure); text quoted from the files in a message is escaped, so the message is one line. */
 static void test_odd_vocab(void) {
@@ -313,8 +306,7 @@ static void test_odd_vocab(void) {
     char *e = read_file("data/gpt2/encoder.json", &ne), *v = read_file("data/gpt2/vocab.bpe", &nv);
     if (!e || !v) { CHECK(0, "cannot read data/gpt2"); free(e); free(v); return; }
     Tokenizer t;
-    signal(SIGALRM, on_alarm);
-    alarm(20);
+    test_watchdog("test_tokenizer", 20);
     CHECK(mkfifo(enc_path, 0600) == 0, "mkfifo %s", enc_path);
     write_file(bpe_path, v, nv);
     err[0] = 0;
@@ -325,7 +317,7 @@ static void test_odd_vocab(void) {
     CHECK(mkfifo(bpe_path, 0600) == 0, "mkfifo %s", bpe_path);
     err[0] = 0;
     CHECK(tok_load(&t, dir, err, sizeof err) == -1 && strstr(err, "vocab.bpe: is a FIFO"), "vocab.bpe a FIFO: %s", err);
-    alarm(0);
+    test_watchdog_off();
     remove(bpe_path);
     mkdir(bpe_path, 0700);
     err[0] = 0;

@@ -63,6 +63,7 @@ static inline void fz_state_config(DNConfig *c) {
     c->conv_size = 4;
     c->hidden_size = 8;
     c->norm_eps = 1e-6f;
+    c->l2_eps = DN_DEFAULT_L2_EPS;
     c->tie_embeddings = 1;
     c->attn_heads = 2;
     c->attn_kv_heads = 1;

@@ -74,6 +74,11 @@ static void st_set_meta(const char *target, const char *name, const St *s, const
     if (val) cJSON_AddStringToObject(m, key, val);
     st_put_json(target, name, s, j);
 }
+/* One file per edit: metadata key set to value (NULL: removed). */
+typedef struct { const char *name, *key, *val; } MetaEdit;
+static void st_set_metas(const char *target, const St *s, const MetaEdit *e, size_t n) {
+    for (size_t i = 0; i < n; i++) st_set_meta(target, e[i].name, s, e[i].key, e[i].val);
+}
 /* The first tensor entry (not __metadata__) of a header. */
 static cJSON *st_first_tensor(cJSON *j) {
     for (cJSON *it = j->child; it; it = it->next)
@@ -162,7 +167,7 @@ static void checkpoints(void) {
     DNConfig c;
     memset(&c, 0, sizeof c);
     c.vocab_size = 12; c.padded_vocab = 16; c.d_model = 4; c.n_layer = 3; c.n_head = 2; c.head_dim = 2;
-    c.conv_size = 4; c.hidden_size = 6; c.norm_eps = 1e-6f; c.tie_embeddings = 1; c.attn_heads = 2;
+    c.conv_size = 4; c.hidden_size = 6; c.norm_eps = 1e-6f; c.l2_eps = DN_DEFAULT_L2_EPS; c.tie_embeddings = 1; c.attn_heads = 2;
     c.attn_kv_heads = 1; c.window = 3; c.rope_base = 10000.0f;
     strcpy(c.layers, "DSG");
     St a = write_checkpoint(&c, DN_F32, 1);
@@ -176,20 +181,25 @@ static void checkpoints(void) {
     put(T, "valid_d_untied_bf16", b.buf, b.n);
 
     st_breakages(T, "dsg", &a);
-    st_set_meta(T, "meta_format_other", &a, "format", "safetensors");
-    st_set_meta(T, "meta_format_missing", &a, "format", NULL);
-    st_set_meta(T, "meta_version_2", &a, "format_version", "2");
-    st_set_meta(T, "meta_layers_missing", &a, "layers", NULL);
-    st_set_meta(T, "meta_layers_bad_kind", &a, "layers", "DSX");
-    st_set_meta(T, "meta_layers_too_many", &a, "layers", "DDDD");
-    st_set_meta(T, "meta_n_layer_text", &a, "n_layer", "abc");
-    st_set_meta(T, "meta_n_layer_zero", &a, "n_layer", "0");
-    st_set_meta(T, "meta_d_model_float", &a, "d_model", "8.5");
-    st_set_meta(T, "meta_vocab_overflow", &a, "vocab_size", "99999999999");
-    st_set_meta(T, "meta_norm_eps_nan", &a, "norm_eps", "nan");
-    st_set_meta(T, "meta_tie_2", &a, "tie_embeddings", "2");
-    st_set_meta(T, "meta_rope_missing", &a, "rope_base", NULL);
-    st_set_meta(T, "meta_head_dim_wrong", &a, "head_dim", "3");
+    {
+        static const MetaEdit e[] = {
+            {"meta_format_other", "format", "safetensors"},
+            {"meta_format_missing", "format", NULL},
+            {"meta_version_2", "format_version", "2"},
+            {"meta_layers_missing", "layers", NULL},
+            {"meta_layers_bad_kind", "layers", "DSX"},
+            {"meta_layers_too_many", "layers", "DDDD"},
+            {"meta_n_layer_text", "n_layer", "abc"},
+            {"meta_n_layer_zero", "n_layer", "0"},
+            {"meta_d_model_float", "d_model", "8.5"},
+            {"meta_vocab_overflow", "vocab_size", "99999999999"},
+            {"meta_norm_eps_nan", "norm_eps", "nan"},
+            {"meta_tie_2", "tie_embeddings", "2"},
+            {"meta_rope_missing", "rope_base", NULL},
+            {"meta_head_dim_wrong", "head_dim", "3"},
+        };
+        st_set_metas(T, &a, e, sizeof e / sizeof e[0]);
+    }
     {
         char name[200];
         memset(name, 'D', sizeof name - 1);
@@ -238,16 +248,21 @@ static void states(void) {
     remove(path);
     put(T, "valid_state", s.buf, s.n);
     st_breakages(T, "state", &s);
-    st_set_meta(T, "meta_format_checkpoint", &s, "format", DN_FORMAT_NAME);
-    st_set_meta(T, "meta_n_params_wrong", &s, "n_params_mem", "3");
-    st_set_meta(T, "meta_n_params_negative", &s, "n_params_mem", "-1");
-    st_set_meta(T, "meta_layers_other", &s, "layers", "DD");
-    st_set_meta(T, "meta_step_negative", &s, "step", "-1");
-    st_set_meta(T, "meta_step_missing", &s, "step", NULL);
-    st_set_meta(T, "meta_rng_text", &s, "rng_state", "abc");
-    st_set_meta(T, "meta_rng_overflow", &s, "rng_state", "18446744073709551616");
-    st_set_meta(T, "meta_rng_negative", &s, "rng_state", "-5");
-    st_set_meta(T, "meta_note_missing", &s, "note", NULL);
+    {
+        static const MetaEdit e[] = {
+            {"meta_format_checkpoint", "format", DN_FORMAT_NAME},
+            {"meta_n_params_wrong", "n_params_mem", "3"},
+            {"meta_n_params_negative", "n_params_mem", "-1"},
+            {"meta_layers_other", "layers", "DD"},
+            {"meta_step_negative", "step", "-1"},
+            {"meta_step_missing", "step", NULL},
+            {"meta_rng_text", "rng_state", "abc"},
+            {"meta_rng_overflow", "rng_state", "18446744073709551616"},
+            {"meta_rng_negative", "rng_state", "-5"},
+            {"meta_note_missing", "note", NULL},
+        };
+        st_set_metas(T, &s, e, sizeof e / sizeof e[0]);
+    }
     {
         char note[400];
         memset(note, 'n', sizeof note - 1);

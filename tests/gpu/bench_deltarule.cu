@@ -1,15 +1,16 @@
 /*
  * bench_deltarule.cu -- times the GPU chunkwise delta rule (kernels/deltarule.cuh), bf16, on the
- * shapes that matter: B=8 T=2048 H=8 K=V=128 (the speed bar; fla: 0.467 ms fwd, 2.689 ms fwd+bwd
- * on one H100), B=32 T=1024 H=6 K=128 (d12 training) and a few more.
+ * shapes that matter: B=8 T=2048 H=8 K=V=128 (the speed bar, where the README compares with fla),
+ * B=32 T=1024 H=6 K=128 (d12 training) and a few more.
  *
  * Method: inputs are random (q, k L2-normalised rows, beta in (0, 1)); several input sets are
  * rotated so that the inputs touched by consecutive runs exceed the 50 MB L2; after warm-up, each
  * run is timed with its own pair of CUDA events and the median is printed. FLOPs are the dense
  * matrix products the chunkwise algorithm performs (2 m n k each, triangular ones counted full, the
  * 64x64 inverse as 2 C^3 / 3); bytes are the minimum (every input read once, every output written
- * once). Ceilings measured on these H100s: ~800 TFLOP/s bf16 dense, ~3.0 TB/s copy.
- * scripts/bench_fla_deltarule.py prints the same table for fla and SDPA.
+ * once); the copy bandwidth is measured first, as the memory ceiling to read GB/s against.
+ * scripts/bench_fla_deltarule.py prints the same table for fla and SDPA. The lines that start with
+ * "| " are rows of the README's results table (scripts/bench_table.sh collects them).
  *
  * Usage: bench_deltarule [iters]
  */
@@ -83,10 +84,11 @@ static void kernel_table(const std::vector<Inputs> &sets, int nsets, bf16 *o, bf
     cudaCheck(cudaMalloc(&ref, 2 * nx * sizeof(bf16)));
     auto snap = [&](bf16 *dst, const bf16 *src) { cudaCheck(cudaMemcpy(dst, src, nx * sizeof(bf16), cudaMemcpyDeviceToDevice)); };
     auto prep = [&](int i) { const Inputs &s = sets[i % nsets]; dr::prep<bf16, D>(Tm, s.k, s.beta, B, T, H, 0); };
-    row("", " prep", median_ms_pipelined(prep, iters), f_prep, 2.0 * (nx + N) + 2.0 * nch * 4096);
-    const double by_f = 2.0 * (4 * nx + N) + 2.0 * nch * 4096;
-    const double by_s = 2.0 * (5 * nx + N) + 2.0 * nch * (2 * Dd * Dd + 2 * 64 * Dd + 4096);
-    const double by_c = 2.0 * (6 * nx + 2 * N) + 2.0 * nch * (2 * Dd * Dd + 2 * 64 * Dd + 4096);
+    const double tm = 64.0 * 64; /* elements of a chunk's Tm (64 x 64, bf16), written by prep, read after */
+    row("", " prep", median_ms_pipelined(prep, iters), f_prep, 2.0 * (nx + N) + 2.0 * nch * tm);
+    const double by_f = 2.0 * (4 * nx + N) + 2.0 * nch * tm;
+    const double by_s = 2.0 * (5 * nx + N) + 2.0 * nch * (2 * Dd * Dd + 2 * 64 * Dd + tm);
+    const double by_c = 2.0 * (6 * nx + 2 * N) + 2.0 * nch * (2 * Dd * Dd + 2 * 64 * Dd + tm);
     /* forward state pass: default first (its output is the reference for the variants) */
     auto fwd_v = [&](auto tag, const char *name, bool is_ref) {
         constexpr int BV = decltype(tag)::BV, NST = decltype(tag)::N0;
@@ -132,7 +134,9 @@ static void kernel_table(const std::vector<Inputs> &sets, int nsets, bf16 *o, bf
     cudaCheck(cudaFree(ref));
 }
 
-static void bench_shape(int B, int T, int H, int D, int iters) {
+/* Times one shape (and prints its rows); returns the fwd and fwd+bwd ms. */
+struct FwdBwd { float fwd, all; };
+static FwdBwd bench_shape(int B, int T, int H, int D, int iters) {
     const size_t N = (size_t)B * T * H, nx = N * D;
     const double C = 64, Dd = D, nch = (double)B * H * ceil_div(T, 64);
     const double CCD = 2 * C * C * Dd, CDD = 2 * C * Dd * Dd, CCC = 2 * C * C * C;
@@ -209,6 +213,7 @@ static void bench_shape(int B, int T, int H, int D, int iters) {
     }
     cudaCheck(cudaFree(o)); cudaCheck(cudaFree(dq)); cudaCheck(cudaFree(dk)); cudaCheck(cudaFree(dv));
     cudaCheck(cudaFree(db)); cudaCheck(cudaFree(ws)); cudaCheck(cudaFree(saved));
+    return FwdBwd{t_fwd, t_all};
 }
 
 int main(int argc, char **argv) {
@@ -223,16 +228,18 @@ int main(int argc, char **argv) {
         cudaCheck(cudaMalloc(&b, n));
         cudaCheck(cudaMemset(a, 1, n));
         const float ms = median_ms_pipelined([&](int) { cudaCheck(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice)); }, 10);
-        printf("device: %s, %d SMs, L2 %d MB; copy %.0f GB/s (read+write); bf16 dense ceiling ~800 TFLOP/s\n",
+        printf("device: %s, %d SMs, L2 %d MB; copy %.0f GB/s (read+write)\n",
                prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, 2.0 * n / (ms * 1e-3) / 1e9);
         cudaCheck(cudaFree(a));
         cudaCheck(cudaFree(b));
     }
     printf("%-22s %-12s %9s %9s %8s\n", "shape (bf16)", "pass", "ms", "TFLOP/s", "GB/s");
-    bench_shape(8, 2048, 8, 128, iters);
-    bench_shape(32, 1024, 6, 128, iters);
+    const FwdBwd bar = bench_shape(8, 2048, 8, 128, iters);
+    const FwdBwd d12 = bench_shape(32, 1024, 6, 128, iters);
     bench_shape(4, 4096, 8, 128, iters);
     bench_shape(8, 2048, 16, 64, iters);
     bench_shape(1, 2048, 8, 128, iters);
+    printf("| delta rule B=8 T=2048 H=8 K=V=128 bf16, fwd / fwd+bwd | %.3f / %.3f ms |\n", bar.fwd, bar.all);
+    printf("| delta rule B=32 T=1024 H=6 K=V=128 (d12) bf16, fwd / fwd+bwd | %.3f / %.3f ms |\n", d12.fwd, d12.all);
     return 0;
 }

@@ -24,6 +24,7 @@
 #include "../../kernels/reduce.cuh"
 #include "../../kernels/adamw.cuh"
 #include "gpu_util.cuh"
+#include "../../model.h" /* DN_DEFAULT_L2_EPS */
 
 static const int B = 32, T = 1024, N = B * T, D = 768, H = 6, K = 128, I = 2048, V = 50257, Vp = 50304;
 
@@ -144,10 +145,10 @@ int main(int argc, char **argv) {
         for (auto &c : cs) {
             char nm[64];
             size_t n = (size_t)N * c.C;
-            float ms = median_ms([&] { conv_silu_l2norm_forward(o, a, w, B, T, c.C, c.Cn, K, 1e-6f, st, c.plane); });
+            float ms = median_ms([&] { conv_silu_l2norm_forward(o, a, w, B, T, c.C, c.Cn, K, DN_DEFAULT_L2_EPS, st, c.plane); });
             snprintf(nm, sizeof nm, "conv+silu+l2 fwd (%s)", c.name);
             row_bw(nm, 2.0 * n * 2, ms);
-            ms = median_ms([&] { conv_silu_l2norm_backward(da, dw, scr, dO, a, w, B, T, c.C, c.Cn, K, 1e-6f, st, c.plane); });
+            ms = median_ms([&] { conv_silu_l2norm_backward(da, dw, scr, dO, a, w, B, T, c.C, c.Cn, K, DN_DEFAULT_L2_EPS, st, c.plane); });
             snprintf(nm, sizeof nm, "conv+silu+l2 bwd (%s)", c.name);
             row_bw(nm, 3.0 * n * 2, ms);
         }

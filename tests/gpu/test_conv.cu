@@ -33,7 +33,7 @@ static Vec to_planar(const Vec &v, int N, int C, int plane) {
 template <typename T>
 static void test_conv(int B, int T_, int C, int Cn, int K, int plane, DNRng *r) {
     const char *tn = tname((T *)0);
-    const float eps = 1e-6f;
+    const float eps = DN_DEFAULT_L2_EPS;
     int N = B * T_;
     Vec x = rand_vec<T>((size_t)N * C, r, 1.0f), w = rand_vec<float>((size_t)C * 4, r, 0.5f);
     Vec u((size_t)N * C), y;

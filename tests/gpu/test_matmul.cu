@@ -18,26 +18,22 @@ static void test_matmul(int N, int C, int OC, DNRng *r) {
     T *d_x = upload<T>(x), *d_w = upload<T>(w), *d_dy = upload<T>(dy);
     T *d_y = alloc_poisoned<T>((size_t)N * OC), *d_dx = alloc_poisoned<T>((size_t)N * C);
     float *d_dw = upload<float>(dw0);
-    /* forward = */
+    /* an output written (=, on a poisoned buffer), then accumulated (+=) onto init: launch(accumulate) */
+    auto assign_then_add = [&](const char *what, T *d_out, Vec ref, const Vec &init, auto launch) {
+        poison(d_out, ref.size());
+        launch(0);
+        CHECK_REL(rel(download(d_out, ref.size()), ref), tol<T>(), "%s matmul %s   N=%d C=%d OC=%d", tn, what, N, C, OC);
+        set(d_out, init);
+        launch(1);
+        for (size_t i = 0; i < ref.size(); i++) ref[i] += init[i];
+        CHECK_REL(rel(download(d_out, ref.size()), ref), tol<T>(), "%s matmul %s+= N=%d C=%d OC=%d", tn, what, N, C, OC);
+    };
     Vec ref((size_t)N * OC);
     ref_linear_forward(ref.data(), x.data(), w.data(), N, C, OC);
-    matmul_forward(g_mm, d_y, d_x, d_w, N, C, OC, 0, 0);
-    CHECK_REL(rel(download(d_y, ref.size()), ref), tol<T>(), "%s matmul fwd      N=%d C=%d OC=%d", tn, N, C, OC);
-    /* forward += */
-    set(d_y, y0);
-    matmul_forward(g_mm, d_y, d_x, d_w, N, C, OC, 1, 0);
-    for (size_t i = 0; i < ref.size(); i++) ref[i] += y0[i];
-    CHECK_REL(rel(download(d_y, ref.size()), ref), tol<T>(), "%s matmul fwd +=   N=%d C=%d OC=%d", tn, N, C, OC);
-    /* backward data = and += */
+    assign_then_add("fwd   ", d_y, ref, y0, [&](int acc) { matmul_forward(g_mm, d_y, d_x, d_w, N, C, OC, acc, 0); });
     Vec rdx((size_t)N * C, 0.0f);
     ref_linear_backward(rdx.data(), NULL, dy.data(), x.data(), w.data(), N, C, OC);
-    poison(d_dx, rdx.size());
-    matmul_backward_data(g_mm, d_dx, d_dy, d_w, N, C, OC, 0, 0);
-    CHECK_REL(rel(download(d_dx, rdx.size()), rdx), tol<T>(), "%s matmul bwd dx   N=%d C=%d OC=%d", tn, N, C, OC);
-    set(d_dx, dx0);
-    matmul_backward_data(g_mm, d_dx, d_dy, d_w, N, C, OC, 1, 0);
-    for (size_t i = 0; i < rdx.size(); i++) rdx[i] += dx0[i];
-    CHECK_REL(rel(download(d_dx, rdx.size()), rdx), tol<T>(), "%s matmul bwd dx+= N=%d C=%d OC=%d", tn, N, C, OC);
+    assign_then_add("bwd dx", d_dx, rdx, dx0, [&](int acc) { matmul_backward_data(g_mm, d_dx, d_dy, d_w, N, C, OC, acc, 0); });
     /* backward weight += (fp32) */
     Vec rdw = dw0;
     ref_linear_backward(NULL, rdw.data(), dy.data(), x.data(), w.data(), N, C, OC);
