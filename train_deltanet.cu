@@ -1,6 +1,6 @@
 /*
- * train_deltanet.cu -- the trainer of deltanet.c (GPU, or the CPU reference): DeltaNet language models and their hybrids
- * with sliding-window ('S') and global ('G') softmax attention layers, trained on llm.c-format
+ * train_deltanet.cu -- the trainer of deltanet.c (GPU, or the CPU reference): DeltaNet and gated DeltaNet ('N')
+ * language models and their hybrids with sliding-window ('S') and global ('G') softmax attention layers, trained on llm.c-format
  * token shards. This file only wires things up: the model (parameters, activations, forward,
  * backward, the AdamW step, the CUDA graph) is kernels/model_gpu.cuh, the kernels are the .cuh files of kernels/,
  * the config / parameter table / checkpoints are model.h (src/model.c), the shards src/data.h, the tokenizer
@@ -8,7 +8,7 @@
  *
  * One step: `accum` micro-batches of B x T tokens (accum = total batch / (B T)), gradients
  * averaged over them, the global gradient norm clipped to --clip, AdamW (betas 0.9, 0.95,
- * decoupled weight decay on matrices, the embedding and the conv weights; none on norm gains), the
+ * decoupled weight decay on matrices, the embedding and the conv weights; none on norm gains, A_log, dt_bias), the
  * learning rate warmed up linearly over --warmup steps then cosine-decayed to the floor --lr-min
  * at --steps:
  *   lr(s) = lr * s / warmup                                                 s <= warmup (s from 1)
@@ -119,11 +119,13 @@ static void usage(const char *prog, FILE *f) {
         "                          instead of the default: every row its own window of T+1 tokens, each\n"
         "                          epoch all the windows of all shards in a random order drawn from --seed\n"
         "model (ignored with --resume: the checkpoint has the config)\n"
-        "  -m, --model NAME        small | d12 | 340M | tiny [GPU %s, CPU %s]\n"
+        "  -m, --model NAME        small | d12 | 340M | gdn | tiny [GPU %s, CPU %s]\n"
         "                          small: d12's width (D=768, H=6, K=128, GPT-2 vocab, tied), 6 DeltaNet layers;\n"
+        "                          gdn: d12 with 12 gated DeltaNet layers (6 heads, K=64, V=128), d12's size;\n"
         "                          tiny (D=64, 4 layers, K=32) is for the CPU: the GPU delta rule needs K = 64 or 128\n"
         "      --vocab N           vocabulary size (every preset: GPT-2's 50257; 32000 as in the DeltaNet paper)\n"
-        "      --layers STR        layer kinds, one letter per layer: D DeltaNet, S sliding window, G global\n"
+        "      --layers STR        layer kinds, one letter per layer: D DeltaNet, N gated DeltaNet, S sliding\n"
+        "                          window, G global (gated DeltaNet heads: the DeltaNet heads, K = head_dim/2, V = 2K)\n"
         "      --attn-layers LIST  comma-separated 0-based layers made global attention (G), e.g. 5,11\n"
         "      --window W          sliding window in keys, itself included [preset: 512]\n"
         "      --attn-heads N      softmax-attention heads [preset: the DeltaNet heads]\n"
@@ -285,7 +287,7 @@ static DNConfig build_config(const TrainArgs *a) {
     char err[DN_ERR_LEN];
     const int small = !strcmp(a->model, "small");
     if (dn_config_preset(&c, small ? "d12" : a->model))
-        die("--model '%s': unknown preset (small, tiny, d12, 340M)", a->model);
+        die("--model '%s': unknown preset (small, tiny, d12, 340M, gdn)", a->model);
     if (small && dn_config_set_layers(&c, "DDDDDD", err, sizeof err)) die("%s", err);
     if (a->layers && dn_config_set_layers(&c, a->layers, err, sizeof err)) die("--layers: %s", err);
     if (a->attn_layers) {
@@ -323,6 +325,13 @@ static double flops_per_token(const DNConfig *c, int T) {
             const double C = T < 64 ? T : 64;
             f += 2.0 * D * (3.0 * D + c->n_head) + 2.0 * D * D;
             f += c->n_head * (C * (6.0 * K + 4.0 * K) + 6.0 * K * K + 2.0 / 3.0 * C * C);
+        } else if (c->layers[l] == 'N') {
+            /* the same with the gated geometry (q, k, v, a, b, gate, output projections), plus the
+             * decay's elementwise work, which is not counted */
+            const double C = T < 64 ? T : 64, Kg = c->gdn_head_dim, Vg = dn_gdn_value_dim(c);
+            const double HK = dn_gdn_key_width(c), HV = dn_gdn_value_width(c);
+            f += 2.0 * D * (2.0 * HK + 2.0 * HV + 2.0 * c->gdn_heads) + 2.0 * HV * D;
+            f += c->gdn_heads * (C * (6.0 * Kg + 4.0 * Vg) + 6.0 * Kg * Vg + 2.0 / 3.0 * C * C);
         } else {
             const double dh = D / c->attn_heads, kvd = c->attn_kv_heads * dh;
             double keys = 0; /* mean visible keys per query */
@@ -792,6 +801,7 @@ static void print_summary(Trainer<Model> *tr) {
     printf("model: layers %s | D %d | heads %d (K %d) | MLP %d | vocab %d (padded %d) | %s", c->layers, c->d_model,
            c->n_head, c->head_dim, c->hidden_size, c->vocab_size, c->padded_vocab, c->tie_embeddings ? "tied" : "untied");
     if (strpbrk(c->layers, "SG")) printf(" | attention heads %d, kv %d, window %d", c->attn_heads, c->attn_kv_heads, c->window);
+    if (strchr(c->layers, 'N')) printf(" | gated DeltaNet heads %d (K %d, V %d)", c->gdn_heads, c->gdn_head_dim, dn_gdn_value_dim(c));
     printf("\nparameters: %zu (%.1fM) | seed %llu%s%s\n", tr->m.t.total_real, tr->m.t.total_real / 1e6, a->seed,
            a->resume ? " | resumed from " : "", a->resume ? a->resume : "");
     printf("batch: %d x %d tokens x %d micro-batches = %ld tokens/step | steps %d | lr %g (warmup %d, floor %g) | wd %g | clip %g\n",
