@@ -65,6 +65,7 @@ typedef struct {
     int B, T;                  /* 0: the backend's default (cpu_defaults / gpu_defaults) */
     long total_batch;          /* tokens per optimizer step (0: B*T) */
     int window, attn_heads, kv_heads, tied, vocab; /* -1: the preset's */
+    int gdn_heads, gdn_head_dim, gdn_expand_v;     /* -1: the preset's */
     float lr, lr_min, wd, clip, beta1, beta2, adam_eps;
     int warmup, steps;
     unsigned long long seed;
@@ -93,6 +94,7 @@ static void args_defaults(TrainArgs *a) {
     a->model = NULL;
     a->B = 0; a->T = 0;
     a->window = -1; a->attn_heads = -1; a->kv_heads = -1; a->tied = -1; a->vocab = -1;
+    a->gdn_heads = -1; a->gdn_head_dim = -1; a->gdn_expand_v = -1;
     a->lr = 1e-3f; a->lr_min = 1e-4f; a->wd = 0.1f; a->clip = 1.0f;
     a->beta1 = 0.9f; a->beta2 = 0.95f; a->adam_eps = 1e-8f;
     a->warmup = 20; a->steps = 300;
@@ -130,6 +132,8 @@ static void usage(const char *prog, FILE *f) {
         "      --window W          sliding window in keys, itself included [preset: 512]\n"
         "      --attn-heads N      softmax-attention heads [preset: the DeltaNet heads]\n"
         "      --kv-heads N        grouped KV heads of the attention layers [= attention heads]\n"
+        "      --gdn-heads N, --gdn-head-dim K, --gdn-expand-v E   gated DeltaNet heads, key size, value size\n"
+        "                          K*E [preset: the DeltaNet heads, K = head_dim/2, E = 2; GPU: K 64|128, E 1|2]\n"
         "      --tied, --untied    LM head tied to the embedding or not [preset: tied]\n"
         "optimization\n"
         "  -l, --lr LR             peak learning rate [%g]\n"
@@ -192,7 +196,8 @@ static float parse_float(const char *opt, const char *s, float lo, float hi) {
 static void parse_args(TrainArgs *a, int argc, char **argv) {
     enum { O_LAYERS = 1000, O_ATTN_LAYERS, O_WINDOW, O_ATTN_HEADS, O_KV_HEADS, O_TIED, O_UNTIED, O_WARMUP, O_LR_MIN,
            O_WD, O_CLIP, O_BETA1, O_BETA2, O_ADAM_EPS, O_FP32, O_NO_GRAPH, O_VAL_BATCHES, O_SAMPLE_EVERY,
-           O_SAMPLE_LEN, O_TEMPERATURE, O_LOG, O_PROFILE, O_CPU, O_VOCAB, O_NO_SHUFFLE, O_VAL_WINDOWS };
+           O_SAMPLE_LEN, O_TEMPERATURE, O_LOG, O_PROFILE, O_CPU, O_VOCAB, O_NO_SHUFFLE, O_VAL_WINDOWS,
+           O_GDN_HEADS, O_GDN_HEAD_DIM, O_GDN_EXPAND_V };
     static const struct option opts[] = {
         {"train", required_argument, 0, 'i'}, {"val", required_argument, 0, 'j'},
         {"batch", required_argument, 0, 'b'}, {"seq", required_argument, 0, 't'},
@@ -213,6 +218,8 @@ static void parse_args(TrainArgs *a, int argc, char **argv) {
         {"resume", required_argument, 0, 'r'}, {"log", required_argument, 0, O_LOG},
         {"cpu", no_argument, 0, O_CPU}, {"vocab", required_argument, 0, O_VOCAB},
         {"no-shuffle", no_argument, 0, O_NO_SHUFFLE}, {"val-windows", required_argument, 0, O_VAL_WINDOWS},
+        {"gdn-heads", required_argument, 0, O_GDN_HEADS}, {"gdn-head-dim", required_argument, 0, O_GDN_HEAD_DIM},
+        {"gdn-expand-v", required_argument, 0, O_GDN_EXPAND_V},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     args_defaults(a);
     int c, idx = 0;
@@ -231,6 +238,9 @@ static void parse_args(TrainArgs *a, int argc, char **argv) {
         case O_WINDOW: a->window = (int)parse_long(name, optarg, 1, 1 << 30); break;
         case O_ATTN_HEADS: a->attn_heads = (int)parse_long(name, optarg, 1, 1 << 16); break;
         case O_KV_HEADS: a->kv_heads = (int)parse_long(name, optarg, 1, 1 << 16); break;
+        case O_GDN_HEADS: a->gdn_heads = (int)parse_long(name, optarg, 1, 1 << 16); break;
+        case O_GDN_HEAD_DIM: a->gdn_head_dim = (int)parse_long(name, optarg, 1, 1 << 16); break;
+        case O_GDN_EXPAND_V: a->gdn_expand_v = (int)parse_long(name, optarg, 1, 64); break;
         case O_TIED: a->tied = 1; break;
         case O_UNTIED: a->tied = 0; break;
         case 'l': a->lr = parse_float(name, optarg, 0.0f, 10.0f); break;
@@ -301,6 +311,9 @@ static DNConfig build_config(const TrainArgs *a) {
     if (a->window > 0) c.window = a->window;
     if (a->attn_heads > 0) { c.attn_heads = a->attn_heads; c.attn_kv_heads = a->attn_heads; }
     if (a->kv_heads > 0) c.attn_kv_heads = a->kv_heads;
+    if (a->gdn_heads > 0) c.gdn_heads = a->gdn_heads;
+    if (a->gdn_head_dim > 0) c.gdn_head_dim = a->gdn_head_dim;
+    if (a->gdn_expand_v > 0) c.gdn_expand_v = a->gdn_expand_v;
     if (a->tied >= 0) c.tie_embeddings = a->tied;
     if (a->vocab > 0 && dn_config_set_vocab(&c, a->vocab, err, sizeof err)) die("--vocab: %s", err);
     if (dn_config_validate(&c, err, sizeof err)) die("impossible model config: %s", err);
