@@ -17,6 +17,11 @@
  *                 beta = sigmoid(x W_b^T), then the delta rule in place
  *                     u = v - S^T k,   S <- S + beta k u^T,   o = K^-1/2 S^T q,
  *                 per-head RMSNorm of o, output projection.
+ *   'N' gated     the same state and conv tails in the gated layer's own widths (Hg heads, K x V
+ *       DeltaNet  state of key size Kg and value size Vg). One step adds the log decay
+ *                 g = -exp(A_log) softplus(x W_a^T + dt_bias) and decays the state first:
+ *                     S <- exp(g) S,   u = v - S^T k,   S <- S + beta k u^T,   o = Kg^-1/2 S^T q,
+ *                 then RMSNorm(o) * silu(x W_g^T) per head, output projection.
  *   'S' sliding   a ring of `window` keys (RoPE already applied at their absolute position) and
  *       window    values: position p lives in row p % window, and the query at pos attends to
  *                 positions max(0, pos-window+1) .. pos. The ring grows like a global cache
@@ -26,9 +31,10 @@
  *   'G' global    a cache of every key and value so far, grown geometrically (realloc x2), capped
  *                 by --max-context. Memory grows with the sequence.
  *
- * So a pure DeltaNet or DeltaNet+SWA model decodes forever in constant memory. The layer math
+ * So a model of DeltaNet, gated DeltaNet and sliding-window layers decodes forever in constant memory. The layer math
  * reuses the CPU reference (ref/: rmsnorm, l2norm, sigmoid, RoPE with a position offset, the
- * delta-rule recurrence with T = 1 updating S in place, SwiGLU, cross-entropy); this file adds only
+ * (gated) delta-rule recurrence with T = 1 updating S in place, the decay and the gated norm,
+ * SwiGLU, cross-entropy); this file adds only
  * the conv-tail step, the cached-attention step, a matrix-vector product that is parallel over
  * output rows (the reference's linear layer parallelises over tokens, and here there is one); the
  * sampler is src/sample.c. tests/test_infer.c checks that stepping through a sequence gives the logits of the
@@ -147,9 +153,11 @@ static size_t model_bytes_per_token(const Model *m) {
  * RunState: the recurrent state of every layer, plus scratch for one token */
 
 typedef struct {
-    float *S;        /* 'D': [H, K, V] delta-rule state, S[h][a][c] (key a, value c), fp32 */
+    float *S;        /* 'D': [H, K, V] delta-rule state, S[h][a][c] (key a, value c), fp32;
+                      * 'N': [Hg, Kg, Vg] */
     float *tail;     /* 'D': [3][conv_size-1][D] pre-conv inputs of q, k, v of the previous
-                      *      conv_size-1 tokens, oldest first (zeros before the sequence start) */
+                      *      conv_size-1 tokens, oldest first (zeros before the sequence start);
+                      * 'N': the same, [conv_size-1][Hg Kg] for q and k, [conv_size-1][Hg Vg] for v */
     float *kcache;   /* 'S', 'G': [rows][Hkv*dh] keys, RoPE applied at their own position */
     float *vcache;   /* 'S', 'G': [rows][Hkv*dh] values */
     int rows;        /* allocated positions; 'S' with rows == window: a ring, row = pos % window */
@@ -161,9 +169,11 @@ typedef struct {
     int max_context;        /* cap on the positions of a global-attention cache */
     /* scratch for one token */
     float *h, *x, *mixer;                  /* residual stream, normed input, mixer / MLP output [D] */
-    float *q, *k, *v, *qc, *kc, *vc;       /* projections and conv+silu outputs [D] */
-    float *qn, *kn, *o, *on;               /* normalised q, k; delta-rule output, normed [D] */
-    float *bpre, *beta, *rstd;             /* [H]: beta before / after the sigmoid; RMSNorm rstd */
+    float *q, *k, *v, *qc, *kc, *vc;       /* projections and conv+silu outputs [mixer width] */
+    float *qn, *kn, *o, *on;               /* normalised q, k; delta-rule output, normed [mixer width] */
+    float *gpre;                           /* 'N': the output gate's pre-activation [Hg Vg] */
+    float *bpre, *beta, *rstd;             /* [heads]: beta before / after the sigmoid; RMSNorm rstd */
+    float *apre, *gdec;                    /* 'N' [Hg]: x W_a^T, the log decay */
     float *gate, *up;                      /* MLP [I] */
     float *logits;                         /* [vocab_size] */
     double *scores;                        /* attention scores [attn_heads][score_rows] */
@@ -180,6 +190,24 @@ static int cache_cap(const DNConfig *c, int l, int max_context) {
     return c->layers[l] == 'S' && c->window < max_context ? c->window : max_context;
 }
 static int cfg_kv_dim(const DNConfig *c) { return c->attn_kv_heads * dn_attn_head_dim(c); }
+/* The widest mixer activation (D, or a gated DeltaNet layer's keys or values) and the most heads. */
+static int cfg_mixer_width(const DNConfig *c) {
+    int w = c->d_model;
+    if (strchr(c->layers, 'N')) {
+        if (dn_gdn_key_width(c) > w) w = dn_gdn_key_width(c);
+        if (dn_gdn_value_width(c) > w) w = dn_gdn_value_width(c);
+    }
+    return w;
+}
+static int cfg_max_heads(const DNConfig *c) {
+    int h = c->n_head > c->attn_heads ? c->n_head : c->attn_heads;
+    return c->gdn_heads > h ? c->gdn_heads : h;
+}
+/* Floats of an 'N' layer's state and of its conv tails. */
+static size_t gdn_state_floats(const DNConfig *c) { return (size_t)c->gdn_heads * c->gdn_head_dim * dn_gdn_value_dim(c); }
+static size_t gdn_tail_floats(const DNConfig *c) {
+    return (size_t)(c->conv_size - 1) * (2 * (size_t)dn_gdn_key_width(c) + dn_gdn_value_width(c));
+}
 
 static void runstate_build(RunState *s, const DNConfig *c, int max_context) {
     memset(s, 0, sizeof *s);
@@ -197,6 +225,9 @@ static void runstate_build(RunState *s, const DNConfig *c, int max_context) {
         if (c->layers[l] == 'D') {
             ls->S = ALLOC(float, (size_t)H * K * K);
             ls->tail = ALLOC(float, (size_t)3 * tailn * D);
+        } else if (c->layers[l] == 'N') {
+            ls->S = ALLOC(float, gdn_state_floats(c));
+            ls->tail = ALLOC(float, gdn_tail_floats(c));
         } else {
             int cap = cache_cap(c, l, max_context);
             ls->rows = cap < INFER_CACHE_ROWS0 ? cap : INFER_CACHE_ROWS0;
@@ -208,11 +239,10 @@ static void runstate_build(RunState *s, const DNConfig *c, int max_context) {
     s->score_rows = score_rows;
     s->scores = ALLOC(double, (size_t)c->attn_heads * score_rows);
     float **vecs[] = {&s->h, &s->x, &s->mixer, &s->q, &s->k, &s->v, &s->qc, &s->kc, &s->vc,
-                      &s->qn, &s->kn, &s->o, &s->on};
-    for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++) *vecs[i] = ALLOC(float, D);
-    s->bpre = ALLOC(float, H);
-    s->beta = ALLOC(float, H);
-    s->rstd = ALLOC(float, H);
+                      &s->qn, &s->kn, &s->o, &s->on, &s->gpre};
+    for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++) *vecs[i] = ALLOC(float, cfg_mixer_width(c));
+    float **small[] = {&s->bpre, &s->beta, &s->rstd, &s->apre, &s->gdec};
+    for (size_t i = 0; i < sizeof small / sizeof small[0]; i++) *small[i] = ALLOC(float, cfg_max_heads(c));
     s->gate = ALLOC(float, c->hidden_size);
     s->up = ALLOC(float, c->hidden_size);
     s->logits = ALLOC(float, c->vocab_size);
@@ -224,7 +254,8 @@ static void runstate_free(RunState *s, const DNConfig *c) {
     }
     free(s->L);
     float *vecs[] = {s->h, s->x, s->mixer, s->q, s->k, s->v, s->qc, s->kc, s->vc, s->qn, s->kn,
-                     s->o, s->on, s->bpre, s->beta, s->rstd, s->gate, s->up, s->logits};
+                     s->o, s->on, s->gpre, s->bpre, s->beta, s->rstd, s->apre, s->gdec, s->gate, s->up,
+                     s->logits};
     for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++) free(vecs[i]);
     free(s->scores);
     memset(s, 0, sizeof *s);
@@ -237,6 +268,9 @@ static void runstate_reset(RunState *s, const DNConfig *c) {
         if (c->layers[l] == 'D') {
             memset(s->L[l].S, 0, (size_t)c->n_head * c->head_dim * c->head_dim * sizeof(float));
             memset(s->L[l].tail, 0, (size_t)3 * (c->conv_size - 1) * c->d_model * sizeof(float));
+        } else if (c->layers[l] == 'N') {
+            memset(s->L[l].S, 0, gdn_state_floats(c) * sizeof(float));
+            memset(s->L[l].tail, 0, gdn_tail_floats(c) * sizeof(float));
         }
 }
 
@@ -246,6 +280,8 @@ static size_t runstate_bytes(const RunState *s, const DNConfig *c) {
     for (int l = 0; l < c->n_layer; l++) {
         if (c->layers[l] == 'D')
             n += ((size_t)c->n_head * c->head_dim * c->head_dim + 3 * (size_t)(c->conv_size - 1) * c->d_model) * sizeof(float);
+        else if (c->layers[l] == 'N')
+            n += (gdn_state_floats(c) + gdn_tail_floats(c)) * sizeof(float);
         else
             n += 2 * (size_t)s->L[l].rows * kvd * sizeof(float);
     }
@@ -382,6 +418,32 @@ static void deltanet_step(const Model *m, RunState *s, int l) {
     matvec(s->mixer, w + P[DN_P_O], s->on, D, D, s->nthreads);
 }
 
+/* A gated DeltaNet layer's step: deltanet_step's with the decay and the output gate. */
+static void gated_deltanet_step(const Model *m, RunState *s, int l) {
+    const DNConfig *c = &m->cfg;
+    const size_t *P = m->t.layer[l].p;
+    const float *w = m->w;
+    LayerState *ls = &s->L[l];
+    int D = c->d_model, H = c->gdn_heads, K = c->gdn_head_dim, Vg = dn_gdn_value_dim(c), cs = c->conv_size;
+    int HK = dn_gdn_key_width(c), HV = dn_gdn_value_width(c);
+    size_t tailk = (size_t)(cs - 1) * HK;
+    Matvec proj[6] = {{s->q, w + P[DN_P_Q], HK}, {s->k, w + P[DN_P_K], HK}, {s->v, w + P[DN_P_V], HV},
+                      {s->apre, w + P[DN_P_A], H}, {s->bpre, w + P[DN_P_B], H}, {s->gpre, w + P[DN_P_G], HV}};
+    matvecs(proj, 6, s->x, D, s->nthreads);
+    conv_step(s->qc, ls->tail, s->q, w + P[DN_P_Q_CONV], HK, cs);
+    conv_step(s->kc, ls->tail + tailk, s->k, w + P[DN_P_K_CONV], HK, cs);
+    conv_step(s->vc, ls->tail + 2 * tailk, s->v, w + P[DN_P_V_CONV], HV, cs);
+    ref_l2norm_forward(s->qn, s->qc, H, K, c->l2_eps);
+    ref_l2norm_forward(s->kn, s->kc, H, K, c->l2_eps);
+    ref_sigmoid_forward(s->beta, s->bpre, H);
+    ref_gdn_decay_forward(s->gdec, s->apre, w + P[DN_P_A_LOG], w + P[DN_P_DT_BIAS], 1, H);
+    /* T = 1 with S0 == S_final: one step of the gated recurrence, state updated in place */
+    ref_gated_delta_rule_recurrent_forward(s->o, ls->S, s->qn, s->kn, s->vc, s->beta, s->gdec, ls->S,
+                                           1, 1, H, K, Vg, (float)(1.0 / sqrt((double)K)));
+    ref_gated_rmsnorm_forward(s->on, s->rstd, s->o, s->gpre, w + P[DN_P_O_NORM], H, Vg, c->norm_eps);
+    matvec(s->mixer, w + P[DN_P_O], s->on, D, HV, s->nthreads);
+}
+
 static void attention_layer_step(const Model *m, RunState *s, int l, int pos) {
     const DNConfig *c = &m->cfg;
     const size_t *P = m->t.layer[l].p;
@@ -426,6 +488,7 @@ static float *forward_step(const Model *m, RunState *s, int token, int pos, int 
         const size_t *P = m->t.layer[l].p;
         ref_rmsnorm_forward(s->x, s->rstd, s->h, m->w + P[DN_P_ATTN_NORM], 1, D, c->norm_eps);
         if (c->layers[l] == 'D') deltanet_step(m, s, l);
+        else if (c->layers[l] == 'N') gated_deltanet_step(m, s, l);
         else attention_layer_step(m, s, l, pos);
         for (int i = 0; i < D; i++) s->h[i] += s->mixer[i];
         ref_rmsnorm_forward(s->x, s->rstd, s->h, m->w + P[DN_P_MLP_NORM], 1, D, c->norm_eps);
@@ -544,13 +607,47 @@ static void delta_rule_block(float *o, const float *q, const float *k, const flo
     }
 }
 
+/* delta_rule_block with the decay (ref_gated_delta_rule_recurrent_forward, B = 1, S0 = NULL):
+ * per head and token, u = v - alpha S^T k, S <- alpha S + beta k u^T, o = scale S^T q, alpha =
+ * exp(g). q, k [T, H, K], v, o [T, H, V], beta, g [T, H]. */
+static void gated_delta_rule_block(float *o, const float *q, const float *k, const float *v, const float *beta,
+                                   const float *g, int T, int H, int K, int V, float scale) {
+    #pragma omp parallel
+    {
+        float *S = ALLOC(float, (size_t)K * V), *u = ALLOC(float, V);
+        #pragma omp for schedule(static)
+        for (int h = 0; h < H; h++) {
+            memset(S, 0, (size_t)K * V * sizeof(float));
+            for (int t = 0; t < T; t++) {
+                const size_t rk = ((size_t)t * H + h) * K, rv = ((size_t)t * H + h) * V;
+                const float *qt = q + rk, *kt = k + rk, *vt = v + rv;
+                float *ot = o + rv, b = beta[(size_t)t * H + h], alpha = expf(g[(size_t)t * H + h]);
+                for (int c = 0; c < V; c++) { u[c] = vt[c]; ot[c] = 0.0f; }
+                for (int a = 0; a < K; a++) {
+                    float *Sa = S + (size_t)a * V, ka = kt[a];
+                    #pragma omp simd
+                    for (int c = 0; c < V; c++) { Sa[c] *= alpha; u[c] -= ka * Sa[c]; }
+                }
+                for (int a = 0; a < K; a++) {
+                    float *Sa = S + (size_t)a * V, bk = b * kt[a], qa = scale * qt[a];
+                    #pragma omp simd
+                    for (int c = 0; c < V; c++) { Sa[c] += bk * u[c]; ot[c] += qa * Sa[c]; }
+                }
+            }
+        }
+        free(S);
+        free(u);
+    }
+}
+
 /* Activations of one layer over a block of up to cap tokens, and the LM head's logits. */
 typedef struct {
     int cap;
     float *h, *x, *mix;                   /* residual stream, normed input, mixer / MLP output [cap, D] */
-    float *q, *k, *v, *qc, *kc, *vc;      /* projections, conv+silu outputs [cap, D] */
-    float *qn, *kn, *o, *on;              /* normalised q, k; mixer output before / after its norm */
-    float *rstd, *bpre, *beta, *lse;      /* [cap * max(H, attention heads)] */
+    float *q, *k, *v, *qc, *kc, *vc;      /* projections, conv+silu outputs [cap, mixer width] */
+    float *qn, *kn, *o, *on, *gpre;       /* normalised q, k; mixer output before / after its norm; 'N' gate */
+    float *rstd, *bpre, *beta, *lse;      /* [cap * the most heads of any kind] */
+    float *apre, *gdec;                   /* 'N' [cap * Hg]: x W_a^T, the log decay */
     float *gate, *up;                     /* [cap, hidden_size] */
     float *logits, *losses;               /* [EVAL_HEAD_TOKS, vocab_size], [EVAL_HEAD_TOKS] */
     int *inputs, *targets;                /* [cap] */
@@ -559,11 +656,12 @@ typedef struct {
 static void blockstate_build(BlockState *b, const DNConfig *c, int cap) {
     memset(b, 0, sizeof *b);
     b->cap = cap;
-    size_t nd = (size_t)cap * c->d_model, heads = c->n_head > c->attn_heads ? c->n_head : c->attn_heads;
-    float **vecs[] = {&b->h, &b->x, &b->mix, &b->q, &b->k, &b->v, &b->qc, &b->kc, &b->vc,
-                      &b->qn, &b->kn, &b->o, &b->on};
-    for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++) *vecs[i] = ALLOC(float, nd);
-    float **small[] = {&b->rstd, &b->bpre, &b->beta, &b->lse};
+    size_t nd = (size_t)cap * c->d_model, nw = (size_t)cap * cfg_mixer_width(c), heads = cfg_max_heads(c);
+    float **stream[] = {&b->h, &b->x, &b->mix};
+    for (size_t i = 0; i < sizeof stream / sizeof stream[0]; i++) *stream[i] = ALLOC(float, nd);
+    float **vecs[] = {&b->q, &b->k, &b->v, &b->qc, &b->kc, &b->vc, &b->qn, &b->kn, &b->o, &b->on, &b->gpre};
+    for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++) *vecs[i] = ALLOC(float, nw);
+    float **small[] = {&b->rstd, &b->bpre, &b->beta, &b->lse, &b->apre, &b->gdec};
     for (size_t i = 0; i < sizeof small / sizeof small[0]; i++) *small[i] = ALLOC(float, (size_t)cap * (heads > 0 ? heads : 1));
     b->gate = ALLOC(float, (size_t)cap * c->hidden_size);
     b->up = ALLOC(float, (size_t)cap * c->hidden_size);
@@ -575,7 +673,8 @@ static void blockstate_build(BlockState *b, const DNConfig *c, int cap) {
 
 static void blockstate_free(BlockState *b) {
     float *vecs[] = {b->h, b->x, b->mix, b->q, b->k, b->v, b->qc, b->kc, b->vc, b->qn, b->kn, b->o,
-                     b->on, b->rstd, b->bpre, b->beta, b->lse, b->gate, b->up, b->logits, b->losses};
+                     b->on, b->gpre, b->rstd, b->bpre, b->beta, b->lse, b->apre, b->gdec, b->gate, b->up,
+                     b->logits, b->losses};
     for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++) free(vecs[i]);
     free(b->inputs);
     free(b->targets);
@@ -614,6 +713,25 @@ static double forward_block(const Model *m, BlockState *b, int T) {
             delta_rule_block(b->o, b->qn, b->kn, b->vc, b->beta, T, H, K, (float)(1.0 / sqrt((double)K)));
             ref_rmsnorm_forward(b->on, b->rstd, b->o, w + P[DN_P_O_NORM], T * H, K, eps);
             gemm_nt(b->mix, b->on, w + P[DN_P_O], T, D, D);
+        } else if (c->layers[l] == 'N') {
+            int H = c->gdn_heads, K = c->gdn_head_dim, Vg = dn_gdn_value_dim(c), cs = c->conv_size;
+            int HK = dn_gdn_key_width(c), HV = dn_gdn_value_width(c);
+            gemm_nt(b->q, b->x, w + P[DN_P_Q], T, D, HK);
+            gemm_nt(b->k, b->x, w + P[DN_P_K], T, D, HK);
+            gemm_nt(b->v, b->x, w + P[DN_P_V], T, D, HV);
+            gemm_nt(b->apre, b->x, w + P[DN_P_A], T, D, H);
+            gemm_nt(b->bpre, b->x, w + P[DN_P_B], T, D, H);
+            gemm_nt(b->gpre, b->x, w + P[DN_P_G], T, D, HV);
+            ref_conv_silu_forward(b->qc, b->q, w + P[DN_P_Q_CONV], 1, T, HK, cs);
+            ref_conv_silu_forward(b->kc, b->k, w + P[DN_P_K_CONV], 1, T, HK, cs);
+            ref_conv_silu_forward(b->vc, b->v, w + P[DN_P_V_CONV], 1, T, HV, cs);
+            ref_l2norm_forward(b->qn, b->qc, T * H, K, c->l2_eps);
+            ref_l2norm_forward(b->kn, b->kc, T * H, K, c->l2_eps);
+            ref_sigmoid_forward(b->beta, b->bpre, T * H);
+            ref_gdn_decay_forward(b->gdec, b->apre, w + P[DN_P_A_LOG], w + P[DN_P_DT_BIAS], T, H);
+            gated_delta_rule_block(b->o, b->qn, b->kn, b->vc, b->beta, b->gdec, T, H, K, Vg, (float)(1.0 / sqrt((double)K)));
+            ref_gated_rmsnorm_forward(b->on, b->rstd, b->o, b->gpre, w + P[DN_P_O_NORM], T * H, Vg, eps);
+            gemm_nt(b->mix, b->on, w + P[DN_P_O], T, HV, D);
         } else {
             int Hq = c->attn_heads, Hkv = c->attn_kv_heads, dh = dn_attn_head_dim(c), kvd = Hkv * dh;
             gemm_nt(b->q, b->x, w + P[DN_P_Q], T, D, D);

@@ -9,6 +9,11 @@
  *   'D'  DeltaNet: q,k,v = silu(causal_conv4(x W)), L2-normalised q,k, beta = sigmoid(x W_b),
  *        delta rule S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T, o_t = K^-1/2 S_t^T q_t,
  *        per-head output RMSNorm, output projection;
+ *   'N'  gated DeltaNet (fla's GatedDeltaNet): the same with its own head geometry (gdn_heads
+ *        heads of key size gdn_head_dim, value size gdn_head_dim * gdn_expand_v), a decay
+ *        alpha_t = exp(g_t), g_t = -exp(A_log) softplus(x W_a + dt_bias) per head,
+ *        S_t = alpha_t S_{t-1} + beta_t k_t (v_t - alpha_t S_{t-1}^T k_t)^T, and an output gate:
+ *        RMSNorm(o_t) * silu(x W_g) per head before the output projection;
  *   'S'  sliding-window softmax attention (RoPE, grouped KV heads, window w keys incl. itself);
  *   'G'  global causal softmax attention (RoPE, grouped KV heads).
  * followed by a final RMSNorm and an LM head (tied to the embedding or not).
@@ -101,7 +106,7 @@ int dn_remove_stale_temps(const char *path);
 /* ----------------------------------------------------------------------------------------------
  * Config */
 
-typedef enum { DN_LAYER_DELTANET = 'D', DN_LAYER_SWA = 'S', DN_LAYER_GLOBAL = 'G' } DNLayerKind;
+typedef enum { DN_LAYER_DELTANET = 'D', DN_LAYER_SWA = 'S', DN_LAYER_GLOBAL = 'G', DN_LAYER_GATED = 'N' } DNLayerKind;
 
 typedef struct {
     int vocab_size;      /* real vocabulary (GPT-2: 50257); the loss covers only these ids */
@@ -119,7 +124,10 @@ typedef struct {
     int attn_kv_heads;   /* grouped KV heads (divides attn_heads) */
     int window;          /* sliding window in keys (itself included) for 'S' layers */
     float rope_base;     /* RoPE theta (10000) */
-    char layers[DN_MAX_LAYERS + 1]; /* one letter per layer: D, S or G; NUL-terminated */
+    int gdn_heads;       /* gated DeltaNet ('N') heads Hg */
+    int gdn_head_dim;    /* their key size Kg */
+    int gdn_expand_v;    /* value size Vg = Kg * gdn_expand_v */
+    char layers[DN_MAX_LAYERS + 1]; /* one letter per layer: D, S, G or N; NUL-terminated */
 } DNConfig;
 
 /* The q, k L2-norm eps: fla's l2norm constant, which its config does not carry. A checkpoint
@@ -129,22 +137,32 @@ typedef struct {
 int dn_default_hidden(int d_model);
 /* Round v up to a multiple of 128 (the padded vocab for GPU matmuls); -1 if no int holds that. */
 int dn_pad_vocab(int vocab_size);
-/* Fill a named preset: "tiny", "d12", "340M", all with the GPT-2 vocabulary (50257, padded to
- * 50304). Returns 0, or -1 for an unknown name. Presets are pure DeltaNet; set layers
- * (dn_config_set_layers) for a hybrid, another vocabulary with dn_config_set_vocab (the 340M
- * model of the DeltaNet paper uses 32000). */
+/* Fill a named preset: "tiny", "d12", "340M", "gdn", all with the GPT-2 vocabulary (50257, padded
+ * to 50304). Returns 0, or -1 for an unknown name. Presets are pure DeltaNet but "gdn" (d12 with 12
+ * gated DeltaNet layers); set layers (dn_config_set_layers) for a hybrid, another vocabulary with
+ * dn_config_set_vocab (the 340M model of the DeltaNet paper uses 32000). Every preset's gated
+ * DeltaNet geometry is n_head heads of key size head_dim / 2 and expand_v 2 (fla's default
+ * ratio), which gives an 'N' layer the parameter count of a 'D' layer (q, k: D^2/2 each; v, the
+ * gate and the output projection: D^2 each). */
 int dn_config_preset(DNConfig *cfg, const char *name);
 #define DN_MIN_VOCAB 2
 #define DN_MAX_VOCAB (1 << 24)
 /* Set vocab_size and padded_vocab (dn_pad_vocab). Returns 0, or -1 with err if vocab_size is
  * outside [DN_MIN_VOCAB, DN_MAX_VOCAB] (cfg is then unchanged). */
 int dn_config_set_vocab(DNConfig *cfg, int vocab_size, char *err, size_t errlen);
-/* Set the layer kinds from a string of D/S/G letters; n_layer becomes its length. */
+/* Set the gated DeltaNet geometry by the presets' rule from n_head and head_dim: gdn_heads =
+ * n_head, gdn_head_dim = max(1, head_dim / 2), gdn_expand_v = 2. */
+void dn_config_default_gdn(DNConfig *cfg);
+/* Set the layer kinds from a string of D/S/G/N letters; n_layer becomes its length. */
 int dn_config_set_layers(DNConfig *cfg, const char *kinds, char *err, size_t errlen);
 /* Check a config for anything impossible. Returns 0 or -1 with a one-line reason in err. */
 int dn_config_validate(const DNConfig *cfg, char *err, size_t errlen);
 /* Attention head size D / attn_heads. */
 static inline int dn_attn_head_dim(const DNConfig *c) { return c->d_model / c->attn_heads; }
+/* Gated DeltaNet widths: keys Hg Kg and values Hg Vg of an 'N' layer, value head size Vg. */
+static inline int dn_gdn_value_dim(const DNConfig *c) { return c->gdn_head_dim * c->gdn_expand_v; }
+static inline int dn_gdn_key_width(const DNConfig *c) { return c->gdn_heads * c->gdn_head_dim; }
+static inline int dn_gdn_value_width(const DNConfig *c) { return c->gdn_heads * dn_gdn_value_dim(c); }
 
 /* ----------------------------------------------------------------------------------------------
  * Parameter table */
@@ -167,6 +185,13 @@ typedef enum {
     DN_P_DOWN,        /* mlp.down_proj.weight                [D, I] */
     DN_P_NORM,        /* model.norm.weight                   [D] */
     DN_P_LM_HEAD,     /* lm_head.weight                      [Vocab, D]    untied only */
+    /* gated DeltaNet ('N') only; its q, k, v, b, convs, o_norm and o use the kinds above with
+     * their own shapes: q,k [Hg Kg, D], v [Hg Vg, D], b [Hg, D], q,k conv [Hg Kg, 1, 4],
+     * v conv [Hg Vg, 1, 4], o_norm [Vg], o [D, Hg Vg] */
+    DN_P_A,           /* attn.a_proj.weight                  [Hg, D] */
+    DN_P_A_LOG,       /* attn.A_log                          [Hg]          no weight decay */
+    DN_P_DT_BIAS,     /* attn.dt_bias                        [Hg]          no weight decay */
+    DN_P_G,           /* attn.g_proj.weight                  [Hg Vg, D]    the output gate */
     DN_P_NKINDS
 } DNParamKind;
 
@@ -182,7 +207,8 @@ typedef struct {
     size_t mem_numel;        /* elements in memory (numel, or padded_vocab * D for vocab tensors) */
     size_t offset;           /* element offset in the parameter buffer */
     int decay;               /* 1: AdamW weight decay applies (matrices, embedding, conv) */
-    float init_std;          /* 0: init to ones (norm gains); else Normal(0, init_std) */
+    float init_std;          /* > 0: Normal(0, init_std); 0: ones (norm gains); < 0: the kind's own
+                              * init (A_log, dt_bias: fla's, see dn_init_params) */
 } DNParam;
 
 /* Offsets (in elements) of each tensor of one layer, DN_NO_PARAM where the layer has none. */
@@ -205,7 +231,8 @@ void dn_free_param_table(DNParamTable *t);
 /* Index of a tensor by name, or -1. */
 int dn_find_param(const DNParamTable *t, const char *name);
 /* Initialise a parameter buffer (t->total floats): Normal(0, std) / ones, padding rows zero,
- * deterministic from seed. */
+ * deterministic from seed. A gated DeltaNet layer's A_log = log A, A ~ U(0, 16), and dt_bias =
+ * softplus^-1(dt), dt log-uniform in [1e-3, 0.1] and at least 1e-4 (fla's init). */
 void dn_init_params(const DNParamTable *t, float *params, uint64_t seed);
 
 /* ----------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 /*
- * train_deltanet.cu -- the trainer of deltanet.c (GPU, or the CPU reference): DeltaNet language models and their hybrids
- * with sliding-window ('S') and global ('G') softmax attention layers, trained on llm.c-format
+ * train_deltanet.cu -- the trainer of deltanet.c (GPU, or the CPU reference): DeltaNet and gated DeltaNet ('N')
+ * language models and their hybrids with sliding-window ('S') and global ('G') softmax attention layers, trained on llm.c-format
  * token shards. This file only wires things up: the model (parameters, activations, forward,
  * backward, the AdamW step, the CUDA graph) is kernels/model_gpu.cuh, the kernels are the .cuh files of kernels/,
  * the config / parameter table / checkpoints are model.h (src/model.c), the shards src/data.h, the tokenizer
@@ -8,7 +8,7 @@
  *
  * One step: `accum` micro-batches of B x T tokens (accum = total batch / (B T)), gradients
  * averaged over them, the global gradient norm clipped to --clip, AdamW (betas 0.9, 0.95,
- * decoupled weight decay on matrices, the embedding and the conv weights; none on norm gains), the
+ * decoupled weight decay on matrices, the embedding and the conv weights; none on norm gains, A_log, dt_bias), the
  * learning rate warmed up linearly over --warmup steps then cosine-decayed to the floor --lr-min
  * at --steps:
  *   lr(s) = lr * s / warmup                                                 s <= warmup (s from 1)
@@ -66,6 +66,7 @@ typedef struct {
     int B, T;                  /* 0: the backend's default (cpu_defaults / gpu_defaults) */
     long total_batch;          /* tokens per optimizer step (0: B*T) */
     int window, attn_heads, kv_heads, tied, vocab; /* -1: the preset's */
+    int gdn_heads, gdn_head_dim, gdn_expand_v;     /* -1: the preset's */
     float lr, lr_min, wd, clip, beta1, beta2, adam_eps;
     int warmup, steps;
     unsigned long long seed;
@@ -94,6 +95,7 @@ static void args_defaults(TrainArgs *a) {
     a->model = NULL;
     a->B = 0; a->T = 0;
     a->window = -1; a->attn_heads = -1; a->kv_heads = -1; a->tied = -1; a->vocab = -1;
+    a->gdn_heads = -1; a->gdn_head_dim = -1; a->gdn_expand_v = -1;
     a->lr = 1e-3f; a->lr_min = 1e-4f; a->wd = 0.1f; a->clip = 1.0f;
     a->beta1 = 0.9f; a->beta2 = 0.95f; a->adam_eps = 1e-8f;
     a->warmup = 20; a->steps = 300;
@@ -120,15 +122,19 @@ static void usage(const char *prog, FILE *f) {
         "                          instead of the default: every row its own window of T+1 tokens, each\n"
         "                          epoch all the windows of all shards in a random order drawn from --seed\n"
         "model (ignored with --resume: the checkpoint has the config)\n"
-        "  -m, --model NAME        small | d12 | 340M | tiny [GPU %s, CPU %s]\n"
+        "  -m, --model NAME        small | d12 | 340M | gdn | tiny [GPU %s, CPU %s]\n"
         "                          small: d12's width (D=768, H=6, K=128, GPT-2 vocab, tied), 6 DeltaNet layers;\n"
+        "                          gdn: d12 with 12 gated DeltaNet layers (6 heads, K=64, V=128), d12's size;\n"
         "                          tiny (D=64, 4 layers, K=32) is for the CPU: the GPU delta rule needs K = 64 or 128\n"
         "      --vocab N           vocabulary size (every preset: GPT-2's 50257; 32000 as in the DeltaNet paper)\n"
-        "      --layers STR        layer kinds, one letter per layer: D DeltaNet, S sliding window, G global\n"
+        "      --layers STR        layer kinds, one letter per layer: D DeltaNet, N gated DeltaNet, S sliding\n"
+        "                          window, G global (gated DeltaNet heads: the DeltaNet heads, K = head_dim/2, V = 2K)\n"
         "      --attn-layers LIST  comma-separated 0-based layers made global attention (G), e.g. 5,11\n"
         "      --window W          sliding window in keys, itself included [preset: 512]\n"
         "      --attn-heads N      softmax-attention heads [preset: the DeltaNet heads]\n"
         "      --kv-heads N        grouped KV heads of the attention layers [= attention heads]\n"
+        "      --gdn-heads N, --gdn-head-dim K, --gdn-expand-v E   gated DeltaNet heads, key size, value size\n"
+        "                          K*E [preset: the DeltaNet heads, K = head_dim/2, E = 2; GPU: K 64|128, E 1|2]\n"
         "      --tied, --untied    LM head tied to the embedding or not [preset: tied]\n"
         "optimization\n"
         "  -l, --lr LR             peak learning rate [%g]\n"
@@ -191,7 +197,8 @@ static float parse_float(const char *opt, const char *s, float lo, float hi) {
 static void parse_args(TrainArgs *a, int argc, char **argv) {
     enum { O_LAYERS = 1000, O_ATTN_LAYERS, O_WINDOW, O_ATTN_HEADS, O_KV_HEADS, O_TIED, O_UNTIED, O_WARMUP, O_LR_MIN,
            O_WD, O_CLIP, O_BETA1, O_BETA2, O_ADAM_EPS, O_FP32, O_NO_GRAPH, O_VAL_BATCHES, O_SAMPLE_EVERY,
-           O_SAMPLE_LEN, O_TEMPERATURE, O_LOG, O_PROFILE, O_CPU, O_VOCAB, O_NO_SHUFFLE, O_VAL_WINDOWS };
+           O_SAMPLE_LEN, O_TEMPERATURE, O_LOG, O_PROFILE, O_CPU, O_VOCAB, O_NO_SHUFFLE, O_VAL_WINDOWS,
+           O_GDN_HEADS, O_GDN_HEAD_DIM, O_GDN_EXPAND_V };
     static const struct option opts[] = {
         {"train", required_argument, 0, 'i'}, {"val", required_argument, 0, 'j'},
         {"batch", required_argument, 0, 'b'}, {"seq", required_argument, 0, 't'},
@@ -212,6 +219,8 @@ static void parse_args(TrainArgs *a, int argc, char **argv) {
         {"resume", required_argument, 0, 'r'}, {"log", required_argument, 0, O_LOG},
         {"cpu", no_argument, 0, O_CPU}, {"vocab", required_argument, 0, O_VOCAB},
         {"no-shuffle", no_argument, 0, O_NO_SHUFFLE}, {"val-windows", required_argument, 0, O_VAL_WINDOWS},
+        {"gdn-heads", required_argument, 0, O_GDN_HEADS}, {"gdn-head-dim", required_argument, 0, O_GDN_HEAD_DIM},
+        {"gdn-expand-v", required_argument, 0, O_GDN_EXPAND_V},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     args_defaults(a);
     int c, idx = 0;
@@ -230,6 +239,9 @@ static void parse_args(TrainArgs *a, int argc, char **argv) {
         case O_WINDOW: a->window = (int)parse_long(name, optarg, 1, 1 << 30); break;
         case O_ATTN_HEADS: a->attn_heads = (int)parse_long(name, optarg, 1, 1 << 16); break;
         case O_KV_HEADS: a->kv_heads = (int)parse_long(name, optarg, 1, 1 << 16); break;
+        case O_GDN_HEADS: a->gdn_heads = (int)parse_long(name, optarg, 1, 1 << 16); break;
+        case O_GDN_HEAD_DIM: a->gdn_head_dim = (int)parse_long(name, optarg, 1, 1 << 16); break;
+        case O_GDN_EXPAND_V: a->gdn_expand_v = (int)parse_long(name, optarg, 1, 64); break;
         case O_TIED: a->tied = 1; break;
         case O_UNTIED: a->tied = 0; break;
         case 'l': a->lr = parse_float(name, optarg, 0.0f, 10.0f); break;
@@ -286,7 +298,7 @@ static DNConfig build_config(const TrainArgs *a) {
     char err[DN_ERR_LEN];
     const int small = !strcmp(a->model, "small");
     if (dn_config_preset(&c, small ? "d12" : a->model))
-        die("--model '%s': unknown preset (small, tiny, d12, 340M)", a->model);
+        die("--model '%s': unknown preset (small, tiny, d12, 340M, gdn)", a->model);
     if (small && dn_config_set_layers(&c, "DDDDDD", err, sizeof err)) die("%s", err);
     if (a->layers && dn_config_set_layers(&c, a->layers, err, sizeof err)) die("--layers: %s", err);
     if (a->attn_layers) {
@@ -300,6 +312,9 @@ static DNConfig build_config(const TrainArgs *a) {
     if (a->window > 0) c.window = a->window;
     if (a->attn_heads > 0) { c.attn_heads = a->attn_heads; c.attn_kv_heads = a->attn_heads; }
     if (a->kv_heads > 0) c.attn_kv_heads = a->kv_heads;
+    if (a->gdn_heads > 0) c.gdn_heads = a->gdn_heads;
+    if (a->gdn_head_dim > 0) c.gdn_head_dim = a->gdn_head_dim;
+    if (a->gdn_expand_v > 0) c.gdn_expand_v = a->gdn_expand_v;
     if (a->tied >= 0) c.tie_embeddings = a->tied;
     if (a->vocab > 0 && dn_config_set_vocab(&c, a->vocab, err, sizeof err)) die("--vocab: %s", err);
     if (dn_config_validate(&c, err, sizeof err)) die("impossible model config: %s", err);
@@ -324,6 +339,13 @@ static double flops_per_token(const DNConfig *c, int T) {
             const double C = T < 64 ? T : 64;
             f += 2.0 * D * (3.0 * D + c->n_head) + 2.0 * D * D;
             f += c->n_head * (C * (6.0 * K + 4.0 * K) + 6.0 * K * K + 2.0 / 3.0 * C * C);
+        } else if (c->layers[l] == 'N') {
+            /* the same with the gated geometry (q, k, v, a, b, gate, output projections), plus the
+             * decay's elementwise work, which is not counted */
+            const double C = T < 64 ? T : 64, Kg = c->gdn_head_dim, Vg = dn_gdn_value_dim(c);
+            const double HK = dn_gdn_key_width(c), HV = dn_gdn_value_width(c);
+            f += 2.0 * D * (2.0 * HK + 2.0 * HV + 2.0 * c->gdn_heads) + 2.0 * HV * D;
+            f += c->gdn_heads * (C * (6.0 * Kg + 4.0 * Vg) + 6.0 * Kg * Vg + 2.0 / 3.0 * C * C);
         } else {
             const double dh = D / c->attn_heads, kvd = c->attn_kv_heads * dh;
             double keys = 0; /* mean visible keys per query */
@@ -793,6 +815,7 @@ static void print_summary(Trainer<Model> *tr) {
     printf("model: layers %s | D %d | heads %d (K %d) | MLP %d | vocab %d (padded %d) | %s", c->layers, c->d_model,
            c->n_head, c->head_dim, c->hidden_size, c->vocab_size, c->padded_vocab, c->tie_embeddings ? "tied" : "untied");
     if (strpbrk(c->layers, "SG")) printf(" | attention heads %d, kv %d, window %d", c->attn_heads, c->attn_kv_heads, c->window);
+    if (strchr(c->layers, 'N')) printf(" | gated DeltaNet heads %d (K %d, V %d)", c->gdn_heads, c->gdn_head_dim, dn_gdn_value_dim(c));
     printf("\nparameters: %zu (%.1fM) | seed %llu%s%s\n", tr->m.t.total_real, tr->m.t.total_real / 1e6, a->seed,
            a->resume ? " | resumed from " : "", a->resume ? a->resume : "");
     printf("batch: %d x %d tokens x %d micro-batches = %ld tokens/step | steps %d | lr %g (warmup %d, floor %g) | wd %g | clip %g\n",

@@ -13,6 +13,12 @@
  *     silu(conv4(.)) (L2-normalised per head for q, k) in one fused kernel that writes the rows
  *     q|k|v out as three planes [3][N][D] (the delta-rule kernels take q, k, v as separate [B,T,H,K]),
  *     beta = sigmoid(x W_b^T), o = delta rule (chunkwise), on = RMSNorm_head(o; g_o), out = on W_o^T.
+ *   Gated DeltaNet mixer ('N'): q, k, v = x W^T (three matmuls into three planes: their widths
+ *     differ), silu(conv4(.)) per plane (L2 per head for q, k), beta = sigmoid(x W_b^T), the log decay
+ *     g = -exp(A_log) softplus(x W_a^T + dt_bias) (gate.cuh, fp32), o = gated delta rule
+ *     (chunkwise), on = RMSNorm_head(o; g_o) * silu(x W_g^T) (gate.cuh), out = on W_o^T. It keeps
+ *     the pre-conv q, k, v, x W_a^T, g, x W_g^T, beta, o and the rstd's; the backward recomputes the
+ *     rest.
  *   Attention mixer: q, k, v = x W^T, RoPE(q), RoPE(k), flash attention (window for 'S'), W_o.
  *   MLP: gu = x W_gu^T (one [2I,D] matmul, gate_proj|up_proj adjacent), act = silu(g) u, act W_down^T.
  *
@@ -94,6 +100,33 @@ static void mixer_forward(GPUModel<floatX> *m, int l, int B, int T) {
         rmsnorm_forward(s->dx, a->rstd_o, a->o, m->params + P[DN_P_O_NORM], N * H, K, c->norm_eps, st);
         prof_mark(m->prof, "fwd norms", st);
         matmul_forward(m->mm, s->branch, s->dx, m->wx + P[DN_P_O], N, D, D, 0, st);
+        prof_mark(m->prof, "fwd matmuls", st);
+    } else if (c->layers[l] == 'N') {
+        const int H = c->gdn_heads, K = c->gdn_head_dim, Vg = dn_gdn_value_dim(c);
+        const int HK = dn_gdn_key_width(c), HV = dn_gdn_value_width(c);
+        const size_t NK = (size_t)N * HK;
+        floatX *qp = a->qkv_pre, *kp = qp + NK, *vp = kp + NK; /* pre-conv planes */
+        floatX *q = s->qkv, *k = q + NK, *v = k + NK;          /* after conv + silu (+ L2) */
+        matmul_forward(m->mm, qp, a->xn_attn, m->wx + P[DN_P_Q], N, D, HK, 0, st);
+        matmul_forward(m->mm, kp, a->xn_attn, m->wx + P[DN_P_K], N, D, HK, 0, st);
+        matmul_forward(m->mm, vp, a->xn_attn, m->wx + P[DN_P_V], N, D, HV, 0, st);
+        matmul_forward(m->mm, a->gpre, a->xn_attn, m->wx + P[DN_P_G], N, D, HV, 0, st);
+        matmul_forward(m->mm, a->apre, a->xn_attn, m->wx + P[DN_P_A], N, D, H, 0, st);
+        matmul_forward(m->mm, s->bpre, a->xn_attn, m->wx + P[DN_P_B], N, D, H, 0, st);
+        prof_mark(m->prof, "fwd matmuls", st);
+        conv_silu_l2norm_forward(q, qp, m->params + P[DN_P_Q_CONV], B, T, HK, HK, K, c->l2_eps, st);
+        conv_silu_l2norm_forward(k, kp, m->params + P[DN_P_K_CONV], B, T, HK, HK, K, c->l2_eps, st);
+        conv_silu_l2norm_forward(v, vp, m->params + P[DN_P_V_CONV], B, T, HV, 0, 128, c->l2_eps, st);
+        prof_mark(m->prof, "fwd conv+silu+l2", st);
+        sigmoid_forward(a->beta, s->bpre, N * H, st);
+        gdn_decay_forward(a->gdec, a->apre, m->params + P[DN_P_A_LOG], m->params + P[DN_P_DT_BIAS], N, H, st);
+        prof_mark(m->prof, "fwd beta, decay", st);
+        gated_deltarule_forward(a->o, a->gdr_saved, q, k, v, a->beta, a->gdec, 1.0f / sqrtf((float)K), s->kscratch,
+                                B, T, H, K, Vg, st);
+        prof_mark(m->prof, "fwd gated delta rule", st);
+        gated_rmsnorm_forward(s->gw1, a->rstd_o, a->o, a->gpre, m->params + P[DN_P_O_NORM], N * H, Vg, c->norm_eps, st);
+        prof_mark(m->prof, "fwd norms", st);
+        matmul_forward(m->mm, s->branch, s->gw1, m->wx + P[DN_P_O], N, HV, D, 0, st);
         prof_mark(m->prof, "fwd matmuls", st);
     } else {
         const int Hq = c->attn_heads, Hkv = c->attn_kv_heads, dh = D / Hq, kvd = Hkv * dh;
@@ -226,6 +259,55 @@ static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
         matmul_backward_weight(m->mm, G + P[DN_P_Q], s->qkv, a->xn_attn, N, D, 3 * D, st);
         matmul_backward_data(m->mm, s->dx, s->qkv, m->wx + P[DN_P_Q], N, D, 3 * D, 1, st);
         prof_mark(m->prof, "bwd matmuls", st);
+    } else if (c->layers[l] == 'N') {
+        const int H = c->gdn_heads, K = c->gdn_head_dim, Vg = dn_gdn_value_dim(c);
+        const int HK = dn_gdn_key_width(c), HV = dn_gdn_value_width(c);
+        const size_t NK = (size_t)N * HK;
+        floatX *qp = a->qkv_pre, *kp = qp + NK, *vp = kp + NK;
+        floatX *q = s->qkv, *k = q + NK, *v = k + NK;
+        floatX *dq = s->dqkv, *dk = dq + NK, *dv = dk + NK;
+        const float *w_on = m->params + P[DN_P_O_NORM];
+        /* out = on W_o^T, on = RMSNorm(o) * silu(gpre) (recomputed into gw1) */
+        gated_rmsnorm_forward(s->gw1, a->rstd_o, a->o, a->gpre, w_on, N * H, Vg, c->norm_eps, st);
+        prof_mark(m->prof, "bwd norms", st);
+        matmul_backward_weight(m->mm, G + P[DN_P_O], s->dres, s->gw1, N, HV, D, st);
+        matmul_backward_data(m->mm, s->gw2, s->dres, m->wx + P[DN_P_O], N, HV, D, 0, st);            /* don */
+        prof_mark(m->prof, "bwd matmuls", st);
+        gated_rmsnorm_backward(s->gw1, s->gw3, G + P[DN_P_O_NORM], (float *)s->kscratch, s->gw2, a->o, a->gpre, w_on,
+                               a->rstd_o, N * H, Vg, st);                                             /* do, dgate */
+        prof_mark(m->prof, "bwd norms", st);
+        matmul_backward_weight(m->mm, G + P[DN_P_G], s->gw3, a->xn_attn, N, D, HV, st);
+        matmul_backward_data(m->mm, s->dx, s->gw3, m->wx + P[DN_P_G], N, D, HV, 0, st);              /* dx = */
+        prof_mark(m->prof, "bwd matmuls", st);
+        /* the gated delta rule, from the recomputed q, k, v */
+        conv_silu_l2norm_forward(q, qp, m->params + P[DN_P_Q_CONV], B, T, HK, HK, K, c->l2_eps, st);
+        conv_silu_l2norm_forward(k, kp, m->params + P[DN_P_K_CONV], B, T, HK, HK, K, c->l2_eps, st);
+        conv_silu_l2norm_forward(v, vp, m->params + P[DN_P_V_CONV], B, T, HV, 0, 128, c->l2_eps, st);
+        prof_mark(m->prof, "bwd conv+silu+l2", st);
+        gated_deltarule_backward(dq, dk, dv, s->dbeta, s->dgdec, s->gw1, a->gdr_saved, q, k, v, a->beta, a->gdec,
+                                 1.0f / sqrtf((float)K), s->kscratch, B, T, H, K, Vg, st);
+        prof_mark(m->prof, "bwd gated delta rule", st);
+        /* the decay (its input's gradient in bpre), then beta's sigmoid (bpre again) */
+        gdn_decay_backward(s->bpre, G + P[DN_P_A_LOG], G + P[DN_P_DT_BIAS], s->dgdec, a->apre,
+                           m->params + P[DN_P_A_LOG], m->params + P[DN_P_DT_BIAS], N, H, st);
+        matmul_backward_weight(m->mm, G + P[DN_P_A], s->bpre, a->xn_attn, N, D, H, st);
+        matmul_backward_data(m->mm, s->dx, s->bpre, m->wx + P[DN_P_A], N, D, H, 1, st);
+        sigmoid_backward(s->bpre, s->dbeta, a->beta, N * H, st);
+        matmul_backward_weight(m->mm, G + P[DN_P_B], s->bpre, a->xn_attn, N, D, H, st);
+        matmul_backward_data(m->mm, s->dx, s->bpre, m->wx + P[DN_P_B], N, D, H, 1, st);
+        prof_mark(m->prof, "bwd beta, decay", st);
+        /* q, k, v: conv + silu (+ L2 norm) into gw2 ([N, HK] or [N, HV] rows), then each projection */
+        const int Ck[3] = {HK, HK, HV}, Cn[3] = {HK, HK, 0}, Kk[3] = {K, K, 128};
+        const int kc[3] = {DN_P_Q_CONV, DN_P_K_CONV, DN_P_V_CONV}, kw[3] = {DN_P_Q, DN_P_K, DN_P_V};
+        const floatX *dplane[3] = {dq, dk, dv}, *pre[3] = {qp, kp, vp};
+        for (int j = 0; j < 3; j++) {
+            conv_silu_l2norm_backward(s->gw2, G + P[kc[j]], (float *)s->kscratch, dplane[j], pre[j], m->params + P[kc[j]],
+                                      B, T, Ck[j], Cn[j], Kk[j], c->l2_eps, st);
+            prof_mark(m->prof, "bwd conv+silu+l2", st);
+            matmul_backward_weight(m->mm, G + P[kw[j]], s->gw2, a->xn_attn, N, D, Ck[j], st);
+            matmul_backward_data(m->mm, s->dx, s->gw2, m->wx + P[kw[j]], N, D, Ck[j], 1, st);
+            prof_mark(m->prof, "bwd matmuls", st);
+        }
     } else {
         const int Hq = c->attn_heads, Hkv = c->attn_kv_heads, dh = D / Hq, kvd = Hkv * dh;
         const int window = c->layers[l] == 'S' ? c->window : 0;

@@ -16,6 +16,8 @@
 #include "crossentropy.cuh"
 #include "attention.cuh"
 #include "deltarule.cuh"
+#include "gated_stub.cuh" /* TEMPORARY: until deltarule.cuh has the gated kernels; drop at the merge */
+#include "gate.cuh"
 #include "adamw.cuh"
 #include "../model.h"
 
@@ -111,6 +113,12 @@ template <typename floatX> struct GPULayerActs {
     floatX *o;          /* [N,D]   delta-rule output [B,T,H,V] */
     float *rstd_o;      /* [N*H]   1/rms of each head of o */
     floatX *dr_saved;   /* what the delta-rule forward saves for its backward (the chunks' (I+A)^-1) */
+    /* gated DeltaNet ('N', Hg heads, HK = Hg Kg, HV = Hg Vg): qkv_pre holds the three pre-conv planes
+     * q [N,HK], k [N,HK], v [N,HV] one after the other; beta [N,Hg]; o [N,HV]; rstd_o [N*Hg] */
+    floatX *apre;       /* [N,Hg]  x W_a^T, the decay's input */
+    float *gdec;        /* [N,Hg]  the log decay g (fp32) */
+    floatX *gpre;       /* [N,HV]  x W_g^T, the output gate's input */
+    floatX *gdr_saved;  /* what the gated delta-rule forward saves for its backward */
     /* attention */
     floatX *q, *k, *v;  /* [N,D], [N,kvd], [N,kvd] (q, k after RoPE) */
     floatX *att;        /* [N,D]   attention output */
@@ -129,8 +137,11 @@ template <typename floatX> struct GPUScratch {
     floatX *qkv;        /* [N*max(3D,I)]         q, k, v after the conv ([3][N,D]), then the gradient of
                          *                       the pre-conv q|k|v; MLP: silu(g)*u and its gradient */
     floatX *dqkv;       /* [N*max(3D,D+2 kvd)]   dq, dk, dv */
-    floatX *bpre;       /* [N,H]   x W_b^T, then its gradient */
-    floatX *dbeta;      /* [N,H] */
+    floatX *bpre;       /* [N,max(H,Hg)] x W_b^T, then its gradient ('N': also the gradient of x W_a^T) */
+    floatX *dbeta;      /* [N,max(H,Hg)] */
+    /* gated DeltaNet ('N') only, NULL otherwise */
+    floatX *gw1, *gw2, *gw3; /* [N,HV] the gated norm's output (forward), then do; dnormed; dgate */
+    float *dgdec;       /* [N,Hg]  gradient of the log decay */
     floatX *logits;     /* [head_rows,Vp] */
     float *losses;      /* [N] */
     float *rope;        /* [T,dh/2,2] RoPE cos/sin table (attention layers only) */
@@ -185,7 +196,9 @@ static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
     const size_t N = (size_t)m->B * m->T, D = c->d_model, I = c->hidden_size, H = c->n_head;
     const size_t Hq = c->attn_heads, dh = D / Hq, kvd = (size_t)c->attn_kv_heads * dh, Vp = c->padded_vocab;
     const size_t X = sizeof(floatX), F = sizeof(float);
-    int n = 0, has_d = 0, has_a = 0;
+    const size_t Hg = c->gdn_heads, Kg = c->gdn_head_dim, Vg = dn_gdn_value_dim(c);
+    const size_t HK = Hg * Kg, HV = Hg * Vg, Hmax = H > Hg ? H : Hg;
+    int n = 0, has_d = 0, has_a = 0, has_n = 0;
 #define GPU_ACT(nm, bytes_, p) do { if (n < cap) { tab[n].name = nm; tab[n].bytes = (bytes_); tab[n].ptr = (void **)(p); } n++; } while (0)
     for (int l = 0; l < c->n_layer; l++) {
         GPULayerActs<floatX> *a = &m->L[l];
@@ -203,6 +216,16 @@ static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
             GPU_ACT("o", N * D * X, &a->o);
             GPU_ACT("rstd_o", N * H * F, &a->rstd_o);
             GPU_ACT("delta rule saved", deltarule_saved_size<floatX>(m->B, m->T, c->n_head), &a->dr_saved);
+        } else if (c->layers[l] == 'N') {
+            has_n = 1;
+            GPU_ACT("gdn q|k|v pre", N * (2 * HK + HV) * X, &a->qkv_pre);
+            GPU_ACT("beta", N * Hg * X, &a->beta);
+            GPU_ACT("gdn a", N * Hg * X, &a->apre);
+            GPU_ACT("gdn decay", N * Hg * F, &a->gdec);
+            GPU_ACT("gdn gate", N * HV * X, &a->gpre);
+            GPU_ACT("o", N * HV * X, &a->o);
+            GPU_ACT("rstd_o", N * Hg * F, &a->rstd_o);
+            GPU_ACT("gated delta rule saved", gated_deltarule_saved_size<floatX>(m->B, m->T, c->gdn_heads), &a->gdr_saved);
         } else {
             has_a = 1;
             GPU_ACT("q", N * D * X, &a->q);
@@ -216,6 +239,7 @@ static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
     size_t qkv_w = I, dqkv_w = 1; /* row widths of qkv and dqkv */
     if (has_d) { qkv_w = qkv_w > 3 * D ? qkv_w : 3 * D; dqkv_w = 3 * D; }
     if (has_a) { size_t w = D + 2 * kvd + 2 * 16; dqkv_w = dqkv_w > w ? dqkv_w : w; } /* + alignment slack */
+    if (has_n) { qkv_w = qkv_w > 2 * HK + HV ? qkv_w : 2 * HK + HV; dqkv_w = dqkv_w > 2 * HK + HV ? dqkv_w : 2 * HK + HV; }
     GPU_ACT("emb", N * D * X, &s->emb);
     GPU_ACT("rstd_final", N * F, &s->rstd_final);
     GPU_ACT("xn", N * D * X, &s->xn);
@@ -224,8 +248,14 @@ static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
     GPU_ACT("dres", N * D * X, &s->dres);
     GPU_ACT("qkv", N * qkv_w * X, &s->qkv);
     GPU_ACT("dqkv", N * dqkv_w * X, &s->dqkv);
-    GPU_ACT("bpre", N * H * X, &s->bpre);
-    GPU_ACT("dbeta", N * H * X, &s->dbeta);
+    GPU_ACT("bpre", N * (has_n ? Hmax : H) * X, &s->bpre);
+    GPU_ACT("dbeta", N * (has_n ? Hmax : H) * X, &s->dbeta);
+    if (has_n) {
+        GPU_ACT("gdn wide 1", N * HV * X, &s->gw1);
+        GPU_ACT("gdn wide 2", N * HV * X, &s->gw2);
+        GPU_ACT("gdn wide 3", N * HV * X, &s->gw3);
+        GPU_ACT("gdn ddecay", N * Hg * F, &s->dgdec);
+    }
     GPU_ACT("logits", (size_t)m->head_rows * Vp * X, &s->logits);
     GPU_ACT("losses", N * F, &s->losses);
     if (has_a) GPU_ACT("rope", (size_t)m->T * dh * F, &s->rope);
@@ -240,6 +270,12 @@ static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
         GPU_KS(conv_silu_l2norm_backward_scratch_floats(m->B, m->T, 3 * (int)D, c->head_dim) * F);
         GPU_KS(deltarule_workspace_size<floatX>(m->B, m->T, c->n_head, c->head_dim, c->head_dim));
     }
+    if (has_n) {
+        GPU_KS(gated_rmsnorm_backward_scratch_floats((int)(N * Hg), (int)Vg) * F);
+        GPU_KS(conv_silu_l2norm_backward_scratch_floats(m->B, m->T, (int)HK, (int)Kg) * F);
+        GPU_KS(conv_silu_l2norm_backward_scratch_floats(m->B, m->T, (int)HV, 128) * F);
+        GPU_KS(gated_deltarule_workspace_size<floatX>(m->B, m->T, (int)Hg, (int)Kg, (int)Vg));
+    }
     if (has_a) GPU_KS(attention_backward_scratch_bytes(m->B, m->T, (int)Hq, (int)dh));
 #undef GPU_KS
     s->kscratch_bytes = ks;
@@ -253,7 +289,16 @@ static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
 
 /* 0 if the GPU kernels can run this config, else -1 with a one-line reason in err. */
 static inline int gpu_model_supported(const DNConfig *c, char *err, size_t errlen) {
-    int has_d = strchr(c->layers, 'D') != NULL, has_a = strpbrk(c->layers, "SG") != NULL;
+    int has_d = strchr(c->layers, 'D') != NULL, has_a = strpbrk(c->layers, "SG") != NULL, has_n = strchr(c->layers, 'N') != NULL;
+    if (has_n && ((c->gdn_head_dim != 64 && c->gdn_head_dim != 128) || (c->gdn_expand_v != 1 && c->gdn_expand_v != 2))) {
+        snprintf(err, errlen, "the GPU gated delta-rule kernels need gdn_head_dim 64 or 128 and gdn_expand_v 1 or 2; this model has %d and %d",
+                 c->gdn_head_dim, c->gdn_expand_v);
+        return -1;
+    }
+    if (has_n && c->conv_size != 4) {
+        snprintf(err, errlen, "the GPU conv kernels need conv_size 4; this model has %d", c->conv_size);
+        return -1;
+    }
     if (has_d && c->head_dim != 64 && c->head_dim != 128) {
         snprintf(err, errlen, "the GPU delta-rule kernels need head_dim 64 or 128; this model has d_model %d / %d heads = %d",
                  c->d_model, c->n_head, c->head_dim);

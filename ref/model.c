@@ -10,6 +10,9 @@
  *   logits = RMSNorm(h_L; g_final) W_lm^T,  loss = mean CE over the B*T positions
  * DeltaNet mixer: q,k,v = silu(conv(x1 W^T)), q,k L2-normalised per head, beta = sigmoid(x1 W_b^T),
  *   o = delta rule (chunkwise, or sequential when chunk == 0), per-head RMSNorm(o; g_o), W_o.
+ * Gated DeltaNet mixer ('N', its own heads Hg of key size Kg, value size Vg): the same q, k, v, beta,
+ *   the log decay g = -exp(A_log) softplus(x1 W_a^T + dt_bias) (ref/gate.c), o = gated delta rule
+ *   (ref/gateddelta.c), per-head RMSNorm(o; g_o) * silu(x1 W_g^T), W_o.
  * Attention mixer: q,k,v projections, RoPE on q,k, causal softmax attention (window for 'S'
  * layers, none for 'G'), W_o.
  * Every activation the backward needs is kept (this is a reference: memory is not the point);
@@ -18,10 +21,14 @@
 #include "ref_real.h"
 #include <stdio.h>
 
+#define REF_NDD 9 /* mixer-wide backward buffers */
+
 typedef struct {
     real *h_in, *x1, *rstd1, *mid, *x2, *rstd2, *gate, *up, *act;
-    /* DeltaNet */
+    /* DeltaNet (and gated DeltaNet, with its widths) */
     real *qpre, *kpre, *vpre, *qc, *kc, *vc, *qn, *kn, *bpre, *beta, *o, *orstd, *on;
+    /* gated DeltaNet: x1 W_a^T, the log decay g, the output gate's pre-activation x1 W_g^T */
+    real *apre, *gdec, *gpre;
     /* attention (q, k after RoPE) */
     real *q, *k, *v, *ao, *lse;
 } RF(RefLayerActs);
@@ -33,8 +40,8 @@ struct RF(RefModel) {
     real *h_out, *xf, *rstdf, *logits, *losses;
     int *inputs, *targets;
     int have_targets;
-    /* backward scratch */
-    real *dh, *dmid, *dx, *dbig1, *dbig2, *dbig3, *dsmall1, *dsmall2, *dd[8];
+    /* backward scratch (dd: mixer-wide, N x max(D, Hg Kg, Hg Vg); dsmall: N x max(H, Hg)) */
+    real *dh, *dmid, *dx, *dbig1, *dbig2, *dbig3, *dsmall1, *dsmall2, *dsmall3, *dsmall4, *dd[REF_NDD];
 };
 
 static real *zalloc(size_t n, int *ok) {
@@ -50,6 +57,9 @@ RF(RefModel) *RF(ref_model_create)(const DNParamTable *t, int B, int T, int chun
     int ok = 1;
     size_t N = (size_t)B * T, D = c->d_model, I = c->hidden_size, H = c->n_head;
     size_t kvd = (size_t)c->attn_kv_heads * (c->attn_heads ? D / c->attn_heads : 0);
+    size_t Hg = c->gdn_heads, HK = (size_t)dn_gdn_key_width(c), HV = (size_t)dn_gdn_value_width(c);
+    size_t wide = D, heads = H > Hg ? H : Hg;
+    if (strchr(c->layers, 'N')) wide = HK > wide ? (HV > HK ? HV : HK) : (HV > wide ? HV : wide);
     m->t = t; m->B = B; m->T = T; m->N = (int)N; m->chunk = chunk;
     m->L = (RF(RefLayerActs) *)calloc((size_t)c->n_layer, sizeof(RF(RefLayerActs)));
     if (!m->L) { free(m); return NULL; }
@@ -64,6 +74,13 @@ RF(RefModel) *RF(ref_model_create)(const DNParamTable *t, int B, int T, int chun
             a->qn = zalloc(N * D, &ok); a->kn = zalloc(N * D, &ok);
             a->bpre = zalloc(N * H, &ok); a->beta = zalloc(N * H, &ok);
             a->o = zalloc(N * D, &ok); a->orstd = zalloc(N * H, &ok); a->on = zalloc(N * D, &ok);
+        } else if (c->layers[l] == 'N') {
+            a->qpre = zalloc(N * HK, &ok); a->kpre = zalloc(N * HK, &ok); a->vpre = zalloc(N * HV, &ok);
+            a->qc = zalloc(N * HK, &ok); a->kc = zalloc(N * HK, &ok); a->vc = zalloc(N * HV, &ok);
+            a->qn = zalloc(N * HK, &ok); a->kn = zalloc(N * HK, &ok);
+            a->bpre = zalloc(N * Hg, &ok); a->beta = zalloc(N * Hg, &ok);
+            a->apre = zalloc(N * Hg, &ok); a->gdec = zalloc(N * Hg, &ok); a->gpre = zalloc(N * HV, &ok);
+            a->o = zalloc(N * HV, &ok); a->orstd = zalloc(N * Hg, &ok); a->on = zalloc(N * HV, &ok);
         } else {
             a->q = zalloc(N * D, &ok); a->k = zalloc(N * kvd, &ok); a->v = zalloc(N * kvd, &ok);
             a->ao = zalloc(N * D, &ok); a->lse = zalloc(N * (size_t)c->attn_heads, &ok);
@@ -76,8 +93,9 @@ RF(RefModel) *RF(ref_model_create)(const DNParamTable *t, int B, int T, int chun
     size_t big = N * (I > D ? I : D);
     m->dh = zalloc(N * D, &ok); m->dmid = zalloc(N * D, &ok); m->dx = zalloc(N * D, &ok);
     m->dbig1 = zalloc(big, &ok); m->dbig2 = zalloc(big, &ok); m->dbig3 = zalloc(big, &ok);
-    m->dsmall1 = zalloc(N * H, &ok); m->dsmall2 = zalloc(N * H, &ok);
-    for (int i = 0; i < 8; i++) m->dd[i] = zalloc(N * D, &ok);
+    m->dsmall1 = zalloc(N * heads, &ok); m->dsmall2 = zalloc(N * heads, &ok);
+    m->dsmall3 = zalloc(N * heads, &ok); m->dsmall4 = zalloc(N * heads, &ok);
+    for (int i = 0; i < REF_NDD; i++) m->dd[i] = zalloc(N * wide, &ok);
     if (!ok) { RF(ref_model_free)(m); return NULL; }
     return m;
 }
@@ -92,8 +110,8 @@ void RF(ref_model_free)(RF(RefModel) *m) {
     free(m->h_out); free(m->xf); free(m->rstdf); free(m->logits); free(m->losses);
     free(m->inputs); free(m->targets);
     free(m->dh); free(m->dmid); free(m->dx); free(m->dbig1); free(m->dbig2); free(m->dbig3);
-    free(m->dsmall1); free(m->dsmall2);
-    for (int i = 0; i < 8; i++) free(m->dd[i]);
+    free(m->dsmall1); free(m->dsmall2); free(m->dsmall3); free(m->dsmall4);
+    for (int i = 0; i < REF_NDD; i++) free(m->dd[i]);
     free(m);
 }
 
@@ -129,6 +147,29 @@ static void mixer_forward(RF(RefModel) *m, int l, const real *params, real *out)
             RF(ref_delta_rule_recurrent_forward)(a->o, NULL, a->qn, a->kn, a->vc, a->beta, NULL, B, T, H, K, K, scale);
         RF(ref_rmsnorm_forward)(a->on, a->orstd, a->o, params + P[DN_P_O_NORM], N * H, K, (real)c->norm_eps);
         RF(ref_linear_forward)(out, a->on, params + P[DN_P_O], N, D, D);
+    } else if (c->layers[l] == 'N') {
+        int H = c->gdn_heads, K = c->gdn_head_dim, Vg = dn_gdn_value_dim(c), cs = c->conv_size;
+        int HK = dn_gdn_key_width(c), HV = dn_gdn_value_width(c);
+        RF(ref_linear_forward)(a->qpre, a->x1, params + P[DN_P_Q], N, D, HK);
+        RF(ref_linear_forward)(a->kpre, a->x1, params + P[DN_P_K], N, D, HK);
+        RF(ref_linear_forward)(a->vpre, a->x1, params + P[DN_P_V], N, D, HV);
+        RF(ref_linear_forward)(a->apre, a->x1, params + P[DN_P_A], N, D, H);
+        RF(ref_linear_forward)(a->bpre, a->x1, params + P[DN_P_B], N, D, H);
+        RF(ref_linear_forward)(a->gpre, a->x1, params + P[DN_P_G], N, D, HV);
+        RF(ref_conv_silu_forward)(a->qc, a->qpre, params + P[DN_P_Q_CONV], B, T, HK, cs);
+        RF(ref_conv_silu_forward)(a->kc, a->kpre, params + P[DN_P_K_CONV], B, T, HK, cs);
+        RF(ref_conv_silu_forward)(a->vc, a->vpre, params + P[DN_P_V_CONV], B, T, HV, cs);
+        RF(ref_l2norm_forward)(a->qn, a->qc, N * H, K, (real)c->l2_eps);
+        RF(ref_l2norm_forward)(a->kn, a->kc, N * H, K, (real)c->l2_eps);
+        RF(ref_sigmoid_forward)(a->beta, a->bpre, N * H);
+        RF(ref_gdn_decay_forward)(a->gdec, a->apre, params + P[DN_P_A_LOG], params + P[DN_P_DT_BIAS], N, H);
+        real scale = (real)(1.0 / sqrt((double)K));
+        if (m->chunk > 0)
+            RF(ref_gated_delta_rule_chunk_forward)(a->o, NULL, a->qn, a->kn, a->vc, a->beta, a->gdec, NULL, B, T, H, K, Vg, scale, m->chunk);
+        else
+            RF(ref_gated_delta_rule_recurrent_forward)(a->o, NULL, a->qn, a->kn, a->vc, a->beta, a->gdec, NULL, B, T, H, K, Vg, scale);
+        RF(ref_gated_rmsnorm_forward)(a->on, a->orstd, a->o, a->gpre, params + P[DN_P_O_NORM], N * H, Vg, (real)c->norm_eps);
+        RF(ref_linear_forward)(out, a->on, params + P[DN_P_O], N, HV, D);
     } else {
         int Hq = c->attn_heads, Hkv = c->attn_kv_heads, dh = D / Hq, kvd = Hkv * dh;
         int window = c->layers[l] == 'S' ? c->window : 0;
@@ -210,6 +251,40 @@ static void mixer_backward(RF(RefModel) *m, int l, const real *params, real *gra
         vzero(dpre, ND);
         RF(ref_conv_silu_backward)(dpre, grads + P[DN_P_V_CONV], dvc, a->vpre, params + P[DN_P_V_CONV], B, T, D, cs);
         RF(ref_linear_backward)(dx1, grads + P[DN_P_V], dpre, a->x1, params + P[DN_P_V], N, D, D);
+    } else if (c->layers[l] == 'N') {
+        int H = c->gdn_heads, K = c->gdn_head_dim, Vg = dn_gdn_value_dim(c), cs = c->conv_size;
+        int HK = dn_gdn_key_width(c), HV = dn_gdn_value_width(c);
+        size_t NH = (size_t)N * H, NK = (size_t)N * HK, NV = (size_t)N * HV;
+        real *don = dd[1], *d_o = dd[2], *dqn = dd[3], *dkn = dd[4], *dvc = dd[5], *dqc = dd[6], *dpre = dd[7], *dgpre = dd[8];
+        real *dbeta = m->dsmall1, *dbpre = m->dsmall2, *dgdec = m->dsmall3, *dapre = m->dsmall4;
+        vzero(don, NV); vzero(d_o, NV); vzero(dqn, NK); vzero(dkn, NK); vzero(dvc, NV); vzero(dgpre, NV);
+        vzero(dbeta, NH); vzero(dbpre, NH); vzero(dgdec, NH); vzero(dapre, NH);
+        /* out = (RMSNorm(o) * silu(gpre)) W_o^T */
+        RF(ref_linear_backward)(don, grads + P[DN_P_O], dout, a->on, params + P[DN_P_O], N, HV, D);
+        RF(ref_gated_rmsnorm_backward)(d_o, dgpre, grads + P[DN_P_O_NORM], don, a->o, a->gpre, params + P[DN_P_O_NORM], a->orstd, N * H, Vg);
+        RF(ref_linear_backward)(dx1, grads + P[DN_P_G], dgpre, a->x1, params + P[DN_P_G], N, D, HV);
+        real scale = (real)(1.0 / sqrt((double)K));
+        if (m->chunk > 0)
+            RF(ref_gated_delta_rule_chunk_backward)(dqn, dkn, dvc, dbeta, dgdec, NULL, d_o, NULL, a->qn, a->kn, a->vc, a->beta, a->gdec, NULL, B, T, H, K, Vg, scale, m->chunk);
+        else
+            RF(ref_gated_delta_rule_recurrent_backward)(dqn, dkn, dvc, dbeta, dgdec, NULL, d_o, NULL, a->qn, a->kn, a->vc, a->beta, a->gdec, NULL, B, T, H, K, Vg, scale);
+        /* the decay and beta */
+        RF(ref_gdn_decay_backward)(dapre, grads + P[DN_P_A_LOG], grads + P[DN_P_DT_BIAS], dgdec, a->apre, params + P[DN_P_A_LOG], params + P[DN_P_DT_BIAS], N, H);
+        RF(ref_linear_backward)(dx1, grads + P[DN_P_A], dapre, a->x1, params + P[DN_P_A], N, D, H);
+        RF(ref_sigmoid_backward)(dbpre, dbeta, a->beta, N * H);
+        RF(ref_linear_backward)(dx1, grads + P[DN_P_B], dbpre, a->x1, params + P[DN_P_B], N, D, H);
+        /* q, k: l2norm <- conv+silu <- projection; v: conv+silu <- projection */
+        vzero(dqc, NK); vzero(dpre, NK);
+        RF(ref_l2norm_backward)(dqc, dqn, a->qc, N * H, K, (real)c->l2_eps);
+        RF(ref_conv_silu_backward)(dpre, grads + P[DN_P_Q_CONV], dqc, a->qpre, params + P[DN_P_Q_CONV], B, T, HK, cs);
+        RF(ref_linear_backward)(dx1, grads + P[DN_P_Q], dpre, a->x1, params + P[DN_P_Q], N, D, HK);
+        vzero(dqc, NK); vzero(dpre, NK);
+        RF(ref_l2norm_backward)(dqc, dkn, a->kc, N * H, K, (real)c->l2_eps);
+        RF(ref_conv_silu_backward)(dpre, grads + P[DN_P_K_CONV], dqc, a->kpre, params + P[DN_P_K_CONV], B, T, HK, cs);
+        RF(ref_linear_backward)(dx1, grads + P[DN_P_K], dpre, a->x1, params + P[DN_P_K], N, D, HK);
+        vzero(dpre, NV);
+        RF(ref_conv_silu_backward)(dpre, grads + P[DN_P_V_CONV], dvc, a->vpre, params + P[DN_P_V_CONV], B, T, HV, cs);
+        RF(ref_linear_backward)(dx1, grads + P[DN_P_V], dpre, a->x1, params + P[DN_P_V], N, D, HV);
     } else {
         int Hq = c->attn_heads, Hkv = c->attn_kv_heads, dh = D / Hq, kvd = Hkv * dh;
         int window = c->layers[l] == 'S' ? c->window : 0;

@@ -87,3 +87,41 @@ void RF(ref_delta_rule_chunk_backward)(REAL *dq, REAL *dk, REAL *dv, REAL *dbeta
                                        const REAL *dout, const REAL *dS_final, const REAL *q,
                                        const REAL *k, const REAL *v, const REAL *beta, const REAL *S0,
                                        int B, int T, int H, int K, int V, REAL scale, int C);
+
+/* ---- the gated delta rule (ref/gateddelta.c) --------------------------------------------------
+ * The delta rule with a per-token, per-head decay alpha_t = exp(g_t): g [B,T,H] is the LOG decay
+ * (g <= 0 in the model; any finite value works here), the rest as above:
+ *   S_t = alpha_t S_{t-1} + beta_t k_t (v_t - alpha_t S_{t-1}^T k_t)^T,  o_t = scale * S_t^T q_t
+ * g == 0 is the delta rule. Backward: also dg (+=). */
+void RF(ref_gated_delta_rule_recurrent_forward)(REAL *o, REAL *S_final, const REAL *q, const REAL *k,
+                                                const REAL *v, const REAL *beta, const REAL *g,
+                                                const REAL *S0, int B, int T, int H, int K, int V, REAL scale);
+void RF(ref_gated_delta_rule_recurrent_backward)(REAL *dq, REAL *dk, REAL *dv, REAL *dbeta, REAL *dg,
+                                                 REAL *dS0, const REAL *dout, const REAL *dS_final,
+                                                 const REAL *q, const REAL *k, const REAL *v,
+                                                 const REAL *beta, const REAL *g, const REAL *S0,
+                                                 int B, int T, int H, int K, int V, REAL scale);
+/* The same function computed chunkwise (the gated WY form, chunk size C). */
+void RF(ref_gated_delta_rule_chunk_forward)(REAL *o, REAL *S_final, const REAL *q, const REAL *k,
+                                            const REAL *v, const REAL *beta, const REAL *g,
+                                            const REAL *S0, int B, int T, int H, int K, int V,
+                                            REAL scale, int C);
+void RF(ref_gated_delta_rule_chunk_backward)(REAL *dq, REAL *dk, REAL *dv, REAL *dbeta, REAL *dg,
+                                             REAL *dS0, const REAL *dout, const REAL *dS_final,
+                                             const REAL *q, const REAL *k, const REAL *v,
+                                             const REAL *beta, const REAL *g, const REAL *S0,
+                                             int B, int T, int H, int K, int V, REAL scale, int C);
+
+/* ---- the gated DeltaNet layer's gates (ref/gate.c) --------------------------------------------
+ * Decay: g[n,h] = -exp(A_log[h]) * softplus(a[n,h] + dt_bias[h]) over N rows of H heads
+ * (softplus(x) = log(1 + e^x), = x above 20 like PyTorch's). Backward: da, dA_log, ddt_bias (+=). */
+void RF(ref_gdn_decay_forward)(REAL *g, const REAL *a, const REAL *A_log, const REAL *dt_bias, int N, int H);
+void RF(ref_gdn_decay_backward)(REAL *da, REAL *dA_log, REAL *ddt_bias, const REAL *dg, const REAL *a,
+                                const REAL *A_log, const REAL *dt_bias, int N, int H);
+/* Gated output norm over rows of C: out = RMSNorm(inp; w) * silu(gate) (fla's FusedRMSNormGated,
+ * swish), rstd[N] saved. N = B*T*H rows of one head's V values, one gain w [C] for all heads.
+ * Backward: dinp, dgate, dw (+=). */
+void RF(ref_gated_rmsnorm_forward)(REAL *out, REAL *rstd, const REAL *inp, const REAL *gate, const REAL *w,
+                                   int N, int C, REAL eps);
+void RF(ref_gated_rmsnorm_backward)(REAL *dinp, REAL *dgate, REAL *dw, const REAL *dout, const REAL *inp,
+                                    const REAL *gate, const REAL *w, const REAL *rstd, int N, int C);

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Score a deltanet.c checkpoint with the PyTorch reference model (flash-linear-attention's
-DeltaNetForCausalLM), to check that checkpoints load there as they are and give the same loss.
+DeltaNetForCausalLM, or GatedDeltaNetForCausalLM for a model of gated DeltaNet layers), to check that
+checkpoints load there as they are and give the same loss.
 
 usage: python3 scripts/fla_check.py CHECKPOINT.safetensors SHARD.bin [-b 1024] [-n 8] [--chunk]
 
@@ -41,7 +42,7 @@ def main():
     from safetensors import safe_open
     from safetensors.torch import load_file
     import fla.layers.attn as fla_attn
-    from fla.models import DeltaNetConfig, DeltaNetForCausalLM
+    from fla.models import DeltaNetConfig, DeltaNetForCausalLM, GatedDeltaNetConfig, GatedDeltaNetForCausalLM
 
     if fla_attn.flash_attn_func is None:
         # fla's attention layers call the flash-attn package; without it, use the same math
@@ -67,14 +68,20 @@ def main():
     # fla's l2norm has a fixed eps (1e-6) that its config does not carry
     if float(meta.get("l2_eps", "1e-6")) != float("1e-6"):
         sys.exit(f"l2_eps {meta['l2_eps']}: fla's l2norm uses 1e-6, so it cannot reproduce this model")
-    fla_cfg.pop("model_type", None)
+    model_type = fla_cfg.pop("model_type", None)
+    classes = {"delta_net": (DeltaNetConfig, DeltaNetForCausalLM),
+               "gated_deltanet": (GatedDeltaNetConfig, GatedDeltaNetForCausalLM)}
+    if model_type not in classes:
+        sys.exit(f"{args.checkpoint}: fla_config has model_type {model_type!r} (layers {meta.get('layers')}): "
+                 "no fla model holds it (a model with both D and N layers has none)")
+    Config, ForCausalLM = classes[model_type]
     # fla's chunk kernels refuse float32; its fused_recurrent kernels compute the sequential form
     fla_cfg["attn_mode"] = "chunk" if args.chunk else "fused_recurrent"
     fla_cfg.update(fuse_cross_entropy=False, fuse_norm=False, fuse_swiglu=False)
-    cfg = DeltaNetConfig(**fla_cfg)
+    cfg = Config(**fla_cfg)
     torch.manual_seed(0)
     dtype = torch.bfloat16 if args.chunk else torch.float32
-    model = DeltaNetForCausalLM(cfg).cuda().to(dtype).eval()
+    model = ForCausalLM(cfg).cuda().to(dtype).eval()
     sd = load_file(args.checkpoint)
     expected = set(model.state_dict().keys())
     if cfg.tie_word_embeddings:
@@ -85,7 +92,7 @@ def main():
     model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=not cfg.tie_word_embeddings)
     if cfg.tie_word_embeddings:
         model.tie_weights()
-    print(f"loaded {len(sd)} tensors into DeltaNetForCausalLM ({sum(p.numel() for p in model.parameters())/1e6:.2f}M parameters), layers {meta.get('layers')}")
+    print(f"loaded {len(sd)} tensors into {ForCausalLM.__name__} ({sum(p.numel() for p in model.parameters())/1e6:.2f}M parameters), layers {meta.get('layers')}")
 
     toks = read_shard(args.shard)
     b, n = args.b, args.n

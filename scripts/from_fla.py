@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Convert a flash-linear-attention DeltaNet checkpoint (a Hugging Face model folder: config.json
-plus model.safetensors, or several *.safetensors shards) into a deltanet.c checkpoint that
-./infer and ./train_deltanet --resume read.
+"""Convert a flash-linear-attention DeltaNet or Gated DeltaNet checkpoint (a Hugging Face model
+folder: config.json plus model.safetensors, or several *.safetensors shards) into a deltanet.c
+checkpoint that ./infer and ./train_deltanet --resume read.
 
 usage: python3 scripts/from_fla.py FLA_MODEL_DIR OUT.safetensors
 
 deltanet.c checkpoints already use the reference's tensor names and layouts, so this only checks
-that the config is one deltanet.c computes (DeltaNet with short convolutions, beta, L2-normalised
-silu q/k, output RMSNorm, no gate; attention layers sharing one set of heads / KV heads / RoPE base),
+that the config is one deltanet.c computes (model_type delta_net: DeltaNet with short convolutions,
+beta, L2-normalised silu q/k, output RMSNorm, no gate; model_type gated_deltanet: GatedDeltaNet with
+short convolutions, the swish output gate, no negative eigenvalues, as many value heads as heads,
+an integer expand_v; attention layers sharing one set of heads / KV heads / RoPE base),
 copies the tensors (F32 and BF16 as they are, F16 widened to F32), and writes the config into
 __metadata__. Pure Python: no torch or numpy needed.
 """
@@ -44,19 +46,39 @@ def read_safetensors(path):
 
 
 def config_from_fla(cfg):
-    def need(key, want):
-        got = cfg.get(key, want)
+    def need(key, want, default=None):
+        got = cfg.get(key, want if default is None else default)
         if got != want:
             die(f"config.json: {key} = {got!r}; deltanet.c computes {key} = {want!r}")
 
-    for key, want in [("use_short_conv", True), ("use_beta", True), ("use_gate", False),
-                      ("use_output_norm", True), ("qk_norm", "l2"), ("qk_activation", "silu"),
-                      ("expand_k", 1), ("expand_v", 1), ("allow_neg_eigval", False)]:
-        need(key, want)
+    model_type = cfg.get("model_type", "delta_net")
+    if model_type not in ("delta_net", "gated_deltanet"):
+        die(f"config.json: model_type {model_type!r}; deltanet.c reads delta_net and gated_deltanet")
+    gated = model_type == "gated_deltanet"
+    if gated:
+        # GatedDeltaNetConfig's defaults where a key is absent
+        for key, want, default in [("use_short_conv", True, True), ("use_gate", True, True),
+                                   ("allow_neg_eigval", False, False)]:
+            need(key, want, default)
+        if cfg.get("output_gate_activation", "swish") not in ("swish", "silu"):
+            die(f"config.json: output_gate_activation {cfg['output_gate_activation']!r}; deltanet.c's gate is swish")
+        Hg, Kg, ev = cfg.get("num_heads", 6), cfg.get("head_dim", 256), cfg.get("expand_v", 2.0)
+        if cfg.get("num_v_heads") not in (None, Hg):
+            die(f"config.json: num_v_heads {cfg['num_v_heads']!r} != num_heads {Hg}; deltanet.c has no grouped value heads")
+        if float(ev) != int(ev) or int(ev) < 1:
+            die(f"config.json: expand_v {ev!r}; deltanet.c takes a positive integer")
+    else:
+        for key, want in [("use_short_conv", True), ("use_beta", True), ("use_gate", False),
+                          ("use_output_norm", True), ("qk_norm", "l2"), ("qk_activation", "silu"),
+                          ("expand_k", 1), ("expand_v", 1), ("allow_neg_eigval", False)]:
+            need(key, want)
     if cfg.get("hidden_act", "swish") not in ("swish", "silu"):
         die(f"config.json: hidden_act {cfg['hidden_act']!r}; deltanet.c's MLP is SwiGLU")
     D, L, H = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_heads"]
-    if D % H:
+    if gated:
+        # no 'D' layer: its heads only have to tile d_model (the presets' rule gives the geometry back)
+        H = H if D % H == 0 else 1
+    elif D % H:
         die(f"config.json: hidden_size {D} is not a multiple of num_heads {H}")
     inter = cfg.get("intermediate_size")
     if inter is None:
@@ -64,7 +86,7 @@ def config_from_fla(cfg):
         inter = int(D * ratio * 2 / 3)
         inter = 256 * ((inter + 255) // 256)
     vocab = cfg["vocab_size"]
-    layers = ["D"] * L
+    layers = ["N" if gated else "D"] * L
     attn = cfg.get("attn")
     heads = kv = window = None
     rope = 10000.0
@@ -90,7 +112,8 @@ def config_from_fla(cfg):
         "n_head": H, "head_dim": D // H, "conv_size": cfg.get("conv_size", 4), "hidden_size": inter,
         "norm_eps": cfg.get("norm_eps", 1e-6), "tie_embeddings": int(bool(cfg.get("tie_word_embeddings", False))),
         "attn_heads": heads or H, "attn_kv_heads": kv or heads or H, "window": window or 512,
-        "rope_base": rope, "layers": "".join(layers), "fla_config": json.dumps(cfg),
+        "rope_base": rope, "gdn_heads": Hg if gated else H, "gdn_head_dim": Kg if gated else max(1, D // H // 2),
+        "gdn_expand_v": int(ev) if gated else 2, "layers": "".join(layers), "fla_config": json.dumps(cfg),
     }
 
 

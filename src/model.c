@@ -240,14 +240,26 @@ static void dn_config_fill(DNConfig *c, int vocab, int d, int nl, int nh, int ti
     c->attn_kv_heads = nh;
     c->window = 512;
     c->rope_base = 10000.0f;
+    dn_config_default_gdn(c);
     for (int l = 0; l < nl && l < DN_MAX_LAYERS; l++) c->layers[l] = 'D';
+}
+
+void dn_config_default_gdn(DNConfig *c) {
+    c->gdn_heads = c->n_head;
+    c->gdn_head_dim = c->head_dim / 2 > 1 ? c->head_dim / 2 : 1;
+    c->gdn_expand_v = 2;
 }
 
 int dn_config_preset(DNConfig *cfg, const char *name) {
     if (!strcmp(name, "tiny")) dn_config_fill(cfg, 50257, 64, 4, 2, 1);
     else if (!strcmp(name, "d12")) dn_config_fill(cfg, 50257, 768, 12, 6, 1);
     else if (!strcmp(name, "340M")) dn_config_fill(cfg, 50257, 1024, 24, 8, 1);
-    else return -1;
+    else if (!strcmp(name, "gdn")) {
+        /* d12 with gated DeltaNet layers: 6 heads of K = 64, V = 128 (expand_v 2): 123,737,232
+         * parameters, d12 has 123,718,656 (docs/MODEL.md) */
+        dn_config_fill(cfg, 50257, 768, 12, 6, 1);
+        for (int l = 0; l < 12; l++) cfg->layers[l] = 'N';
+    } else return -1;
     return 0;
 }
 
@@ -259,9 +271,9 @@ int dn_config_set_layers(DNConfig *cfg, const char *kinds, char *err, size_t err
     }
     for (size_t i = 0; i < n; i++) {
         char ch = kinds[i];
-        if (ch != 'D' && ch != 'S' && ch != 'G') {
+        if (ch != 'D' && ch != 'S' && ch != 'G' && ch != 'N') {
             char e[DN_ESC_LEN];
-            dn_seterr(err, errlen, "layer %zu has kind '%s'; use D (DeltaNet), S (sliding window) or G (global)", i, dn_escape(e, sizeof e, &kinds[i], 1));
+            dn_seterr(err, errlen, "layer %zu has kind '%s'; use D (DeltaNet), N (gated DeltaNet), S (sliding window) or G (global)", i, dn_escape(e, sizeof e, &kinds[i], 1));
             return -1;
         }
     }
@@ -285,8 +297,8 @@ int dn_config_validate(const DNConfig *c, char *err, size_t errlen) {
     int n_attn = 0;
     for (int l = 0; l < c->n_layer; l++) {
         char k = c->layers[l], e[DN_ESC_LEN];
-        DN_REQ(k == 'D' || k == 'S' || k == 'G', "layer %d has unknown kind '%s'", l, dn_escape(e, sizeof e, &c->layers[l], 1));
-        n_attn += k != 'D';
+        DN_REQ(k == 'D' || k == 'S' || k == 'G' || k == 'N', "layer %d has unknown kind '%s'", l, dn_escape(e, sizeof e, &c->layers[l], 1));
+        n_attn += k == 'S' || k == 'G';
     }
     DN_REQ(c->n_head >= 1 && c->head_dim >= 1, "n_head %d and head_dim %d must be positive", c->n_head, c->head_dim);
     DN_REQ((long)c->n_head * c->head_dim == c->d_model, "n_head * head_dim = %d * %d != d_model %d", c->n_head, c->head_dim, c->d_model);
@@ -301,6 +313,13 @@ int dn_config_validate(const DNConfig *c, char *err, size_t errlen) {
     /* any window >= 1 is valid, INT_MAX included: a window longer than the context is global */
     DN_REQ(c->window >= 1, "window %d must be >= 1", c->window);
     DN_REQ(c->attn_heads >= 1 && c->attn_kv_heads >= 1, "attn_heads %d and attn_kv_heads %d must be positive", c->attn_heads, c->attn_kv_heads);
+    /* the gated DeltaNet geometry too; the widths stay within an int (a shape dimension) */
+    DN_REQ(c->gdn_heads >= 1 && c->gdn_heads <= 65536, "gdn_heads %d out of range [1, 65536]", c->gdn_heads);
+    DN_REQ(c->gdn_head_dim >= 1 && c->gdn_head_dim <= 65536, "gdn_head_dim %d out of range [1, 65536]", c->gdn_head_dim);
+    DN_REQ(c->gdn_expand_v >= 1 && c->gdn_expand_v <= 64, "gdn_expand_v %d out of range [1, 64]", c->gdn_expand_v);
+    DN_REQ((long)c->gdn_heads * c->gdn_head_dim * c->gdn_expand_v <= (1L << 20),
+           "gated DeltaNet value width gdn_heads * gdn_head_dim * gdn_expand_v = %ld is more than %ld",
+           (long)c->gdn_heads * c->gdn_head_dim * c->gdn_expand_v, 1L << 20);
     if (n_attn > 0) {
         DN_REQ(c->d_model % c->attn_heads == 0, "attn_heads %d must divide d_model %d", c->attn_heads, c->d_model);
         DN_REQ((c->d_model / c->attn_heads) % 2 == 0, "attention head size %d must be even (RoPE)", c->d_model / c->attn_heads);
@@ -337,7 +356,7 @@ int dn_build_param_table(DNParamTable *t, const DNConfig *c, char *err, size_t e
     if (dn_config_validate(c, err, errlen)) return -1;
     t->cfg = *c;
     int D = c->d_model, I = c->hidden_size, Vp = c->padded_vocab, Vr = c->vocab_size;
-    int cap = 3 + 16 * c->n_layer;
+    int cap = 3 + 18 * c->n_layer;
     t->params = (DNParam *)calloc((size_t)cap, sizeof(DNParam));
     t->layer = (DNLayerOffsets *)calloc((size_t)c->n_layer, sizeof(DNLayerOffsets));
     if (!t->params || !t->layer) { dn_seterr(err, errlen, "out of memory"); dn_free_param_table(t); return -1; }
@@ -360,6 +379,24 @@ int dn_build_param_table(DNParamTable *t, const DNConfig *c, char *err, size_t e
             dn_add_param(t, cap, DN_P_V_CONV, l, DN_NAME("attn.v_conv1d.weight"), 3, D, 1, cs, 0, 1, std);
             dn_add_param(t, cap, DN_P_O_NORM, l, DN_NAME("attn.o_norm.weight"), 1, K, 0, 0, 0, 0, 0.0f);
             dn_add_param(t, cap, DN_P_O, l, DN_NAME("attn.o_proj.weight"), 2, D, D, 0, 0, 1, std);
+        } else if (c->layers[l] == 'N') {
+            /* fla's GatedDeltaNet, in its order; A_log and dt_bias have their own init (< 0)
+             * and no weight decay */
+            int H = c->gdn_heads, Vg = dn_gdn_value_dim(c), HK = dn_gdn_key_width(c), HV = dn_gdn_value_width(c);
+            int cs = c->conv_size;
+            dn_add_param(t, cap, DN_P_Q, l, DN_NAME("attn.q_proj.weight"), 2, HK, D, 0, 0, 1, std);
+            dn_add_param(t, cap, DN_P_K, l, DN_NAME("attn.k_proj.weight"), 2, HK, D, 0, 0, 1, std);
+            dn_add_param(t, cap, DN_P_V, l, DN_NAME("attn.v_proj.weight"), 2, HV, D, 0, 0, 1, std);
+            dn_add_param(t, cap, DN_P_A, l, DN_NAME("attn.a_proj.weight"), 2, H, D, 0, 0, 1, std);
+            dn_add_param(t, cap, DN_P_B, l, DN_NAME("attn.b_proj.weight"), 2, H, D, 0, 0, 1, std);
+            dn_add_param(t, cap, DN_P_A_LOG, l, DN_NAME("attn.A_log"), 1, H, 0, 0, 0, 0, -1.0f);
+            dn_add_param(t, cap, DN_P_DT_BIAS, l, DN_NAME("attn.dt_bias"), 1, H, 0, 0, 0, 0, -1.0f);
+            dn_add_param(t, cap, DN_P_Q_CONV, l, DN_NAME("attn.q_conv1d.weight"), 3, HK, 1, cs, 0, 1, std);
+            dn_add_param(t, cap, DN_P_K_CONV, l, DN_NAME("attn.k_conv1d.weight"), 3, HK, 1, cs, 0, 1, std);
+            dn_add_param(t, cap, DN_P_V_CONV, l, DN_NAME("attn.v_conv1d.weight"), 3, HV, 1, cs, 0, 1, std);
+            dn_add_param(t, cap, DN_P_G, l, DN_NAME("attn.g_proj.weight"), 2, HV, D, 0, 0, 1, std);
+            dn_add_param(t, cap, DN_P_O_NORM, l, DN_NAME("attn.o_norm.weight"), 1, Vg, 0, 0, 0, 0, 0.0f);
+            dn_add_param(t, cap, DN_P_O, l, DN_NAME("attn.o_proj.weight"), 2, D, HV, 0, 0, 1, std);
         } else {
             int kvd = c->attn_kv_heads * dn_attn_head_dim(c);
             dn_add_param(t, cap, DN_P_Q, l, DN_NAME("attn.q_proj.weight"), 2, D, D, 0, 0, 1, std);
@@ -430,7 +467,22 @@ void dn_init_params(const DNParamTable *t, float *params, uint64_t seed) {
     for (int i = 0; i < t->n_params; i++) {
         const DNParam *p = &t->params[i];
         float *w = params + p->offset;
-        for (size_t j = 0; j < p->numel; j++) w[j] = p->init_std == 0.0f ? 1.0f : p->init_std * dn_rng_normal(&r);
+        for (size_t j = 0; j < p->numel; j++) {
+            if (p->kind == DN_P_A_LOG) {
+                /* A ~ U(0, 16), A_log = log A (A = 0 would be log 0: the uniform draw is never
+                 * below 2^-24, so A >= 16 * 2^-24) */
+                double u = dn_rng_uniform(&r);
+                w[j] = (float)log(16.0 * (u > 0.0 ? u : 1.0 / 16777216.0));
+            } else if (p->kind == DN_P_DT_BIAS) {
+                /* dt = exp(U(log 1e-3, log 0.1)) floored at 1e-4; dt_bias = softplus^-1(dt) =
+                 * dt + log(-expm1(-dt)) */
+                double dt = exp(log(1e-3) + dn_rng_uniform(&r) * (log(0.1) - log(1e-3)));
+                dt = dt < 1e-4 ? 1e-4 : dt;
+                w[j] = (float)(dt + log(-expm1(-dt)));
+            } else {
+                w[j] = p->init_std == 0.0f ? 1.0f : p->init_std * dn_rng_normal(&r);
+            }
+        }
     }
 }
 
@@ -806,24 +858,41 @@ static int dn_check_format(const DNStFile *s, const char *want, const char *path
 
 /* ---- model checkpoints ----------------------------------------------------------------------- */
 
-/* The reference (flash-linear-attention DeltaNetConfig) fields, as a JSON string, so that a
- * PyTorch script can build the matching model from the checkpoint alone. */
+/* The reference's config (flash-linear-attention DeltaNetConfig, or GatedDeltaNetConfig for a model
+ * with gated DeltaNet layers), as a JSON string, so that a PyTorch script can build the matching
+ * model from the checkpoint alone. A model with both 'D' and 'N' layers has no fla counterpart:
+ * NULL (the writer stores "{}"). */
 static char *dn_fla_config_json(const DNConfig *c) {
+    const int gated = strchr(c->layers, 'N') != NULL;
+    if (gated && strchr(c->layers, 'D')) return NULL;
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "model_type", "delta_net");
+    cJSON_AddStringToObject(o, "model_type", gated ? "gated_deltanet" : "delta_net");
     cJSON_AddNumberToObject(o, "vocab_size", c->vocab_size);
     cJSON_AddNumberToObject(o, "hidden_size", c->d_model);
     cJSON_AddNumberToObject(o, "num_hidden_layers", c->n_layer);
-    cJSON_AddNumberToObject(o, "num_heads", c->n_head);
-    cJSON_AddNumberToObject(o, "expand_k", 1);
-    cJSON_AddNumberToObject(o, "expand_v", 1);
-    cJSON_AddBoolToObject(o, "use_short_conv", 1);
-    cJSON_AddNumberToObject(o, "conv_size", c->conv_size);
-    cJSON_AddBoolToObject(o, "use_beta", 1);
-    cJSON_AddBoolToObject(o, "use_gate", 0);
-    cJSON_AddBoolToObject(o, "use_output_norm", 1);
-    cJSON_AddStringToObject(o, "qk_norm", "l2");
-    cJSON_AddStringToObject(o, "qk_activation", "silu");
+    if (gated) {
+        cJSON_AddStringToObject(o, "attn_mode", "chunk");
+        cJSON_AddNumberToObject(o, "num_heads", c->gdn_heads);
+        cJSON_AddNullToObject(o, "num_v_heads");
+        cJSON_AddNumberToObject(o, "head_dim", c->gdn_head_dim);
+        cJSON_AddNumberToObject(o, "expand_v", c->gdn_expand_v);
+        cJSON_AddBoolToObject(o, "use_gate", 1);
+        cJSON_AddBoolToObject(o, "use_short_conv", 1);
+        cJSON_AddBoolToObject(o, "allow_neg_eigval", 0);
+        cJSON_AddNumberToObject(o, "conv_size", c->conv_size);
+        cJSON_AddStringToObject(o, "output_gate_activation", "swish");
+    } else {
+        cJSON_AddNumberToObject(o, "num_heads", c->n_head);
+        cJSON_AddNumberToObject(o, "expand_k", 1);
+        cJSON_AddNumberToObject(o, "expand_v", 1);
+        cJSON_AddBoolToObject(o, "use_short_conv", 1);
+        cJSON_AddNumberToObject(o, "conv_size", c->conv_size);
+        cJSON_AddBoolToObject(o, "use_beta", 1);
+        cJSON_AddBoolToObject(o, "use_gate", 0);
+        cJSON_AddBoolToObject(o, "use_output_norm", 1);
+        cJSON_AddStringToObject(o, "qk_norm", "l2");
+        cJSON_AddStringToObject(o, "qk_activation", "silu");
+    }
     cJSON_AddNumberToObject(o, "norm_eps", c->norm_eps);
     cJSON_AddNumberToObject(o, "hidden_ratio", 4);
     cJSON_AddNumberToObject(o, "intermediate_size", c->hidden_size);
@@ -867,7 +936,7 @@ static char *dn_fla_config_json(const DNConfig *c) {
 int dn_checkpoint_write(const char *path, const DNParamTable *t, const float *params, DNDtype dtype,
                         const char *const *extra_meta, char *err, size_t errlen) {
     const DNConfig *c = &t->cfg;
-    char v[16][48];
+    char v[19][48];
     snprintf(v[0], 48, "%d", DN_FORMAT_VERSION);
     snprintf(v[1], 48, "%d", c->vocab_size);
     snprintf(v[2], 48, "%d", c->padded_vocab);
@@ -883,14 +952,18 @@ int dn_checkpoint_write(const char *path, const DNParamTable *t, const float *pa
     snprintf(v[12], 48, "%d", c->attn_kv_heads);
     snprintf(v[13], 48, "%d", c->window);
     snprintf(v[14], 48, "%.9g", (double)c->rope_base);
-    snprintf(v[15], 48, "%.9g", (double)c->l2_eps);
+    snprintf(v[15], 48, "%d", c->gdn_heads);
+    snprintf(v[16], 48, "%d", c->gdn_head_dim);
+    snprintf(v[17], 48, "%d", c->gdn_expand_v);
+    snprintf(v[18], 48, "%.9g", (double)c->l2_eps);
     char *fla = dn_fla_config_json(c);
     const char *meta[] = {"format", DN_FORMAT_NAME, "format_version", v[0], "vocab_size", v[1],
                           "padded_vocab", v[2], "d_model", v[3], "n_layer", v[4], "n_head", v[5],
                           "head_dim", v[6], "conv_size", v[7], "hidden_size", v[8], "norm_eps", v[9],
                           "tie_embeddings", v[10], "attn_heads", v[11], "attn_kv_heads", v[12],
-                          "window", v[13], "rope_base", v[14], "layers", c->layers,
-                          "l2_eps", v[15], /* ours: fla's config has no such key */
+                          "window", v[13], "rope_base", v[14], "gdn_heads", v[15],
+                          "gdn_head_dim", v[16], "gdn_expand_v", v[17], "layers", c->layers,
+                          "l2_eps", v[18], /* ours: fla's config has no such key */
                           "fla_config", fla ? fla : "{}", NULL, NULL};
     DNStWrite *ts = (DNStWrite *)calloc((size_t)t->n_params, sizeof(DNStWrite));
     if (!ts) { free(fla); dn_seterr(err, errlen, "%s: out of memory", path); return -1; }
@@ -927,6 +1000,18 @@ static int dn_config_from_meta(const DNStFile *s, DNConfig *c, const char *path,
     if (!layers) { dn_seterr(err, errlen, "%s: __metadata__ lacks 'layers'", path); return -1; }
     if (strlen(layers) > DN_MAX_LAYERS) { dn_seterr(err, errlen, "%s: more than %d layers", path, DN_MAX_LAYERS); return -1; }
     strcpy(c->layers, layers);
+    /* the gated DeltaNet geometry: files written before 'N' layers existed lack it, and they have
+     * no 'N' layer; such a file gets the presets' rule, a file with 'N' layers must carry it */
+    static const char *gkeys[3] = {"gdn_heads", "gdn_head_dim", "gdn_expand_v"};
+    const int have = (dn_st_meta(s, gkeys[0]) != NULL) + (dn_st_meta(s, gkeys[1]) != NULL) + (dn_st_meta(s, gkeys[2]) != NULL);
+    if (have == 0 && !strchr(c->layers, 'N')) {
+        dn_config_default_gdn(c);
+    } else {
+        long g[3];
+        for (int i = 0; i < 3; i++)
+            if (dn_meta_long(s, gkeys[i], INT_MIN, INT_MAX, &g[i], path, err, errlen)) return -1;
+        c->gdn_heads = (int)g[0]; c->gdn_head_dim = (int)g[1]; c->gdn_expand_v = (int)g[2];
+    }
     char why[DN_ERR_LEN];
     if (dn_config_validate(c, why, sizeof why)) { dn_seterr(err, errlen, "%s: impossible config: %s", path, why); return -1; }
     return 0;

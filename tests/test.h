@@ -67,8 +67,9 @@ static inline void *xcalloc(size_t n, size_t sz) {
 
 /* The small models of the tests (CPU and GPU): every DNConfig field set from the arguments (head_dim:
  * K = V of a DeltaNet head; attention: attn_heads query heads sharing attn_kv_heads key/value heads,
- * `window` keys for 'S' layers), the rest the same everywhere (conv 4, eps 1e-6, RoPE base 10000),
- * and the layer string parsed (exits on a bad one). */
+ * `window` keys for 'S' layers), the rest the same everywhere (conv 4, eps 1e-6, RoPE base 10000,
+ * the presets' gated DeltaNet geometry: n_head heads of key size head_dim / 2, expand_v 2; a test
+ * sets its own after this), and the layer string parsed (exits on a bad one). */
 static inline void test_config(DNConfig *c, const char *layers, int d_model, int n_head, int head_dim, int hidden,
                                int vocab, int padded_vocab, int attn_heads, int attn_kv_heads, int window,
                                int tied) {
@@ -77,6 +78,7 @@ static inline void test_config(DNConfig *c, const char *layers, int d_model, int
     c->n_head = n_head; c->head_dim = head_dim; c->conv_size = 4; c->tie_embeddings = tied;
     c->norm_eps = 1e-6f; c->l2_eps = DN_DEFAULT_L2_EPS; c->rope_base = 10000.0f;
     c->attn_heads = attn_heads; c->attn_kv_heads = attn_kv_heads; c->window = window;
+    dn_config_default_gdn(c);
     char err[256];
     if (dn_config_set_layers(c, layers, err, sizeof err)) { printf("bad layers: %s\n", err); exit(2); }
 }

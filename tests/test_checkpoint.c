@@ -935,6 +935,141 @@ static void test_bf16(void) {
     CHECK(isinf(dn_bf16_to_f32(dn_f32_to_bf16(INFINITY))), "Inf stays Inf");
 }
 
+/* Gated DeltaNet ('N'): the gdn preset's size beside d12's, its table (fla's names and shapes, no
+ * weight decay on A_log and dt_bias, fla's init), the geometry's validation, a GDN hybrid's round
+ * trip with its fla_config, files without the geometry keys (written before 'N' existed). */
+static void test_gdn(void) {
+    DNConfig c, c2;
+    DNParamTable t, t12;
+    char err[DN_ERR_LEN], path[512], v[4096];
+    CHECK(dn_config_preset(&c, "gdn") == 0 && !strcmp(c.layers, "NNNNNNNNNNNN"), "gdn preset: 12 'N' layers");
+    CHECK(c.d_model == 768 && c.gdn_heads == 6 && c.gdn_head_dim == 64 && c.gdn_expand_v == 2, "gdn preset geometry");
+    CHECK(dn_build_param_table(&t, &c, err, sizeof err) == 0, "gdn table: %s", err);
+    dn_config_preset(&c2, "d12");
+    dn_build_param_table(&t12, &c2, err, sizeof err);
+    double ratio = (double)t.total_real / (double)t12.total_real;
+    printf("  ok  gdn preset: %zu parameters (%d tensors), %.4f x d12's %zu\n", t.total_real, t.n_params, ratio, t12.total_real);
+    CHECK(fabs(ratio - 1.0) < 0.05, "gdn parameters %zu not within 5%% of d12's %zu", t.total_real, t12.total_real);
+    struct { const char *name; int ndim, s0, s1, s2, decay; } want[] = {
+        {"model.layers.3.attn.q_proj.weight", 2, 384, 768, 0, 1}, {"model.layers.3.attn.k_proj.weight", 2, 384, 768, 0, 1},
+        {"model.layers.3.attn.v_proj.weight", 2, 768, 768, 0, 1}, {"model.layers.3.attn.a_proj.weight", 2, 6, 768, 0, 1},
+        {"model.layers.3.attn.b_proj.weight", 2, 6, 768, 0, 1}, {"model.layers.3.attn.A_log", 1, 6, 0, 0, 0},
+        {"model.layers.3.attn.dt_bias", 1, 6, 0, 0, 0}, {"model.layers.3.attn.q_conv1d.weight", 3, 384, 1, 4, 1},
+        {"model.layers.3.attn.k_conv1d.weight", 3, 384, 1, 4, 1}, {"model.layers.3.attn.v_conv1d.weight", 3, 768, 1, 4, 1},
+        {"model.layers.3.attn.g_proj.weight", 2, 768, 768, 0, 1}, {"model.layers.3.attn.o_norm.weight", 1, 128, 0, 0, 0},
+        {"model.layers.3.attn.o_proj.weight", 2, 768, 768, 0, 1}};
+    int layer_tensors = 0;
+    for (int i = 0; i < t.n_params; i++) layer_tensors += t.params[i].layer == 3;
+    CHECK(layer_tensors == 13 + 5, "an 'N' layer has 13 mixer tensors + 2 norms + 3 MLP, got %d", layer_tensors);
+    for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) {
+        int i = dn_find_param(&t, want[k].name);
+        const DNParam *p = i >= 0 ? &t.params[i] : NULL;
+        int ok = p && p->ndim == want[k].ndim && p->shape[0] == want[k].s0 && (p->ndim < 2 || p->shape[1] == want[k].s1) &&
+                 (p->ndim < 3 || p->shape[2] == want[k].s2) && p->decay == want[k].decay;
+        CHECK(ok, "gdn tensor %s: shape / decay as fla's", want[k].name);
+    }
+    CHECK(t.layer[3].p[DN_P_A_LOG] != DN_NO_PARAM && t.layer[3].p[DN_P_G] != DN_NO_PARAM, "per-layer offsets of the 'N' kinds");
+    /* fla's init: A = exp(A_log) in (0, 16), dt = softplus(dt_bias) in [1e-4, 0.1] */
+    float *w = xcalloc(t.total, sizeof(float));
+    dn_init_params(&t, w, 5);
+    int init_ok = 1;
+    double Amin = 1e9, Amax = 0, dmin = 1e9, dmax = 0;
+    for (int l = 0; l < 12; l++)
+        for (int h = 0; h < 6; h++) {
+            double A = exp(w[t.layer[l].p[DN_P_A_LOG] + h]), dt = log1p(exp(w[t.layer[l].p[DN_P_DT_BIAS] + h]));
+            init_ok &= A > 0 && A < 16 && dt >= 1e-4 * 0.999 && dt <= 0.1 * 1.001;
+            Amin = fmin(Amin, A); Amax = fmax(Amax, A); dmin = fmin(dmin, dt); dmax = fmax(dmax, dt);
+        }
+    CHECK(init_ok, "fla's init: A in (0, 16), softplus(dt_bias) in [1e-4, 0.1]");
+    printf("  ok  gdn init: exp(A_log) in [%.3f, %.3f], softplus(dt_bias) in [%.5f, %.5f]\n", Amin, Amax, dmin, dmax);
+    free(w);
+    dn_free_param_table(&t);
+    dn_free_param_table(&t12);
+
+    /* the geometry is validated on every model */
+    DNConfig b;
+    hybrid_config(&c, 0);
+    b = c; b.gdn_heads = 0; expect_bad_config(b, "zero gdn_heads", "gdn_heads");
+    b = c; b.gdn_head_dim = -3; expect_bad_config(b, "negative gdn_head_dim", "gdn_head_dim");
+    b = c; b.gdn_expand_v = 0; expect_bad_config(b, "zero gdn_expand_v", "gdn_expand_v");
+    b = c; b.gdn_heads = 65536; b.gdn_head_dim = 65536; expect_bad_config(b, "gated DeltaNet width past 2^20", "value width");
+
+    /* a GDN hybrid with its own geometry: exact round trip, fla GatedDeltaNetConfig metadata */
+    test_config(&c, "NSNG", 32, 2, 16, 96, 300, 384, 4, 2, 7, 0);
+    c.gdn_heads = 3; c.gdn_head_dim = 8; c.gdn_expand_v = 1;
+    CHECK(dn_build_param_table(&t, &c, err, sizeof err) == 0, "NSNG table: %s", err);
+    w = xcalloc(t.total, sizeof(float));
+    dn_init_params(&t, w, 9);
+    path_in(path, sizeof path, "gdn.safetensors");
+    CHECK(dn_checkpoint_write(path, &t, w, DN_F32, NULL, err, sizeof err) == 0, "gdn write: %s", err);
+    float *r = NULL;
+    CHECK(dn_checkpoint_read(path, &c2, &r, err, sizeof err) == 0, "gdn read back: %s", err);
+    CHECK(r && !memcmp(r, w, t.total * sizeof(float)) && !memcmp(&c, &c2, sizeof c), "gdn hybrid round trip exact (weights, config)");
+    free(r);
+    CHECK(dn_checkpoint_read_meta(path, "fla_config", v, sizeof v, err, sizeof err) == 0, "fla_config: %s", err);
+    cJSON *fc = cJSON_Parse(v);
+    cJSON *mt = cJSON_GetObjectItemCaseSensitive(fc, "model_type"), *hd = cJSON_GetObjectItemCaseSensitive(fc, "head_dim");
+    cJSON *nh = cJSON_GetObjectItemCaseSensitive(fc, "num_heads"), *ev = cJSON_GetObjectItemCaseSensitive(fc, "expand_v");
+    cJSON *at = cJSON_GetObjectItemCaseSensitive(fc, "attn"), *ug = cJSON_GetObjectItemCaseSensitive(fc, "use_gate");
+    CHECK(cJSON_IsString(mt) && !strcmp(mt->valuestring, "gated_deltanet") && cJSON_IsNumber(hd) && hd->valueint == 8 &&
+          cJSON_IsNumber(nh) && nh->valueint == 3 && cJSON_IsNumber(ev) && ev->valueint == 1 && cJSON_IsTrue(ug) &&
+          cJSON_IsArray(at) && cJSON_GetArraySize(at) == 2, "fla_config of an NSNG model: gated_deltanet, heads 3, head_dim 8, expand_v 1, gate, two attention specs: %s", v);
+    cJSON_Delete(fc);
+    printf("  ok  NSNG round trip; fla_config %.160s...\n", v);
+    free(w);
+    dn_free_param_table(&t);
+    /* 'D' and 'N' in one model: no fla model has both */
+    test_config(&c, "DN", 32, 2, 16, 96, 300, 384, 4, 2, 7, 1);
+    dn_build_param_table(&t, &c, err, sizeof err);
+    w = xcalloc(t.total, sizeof(float));
+    dn_init_params(&t, w, 10);
+    CHECK(dn_checkpoint_write(path, &t, w, DN_F32, NULL, err, sizeof err) == 0, "DN write: %s", err);
+    CHECK(dn_checkpoint_read_meta(path, "fla_config", v, sizeof v, err, sizeof err) == 0 && !strcmp(v, "{}"), "a D+N model's fla_config is {} (got %s)", v);
+    CHECK(dn_checkpoint_read(path, &c2, &r, err, sizeof err) == 0 && !memcmp(&c, &c2, sizeof c), "DN round trip: %s", err);
+    free(r);
+    /* without the geometry keys: 'N' layers need them, other models get the presets' rule */
+    size_t n = 0;
+    unsigned char *good = slurp(path, &n);
+    uint64_t hl;
+    memcpy(&hl, good, 8);
+    char *json = xcalloc(hl + 1, 1);
+    memcpy(json, good + 8, hl);
+    char bad[512];
+    path_in(bad, sizeof bad, "gdn_bad.safetensors");
+    cJSON *root = cJSON_Parse(json);
+    cJSON_DeleteItemFromObjectCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "__metadata__"), "gdn_head_dim");
+    expect_refused_json(bad, root, good + 8 + hl, n - 8 - hl, "an 'N' model without gdn_head_dim", "gdn_head_dim");
+    root = cJSON_Parse(json);
+    cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "__metadata__"), "gdn_expand_v")->valuestring[0] = 'x';
+    expect_refused_json(bad, root, good + 8 + hl, n - 8 - hl, "gdn_expand_v not a number", "gdn_expand_v");
+    free(json); free(good); free(w);
+    dn_free_param_table(&t);
+    hybrid_config(&c, 1);
+    dn_build_param_table(&t, &c, err, sizeof err);
+    w = xcalloc(t.total, sizeof(float));
+    dn_init_params(&t, w, 11);
+    dn_checkpoint_write(path, &t, w, DN_F32, NULL, err, sizeof err);
+    good = slurp(path, &n);
+    memcpy(&hl, good, 8);
+    json = xcalloc(hl + 1, 1);
+    memcpy(json, good + 8, hl);
+    root = cJSON_Parse(json);
+    cJSON *md = cJSON_GetObjectItemCaseSensitive(root, "__metadata__");
+    cJSON_DeleteItemFromObjectCaseSensitive(md, "gdn_heads");
+    cJSON_DeleteItemFromObjectCaseSensitive(md, "gdn_head_dim");
+    cJSON_DeleteItemFromObjectCaseSensitive(md, "gdn_expand_v");
+    char *j = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    write_with_header(bad, j, good + 8 + hl, n - 8 - hl);
+    c2 = expect_accepted(bad, "a DSDG file without the gdn keys");
+    CHECK(!memcmp(&c, &c2, sizeof c), "a file without the gdn keys reads with the presets' geometry");
+    root = cJSON_Parse(json);
+    cJSON_DeleteItemFromObjectCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "__metadata__"), "gdn_heads");
+    expect_refused_json(bad, root, good + 8 + hl, n - 8 - hl, "a file with only some gdn keys", "gdn_heads");
+    free(j); free(json); free(good); free(w);
+    dn_free_param_table(&t);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/dn_test_ckpt_XXXXXX");
     if (!mkdtemp(dir)) { perror("mkdtemp"); return 2; }
@@ -943,6 +1078,7 @@ int main(void) {
     test_bf16();
     test_escape();
     test_roundtrip_and_corruption();
+    test_gdn();
     test_state();
     test_step();
     test_not_regular();

@@ -86,6 +86,8 @@ static float *random_params(const DNParamTable *t, uint64_t seed) {
         const DNParam *p = &t->params[i];
         for (size_t j = 0; j < p->numel; j++) {
             float *x = &w[p->offset + j];
+            /* A_log and dt_bias (init_std < 0) keep fla's init: scaled, the decay would be all or nothing */
+            if (p->init_std < 0.0f) continue;
             *x = p->init_std == 0.0f ? 1.0f + 0.2f * dn_rng_normal(&r) : *x * 10.0f;
         }
     }
@@ -209,6 +211,30 @@ static void test_step_logits(void) {
     model_free(&m2);
     free(step2);
 
+    /* Gated DeltaNet hybrid NSGN (untied, its own geometry: 3 heads of K 8, V 16), T = 77: the
+     * decode step (decay and gate included) against the chunkwise reference; its checkpoint is
+     * test_eval's second model. */
+    DNConfig c3 = small_cfg("NSGN", 512, 48, 3, 4, 2, 8, 0);
+    c3.gdn_heads = 3; c3.gdn_head_dim = 8; c3.gdn_expand_v = 2;
+    char path3[300];
+    path_in(path3, sizeof path3, "nsgn.bin");
+    write_ckpt(path3, &c3, 9, DN_F32, NULL, NULL);
+    Model m3;
+    CHECK(model_load(&m3, path3, err, sizeof err) == 0, "model_load NSGN: %s", err);
+    RefModel *rm3 = ref_model_create(&m3.t, 1, T, 64);
+    ref_model_forward(rm3, m3.w, tokens, NULL);
+    float *step3 = xcalloc((size_t)T * V, sizeof(float));
+    RunState s3;
+    runstate_build(&s3, &c3, 1 << 20);
+    for (int t = 0; t < T; t++) memcpy(step3 + t * V, forward_step(&m3, &s3, tokens[t], t, 1), V * sizeof(float));
+    CHECK_REL(rel_err_f(step3, ref_model_logits(rm3), (size_t)T * V), 1e-5,
+              "gated DeltaNet hybrid NSGN (3 heads, K 8, V 16), T=%d: step logits vs chunkwise reference", T);
+    CHECK(runstate_bytes(&s3, &c3) >= 2 * (gdn_state_floats(&c3) + gdn_tail_floats(&c3)) * sizeof(float), "runstate_bytes counts the gated states");
+    runstate_free(&s3, &c3);
+    ref_model_free(rm3);
+    model_free(&m3);
+    free(step3);
+
     runstate_free(&s, &c);
     ref_model_free(rm);
     ref_model_free_f64(rm64);
@@ -218,10 +244,10 @@ static void test_step_logits(void) {
 
 /* ---- 2. --eval == the reference's chunkwise loss ---------------------------------------------- */
 
-static void test_eval(void) {
-    printf("-- ./infer --eval vs the chunkwise reference loss\n");
+static void test_eval(const char *ckname) {
+    printf("-- ./infer --eval vs the chunkwise reference loss (%s)\n", ckname);
     char ck[300], sh[300], cmd[1024], out[8192], errb[8192], err[DN_ERR_LEN];
-    path_in(ck, sizeof ck, "dsgd.bin");   /* written by test_step_logits */
+    path_in(ck, sizeof ck, ckname);   /* written by test_step_logits */
     path_in(sh, sizeof sh, "eval.bin");
     Model m;
     CHECK(model_load(&m, ck, err, sizeof err) == 0, "model_load: %s", err);
@@ -365,8 +391,8 @@ static void test_memory(const char *self) {
     long rss[2];
     size_t st[2];
     double tps;
-    const char *models[2] = {"DSDS", "DDDD"};
-    for (int i = 0; i < 2; i++) {
+    const char *models[3] = {"DSDS", "DDDD", "NSND"};
+    for (int i = 0; i < 3; i++) {
         if (run_memory_child(self, models[i], 10000, 100000, rss, st, &tps)) continue;
         printf("   %s (D=32%s): RSS %ld KiB after 10k tokens, %ld KiB after 100k; state %zu / %zu bytes; %.0f tok/s\n",
                models[i], strchr(models[i], 'S') ? ", window 64" : "", rss[0], rss[1], st[0], st[1], tps);
@@ -947,7 +973,8 @@ int main(int argc, char **argv) {
     if (!mkdtemp(g_dir)) { perror("mkdtemp"); return 1; }
     double t0 = now_s(), t1;
     test_step_logits();
-    test_eval();
+    test_eval("dsgd.bin");
+    test_eval("nsgn.bin");
     printf("   (%.1f s)\n", (t1 = now_s()) - t0);
     test_sampler();
     test_temperatures();

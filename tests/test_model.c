@@ -2,7 +2,9 @@
  * test_model.c -- the whole CPU reference model: finite-difference gradient check (float64,
  * central differences) of the mean loss with respect to EVERY element of EVERY parameter tensor
  * of small hybrid models (DeltaNet + sliding-window + global attention with grouped KV heads,
- * tied and untied LM head, padded vocab rows); chunkwise == sequential delta rule inside the model;
+ * tied and untied LM head, padded vocab rows; gated DeltaNet alone and in hybrids, A_log and
+ * dt_bias included, with the default and an odd head geometry); chunkwise == sequential delta
+ * rule inside the model (gated too);
  * a sliding-window layer with window >= T equals a global one; float == double.
  */
 #include "test.h"
@@ -46,9 +48,11 @@ static double *random_params(const DNParamTable *t, DNRng *r) {
     return p;
 }
 
-static void fd_check_model(const char *layers, int tied, int chunk) {
+/* gdn: {heads, key size, expand_v} of the 'N' layers, or NULL for the default geometry */
+static void fd_check_model_gdn(const char *layers, int tied, int chunk, const int *gdn) {
     DNConfig c;
     small_config(&c, layers, tied);
+    if (gdn) { c.gdn_heads = gdn[0]; c.gdn_head_dim = gdn[1]; c.gdn_expand_v = gdn[2]; }
     DNParamTable t;
     char err[256];
     CHECK(dn_build_param_table(&t, &c, err, sizeof err) == 0, "param table: %s", err);
@@ -88,8 +92,8 @@ static void fd_check_model(const char *layers, int tied, int chunk) {
     double pad = 0;
     for (size_t j = (size_t)c.vocab_size * c.d_model; j < (size_t)c.padded_vocab * c.d_model; j++) pad += fabs(grads[t.embed + j]) + fabs(grads[t.lm_head + j]);
     CHECK(pad == 0, "padding rows received gradient %g", pad);
-    printf("  ok  full-model FD, layers %s, %s, chunk %d: %d tensors, %zu elements, worst tensor rel err %.3e (tol 1e-6)\n",
-           layers, tied ? "tied" : "untied", chunk, t.n_params, t.total_real, worst);
+    printf("  ok  full-model FD, layers %s, %s, chunk %d%s: %d tensors, %zu elements, worst tensor rel err %.3e (tol 1e-6)\n",
+           layers, tied ? "tied" : "untied", chunk, gdn ? ", GDN heads 3 x K 2 x expand_v 3" : "", t.n_params, t.total_real, worst);
     ref_model_free_f64(m);
     free(params); free(grads); batch_free(&bt);
     dn_free_param_table(&t);
@@ -116,19 +120,20 @@ static void two_runs_free(TwoRuns *x) {
     ref_model_free_f64(x->a); ref_model_free_f64(x->b);
     free(x->params); free(x->ga); free(x->gb); batch_free(&x->bt);
 }
+static void fd_check_model(const char *layers, int tied, int chunk) { fd_check_model_gdn(layers, tied, chunk, NULL); }
 
 /* Chunkwise and sequential delta rule give the same loss and gradients inside the model. */
-static void chunk_vs_recurrent(void) {
+static void chunk_vs_recurrent(const char *layers) {
     DNConfig c;
-    small_config(&c, "DDSG", 0);
+    small_config(&c, layers, 0);
     DNParamTable t;
     char err[256];
     dn_build_param_table(&t, &c, err, sizeof err);
     int B = 2, T = 37, N = B * T;
     TwoRuns x = two_runs(&t, 8, &t, 0, B, T, 5);
-    CHECK_REL(fabs(x.la - x.lb) / fabs(x.lb), 1e-13, "model loss, chunk 8 vs sequential (T=37)");
-    CHECK_REL(rel_err_d(ref_model_logits_f64(x.a), ref_model_logits_f64(x.b), (size_t)N * c.vocab_size), 1e-13, "model logits, chunk 8 vs sequential");
-    CHECK_REL(rel_err_d(x.ga, x.gb, t.total), 1e-12, "model gradients, chunk 8 vs sequential");
+    CHECK_REL(fabs(x.la - x.lb) / fabs(x.lb), 1e-13, "model %s loss, chunk 8 vs sequential (T=37)", layers);
+    CHECK_REL(rel_err_d(ref_model_logits_f64(x.a), ref_model_logits_f64(x.b), (size_t)N * c.vocab_size), 1e-13, "model %s logits, chunk 8 vs sequential", layers);
+    CHECK_REL(rel_err_d(x.ga, x.gb, t.total), 1e-12, "model %s gradients, chunk 8 vs sequential", layers);
     two_runs_free(&x);
     dn_free_param_table(&t);
 }
@@ -197,7 +202,14 @@ int main(void) {
     fd_check_model("DSGD", 0, 4);
     fd_check_model("DSGD", 1, 4);
     fd_check_model("GDS", 0, 0);
-    chunk_vs_recurrent();
+    /* gated DeltaNet: alone, in a hybrid with every other kind, the sequential form, an odd geometry */
+    static const int odd_gdn[3] = {3, 2, 3};
+    fd_check_model("NN", 0, 4);
+    fd_check_model("NSNG", 1, 4);
+    fd_check_model("DNG", 0, 0);
+    fd_check_model_gdn("NS", 1, 4, odd_gdn);
+    chunk_vs_recurrent("DDSG");
+    chunk_vs_recurrent("NNSG");
     swa_equals_global();
     float_vs_double();
     return test_summary("test_model");

@@ -69,6 +69,7 @@ static inline void fz_state_config(DNConfig *c) {
     c->attn_kv_heads = 1;
     c->window = 4;
     c->rope_base = 10000.0f;
+    dn_config_default_gdn(c);
     strcpy(c->layers, "DS");
 }
 

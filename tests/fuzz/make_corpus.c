@@ -169,6 +169,7 @@ static void checkpoints(void) {
     c.vocab_size = 12; c.padded_vocab = 16; c.d_model = 4; c.n_layer = 3; c.n_head = 2; c.head_dim = 2;
     c.conv_size = 4; c.hidden_size = 6; c.norm_eps = 1e-6f; c.l2_eps = DN_DEFAULT_L2_EPS; c.tie_embeddings = 1; c.attn_heads = 2;
     c.attn_kv_heads = 1; c.window = 3; c.rope_base = 10000.0f;
+    dn_config_default_gdn(&c);
     strcpy(c.layers, "DSG");
     St a = write_checkpoint(&c, DN_F32, 1);
     put(T, "valid_dsg_tied_f32", a.buf, a.n);

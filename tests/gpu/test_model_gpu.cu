@@ -3,7 +3,9 @@
  * against the CPU reference model (ref/model.c, in double: the ground truth) on small hybrids:
  * layers "DSGD" (DeltaNet, sliding window 5, global, DeltaNet), D = 128, 2 DeltaNet heads of 64,
  * 2 attention heads of 64 sharing 1 KV head, vocab 300 padded to 384, B = 2, T = 67 (not a multiple
- * of the delta rule's 64-row chunks), tied and untied LM head. Parameters are random with enough
+ * of the delta rule's 64-row chunks), tied and untied LM head; and the same checks on a gated
+ * DeltaNet hybrid "NSGN" (gated DeltaNet, sliding window, global, gated DeltaNet; 2 gated heads of
+ * key size 64 and value size 128, expand_v 2). Parameters are random with enough
  * scale that every path carries signal (matrices N(0, 0.1), conv N(0, 0.3), gains 1 + N(0, 0.1)).
  *
  * Checked, errors ||gpu - ref|| / ||ref||, on two parameter sets: "stress" (above) and "init"
@@ -33,8 +35,9 @@
 
 static const int TB = 2, TT = 67;
 
-static void small_config(DNConfig *c, int tied) {
-    test_config(c, "DSGD", 128, 2, 64, dn_default_hidden(128), 300, dn_pad_vocab(300), 2, 1, 5, tied);
+static void small_config(DNConfig *c, const char *layers, int tied) {
+    test_config(c, layers, 128, 2, 64, dn_default_hidden(128), 300, dn_pad_vocab(300), 2, 1, 5, tied);
+    c->gdn_heads = 2; c->gdn_head_dim = 64; c->gdn_expand_v = 2; /* the GPU's K = 64, V = 128 */
     char err[256];
     if (dn_config_validate(c, err, sizeof err)) { printf("bad config: %s\n", err); exit(2); }
 }
@@ -210,14 +213,16 @@ int main(int argc, char **argv) {
     }
     cudaStream_t st;
     cudaCheck(cudaStreamCreate(&st));
+    static const char *models[2] = {"DSGD", "NSGN"};
+    for (int mi = 0; mi < 2; mi++)
     for (int tied = 0; tied <= (small ? 0 : 1); tied++) {
         DNConfig cfg;
-        small_config(&cfg, tied);
+        small_config(&cfg, models[mi], tied);
         DNParamTable t;
         char err[256];
         if (dn_build_param_table(&t, &cfg, err, sizeof err)) { printf("%s\n", err); return 2; }
         DNRng r;
-        dn_rng_seed(&r, 42 + tied);
+        dn_rng_seed(&r, 42 + tied + 10 * (uint64_t)mi);
         std::vector<float> params = random_params(&t, &r);
         std::vector<int> inp(TB * TT), tgt(TB * TT);
         for (int i = 0; i < TB * TT; i++) {
