@@ -443,17 +443,19 @@ static float gpu_eval_masked(GPUModel<floatX> *m, const int *inputs, const int *
     return out[0];
 }
 
-/* Loss and gradients of one batch without an update (tests): grads = d loss / d params. */
+/* Loss and gradients of one batch without an update (tests): grads = d loss / d params. With a
+ * loss mask enabled (gpu_model_enable_loss_mask), the row weights are the first N of h_wts. */
 template <typename floatX>
 static float gpu_loss_and_grads(GPUModel<floatX> *m, const int *inputs, const int *targets) {
     const size_t N = (size_t)m->B * m->T;
     cudaStream_t st = m->stream;
     cudaCheck(cudaMemcpyAsync(m->d_tokens, inputs, N * sizeof(int), cudaMemcpyHostToDevice, st));
     cudaCheck(cudaMemcpyAsync(m->d_tokens + N, targets, N * sizeof(int), cudaMemcpyHostToDevice, st));
+    if (m->d_wts) cudaCheck(cudaMemcpyAsync(m->d_wts, m->h_wts, N * sizeof(float), cudaMemcpyHostToDevice, st));
     cudaCheck(cudaMemsetAsync(m->d_loss, 0, sizeof(float), st));
     cudaCheck(cudaMemsetAsync(m->grads, 0, m->t.total * sizeof(float), st));
     gpu_forward(m, m->d_tokens, m->B, m->T);
-    gpu_head(m, m->d_tokens + N, (int)N, 1, 1.0f, m->d_loss, 1.0f);
+    gpu_head(m, m->d_tokens + N, (int)N, 1, 1.0f, m->d_loss, 1.0f, m->d_wts);
     gpu_backward(m, m->d_tokens, m->B, m->T);
     float loss = 0.0f;
     cudaCheck(cudaMemcpyAsync(&loss, m->d_loss, sizeof(float), cudaMemcpyDeviceToHost, st));
