@@ -240,3 +240,14 @@ curves: tokenize
 	@scripts/curves.sh --check $(CURVES_ARGS)
 	@$(MAKE) --no-print-directory train_deltanet
 	@scripts/curves.sh $(CURVES_ARGS)
+
+# `make mqar`: multi-query associative recall (Zoology's MQAR) for DeltaNet, linear attention,
+# global attention (and Gated DeltaNet when present) at widths 64, 128, 256: scripts/mqar.sh writes
+# the task with ./mqar_data, trains every model with a small learning-rate sweep and writes
+# out/mqar/table.md and out/mqar/mqar.png (needs a GPU; the default budget is a few minutes on an
+# H200). Options through MQAR_ARGS, e.g. make mqar MQAR_ARGS="--steps 2000 --lrs 1e-3,3e-3,1e-2".
+.PHONY: mqar
+mqar: $(BIN)/mqar_data
+	@scripts/mqar.sh --check $(MQAR_ARGS)
+	@$(MAKE) --no-print-directory train_deltanet
+	@scripts/mqar.sh $(MQAR_ARGS)
