@@ -342,8 +342,8 @@ static double flops_per_token(const DNConfig *c, int T) {
     double f = 2.0 * D * Vp; /* LM head */
     for (int l = 0; l < c->n_layer; l++) {
         if (!c->no_mlp) f += 2.0 * 3.0 * D * I; /* MLP */
-        if (c->layers[l] == 'L') { /* projections; the quadratic form of linattn.cuh: 3 passes of T/2 keys x (K + V) */
-            f += 2.0 * D * 3.0 * D + 2.0 * D * D + c->n_head * 3.0 * 2.0 * (T / 2.0) * 2.0 * K / 3.0;
+        if (c->layers[l] == 'L') { /* projections; per head the quadratic form of linattn.cuh: T/2 keys x (K + V) */
+            f += 2.0 * D * 3.0 * D + 2.0 * D * D + c->n_head * 2.0 * (T / 2.0) * 2.0 * K;
         } else if (c->layers[l] == 'D') {
             /* projections; per head the chunk's K K^T, W, U, Q K^T, tril(Q K^T) U' (C^2 (6K + 4V)),
              * W S, Q S, K^T U' (6 C K V) and the triangular solve (2/3 C^3), per token */
