@@ -75,7 +75,7 @@ endif
 
 # Library code shared by every program: model.h's implementation, the tokenizer, shard and sampler code
 # (when present), and the CPU reference compiled twice (float, and double for gradient checks).
-CORE_SRCS := src/model.c src/tokenizer.c src/data.c src/sample.c
+CORE_SRCS := src/model.c src/tokenizer.c src/data.c src/sample.c src/mask.c
 REF_SRCS  := $(wildcard ref/*.c)
 CORE_OBJS := $(CORE_SRCS:%.c=$(BUILD)/%.o)
 REF_OBJS  := $(REF_SRCS:%.c=$(BUILD)/%.o) $(REF_SRCS:%.c=$(BUILD)/%_f64.o)
@@ -92,14 +92,15 @@ BENCH_SRCS    := $(wildcard tests/bench_*.c)
 BENCH_BINS    := $(BENCH_SRCS:tests/%.c=$(BUILD)/tests/%)
 GPU_BENCH_SRCS := $(wildcard tests/gpu/bench_*.cu)
 GPU_BENCH_BINS := $(GPU_BENCH_SRCS:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
-PROGS := $(if $(wildcard infer.c),$(BIN)/infer) $(if $(wildcard tokenize.c),$(BIN)/tokenize)
+PROGS := $(if $(wildcard infer.c),$(BIN)/infer) $(if $(wildcard tokenize.c),$(BIN)/tokenize) $(if $(wildcard mqar_data.c),$(BIN)/mqar_data)
 
 .PHONY: all deps test test-gpu train bench bench-gpu cuda-compile data fuzz fuzz-corpus clean
 all: $(PROGS)
 ifneq ($(BIN),.)
-.PHONY: infer tokenize train_deltanet
+.PHONY: infer tokenize train_deltanet mqar_data
 infer: $(BIN)/infer
 tokenize: $(BIN)/tokenize
+mqar_data: $(BIN)/mqar_data
 train_deltanet: $(BIN)/train_deltanet
 endif
 
@@ -123,8 +124,9 @@ $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(LIB_OBJS) $(HEADERS) | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $< $(LIB_OBJS) -o $@ $(LDLIBS)
 
-# these include infer.c (llm.c's TESTING pattern)
+# these include infer.c / mqar_data.c (llm.c's TESTING pattern)
 $(BUILD)/tests/test_infer $(BUILD)/tests/bench_infer: infer.c
+$(BUILD)/tests/test_mqar: mqar_data.c
 
 $(BIN)/infer: infer.c $(LIB_OBJS) $(HEADERS) | deps
 	$(CC) $(ALL_CFLAGS) $< $(LIB_OBJS) -o $@ $(LDLIBS)
@@ -132,14 +134,17 @@ $(BIN)/infer: infer.c $(LIB_OBJS) $(HEADERS) | deps
 $(BIN)/tokenize: tokenize.c $(LIB_OBJS) $(HEADERS) | deps
 	$(CC) $(ALL_CFLAGS) $< $(LIB_OBJS) -o $@ $(LDLIBS)
 
+$(BIN)/mqar_data: mqar_data.c $(LIB_OBJS) $(HEADERS) | deps
+	$(CC) $(ALL_CFLAGS) $< $(LIB_OBJS) -o $@ $(LDLIBS)
+
 # The folder the tests of a non-default build run in: links to the repository's files, and this
 # build's programs as ./infer, ./tokenize, ./train_deltanet.
-RUN_LINKS := $(filter-out infer tokenize train_deltanet build build-% $(BUILD),$(wildcard *))
+RUN_LINKS := $(filter-out infer tokenize mqar_data train_deltanet build build-% $(BUILD),$(wildcard *))
 ifneq ($(RUN),.)
 define make_run_dir
 	@rm -rf $(RUN) && mkdir -p $(RUN) && \
 	 for f in $(RUN_LINKS); do ln -s $(CURDIR)/$$f $(RUN)/$$f; done && \
-	 for f in infer tokenize train_deltanet; do ln -s ../$$f $(RUN)/$$f; done
+	 for f in infer tokenize mqar_data train_deltanet; do ln -s ../$$f $(RUN)/$$f; done
 endef
 endif
 # Paths of programs as seen from $(RUN).
@@ -226,7 +231,7 @@ fuzz-corpus: $(FUZZ_BUILD)/make_corpus
 	rm -rf tests/fuzz/corpus && $(FUZZ_BUILD)/make_corpus tests/fuzz/corpus
 
 clean:
-	rm -rf build build-san $(BUILD) $(FUZZ_BUILD) infer tokenize train_deltanet
+	rm -rf build build-san $(BUILD) $(FUZZ_BUILD) infer tokenize mqar_data train_deltanet
 
 # `make curves`: the DeltaNet paper's four models trained on the shared corpus with one recipe,
 # their validation curves in one plot and one table (scripts/curves.sh; needs a GPU: ~3 minutes
@@ -237,3 +242,14 @@ curves: tokenize
 	@scripts/curves.sh --check $(CURVES_ARGS)
 	@$(MAKE) --no-print-directory train_deltanet
 	@scripts/curves.sh $(CURVES_ARGS)
+
+# `make mqar`: multi-query associative recall (Zoology's MQAR) for DeltaNet, linear attention,
+# global attention (and Gated DeltaNet when present) at widths 64, 128, 256: scripts/mqar.sh writes
+# the task with ./mqar_data, trains every model with a small learning-rate sweep and writes
+# out/mqar/table.md and out/mqar/mqar.png (needs a GPU; the default budget is a few minutes on an
+# H200). Options through MQAR_ARGS, e.g. make mqar MQAR_ARGS="--steps 2000 --lrs 1e-3,3e-3,1e-2".
+.PHONY: mqar
+mqar: $(BIN)/mqar_data
+	@scripts/mqar.sh --check $(MQAR_ARGS)
+	@$(MAKE) --no-print-directory train_deltanet
+	@scripts/mqar.sh $(MQAR_ARGS)

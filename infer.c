@@ -22,6 +22,8 @@
  *                 g = -exp(A_log) softplus(x W_a^T + dt_bias) and decays the state first:
  *                     S <- exp(g) S,   u = v - S^T k,   S <- S + beta k u^T,   o = Kg^-1/2 S^T q,
  *                 then RMSNorm(o) * silu(x W_g^T) per head, output projection.
+ *   'L' linear    DeltaNet's state and conv tail, without beta: one step is S <- S + k v^T,
+ *       attention o = K^-1/2 S^T q (ref/linattn.c's recurrence with T = 1).
  *   'S' sliding   a ring of `window` keys (RoPE already applied at their absolute position) and
  *       window    values: position p lives in row p % window, and the query at pos attends to
  *                 positions max(0, pos-window+1) .. pos. The ring grows like a global cache
@@ -153,9 +155,9 @@ static size_t model_bytes_per_token(const Model *m) {
  * RunState: the recurrent state of every layer, plus scratch for one token */
 
 typedef struct {
-    float *S;        /* 'D': [H, K, V] delta-rule state, S[h][a][c] (key a, value c), fp32;
+    float *S;        /* 'D', 'L': [H, K, V] state, S[h][a][c] (key a, value c), fp32;
                       * 'N': [Hg, Kg, Vg] */
-    float *tail;     /* 'D': [3][conv_size-1][D] pre-conv inputs of q, k, v of the previous
+    float *tail;     /* 'D', 'L': [3][conv_size-1][D] pre-conv inputs of q, k, v of the previous
                       *      conv_size-1 tokens, oldest first (zeros before the sequence start);
                       * 'N': the same, [conv_size-1][Hg Kg] for q and k, [conv_size-1][Hg Vg] for v */
     float *kcache;   /* 'S', 'G': [rows][Hkv*dh] keys, RoPE applied at their own position */
@@ -222,7 +224,7 @@ static void runstate_build(RunState *s, const DNConfig *c, int max_context) {
     int score_rows = 1;
     for (int l = 0; l < c->n_layer; l++) {
         LayerState *ls = &s->L[l];
-        if (c->layers[l] == 'D') {
+        if (dn_kind_has_conv(c->layers[l])) {
             ls->S = ALLOC(float, (size_t)H * K * K);
             ls->tail = ALLOC(float, (size_t)3 * tailn * D);
         } else if (c->layers[l] == 'N') {
@@ -265,7 +267,7 @@ static void runstate_free(RunState *s, const DNConfig *c) {
  * (rows at positions >= the new pos are never read before being written). */
 static void runstate_reset(RunState *s, const DNConfig *c) {
     for (int l = 0; l < c->n_layer; l++)
-        if (c->layers[l] == 'D') {
+        if (dn_kind_has_conv(c->layers[l])) {
             memset(s->L[l].S, 0, (size_t)c->n_head * c->head_dim * c->head_dim * sizeof(float));
             memset(s->L[l].tail, 0, (size_t)3 * (c->conv_size - 1) * c->d_model * sizeof(float));
         } else if (c->layers[l] == 'N') {
@@ -278,7 +280,7 @@ static void runstate_reset(RunState *s, const DNConfig *c) {
 static size_t runstate_bytes(const RunState *s, const DNConfig *c) {
     size_t n = 0, kvd = (size_t)cfg_kv_dim(c);
     for (int l = 0; l < c->n_layer; l++) {
-        if (c->layers[l] == 'D')
+        if (dn_kind_has_conv(c->layers[l]))
             n += ((size_t)c->n_head * c->head_dim * c->head_dim + 3 * (size_t)(c->conv_size - 1) * c->d_model) * sizeof(float);
         else if (c->layers[l] == 'N')
             n += (gdn_state_floats(c) + gdn_tail_floats(c)) * sizeof(float);
@@ -402,18 +404,23 @@ static void deltanet_step(const Model *m, RunState *s, int l) {
     LayerState *ls = &s->L[l];
     int D = c->d_model, H = c->n_head, K = c->head_dim, cs = c->conv_size;
     size_t tailn = (size_t)(cs - 1) * D;
+    const int delta = c->layers[l] == 'D'; /* else 'L': no beta */
     Matvec proj[4] = {{s->q, w + P[DN_P_Q], D}, {s->k, w + P[DN_P_K], D}, {s->v, w + P[DN_P_V], D},
-                      {s->bpre, w + P[DN_P_B], H}};
-    matvecs(proj, 4, s->x, D, s->nthreads);
+                      {s->bpre, delta ? w + P[DN_P_B] : NULL, H}};
+    matvecs(proj, delta ? 4 : 3, s->x, D, s->nthreads);
     conv_step(s->qc, ls->tail, s->q, w + P[DN_P_Q_CONV], D, cs);
     conv_step(s->kc, ls->tail + tailn, s->k, w + P[DN_P_K_CONV], D, cs);
     conv_step(s->vc, ls->tail + 2 * tailn, s->v, w + P[DN_P_V_CONV], D, cs);
     ref_l2norm_forward(s->qn, s->qc, H, K, c->l2_eps);
     ref_l2norm_forward(s->kn, s->kc, H, K, c->l2_eps);
-    ref_sigmoid_forward(s->beta, s->bpre, H);
     /* T = 1 with S0 == S_final: one step of the recurrence, state updated in place */
-    ref_delta_rule_recurrent_forward(s->o, ls->S, s->qn, s->kn, s->vc, s->beta, ls->S,
-                                     1, 1, H, K, K, (float)(1.0 / sqrt((double)K)));
+    if (delta) {
+        ref_sigmoid_forward(s->beta, s->bpre, H);
+        ref_delta_rule_recurrent_forward(s->o, ls->S, s->qn, s->kn, s->vc, s->beta, ls->S,
+                                         1, 1, H, K, K, (float)(1.0 / sqrt((double)K)));
+    } else {
+        ref_linear_attn_recurrent_forward(s->o, ls->S, s->qn, s->kn, s->vc, ls->S, 1, 1, H, K, K, (float)(1.0 / sqrt((double)K)));
+    }
     ref_rmsnorm_forward(s->on, s->rstd, s->o, w + P[DN_P_O_NORM], H, K, c->norm_eps);
     matvec(s->mixer, w + P[DN_P_O], s->on, D, D, s->nthreads);
 }
@@ -487,10 +494,11 @@ static float *forward_step(const Model *m, RunState *s, int token, int pos, int 
     for (int l = 0; l < c->n_layer; l++) {
         const size_t *P = m->t.layer[l].p;
         ref_rmsnorm_forward(s->x, s->rstd, s->h, m->w + P[DN_P_ATTN_NORM], 1, D, c->norm_eps);
-        if (c->layers[l] == 'D') deltanet_step(m, s, l);
+        if (dn_kind_has_conv(c->layers[l])) deltanet_step(m, s, l);
         else if (c->layers[l] == 'N') gated_deltanet_step(m, s, l);
         else attention_layer_step(m, s, l, pos);
         for (int i = 0; i < D; i++) s->h[i] += s->mixer[i];
+        if (c->no_mlp) continue;
         ref_rmsnorm_forward(s->x, s->rstd, s->h, m->w + P[DN_P_MLP_NORM], 1, D, c->norm_eps);
         mlp_step(m, s, l);
         for (int i = 0; i < D; i++) s->h[i] += s->mixer[i];
@@ -698,19 +706,23 @@ static double forward_block(const Model *m, BlockState *b, int T) {
     for (int l = 0; l < c->n_layer; l++) {
         const size_t *P = m->t.layer[l].p;
         ref_rmsnorm_forward(b->x, b->rstd, b->h, w + P[DN_P_ATTN_NORM], T, D, eps);
-        if (c->layers[l] == 'D') {
-            int H = c->n_head, K = c->head_dim, cs = c->conv_size;
+        if (dn_kind_has_conv(c->layers[l])) {
+            int H = c->n_head, K = c->head_dim, cs = c->conv_size, delta = c->layers[l] == 'D';
             gemm_nt(b->q, b->x, w + P[DN_P_Q], T, D, D);
             gemm_nt(b->k, b->x, w + P[DN_P_K], T, D, D);
             gemm_nt(b->v, b->x, w + P[DN_P_V], T, D, D);
-            gemm_nt(b->bpre, b->x, w + P[DN_P_B], T, D, H);
+            if (delta) gemm_nt(b->bpre, b->x, w + P[DN_P_B], T, D, H);
             ref_conv_silu_forward(b->qc, b->q, w + P[DN_P_Q_CONV], 1, T, D, cs);
             ref_conv_silu_forward(b->kc, b->k, w + P[DN_P_K_CONV], 1, T, D, cs);
             ref_conv_silu_forward(b->vc, b->v, w + P[DN_P_V_CONV], 1, T, D, cs);
             ref_l2norm_forward(b->qn, b->qc, T * H, K, c->l2_eps);
             ref_l2norm_forward(b->kn, b->kc, T * H, K, c->l2_eps);
-            ref_sigmoid_forward(b->beta, b->bpre, T * H);
-            delta_rule_block(b->o, b->qn, b->kn, b->vc, b->beta, T, H, K, (float)(1.0 / sqrt((double)K)));
+            if (delta) {
+                ref_sigmoid_forward(b->beta, b->bpre, T * H);
+                delta_rule_block(b->o, b->qn, b->kn, b->vc, b->beta, T, H, K, (float)(1.0 / sqrt((double)K)));
+            } else {
+                ref_linear_attn_recurrent_forward(b->o, NULL, b->qn, b->kn, b->vc, NULL, 1, T, H, K, K, (float)(1.0 / sqrt((double)K)));
+            }
             ref_rmsnorm_forward(b->on, b->rstd, b->o, w + P[DN_P_O_NORM], T * H, K, eps);
             gemm_nt(b->mix, b->on, w + P[DN_P_O], T, D, D);
         } else if (c->layers[l] == 'N') {
@@ -744,6 +756,7 @@ static double forward_block(const Model *m, BlockState *b, int T) {
             gemm_nt(b->mix, b->o, w + P[DN_P_O], T, D, D);
         }
         vec_add(b->h, b->mix, TD);
+        if (c->no_mlp) continue;
         ref_rmsnorm_forward(b->x, b->rstd, b->h, w + P[DN_P_MLP_NORM], T, D, eps);
         gemm_nt(b->gate, b->x, w + P[DN_P_GATE], T, D, I);
         gemm_nt(b->up, b->x, w + P[DN_P_UP], T, D, I);

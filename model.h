@@ -15,8 +15,15 @@
  *        S_t = alpha_t S_{t-1} + beta_t k_t (v_t - alpha_t S_{t-1}^T k_t)^T, and an output gate:
  *        RMSNorm(o_t) * silu(x W_g) per head before the output projection;
  *   'S'  sliding-window softmax attention (RoPE, grouped KV heads, window w keys incl. itself);
- *   'G'  global causal softmax attention (RoPE, grouped KV heads).
- * followed by a final RMSNorm and an LM head (tied to the embedding or not).
+ *   'G'  global causal softmax attention (RoPE, grouped KV heads);
+ *   'L'  linear attention, the ablation of 'D' (MQAR, README): DeltaNet's projections, conv, L2
+ *        norms, output norm and projection, with the delta rule replaced by S_t = S_{t-1} + k_t v_t^T
+ *        (o_t = K^-1/2 S_t^T q_t). It has no beta: its tensors are DeltaNet's minus b_proj, under
+ *        the same names (flash-linear-attention has no such model: checkpoints with 'L' layers load
+ *        only here).
+ * followed by a final RMSNorm and an LM head (tied to the embedding or not). With no_mlp set a
+ * layer is only `h += Mixer(RMSNorm(h))` (Zoology's MQAR models): no mlp_norm/gate/up/down tensors,
+ * which fla's blocks cannot express either (its fla_config says so).
  *
  * Parameter layout. Every tensor is stored exactly as the PyTorch reference stores it (a linear
  * layer's weight is [out, in], so y = x W^T), in one contiguous float buffer, in the order of the
@@ -106,7 +113,10 @@ int dn_remove_stale_temps(const char *path);
 /* ----------------------------------------------------------------------------------------------
  * Config */
 
-typedef enum { DN_LAYER_DELTANET = 'D', DN_LAYER_SWA = 'S', DN_LAYER_GLOBAL = 'G', DN_LAYER_GATED = 'N' } DNLayerKind;
+typedef enum { DN_LAYER_DELTANET = 'D', DN_LAYER_SWA = 'S', DN_LAYER_GLOBAL = 'G', DN_LAYER_GATED = 'N',
+               DN_LAYER_LINEAR = 'L' } DNLayerKind;
+/* Does layer kind k have DeltaNet's q/k/v convs and per-head output norm ('D' and 'L')? */
+static inline int dn_kind_has_conv(char k) { return k == 'D' || k == 'L'; }
 
 typedef struct {
     int vocab_size;      /* real vocabulary (GPT-2: 50257); the loss covers only these ids */
@@ -127,7 +137,8 @@ typedef struct {
     int gdn_heads;       /* gated DeltaNet ('N') heads Hg */
     int gdn_head_dim;    /* their key size Kg */
     int gdn_expand_v;    /* value size Vg = Kg * gdn_expand_v */
-    char layers[DN_MAX_LAYERS + 1]; /* one letter per layer: D, S, G or N; NUL-terminated */
+    int no_mlp;          /* 1: no SwiGLU sublayers (h += Mixer(RMSNorm(h)) only); hidden_size unused */
+    char layers[DN_MAX_LAYERS + 1]; /* one letter per layer: D, S, G, N or L; NUL-terminated */
 } DNConfig;
 
 /* The q, k L2-norm eps: fla's l2norm constant, which its config does not carry. A checkpoint
@@ -153,7 +164,7 @@ int dn_config_set_vocab(DNConfig *cfg, int vocab_size, char *err, size_t errlen)
 /* Set the gated DeltaNet geometry by the presets' rule from n_head and head_dim: gdn_heads =
  * n_head, gdn_head_dim = max(1, head_dim / 2), gdn_expand_v = 2. */
 void dn_config_default_gdn(DNConfig *cfg);
-/* Set the layer kinds from a string of D/S/G/N letters; n_layer becomes its length. */
+/* Set the layer kinds from a string of D/S/G/N/L letters; n_layer becomes its length. */
 int dn_config_set_layers(DNConfig *cfg, const char *kinds, char *err, size_t errlen);
 /* Check a config for anything impossible. Returns 0 or -1 with a one-line reason in err. */
 int dn_config_validate(const DNConfig *cfg, char *err, size_t errlen);
@@ -173,16 +184,16 @@ typedef enum {
     DN_P_Q,           /* attn.q_proj.weight                  [D, D] */
     DN_P_K,           /* attn.k_proj.weight                  [D, D] (attention: [Hkv*dh, D]) */
     DN_P_V,           /* attn.v_proj.weight                  [D, D] (attention: [Hkv*dh, D]) */
-    DN_P_B,           /* attn.b_proj.weight                  [H, D]        DeltaNet only */
-    DN_P_Q_CONV,      /* attn.q_conv1d.weight                [D, 1, 4]     DeltaNet only */
-    DN_P_K_CONV,      /* attn.k_conv1d.weight                [D, 1, 4]     DeltaNet only */
-    DN_P_V_CONV,      /* attn.v_conv1d.weight                [D, 1, 4]     DeltaNet only */
-    DN_P_O_NORM,      /* attn.o_norm.weight                  [K]           DeltaNet only */
+    DN_P_B,           /* attn.b_proj.weight                  [H, D]        DeltaNet ('D') only */
+    DN_P_Q_CONV,      /* attn.q_conv1d.weight                [D, 1, 4]     'D' and 'L' only */
+    DN_P_K_CONV,      /* attn.k_conv1d.weight                [D, 1, 4]     'D' and 'L' only */
+    DN_P_V_CONV,      /* attn.v_conv1d.weight                [D, 1, 4]     'D' and 'L' only */
+    DN_P_O_NORM,      /* attn.o_norm.weight                  [K]           'D' and 'L' only */
     DN_P_O,           /* attn.o_proj.weight                  [D, D] */
-    DN_P_MLP_NORM,    /* model.layers.l.mlp_norm.weight      [D] */
-    DN_P_GATE,        /* mlp.gate_proj.weight                [I, D] */
-    DN_P_UP,          /* mlp.up_proj.weight                  [I, D] */
-    DN_P_DOWN,        /* mlp.down_proj.weight                [D, I] */
+    DN_P_MLP_NORM,    /* model.layers.l.mlp_norm.weight      [D]           none with no_mlp */
+    DN_P_GATE,        /* mlp.gate_proj.weight                [I, D]        none with no_mlp */
+    DN_P_UP,          /* mlp.up_proj.weight                  [I, D]        none with no_mlp */
+    DN_P_DOWN,        /* mlp.down_proj.weight                [D, I]        none with no_mlp */
     DN_P_NORM,        /* model.norm.weight                   [D] */
     DN_P_LM_HEAD,     /* lm_head.weight                      [Vocab, D]    untied only */
     /* gated DeltaNet ('N') only; its q, k, v, b, convs, o_norm and o use the kinds above with

@@ -17,6 +17,10 @@
  * non-overlapping windows of all training shards once, in an order drawn from --seed and the epoch
  * (--no-shuffle: the shards in file order instead). Validation scores --val-windows windows spread
  * evenly over the whole val split, the same ones every time (0: all of them).
+ * Loss masks (src/mask.h, e.g. the MQAR task of mqar_data.c): when the shards have mask files
+ * beside them, the loss of a micro-batch and its gradient come only from the masked targets (their
+ * mean), and each evaluation also prints the accuracy there (argmax == target) over the val split,
+ * whose windows are then its examples.
  * MFU counts the matmul and mixer FLOPs of one token (forward x 3 for training, see
  * flops_per_token) against the H100's dense bf16 peak, 989 TFLOP/s (also in --fp32 mode).
  *
@@ -52,6 +56,7 @@
 #include "ref/reference.h"
 extern "C" {
 #include "src/data.h"
+#include "src/mask.h"
 #include "src/tokenizer.h"
 #include "src/sample.h"
 }
@@ -67,6 +72,7 @@ typedef struct {
     long total_batch;          /* tokens per optimizer step (0: B*T) */
     int window, attn_heads, kv_heads, tied, vocab; /* -1: the preset's */
     int gdn_heads, gdn_head_dim, gdn_expand_v;     /* -1: the preset's */
+    int d_model, heads, no_mlp;                     /* 0: the preset's */
     float lr, lr_min, wd, clip, beta1, beta2, adam_eps;
     int warmup, steps;
     unsigned long long seed;
@@ -127,8 +133,12 @@ static void usage(const char *prog, FILE *f) {
         "                          gdn: d12 with 12 gated DeltaNet layers (6 heads, K=64, V=128), d12's size;\n"
         "                          tiny (D=64, 4 layers, K=32) is for the CPU: the GPU delta rule needs K = 64 or 128\n"
         "      --vocab N           vocabulary size (every preset: GPT-2's 50257; 32000 as in the DeltaNet paper)\n"
+        "      --d-model D         width (MLP size follows: 256 ceil(8D/3 / 256)) [preset]\n"
+        "      --heads H           DeltaNet heads, head size D/H (the GPU kernels: 64 or 128); attention heads\n"
+        "                          too unless --attn-heads [preset]\n"
+        "      --no-mlp            no MLP sublayers: each layer is h += Mixer(RMSNorm(h)) (Zoology's MQAR models)\n"
         "      --layers STR        layer kinds, one letter per layer: D DeltaNet, N gated DeltaNet, S sliding\n"
-        "                          window, G global (gated DeltaNet heads: the DeltaNet heads, K = head_dim/2, V = 2K)\n"
+        "                          window, G global, L linear attention (DeltaNet without the delta rule)\n"
         "      --attn-layers LIST  comma-separated 0-based layers made global attention (G), e.g. 5,11\n"
         "      --window W          sliding window in keys, itself included [preset: 512]\n"
         "      --attn-heads N      softmax-attention heads [preset: the DeltaNet heads]\n"
@@ -198,7 +208,8 @@ static void parse_args(TrainArgs *a, int argc, char **argv) {
     enum { O_LAYERS = 1000, O_ATTN_LAYERS, O_WINDOW, O_ATTN_HEADS, O_KV_HEADS, O_TIED, O_UNTIED, O_WARMUP, O_LR_MIN,
            O_WD, O_CLIP, O_BETA1, O_BETA2, O_ADAM_EPS, O_FP32, O_NO_GRAPH, O_VAL_BATCHES, O_SAMPLE_EVERY,
            O_SAMPLE_LEN, O_TEMPERATURE, O_LOG, O_PROFILE, O_CPU, O_VOCAB, O_NO_SHUFFLE, O_VAL_WINDOWS,
-           O_GDN_HEADS, O_GDN_HEAD_DIM, O_GDN_EXPAND_V };
+           O_GDN_HEADS, O_GDN_HEAD_DIM, O_GDN_EXPAND_V,
+           O_D_MODEL, O_HEADS, O_NO_MLP };
     static const struct option opts[] = {
         {"train", required_argument, 0, 'i'}, {"val", required_argument, 0, 'j'},
         {"batch", required_argument, 0, 'b'}, {"seq", required_argument, 0, 't'},
@@ -221,6 +232,8 @@ static void parse_args(TrainArgs *a, int argc, char **argv) {
         {"no-shuffle", no_argument, 0, O_NO_SHUFFLE}, {"val-windows", required_argument, 0, O_VAL_WINDOWS},
         {"gdn-heads", required_argument, 0, O_GDN_HEADS}, {"gdn-head-dim", required_argument, 0, O_GDN_HEAD_DIM},
         {"gdn-expand-v", required_argument, 0, O_GDN_EXPAND_V},
+        {"d-model", required_argument, 0, O_D_MODEL}, {"heads", required_argument, 0, O_HEADS},
+        {"no-mlp", no_argument, 0, O_NO_MLP},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     args_defaults(a);
     int c, idx = 0;
@@ -263,6 +276,9 @@ static void parse_args(TrainArgs *a, int argc, char **argv) {
         case O_VAL_BATCHES: a->val_batches = (int)parse_long(name, optarg, 0, 1 << 30); break;
         case O_VAL_WINDOWS: a->val_windows = parse_long(name, optarg, 0, 1L << 40); break;
         case O_NO_SHUFFLE: a->no_shuffle = 1; break;
+        case O_D_MODEL: a->d_model = (int)parse_long(name, optarg, 1, 65536); break;
+        case O_HEADS: a->heads = (int)parse_long(name, optarg, 1, 65536); break;
+        case O_NO_MLP: a->no_mlp = 1; break;
         case O_SAMPLE_EVERY: a->sample_every = (int)parse_long(name, optarg, 0, 1 << 30); break;
         case O_SAMPLE_LEN: a->sample_len = (int)parse_long(name, optarg, 1, 1 << 20); break;
         case O_TEMPERATURE: a->temperature = parse_float(name, optarg, 0.0f, 100.0f); break;
@@ -309,6 +325,15 @@ static DNConfig build_config(const TrainArgs *a) {
             c.layers[l] = 'G';
         }
     }
+    if (a->d_model > 0) { c.d_model = a->d_model; c.hidden_size = dn_default_hidden(a->d_model); }
+    if (a->heads > 0) { c.n_head = a->heads; c.attn_heads = c.attn_kv_heads = a->heads; }
+    if (a->d_model > 0 || a->heads > 0) {
+        if (c.d_model % c.n_head) die("--d-model %d is not a multiple of the %d heads (--heads)", c.d_model, c.n_head);
+        c.head_dim = c.d_model / c.n_head;
+        if (a->heads <= 0 && c.d_model % c.attn_heads) c.attn_heads = c.attn_kv_heads = c.n_head;
+        dn_config_default_gdn(&c); /* the gated DeltaNet heads follow the new head geometry */
+    }
+    if (a->no_mlp) c.no_mlp = 1;
     if (a->window > 0) c.window = a->window;
     if (a->attn_heads > 0) { c.attn_heads = a->attn_heads; c.attn_kv_heads = a->attn_heads; }
     if (a->kv_heads > 0) c.attn_kv_heads = a->kv_heads;
@@ -332,8 +357,10 @@ static double flops_per_token(const DNConfig *c, int T) {
     const double D = c->d_model, I = c->hidden_size, Vp = c->padded_vocab, K = c->head_dim;
     double f = 2.0 * D * Vp; /* LM head */
     for (int l = 0; l < c->n_layer; l++) {
-        f += 2.0 * 3.0 * D * I; /* MLP */
-        if (c->layers[l] == 'D') {
+        if (!c->no_mlp) f += 2.0 * 3.0 * D * I; /* MLP */
+        if (c->layers[l] == 'L') { /* projections; per head the quadratic form of linattn.cuh: T/2 keys x (K + V) */
+            f += 2.0 * D * 3.0 * D + 2.0 * D * D + c->n_head * 2.0 * (T / 2.0) * 2.0 * K;
+        } else if (c->layers[l] == 'D') {
             /* projections; per head the chunk's K K^T, W, U, Q K^T, tril(Q K^T) U' (C^2 (6K + 4V)),
              * W S, Q S, K^T U' (6 C K V) and the triangular solve (2/3 C^3), per token */
             const double C = T < 64 ? T : 64;
@@ -451,14 +478,15 @@ static void model_get_adam(CPUModel *m, float *hm, float *hv) {
 static void model_poison(CPUModel *m) { memset(m->params, 0xff, m->t.total * sizeof(float)); }
 
 /* One optimizer step, as gpu_train_step: the mean loss over the micro-batches, the gradients
- * averaged over them, the norm before clipping, AdamW with the clip folded into its scale. */
-static float model_train_step(CPUModel *m, const StepOptim *o, long step, float *norm) {
+ * averaged over them, the norm before clipping, AdamW with the clip folded into its scale.
+ * mask [accum][B*T] (NULL: none): each micro-batch's loss is the mean over its masked targets. */
+static float model_train_step(CPUModel *m, const StepOptim *o, long step, float *norm, const uint8_t *mask) {
     const size_t N = (size_t)m->B * m->T, P = m->t.total;
     memset(m->grads, 0, P * sizeof(float));
     double loss = 0;
     for (int i = 0; i < m->accum; i++) {
         const int *inp = m->h_tokens + 2 * i * N, *tgt = inp + N;
-        loss += ref_model_forward(m->rm, m->params, inp, tgt);
+        loss += ref_model_forward_masked(m->rm, m->params, inp, tgt, mask ? mask + i * N : NULL);
         ref_model_backward(m->rm, m->params, m->grads);
     }
     if (m->accum > 1)
@@ -473,6 +501,24 @@ static float model_train_step(CPUModel *m, const StepOptim *o, long step, float 
 
 static float model_eval_loss(CPUModel *m, const int *inputs, const int *targets, int B) {
     return ref_model_forward(cpu_shape(m, B, m->T), m->params, inputs, targets);
+}
+static void model_enable_mask(CPUModel *) {}
+/* The mean loss over the masked targets of B rows, and in *hits how many of them the argmax
+ * (the first largest logit) gets right. */
+static float model_eval_masked(CPUModel *m, const int *inputs, const int *targets, const uint8_t *mask, int B, long *hits) {
+    RefModel *r = cpu_shape(m, B, m->T);
+    const float loss = ref_model_forward_masked(r, m->params, inputs, targets, mask);
+    const float *lg = ref_model_logits(r);
+    const int V = m->cfg.vocab_size;
+    *hits = 0;
+    for (size_t n = 0; n < (size_t)B * m->T; n++) {
+        if (!mask[n]) continue;
+        const float *z = lg + n * V;
+        int best = 0;
+        for (int j = 1; j < V; j++) if (z[j] > z[best]) best = j;
+        *hits += best == targets[n];
+    }
+    return loss;
 }
 
 /* Logits (vocab_size floats) after the last of len tokens (len <= T). */
@@ -529,13 +575,21 @@ static void model_poison(GPUModel<floatX> *m) {
     if ((void *)m->wx != (void *)m->params) cudaCheck(cudaMemset(m->wx, 0xff, m->t.total * sizeof(floatX)));
 }
 template <typename floatX>
-static float model_train_step(GPUModel<floatX> *m, const StepOptim *o, long step, float *norm) {
+static float model_train_step(GPUModel<floatX> *m, const StepOptim *o, long step, float *norm, const uint8_t *mask) {
     GPUOptim g = {o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, o->grad_clip};
+    const size_t N = (size_t)m->B * m->T;
+    if (mask)
+        for (int i = 0; i < m->accum; i++) loss_mask_weights(m->h_wts + i * N, mask + i * N, N);
     return gpu_train_step(m, &g, step, norm);
 }
 template <typename floatX>
 static float model_eval_loss(GPUModel<floatX> *m, const int *inputs, const int *targets, int B) {
     return gpu_eval_loss(m, inputs, targets, B);
+}
+template <typename floatX> static void model_enable_mask(GPUModel<floatX> *m) { gpu_model_enable_loss_mask(m); }
+template <typename floatX>
+static float model_eval_masked(GPUModel<floatX> *m, const int *inputs, const int *targets, const uint8_t *mask, int B, long *hits) {
+    return gpu_eval_masked(m, inputs, targets, mask, B, hits);
 }
 /* The GPU forward runs over T tokens: the prefix padded with end-of-text (causal: the padding
  * after it changes nothing before it). */
@@ -667,6 +721,8 @@ template <typename Model> struct Trainer {
     int have_val;
     long val_count;          /* windows scored per evaluation */
     int *val_inputs, *val_targets; /* [B, T] */
+    uint8_t *val_mask;       /* [B, T] target mask of the val windows (masked val data only) */
+    uint8_t *h_mask;         /* [accum][B*T] target masks of the step's micro-batches (masked training data only) */
     Tokenizer tok;
     int have_tok;
     DNRng rng;               /* sampling */
@@ -716,14 +772,22 @@ static void setup_io(Trainer<Model> *tr) {
     const int V = tr->cfg.vocab_size;
     if (a->no_shuffle ? dl_init(&tr->train, a->train_pattern, a->B, a->T, V, err, sizeof err)
                       : sl_init(&tr->shuf, a->train_pattern, a->B, a->T, V, a->seed, err, sizeof err)) {
-        if (strstr(err, "fewer than one window")) die("training data: %s", err); /* there, but too small for -t */
+        if (strstr(err, "fewer than one window") || strstr(err, "mask")) die("training data: %s", err); /* there, but unusable */
         missing_data(a->train_pattern, err, V);
+    }
+    if (a->no_shuffle)
+        for (size_t i = 0; i < tr->train.nfiles; i++)
+            if (mask_exists(tr->train.files[i]))
+                die("training data: %s has a loss mask beside it, which --no-shuffle does not read: drop --no-shuffle", tr->train.files[i]);
+    if (!a->no_shuffle && tr->shuf.tmask) {
+        tr->h_mask = (uint8_t *)malloc((size_t)tr->accum * a->B * a->T);
+        if (!tr->h_mask) die("out of host memory");
     }
     if (a->val_every > 0) {
         /* --val-windows n spread over the split, or (--val-batches N) the first N*B windows */
         if (vw_init(&tr->val, a->val_pattern, a->T, a->val_batches > 0 ? 0 : a->val_windows, V, err, sizeof err)) {
             /* there, but too small for -t or --val-windows */
-            if (strstr(err, "fewer than one window") || strstr(err, "distinct positions")) die("validation data: %s", err);
+            if (strstr(err, "fewer than one window") || strstr(err, "distinct positions") || strstr(err, "mask")) die("validation data: %s", err);
             missing_data(a->val_pattern, err, V);
         }
         tr->val_count = (long)tr->val.n;
@@ -731,6 +795,9 @@ static void setup_io(Trainer<Model> *tr) {
         tr->val_inputs = (int *)malloc((size_t)a->B * a->T * sizeof(int));
         tr->val_targets = (int *)malloc((size_t)a->B * a->T * sizeof(int));
         if (!tr->val_inputs || !tr->val_targets) die("out of host memory");
+        if (tr->val.set.mask) {
+            if (!(tr->val_mask = (uint8_t *)malloc((size_t)a->B * a->T))) die("out of host memory");
+        }
         tr->have_val = 1;
     }
     if (a->sample_every > 0) {
@@ -802,6 +869,7 @@ static void setup_model(Trainer<Model> *tr) {
         model_set_params(&tr->m, tr->h_params);
     }
     setup_io(tr);
+    if (tr->h_mask || tr->val_mask) model_enable_mask(&tr->m);
     if (a->resume && train_seek(tr, st.data_shard, st.data_pos, err, sizeof err)) die("--resume: %s", err);
     tr->flops_tok = flops_per_token(&tr->cfg, a->T);
     tr->peak_flops = model_peak_flops(&tr->m);
@@ -812,8 +880,11 @@ static void print_summary(Trainer<Model> *tr) {
     const TrainArgs *a = &tr->a;
     const DNConfig *c = &tr->cfg;
     model_describe(&tr->m, a);
-    printf("model: layers %s | D %d | heads %d (K %d) | MLP %d | vocab %d (padded %d) | %s", c->layers, c->d_model,
-           c->n_head, c->head_dim, c->hidden_size, c->vocab_size, c->padded_vocab, c->tie_embeddings ? "tied" : "untied");
+    char mlp[32];
+    if (c->no_mlp) snprintf(mlp, sizeof mlp, "none");
+    else snprintf(mlp, sizeof mlp, "%d", c->hidden_size);
+    printf("model: layers %s | D %d | heads %d (K %d) | MLP %s | vocab %d (padded %d) | %s", c->layers, c->d_model,
+           c->n_head, c->head_dim, mlp, c->vocab_size, c->padded_vocab, c->tie_embeddings ? "tied" : "untied");
     if (strpbrk(c->layers, "SG")) printf(" | attention heads %d, kv %d, window %d", c->attn_heads, c->attn_kv_heads, c->window);
     if (strchr(c->layers, 'N')) printf(" | gated DeltaNet heads %d (K %d, V %d)", c->gdn_heads, c->gdn_head_dim, dn_gdn_value_dim(c));
     printf("\nparameters: %zu (%.1fM) | seed %llu%s%s\n", tr->m.t.total_real, tr->m.t.total_real / 1e6, a->seed,
@@ -823,7 +894,10 @@ static void print_summary(Trainer<Model> *tr) {
     if (a->no_shuffle) printf("train: %s (%zu shards, in file order)", a->train_pattern, tr->train.nfiles);
     else printf("train: %s (%zu shards, %zu windows of %d tokens an epoch, shuffled from seed %llu)", a->train_pattern,
                 tr->shuf.set.nfiles, tr->shuf.nwindows, a->T + 1, a->seed);
-    if (tr->have_val && a->val_batches > 0)
+    if (tr->h_mask) printf(" | loss mask: the masked targets only");
+    if (tr->val_mask)
+        printf(" | val: %s (%ld examples, loss and accuracy on the masked targets)", a->val_pattern, tr->val_count);
+    else if (tr->have_val && a->val_batches > 0)
         printf(" | val: %s (the first %ld windows)", a->val_pattern, tr->val_count);
     else if (tr->have_val)
         printf(" | val: %s (%ld windows %s %zu tokens)", a->val_pattern, tr->val_count,
@@ -836,12 +910,37 @@ static void print_summary(Trainer<Model> *tr) {
 }
 
 /* The validation loss: the mean over the val_count windows (data.h: the same ones every time) of
- * each window's mean loss over its T predictions, scored in batches of up to B rows. */
+ * each window's mean loss over its T predictions, scored in batches of up to B rows. With masked
+ * val data: the mean loss over all the masked targets, and *acc the fraction of them that the
+ * argmax gets right (*acc = -1 without a mask). */
 template <typename Model>
-static float validate(Trainer<Model> *tr) {
+static float validate(Trainer<Model> *tr, double *acc, long *scored) {
     char err[DN_ERR_LEN];
     const int B = tr->a.B, T = tr->a.T;
     double sum = 0;
+    *acc = -1;
+    *scored = 0;
+    if (tr->val_mask) {
+        long hits = 0, count = 0;
+        for (long i0 = 0; i0 < tr->val_count; i0 += B) {
+            const int rows = tr->val_count - i0 < B ? (int)(tr->val_count - i0) : B;
+            long c = 0, h = 0;
+            for (int r = 0; r < rows; r++)
+                if (vw_read(&tr->val, (size_t)(i0 + r), tr->val_inputs + (size_t)r * T, tr->val_targets + (size_t)r * T, err, sizeof err) ||
+                    vw_read_mask(&tr->val, (size_t)(i0 + r), tr->val_mask + (size_t)r * T, err, sizeof err)) {
+                    vocab_hint("validation data: ", err, tr->cfg.vocab_size);
+                    die("validation data: %s", err);
+                }
+            for (size_t n = 0; n < (size_t)rows * T; n++) c += tr->val_mask[n];
+            if (c == 0) continue;
+            sum += (double)model_eval_masked(&tr->m, tr->val_inputs, tr->val_targets, tr->val_mask, rows, &h) * c;
+            hits += h;
+            count += c;
+        }
+        *acc = count > 0 ? (double)hits / count : 0.0;
+        *scored = count;
+        return (float)(count > 0 ? sum / count : 0.0);
+    }
     for (long i0 = 0; i0 < tr->val_count; i0 += B) {
         const int rows = tr->val_count - i0 < B ? (int)(tr->val_count - i0) : B;
         for (int r = 0; r < rows; r++) {
@@ -938,13 +1037,16 @@ static void save_checkpoint(Trainer<Model> *tr, int final) {
 }
 
 template <typename Model>
-static void log_row(Trainer<Model> *tr, const char *kind, float loss, float lr, float norm, double ms, double tok_s, double mfu) {
+static void log_row(Trainer<Model> *tr, const char *kind, float loss, float lr, float norm, double ms, double tok_s, double mfu,
+                    double acc = -1) {
     if (!tr->log) return;
     if (tr->log_csv) {
         if (!strcmp(kind, "val")) fprintf(tr->log, "val,%ld,%.6f,,,,,\n", tr->step, loss);
         else fprintf(tr->log, "train,%ld,%.6f,%.6e,%.6f,%.3f,%.1f,%.5f\n", tr->step, loss, lr, norm, ms, tok_s, mfu);
     } else {
-        if (!strcmp(kind, "val")) fprintf(tr->log, "{\"kind\":\"val\",\"step\":%ld,\"loss\":%.6f}\n", tr->step, loss);
+        if (!strcmp(kind, "val") && acc >= 0)
+            fprintf(tr->log, "{\"kind\":\"val\",\"step\":%ld,\"loss\":%.6f,\"acc\":%.6f}\n", tr->step, loss, acc);
+        else if (!strcmp(kind, "val")) fprintf(tr->log, "{\"kind\":\"val\",\"step\":%ld,\"loss\":%.6f}\n", tr->step, loss);
         else fprintf(tr->log, "{\"kind\":\"train\",\"step\":%ld,\"loss\":%.6f,\"lr\":%.6e,\"norm\":%.6f,\"ms\":%.3f,\"tok_s\":%.1f,\"mfu\":%.5f}\n",
                      tr->step, loss, lr, norm, ms, tok_s, mfu);
     }
@@ -965,12 +1067,13 @@ static void train_step(Trainer<Model> *tr) {
         }
         memcpy(tr->m.h_tokens + 2 * i * N, no_shuffle ? tr->train.inputs : tr->shuf.inputs, N * sizeof(int));
         memcpy(tr->m.h_tokens + (2 * i + 1) * N, no_shuffle ? tr->train.targets : tr->shuf.targets, N * sizeof(int));
+        if (tr->h_mask) memcpy(tr->h_mask + i * N, tr->shuf.tmask, N);
     }
     const long step = tr->step + 1;
     if (step == tr->nan_step) model_poison(&tr->m); /* test hook (DN_TEST_NAN_STEP): this step's loss is NaN */
     StepOptim o = {lr_at(&tr->a, step), tr->a.beta1, tr->a.beta2, tr->a.adam_eps, tr->a.wd, tr->a.clip};
     float norm = 0.0f;
-    const float loss = model_train_step(&tr->m, &o, step, &norm);
+    const float loss = model_train_step(&tr->m, &o, step, &norm, tr->h_mask);
     const double ms = now_ms() - t0;
     tr->step = step;
     if (!std::isfinite(loss)) {
@@ -998,7 +1101,7 @@ static void finish(Trainer<Model> *tr) {
     if (tr->a.no_shuffle) dl_free(&tr->train);
     else sl_free(&tr->shuf);
     if (tr->have_val) vw_free(&tr->val);
-    free(tr->val_inputs); free(tr->val_targets);
+    free(tr->val_inputs); free(tr->val_targets); free(tr->val_mask); free(tr->h_mask);
     model_free(&tr->m);
     free(tr->h_params); free(tr->h_m); free(tr->h_v);
 }
@@ -1019,9 +1122,15 @@ static int run(const TrainArgs *a) {
         if (tr->step == first + 1) model_profile_warmed(&tr->m); /* the first step warms up */
         const int last = tr->step == a->steps;
         if (tr->have_val && (tr->step % a->val_every == 0 || last)) {
-            float vl = validate(tr);
-            printf("val loss %.6f (perplexity %.2f) at step %ld\n", vl, exp(vl), tr->step);
-            log_row(tr, "val", vl, 0, 0, 0, 0, 0);
+            double acc;
+            long scored;
+            float vl = validate(tr, &acc, &scored);
+            if (acc >= 0)
+                printf("val loss %.6f (perplexity %.2f) | accuracy %.4f (%ld masked targets) at step %ld\n", vl, exp(vl), acc,
+                       scored, tr->step);
+            else
+                printf("val loss %.6f (perplexity %.2f) at step %ld\n", vl, exp(vl), tr->step);
+            log_row(tr, "val", vl, 0, 0, 0, 0, 0, acc);
         }
         if (tr->have_tok && (tr->step % a->sample_every == 0 || last)) sample(tr);
         if ((a->ckpt_every > 0 && tr->step % a->ckpt_every == 0) || last) save_checkpoint(tr, last);

@@ -19,7 +19,11 @@
  *     (chunkwise), on = RMSNorm_head(o; g_o) * silu(x W_g^T) (gate.cuh), out = on W_o^T. It keeps
  *     the pre-conv q, k, v, x W_a^T, g, x W_g^T, beta, o and the rstd's; the backward recomputes the
  *     rest.
+ *   Linear-attention mixer ('L'): DeltaNet's without beta, the delta rule replaced by linear
+ *     attention (linattn.cuh).
  *   Attention mixer: q, k, v = x W^T, RoPE(q), RoPE(k), flash attention (window for 'S'), W_o.
+ *   No MLP (cfg.no_mlp): h_{l+1} = mid, so the fused kernel after the mixer writes h_{l+1} and the
+ *     next sublayer's normed input at once.
  *   MLP: gu = x W_gu^T (one [2I,D] matmul, gate_proj|up_proj adjacent), act = silu(g) u, act W_down^T.
  *
  * Memory. Parameters: one fp32 master buffer laid out by the DNParamTable (padding vocab rows
@@ -62,6 +66,7 @@
 #include "attention.cuh"
 #include "rope.cuh"
 #include "deltarule.cuh"
+#include "linattn.cuh"
 #include "adamw.cuh"
 #include "../model.h"
 #include "model_gpu_state.cuh" /* parameters, activations, allocation, host transfers */
@@ -82,7 +87,7 @@ static void mixer_forward(GPUModel<floatX> *m, int l, int B, int T) {
     GPUScratch<floatX> *s = &m->S;
     const int N = B * T, D = c->d_model;
     cudaStream_t st = m->stream;
-    if (c->layers[l] == 'D') {
+    if (dn_kind_has_conv(c->layers[l])) {
         const int H = c->n_head, K = c->head_dim;
         const size_t ND = (size_t)N * D;
         /* q|k|v: one projection with the adjacent [3D, D] weights into rows q|k|v, then one conv + silu
@@ -91,12 +96,17 @@ static void mixer_forward(GPUModel<floatX> *m, int l, int B, int T) {
         prof_mark(m->prof, "fwd matmuls", st);
         conv_silu_l2norm_forward(s->qkv, a->qkv_pre, m->params + P[DN_P_Q_CONV], B, T, 3 * D, 2 * D, K, c->l2_eps, st, D);
         prof_mark(m->prof, "fwd conv+silu+l2", st);
-        matmul_forward(m->mm, s->bpre, a->xn_attn, m->wx + P[DN_P_B], N, D, H, 0, st);
-        sigmoid_forward(a->beta, s->bpre, N * H, st);
-        prof_mark(m->prof, "fwd beta", st);
-        deltarule_forward(a->o, a->dr_saved, s->qkv, s->qkv + ND, s->qkv + 2 * ND, a->beta, 1.0f / sqrtf((float)K),
-                          s->kscratch, B, T, H, K, K, st);
-        prof_mark(m->prof, "fwd delta rule", st);
+        if (c->layers[l] == 'L') {
+            linattn_forward(a->o, s->qkv, s->qkv + ND, s->qkv + 2 * ND, 1.0f / sqrtf((float)K), B, T, H, K, K, st);
+            prof_mark(m->prof, "fwd linear attention", st);
+        } else {
+            matmul_forward(m->mm, s->bpre, a->xn_attn, m->wx + P[DN_P_B], N, D, H, 0, st);
+            sigmoid_forward(a->beta, s->bpre, N * H, st);
+            prof_mark(m->prof, "fwd beta", st);
+            deltarule_forward(a->o, a->dr_saved, s->qkv, s->qkv + ND, s->qkv + 2 * ND, a->beta, 1.0f / sqrtf((float)K),
+                              s->kscratch, B, T, H, K, K, st);
+            prof_mark(m->prof, "fwd delta rule", st);
+        }
         rmsnorm_forward(s->dx, a->rstd_o, a->o, m->params + P[DN_P_O_NORM], N * H, K, c->norm_eps, st);
         prof_mark(m->prof, "fwd norms", st);
         matmul_forward(m->mm, s->branch, s->dx, m->wx + P[DN_P_O], N, D, D, 0, st);
@@ -161,6 +171,15 @@ static void gpu_forward(GPUModel<floatX> *m, const int *d_inputs, int B, int T) 
         const size_t *P = t->layer[l].p;
         GPULayerActs<floatX> *a = &m->L[l];
         mixer_forward(m, l, B, T);
+        const int last = l + 1 == c->n_layer;
+        const float *g_next = m->params + (last ? t->norm : t->layer[l + 1].p[DN_P_ATTN_NORM]);
+        float *rstd_next = last ? s->rstd_final : m->L[l + 1].rstd_attn;
+        floatX *xn_next = last ? s->xn : m->L[l + 1].xn_attn;
+        if (c->no_mlp) { /* h_{l+1} = h_l + mixer */
+            residual_rmsnorm_forward(a->out, xn_next, rstd_next, gpu_layer_input(m, l), s->branch, g_next, N, D, eps, st);
+            prof_mark(m->prof, "fwd norms", st);
+            continue;
+        }
         residual_rmsnorm_forward(a->mid, a->xn_mlp, a->rstd_mlp, gpu_layer_input(m, l), s->branch,
                                  m->params + P[DN_P_MLP_NORM], N, D, eps, st);
         prof_mark(m->prof, "fwd norms", st);
@@ -170,10 +189,7 @@ static void gpu_forward(GPUModel<floatX> *m, const int *d_inputs, int B, int T) 
         prof_mark(m->prof, "fwd swiglu", st);
         matmul_forward(m->mm, s->branch, s->qkv, m->wx + P[DN_P_DOWN], N, I, D, 0, st);
         prof_mark(m->prof, "fwd matmuls", st);
-        const int last = l + 1 == c->n_layer;
-        const float *g_next = m->params + (last ? t->norm : t->layer[l + 1].p[DN_P_ATTN_NORM]);
-        float *rstd_next = last ? s->rstd_final : m->L[l + 1].rstd_attn;
-        residual_rmsnorm_forward(a->out, last ? s->xn : m->L[l + 1].xn_attn, rstd_next, a->mid, s->branch, g_next, N, D, eps, st);
+        residual_rmsnorm_forward(a->out, xn_next, rstd_next, a->mid, s->branch, g_next, N, D, eps, st);
         prof_mark(m->prof, "fwd norms", st);
     }
 }
@@ -183,10 +199,12 @@ static void gpu_forward(GPUModel<floatX> *m, const int *d_inputs, int B, int T) 
 
 /* After gpu_forward: losses of the N rows (targets device [N]); *d_loss += loss_scale * sum(losses).
  * train: also dlogits with weight dloss_scale / N per row (1/accum for gradient accumulation),
- * dW_lm += ..., and S.dres = d loss / d h_L (through the final norm). */
+ * dW_lm += ..., and S.dres = d loss / d h_L (through the final norm). d_wts [N]: loss-mask row
+ * weights (crossentropy.cuh; NULL: none). d_hits (validation): *d_hits = the number of rows whose
+ * argmax is the target (among those of weight > 0). */
 template <typename floatX>
 static void gpu_head(GPUModel<floatX> *m, const int *d_targets, int N, int train, float dloss_scale,
-                     float *d_loss, float loss_scale) {
+                     float *d_loss, float loss_scale, const float *d_wts = NULL, float *d_hits = NULL) {
     const DNConfig *c = &m->cfg;
     const DNParamTable *t = &m->t;
     GPUScratch<floatX> *s = &m->S;
@@ -198,17 +216,20 @@ static void gpu_head(GPUModel<floatX> *m, const int *d_targets, int N, int train
         matmul_forward(m->mm, s->logits, s->xn + (size_t)r0 * D, W, rows, D, Vp, 0, st);
         prof_mark(m->prof, "head matmuls", st);
         if (train) {
-            crossentropy_forward_backward(s->logits, s->losses + r0, d_targets + r0, dloss_scale * rows / N, rows, V, Vp, st);
+            crossentropy_forward_backward(s->logits, s->losses + r0, d_targets + r0, dloss_scale * rows / N, rows, V, Vp, st,
+                                          d_wts ? d_wts + r0 : NULL);
             prof_mark(m->prof, "head cross-entropy", st);
             matmul_backward_data(m->mm, s->dx + (size_t)r0 * D, s->logits, W, rows, D, Vp, 0, st);
             matmul_backward_weight(m->mm, m->grads + t->lm_head, s->logits, s->xn + (size_t)r0 * D, rows, D, Vp, st);
             prof_mark(m->prof, "head matmuls", st);
         } else {
-            crossentropy_forward(s->losses + r0, s->logits, d_targets + r0, rows, V, Vp, st);
+            crossentropy_forward(s->losses + r0, s->logits, d_targets + r0, rows, V, Vp, st, d_wts ? d_wts + r0 : NULL);
+            if (d_hits) argmax_hits(s->hits + r0, s->logits, d_targets + r0, d_wts ? d_wts + r0 : NULL, rows, V, Vp, st);
             prof_mark(m->prof, "head cross-entropy", st);
         }
     }
     if (d_loss) sum_float(d_loss, s->losses, N, loss_scale / N, 1, st);
+    if (d_hits && !train) sum_float(d_hits, s->hits, N, 1.0f, 0, st);
     if (train)
         rmsnorm_backward(s->dres, m->grads + t->norm, (float *)s->kscratch, s->dx, m->L[c->n_layer - 1].out,
                          m->params + t->norm, s->rstd_final, N, D, 0, st);
@@ -229,8 +250,8 @@ static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
     float *G = m->grads;
     const int N = B * T, D = c->d_model;
     cudaStream_t st = m->stream;
-    if (c->layers[l] == 'D') {
-        const int H = c->n_head, K = c->head_dim;
+    if (dn_kind_has_conv(c->layers[l])) {
+        const int H = c->n_head, K = c->head_dim, delta = c->layers[l] == 'D';
         /* out = on W_o^T */
         rmsnorm_forward(s->branch, a->rstd_o, a->o, m->params + P[DN_P_O_NORM], N * H, K, c->norm_eps, st); /* on */
         prof_mark(m->prof, "bwd norms", st);
@@ -244,20 +265,26 @@ static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
         const size_t ND = (size_t)N * D;
         conv_silu_l2norm_forward(s->qkv, a->qkv_pre, m->params + P[DN_P_Q_CONV], B, T, 3 * D, 2 * D, K, c->l2_eps, st, D);
         prof_mark(m->prof, "bwd conv+silu+l2", st);
-        deltarule_backward(s->dqkv, s->dqkv + ND, s->dqkv + 2 * ND, s->dbeta, s->dx, a->dr_saved, s->qkv, s->qkv + ND,
-                           s->qkv + 2 * ND, a->beta, 1.0f / sqrtf((float)K), s->kscratch, B, T, H, K, K, st);
-        prof_mark(m->prof, "bwd delta rule", st);
-        /* beta's sigmoid and projection */
-        sigmoid_backward(s->bpre, s->dbeta, a->beta, N * H, st);
-        matmul_backward_weight(m->mm, G + P[DN_P_B], s->bpre, a->xn_attn, N, D, H, st);
-        matmul_backward_data(m->mm, s->dx, s->bpre, m->wx + P[DN_P_B], N, D, H, 0, st);
-        prof_mark(m->prof, "bwd beta", st);
+        if (delta) {
+            deltarule_backward(s->dqkv, s->dqkv + ND, s->dqkv + 2 * ND, s->dbeta, s->dx, a->dr_saved, s->qkv, s->qkv + ND,
+                               s->qkv + 2 * ND, a->beta, 1.0f / sqrtf((float)K), s->kscratch, B, T, H, K, K, st);
+            prof_mark(m->prof, "bwd delta rule", st);
+            /* beta's sigmoid and projection (the first write of S.dx) */
+            sigmoid_backward(s->bpre, s->dbeta, a->beta, N * H, st);
+            matmul_backward_weight(m->mm, G + P[DN_P_B], s->bpre, a->xn_attn, N, D, H, st);
+            matmul_backward_data(m->mm, s->dx, s->bpre, m->wx + P[DN_P_B], N, D, H, 0, st);
+            prof_mark(m->prof, "bwd beta", st);
+        } else {
+            linattn_backward(s->dqkv, s->dqkv + ND, s->dqkv + 2 * ND, s->dx, s->qkv, s->qkv + ND, s->qkv + 2 * ND,
+                             1.0f / sqrtf((float)K), B, T, H, K, K, st);
+            prof_mark(m->prof, "bwd linear attention", st);
+        }
         /* q|k|v: conv + silu (+ L2 norm) from the planes dq, dk, dv into rows dq|dk|dv, then the fused projection */
         conv_silu_l2norm_backward(s->qkv, G + P[DN_P_Q_CONV], (float *)s->kscratch, s->dqkv, a->qkv_pre,
                                   m->params + P[DN_P_Q_CONV], B, T, 3 * D, 2 * D, K, c->l2_eps, st, D);
         prof_mark(m->prof, "bwd conv+silu+l2", st);
         matmul_backward_weight(m->mm, G + P[DN_P_Q], s->qkv, a->xn_attn, N, D, 3 * D, st);
-        matmul_backward_data(m->mm, s->dx, s->qkv, m->wx + P[DN_P_Q], N, D, 3 * D, 1, st);
+        matmul_backward_data(m->mm, s->dx, s->qkv, m->wx + P[DN_P_Q], N, D, 3 * D, delta, st); /* 'L': the first write */
         prof_mark(m->prof, "bwd matmuls", st);
     } else if (c->layers[l] == 'N') {
         const int H = c->gdn_heads, K = c->gdn_head_dim, Vg = dn_gdn_value_dim(c);
@@ -332,6 +359,28 @@ static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
     }
 }
 
+/* MLP of layer l: S.dres = d out -> d mid (=), weight gradients (+=). */
+template <typename floatX>
+static void mlp_backward(GPUModel<floatX> *m, int l, int B, int T) {
+    const size_t *P = m->t.layer[l].p;
+    GPULayerActs<floatX> *a = &m->L[l];
+    GPUScratch<floatX> *s = &m->S;
+    float *G = m->grads;
+    const int N = B * T, D = m->cfg.d_model, I = m->cfg.hidden_size;
+    cudaStream_t st = m->stream;
+    matmul_backward_data(m->mm, s->qkv, s->dres, m->wx + P[DN_P_DOWN], N, I, D, 0, st);
+    prof_mark(m->prof, "bwd matmuls", st);
+    /* in place: gu now holds dgate|dup, qkv the forward's silu(gate) up (was its gradient) */
+    swiglu_backward(a->gu, s->qkv, a->gu, N, I, st, s->qkv);
+    prof_mark(m->prof, "bwd swiglu", st);
+    matmul_backward_weight(m->mm, G + P[DN_P_DOWN], s->dres, s->qkv, N, I, D, st);
+    matmul_backward_weight(m->mm, G + P[DN_P_GATE], a->gu, a->xn_mlp, N, D, 2 * I, st);
+    matmul_backward_data(m->mm, s->dx, a->gu, m->wx + P[DN_P_GATE], N, D, 2 * I, 0, st);
+    prof_mark(m->prof, "bwd matmuls", st);
+    rmsnorm_backward(s->dres, G + P[DN_P_MLP_NORM], (float *)s->kscratch, s->dx, a->mid, m->params + P[DN_P_MLP_NORM],
+                     a->rstd_mlp, N, D, 1, st);
+}
+
 /* After gpu_head(train): every parameter gradient (+=). d_inputs: the forward's tokens. */
 template <typename floatX>
 static void gpu_backward(GPUModel<floatX> *m, const int *d_inputs, int B, int T) {
@@ -340,23 +389,12 @@ static void gpu_backward(GPUModel<floatX> *m, const int *d_inputs, int B, int T)
     GPUScratch<floatX> *s = &m->S;
     float *G = m->grads;
     float *ks = (float *)s->kscratch;
-    const int N = B * T, D = c->d_model, I = c->hidden_size;
+    const int N = B * T, D = c->d_model;
     cudaStream_t st = m->stream;
     for (int l = c->n_layer - 1; l >= 0; l--) {
         const size_t *P = t->layer[l].p;
         GPULayerActs<floatX> *a = &m->L[l];
-        /* MLP: S.dres = d out -> d mid */
-        matmul_backward_data(m->mm, s->qkv, s->dres, m->wx + P[DN_P_DOWN], N, I, D, 0, st);
-        prof_mark(m->prof, "bwd matmuls", st);
-        /* in place: gu now holds dgate|dup, qkv the forward's silu(gate) up (was its gradient) */
-        swiglu_backward(a->gu, s->qkv, a->gu, N, I, st, s->qkv);
-        prof_mark(m->prof, "bwd swiglu", st);
-        matmul_backward_weight(m->mm, G + P[DN_P_DOWN], s->dres, s->qkv, N, I, D, st);
-        matmul_backward_weight(m->mm, G + P[DN_P_GATE], a->gu, a->xn_mlp, N, D, 2 * I, st);
-        matmul_backward_data(m->mm, s->dx, a->gu, m->wx + P[DN_P_GATE], N, D, 2 * I, 0, st);
-        prof_mark(m->prof, "bwd matmuls", st);
-        rmsnorm_backward(s->dres, G + P[DN_P_MLP_NORM], ks, s->dx, a->mid, m->params + P[DN_P_MLP_NORM],
-                         a->rstd_mlp, N, D, 1, st);
+        if (!c->no_mlp) mlp_backward(m, l, B, T); /* with no MLP, S.dres = d out is d mid already */
         /* mixer: S.dres = d mid -> d h_l */
         const floatX *h = gpu_layer_input(m, l);
         mixer_backward(m, l, B, T);
@@ -379,13 +417,14 @@ static void gpu_step_enqueue(GPUModel<floatX> *m) {
     cudaStream_t st = m->stream;
     cudaCheck(cudaMemcpyAsync(m->d_hp, m->h_hp, sizeof(AdamWHParams), cudaMemcpyHostToDevice, st));
     cudaCheck(cudaMemcpyAsync(m->d_tokens, m->h_tokens, (size_t)m->accum * 2 * N * sizeof(int), cudaMemcpyHostToDevice, st));
+    if (m->d_wts) cudaCheck(cudaMemcpyAsync(m->d_wts, m->h_wts, (size_t)m->accum * N * sizeof(float), cudaMemcpyHostToDevice, st));
     cudaCheck(cudaMemsetAsync(m->grads, 0, P * sizeof(float), st));
     cudaCheck(cudaMemsetAsync(m->d_loss, 0, sizeof(float), st));
     prof_mark(m->prof, "start", st);
     for (int i = 0; i < m->accum; i++) {
         const int *inp = m->d_tokens + (size_t)2 * i * N, *tgt = inp + N;
         gpu_forward(m, inp, m->B, m->T);
-        gpu_head(m, tgt, (int)N, 1, 1.0f / m->accum, m->d_loss, 1.0f / m->accum);
+        gpu_head(m, tgt, (int)N, 1, 1.0f / m->accum, m->d_loss, 1.0f / m->accum, m->d_wts ? m->d_wts + (size_t)i * N : NULL);
         gpu_backward(m, inp, m->B, m->T);
     }
     grad_norm(m->d_gn, m->norm_scratch, m->grads, P, m->d_hp, st);
@@ -450,17 +489,55 @@ static float gpu_eval_loss(GPUModel<floatX> *m, const int *inputs, const int *ta
     return loss;
 }
 
-/* Loss and gradients of one batch without an update (tests): grads = d loss / d params. */
+/* Loss-mask row weights of one batch (host mask [N] of 0/1): N mask / count (crossentropy.cuh), so
+ * that the mean over the rows is the mean over the masked ones; all 0 when nothing is masked. */
+static inline void loss_mask_weights(float *wts, const unsigned char *mask, size_t N) {
+    size_t count = 0;
+    for (size_t i = 0; i < N; i++) count += mask[i] != 0;
+    for (size_t i = 0; i < N; i++) wts[i] = mask[i] && count ? (float)N / (float)count : 0.0f;
+}
+
+/* Validation with a loss mask: the mean loss over the masked positions of one batch of B <= m->B
+ * rows (inputs, targets, mask host [B*T]), and *hits = how many of them the argmax gets right. */
+template <typename floatX>
+static float gpu_eval_masked(GPUModel<floatX> *m, const int *inputs, const int *targets, const unsigned char *mask,
+                             int B, long *hits) {
+    const size_t N = (size_t)B * m->T;
+    cudaStream_t st = m->stream;
+    GPUProf *prof = m->prof;
+    m->prof = NULL;
+    float *wts = (float *)malloc(N * sizeof(float));
+    if (!wts || !m->d_wts) { fprintf(stderr, "gpu_eval_masked: no memory or no loss mask enabled\n"); exit(EXIT_FAILURE); }
+    loss_mask_weights(wts, mask, N);
+    cudaCheck(cudaMemcpyAsync(m->d_tokens, inputs, N * sizeof(int), cudaMemcpyHostToDevice, st));
+    cudaCheck(cudaMemcpyAsync(m->d_tokens + N, targets, N * sizeof(int), cudaMemcpyHostToDevice, st));
+    cudaCheck(cudaMemcpyAsync(m->d_wts, wts, N * sizeof(float), cudaMemcpyHostToDevice, st));
+    cudaCheck(cudaMemsetAsync(m->d_loss, 0, sizeof(float), st));
+    gpu_forward(m, m->d_tokens, B, m->T);
+    gpu_head(m, m->d_tokens + N, (int)N, 0, 0.0f, m->d_loss, 1.0f, m->d_wts, m->d_hits);
+    float out[2] = {0.0f, 0.0f};
+    cudaCheck(cudaMemcpyAsync(&out[0], m->d_loss, sizeof(float), cudaMemcpyDeviceToHost, st));
+    cudaCheck(cudaMemcpyAsync(&out[1], m->d_hits, sizeof(float), cudaMemcpyDeviceToHost, st));
+    cudaCheck(cudaStreamSynchronize(st));
+    free(wts);
+    m->prof = prof;
+    *hits = lrintf(out[1]);
+    return out[0];
+}
+
+/* Loss and gradients of one batch without an update (tests): grads = d loss / d params. With a
+ * loss mask enabled (gpu_model_enable_loss_mask), the row weights are the first N of h_wts. */
 template <typename floatX>
 static float gpu_loss_and_grads(GPUModel<floatX> *m, const int *inputs, const int *targets) {
     const size_t N = (size_t)m->B * m->T;
     cudaStream_t st = m->stream;
     cudaCheck(cudaMemcpyAsync(m->d_tokens, inputs, N * sizeof(int), cudaMemcpyHostToDevice, st));
     cudaCheck(cudaMemcpyAsync(m->d_tokens + N, targets, N * sizeof(int), cudaMemcpyHostToDevice, st));
+    if (m->d_wts) cudaCheck(cudaMemcpyAsync(m->d_wts, m->h_wts, N * sizeof(float), cudaMemcpyHostToDevice, st));
     cudaCheck(cudaMemsetAsync(m->d_loss, 0, sizeof(float), st));
     cudaCheck(cudaMemsetAsync(m->grads, 0, m->t.total * sizeof(float), st));
     gpu_forward(m, m->d_tokens, m->B, m->T);
-    gpu_head(m, m->d_tokens + N, (int)N, 1, 1.0f, m->d_loss, 1.0f);
+    gpu_head(m, m->d_tokens + N, (int)N, 1, 1.0f, m->d_loss, 1.0f, m->d_wts);
     gpu_backward(m, m->d_tokens, m->B, m->T);
     float loss = 0.0f;
     cudaCheck(cudaMemcpyAsync(&loss, m->d_loss, sizeof(float), cudaMemcpyDeviceToHost, st));

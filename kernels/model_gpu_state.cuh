@@ -18,6 +18,7 @@
 #include "deltarule.cuh"
 #include "gated_stub.cuh" /* TEMPORARY: until deltarule.cuh has the gated kernels; drop at the merge */
 #include "gate.cuh"
+#include "linattn.cuh"
 #include "adamw.cuh"
 #include "../model.h"
 
@@ -107,12 +108,13 @@ template <typename floatX> struct GPULayerActs {
     floatX *xn_attn;    /* [N,D]   the mixer's input attn_norm(h_l) (kept: the backward needs no recompute) */
     floatX *xn_mlp;     /* [N,D]   the MLP's input mlp_norm(mid) (kept too) */
     floatX *gu;         /* [N,2I]  gate|up projections (the backward overwrites them with their gradient) */
-    /* DeltaNet */
+                        /* (mid, rstd_mlp, xn_mlp, gu: none with no_mlp) */
+    /* DeltaNet and linear attention ('D', 'L') */
     floatX *qkv_pre;    /* [N,3D] rows q|k|v: the fused projection, before the conv */
-    floatX *beta;       /* [N,H]   sigmoid(x W_b^T) */
-    floatX *o;          /* [N,D]   delta-rule output [B,T,H,V] */
+    floatX *beta;       /* [N,H]   sigmoid(x W_b^T)                                        'D' only */
+    floatX *o;          /* [N,D]   delta-rule (linear-attention) output [B,T,H,V] */
     float *rstd_o;      /* [N*H]   1/rms of each head of o */
-    floatX *dr_saved;   /* what the delta-rule forward saves for its backward (the chunks' (I+A)^-1) */
+    floatX *dr_saved;   /* what the delta-rule forward saves for its backward (the chunks' (I+A)^-1); 'D' only */
     /* gated DeltaNet ('N', Hg heads, HK = Hg Kg, HV = Hg Vg): qkv_pre holds the three pre-conv planes
      * q [N,HK], k [N,HK], v [N,HV] one after the other; beta [N,Hg]; o [N,HV]; rstd_o [N*Hg] */
     floatX *apre;       /* [N,Hg]  x W_a^T, the decay's input */
@@ -144,6 +146,7 @@ template <typename floatX> struct GPUScratch {
     float *dgdec;       /* [N,Hg]  gradient of the log decay */
     floatX *logits;     /* [head_rows,Vp] */
     float *losses;      /* [N] */
+    float *hits;        /* [N]     argmax == target per row (validation accuracy) */
     float *rope;        /* [T,dh/2,2] RoPE cos/sin table (attention layers only) */
     void *kscratch;     /* kernel scratch, the largest any kernel asks for */
     size_t kscratch_bytes;
@@ -174,6 +177,8 @@ template <typename floatX> struct GPUModel {
     AdamWHParams *d_hp, *h_hp;
     GradNorm *d_gn;
     float *d_loss;      /* mean loss of the step (accumulated over micro-batches) */
+    float *d_wts, *h_wts; /* [accum][N] loss-mask row weights (crossentropy.cuh), NULL without a mask */
+    float *d_hits;      /* validation: the number of rows whose argmax is the target */
     float *h_out;       /* pinned: [0] loss, [1] grad norm */
     float *norm_scratch;
     GPUProf *prof;      /* NULL unless profiling */
@@ -198,24 +203,29 @@ static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
     const size_t X = sizeof(floatX), F = sizeof(float);
     const size_t Hg = c->gdn_heads, Kg = c->gdn_head_dim, Vg = dn_gdn_value_dim(c);
     const size_t HK = Hg * Kg, HV = Hg * Vg, Hmax = H > Hg ? H : Hg;
-    int n = 0, has_d = 0, has_a = 0, has_n = 0;
+    int n = 0, has_d = 0, has_c = 0, has_a = 0, has_n = 0;
 #define GPU_ACT(nm, bytes_, p) do { if (n < cap) { tab[n].name = nm; tab[n].bytes = (bytes_); tab[n].ptr = (void **)(p); } n++; } while (0)
     for (int l = 0; l < c->n_layer; l++) {
         GPULayerActs<floatX> *a = &m->L[l];
-        GPU_ACT("mid", N * D * X, &a->mid);
         GPU_ACT("out", N * D * X, &a->out);
         GPU_ACT("rstd_attn", N * F, &a->rstd_attn);
-        GPU_ACT("rstd_mlp", N * F, &a->rstd_mlp);
         GPU_ACT("xn_attn", N * D * X, &a->xn_attn);
-        GPU_ACT("xn_mlp", N * D * X, &a->xn_mlp);
-        GPU_ACT("gate|up", N * 2 * I * X, &a->gu);
-        if (c->layers[l] == 'D') {
-            has_d = 1;
+        if (!c->no_mlp) {
+            GPU_ACT("mid", N * D * X, &a->mid);
+            GPU_ACT("rstd_mlp", N * F, &a->rstd_mlp);
+            GPU_ACT("xn_mlp", N * D * X, &a->xn_mlp);
+            GPU_ACT("gate|up", N * 2 * I * X, &a->gu);
+        }
+        if (dn_kind_has_conv(c->layers[l])) {
+            has_c = 1;
             GPU_ACT("qkv_pre", N * 3 * D * X, &a->qkv_pre);
-            GPU_ACT("beta", N * H * X, &a->beta);
             GPU_ACT("o", N * D * X, &a->o);
             GPU_ACT("rstd_o", N * H * F, &a->rstd_o);
-            GPU_ACT("delta rule saved", deltarule_saved_size<floatX>(m->B, m->T, c->n_head), &a->dr_saved);
+            if (c->layers[l] == 'D') {
+                has_d = 1;
+                GPU_ACT("beta", N * H * X, &a->beta);
+                GPU_ACT("delta rule saved", deltarule_saved_size<floatX>(m->B, m->T, c->n_head), &a->dr_saved);
+            }
         } else if (c->layers[l] == 'N') {
             has_n = 1;
             GPU_ACT("gdn q|k|v pre", N * (2 * HK + HV) * X, &a->qkv_pre);
@@ -237,7 +247,7 @@ static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
     }
     GPUScratch<floatX> *s = &m->S;
     size_t qkv_w = I, dqkv_w = 1; /* row widths of qkv and dqkv */
-    if (has_d) { qkv_w = qkv_w > 3 * D ? qkv_w : 3 * D; dqkv_w = 3 * D; }
+    if (has_c) { qkv_w = qkv_w > 3 * D ? qkv_w : 3 * D; dqkv_w = 3 * D; }
     if (has_a) { size_t w = D + 2 * kvd + 2 * 16; dqkv_w = dqkv_w > w ? dqkv_w : w; } /* + alignment slack */
     if (has_n) { qkv_w = qkv_w > 2 * HK + HV ? qkv_w : 2 * HK + HV; dqkv_w = dqkv_w > 2 * HK + HV ? dqkv_w : 2 * HK + HV; }
     GPU_ACT("emb", N * D * X, &s->emb);
@@ -258,6 +268,7 @@ static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
     }
     GPU_ACT("logits", (size_t)m->head_rows * Vp * X, &s->logits);
     GPU_ACT("losses", N * F, &s->losses);
+    GPU_ACT("hits", N * F, &s->hits);
     if (has_a) GPU_ACT("rope", (size_t)m->T * dh * F, &s->rope);
     /* kernel scratch: the largest request of any kernel the step runs */
     size_t ks = 0;
@@ -265,10 +276,9 @@ static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
     GPU_KS(rmsnorm_backward_scratch_floats((int)N, (int)D) * F);
     GPU_KS(embedding_backward_scratch_bytes((int)N, (int)D, (int)Vp));
     GPU_KS(grad_norm_scratch_floats() * F);
-    if (has_d) {
+    if (has_c) {
         GPU_KS(rmsnorm_backward_scratch_floats((int)(N * H), c->head_dim) * F);
         GPU_KS(conv_silu_l2norm_backward_scratch_floats(m->B, m->T, 3 * (int)D, c->head_dim) * F);
-        GPU_KS(deltarule_workspace_size<floatX>(m->B, m->T, c->n_head, c->head_dim, c->head_dim));
     }
     if (has_n) {
         GPU_KS(gated_rmsnorm_backward_scratch_floats((int)(N * Hg), (int)Vg) * F);
@@ -276,6 +286,7 @@ static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
         GPU_KS(conv_silu_l2norm_backward_scratch_floats(m->B, m->T, (int)HV, 128) * F);
         GPU_KS(gated_deltarule_workspace_size<floatX>(m->B, m->T, (int)Hg, (int)Kg, (int)Vg));
     }
+    if (has_d) GPU_KS(deltarule_workspace_size<floatX>(m->B, m->T, c->n_head, c->head_dim, c->head_dim));
     if (has_a) GPU_KS(attention_backward_scratch_bytes(m->B, m->T, (int)Hq, (int)dh));
 #undef GPU_KS
     s->kscratch_bytes = ks;
@@ -289,7 +300,8 @@ static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
 
 /* 0 if the GPU kernels can run this config, else -1 with a one-line reason in err. */
 static inline int gpu_model_supported(const DNConfig *c, char *err, size_t errlen) {
-    int has_d = strchr(c->layers, 'D') != NULL, has_a = strpbrk(c->layers, "SG") != NULL, has_n = strchr(c->layers, 'N') != NULL;
+    /* the conv + L2 kernels of 'D' and 'L' layers are built for the delta rule's head sizes */
+    int has_d = strpbrk(c->layers, "DL") != NULL, has_a = strpbrk(c->layers, "SG") != NULL, has_n = strchr(c->layers, 'N') != NULL;
     if (has_n && ((c->gdn_head_dim != 64 && c->gdn_head_dim != 128) || (c->gdn_expand_v != 1 && c->gdn_expand_v != 2))) {
         snprintf(err, errlen, "the GPU gated delta-rule kernels need gdn_head_dim 64 or 128 and gdn_expand_v 1 or 2; this model has %d and %d",
                  c->gdn_head_dim, c->gdn_expand_v);
@@ -300,7 +312,7 @@ static inline int gpu_model_supported(const DNConfig *c, char *err, size_t errle
         return -1;
     }
     if (has_d && c->head_dim != 64 && c->head_dim != 128) {
-        snprintf(err, errlen, "the GPU delta-rule kernels need head_dim 64 or 128; this model has d_model %d / %d heads = %d",
+        snprintf(err, errlen, "the GPU delta-rule and linear-attention kernels need head_dim 64 or 128; this model has d_model %d / %d heads = %d",
                  c->d_model, c->n_head, c->head_dim);
         return -1;
     }
@@ -332,7 +344,7 @@ static void gpu_model_create(GPUModel<floatX> *m, const DNConfig *cfg, int B, in
     }
     for (int l = 0; l < cfg->n_layer; l++) { /* the fused q|k|v products need their tensors adjacent */
         const size_t *q = m->t.layer[l].p, DD = (size_t)cfg->d_model * cfg->d_model, D4 = (size_t)cfg->d_model * cfg->conv_size;
-        if (cfg->layers[l] == 'D' && (q[DN_P_K] != q[DN_P_Q] + DD || q[DN_P_V] != q[DN_P_K] + DD ||
+        if (dn_kind_has_conv(cfg->layers[l]) && (q[DN_P_K] != q[DN_P_Q] + DD || q[DN_P_V] != q[DN_P_K] + DD ||
                                       q[DN_P_K_CONV] != q[DN_P_Q_CONV] + D4 || q[DN_P_V_CONV] != q[DN_P_K_CONV] + D4)) {
             fprintf(stderr, "internal error: layer %d's q, k, v tensors are not adjacent in the parameter table\n", l);
             exit(EXIT_FAILURE);
@@ -383,10 +395,23 @@ static void gpu_model_create(GPUModel<floatX> *m, const DNConfig *cfg, int B, in
     memset(m->h_hp, 0, sizeof *m->h_hp);
     m->d_gn = (GradNorm *)gpu_malloc_or_die(sizeof(GradNorm), "the gradient norm");
     m->d_loss = (float *)gpu_malloc_or_die(sizeof(float), "the loss");
+    m->d_hits = (float *)gpu_malloc_or_die(sizeof(float), "the accuracy");
     m->h_out = (float *)gpu_host_alloc_or_die(4 * sizeof(float), "the step results");
     m->norm_scratch = (float *)m->S.kscratch; /* grad_norm runs after the backward: shares it */
     m->use_graph = 1;
     cudaCheck(cudaStreamSynchronize(stream));
+}
+
+/* Train with a loss mask: row weights for every micro-batch of a step (h_wts, filled by the caller
+ * before each gpu_train_step), uploaded with the tokens. Call before the first step (the captured
+ * graph reads the buffers it saw). */
+template <typename floatX>
+static void gpu_model_enable_loss_mask(GPUModel<floatX> *m) {
+    if (m->d_wts) return;
+    const size_t n = (size_t)m->accum * m->B * m->T;
+    m->d_wts = (float *)gpu_malloc_or_die(n * sizeof(float), "the loss-mask weights");
+    m->h_wts = (float *)gpu_host_alloc_or_die(n * sizeof(float), "the loss-mask weights");
+    for (size_t i = 0; i < n; i++) m->h_wts[i] = 1.0f;
 }
 
 template <typename floatX>
@@ -406,6 +431,9 @@ static void gpu_model_free(GPUModel<floatX> *m) {
     cudaCheck(cudaFreeHost(m->h_hp));
     cudaCheck(cudaFree(m->d_gn));
     cudaCheck(cudaFree(m->d_loss));
+    cudaCheck(cudaFree(m->d_hits));
+    if (m->d_wts) cudaCheck(cudaFree(m->d_wts));
+    if (m->h_wts) cudaCheck(cudaFreeHost(m->h_wts));
     cudaCheck(cudaFreeHost(m->h_out));
     free(m->L);
     dn_free_param_table(&m->t);

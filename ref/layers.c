@@ -412,3 +412,15 @@ void RF(ref_crossentropy_backward)(real *dlogits, const real *logits, const int 
         for (int j = 0; j < V; j++) dz[j] += (real)(g * (exp((double)z[j] - lz) - (j == targets[n])));
     }
 }
+
+void RF(ref_crossentropy_weighted_backward)(real *dlogits, const real *logits, const int *targets, const real *w,
+                                            int N, int V, int ld) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        if (w[n] == 0) continue; /* a row outside the mask: no gradient at all */
+        const real *z = logits + (size_t)n * ld;
+        real *dz = dlogits + (size_t)n * ld;
+        double lz = logsumexp_row(z, V);
+        for (int j = 0; j < V; j++) dz[j] += (real)((double)w[n] * (exp((double)z[j] - lz) - (j == targets[n])));
+    }
+}

@@ -7,12 +7,15 @@
  *   h_0 = wte[inputs]
  *   layer l:  x1 = RMSNorm(h_l; g_attn)            mid = h_l + Mixer(x1)
  *             x2 = RMSNorm(mid; g_mlp)             h_{l+1} = mid + W_down (silu(W_gate x2) * (W_up x2))
- *   logits = RMSNorm(h_L; g_final) W_lm^T,  loss = mean CE over the B*T positions
+ *   logits = RMSNorm(h_L; g_final) W_lm^T,  loss = mean CE over the B*T positions (or, with a
+ *   loss mask, over the masked positions only: ref_model_forward_masked)
+ * With no_mlp the layer is mid alone: h_{l+1} = mid (no mlp_norm, no SwiGLU).
  * DeltaNet mixer: q,k,v = silu(conv(x1 W^T)), q,k L2-normalised per head, beta = sigmoid(x1 W_b^T),
  *   o = delta rule (chunkwise, or sequential when chunk == 0), per-head RMSNorm(o; g_o), W_o.
  * Gated DeltaNet mixer ('N', its own heads Hg of key size Kg, value size Vg): the same q, k, v, beta,
  *   the log decay g = -exp(A_log) softplus(x1 W_a^T + dt_bias) (ref/gate.c), o = gated delta rule
  *   (ref/gateddelta.c), per-head RMSNorm(o; g_o) * silu(x1 W_g^T), W_o.
+ * Linear-attention mixer ('L'): the same without beta, o = linear attention (ref/linattn.c).
  * Attention mixer: q,k,v projections, RoPE on q,k, causal softmax attention (window for 'S'
  * layers, none for 'G'), W_o.
  * Every activation the backward needs is kept (this is a reference: memory is not the point);
@@ -38,6 +41,7 @@ struct RF(RefModel) {
     int B, T, N, chunk;
     RF(RefLayerActs) *L;
     real *h_out, *xf, *rstdf, *logits, *losses;
+    real *wts;          /* [N] loss weight of each row: 1/N, or mask/count with a loss mask */
     int *inputs, *targets;
     int have_targets;
     /* backward scratch (dd: mixer-wide, N x max(D, Hg Kg, Hg Vg); dsmall: N x max(H, Hg)) */
@@ -67,8 +71,8 @@ RF(RefModel) *RF(ref_model_create)(const DNParamTable *t, int B, int T, int chun
         RF(RefLayerActs) *a = &m->L[l];
         a->h_in = zalloc(N * D, &ok); a->x1 = zalloc(N * D, &ok); a->rstd1 = zalloc(N, &ok);
         a->mid = zalloc(N * D, &ok); a->x2 = zalloc(N * D, &ok); a->rstd2 = zalloc(N, &ok);
-        a->gate = zalloc(N * I, &ok); a->up = zalloc(N * I, &ok); a->act = zalloc(N * I, &ok);
-        if (c->layers[l] == 'D') {
+        if (!c->no_mlp) { a->gate = zalloc(N * I, &ok); a->up = zalloc(N * I, &ok); a->act = zalloc(N * I, &ok); }
+        if (dn_kind_has_conv(c->layers[l])) {
             a->qpre = zalloc(N * D, &ok); a->kpre = zalloc(N * D, &ok); a->vpre = zalloc(N * D, &ok);
             a->qc = zalloc(N * D, &ok); a->kc = zalloc(N * D, &ok); a->vc = zalloc(N * D, &ok);
             a->qn = zalloc(N * D, &ok); a->kn = zalloc(N * D, &ok);
@@ -87,7 +91,7 @@ RF(RefModel) *RF(ref_model_create)(const DNParamTable *t, int B, int T, int chun
         }
     }
     m->h_out = zalloc(N * D, &ok); m->xf = zalloc(N * D, &ok); m->rstdf = zalloc(N, &ok);
-    m->logits = zalloc(N * (size_t)c->vocab_size, &ok); m->losses = zalloc(N, &ok);
+    m->logits = zalloc(N * (size_t)c->vocab_size, &ok); m->losses = zalloc(N, &ok); m->wts = zalloc(N, &ok);
     m->inputs = (int *)calloc(N, sizeof(int)); m->targets = (int *)calloc(N, sizeof(int));
     ok &= m->inputs && m->targets;
     size_t big = N * (I > D ? I : D);
@@ -107,7 +111,7 @@ void RF(ref_model_free)(RF(RefModel) *m) {
         for (size_t i = 0; i < sizeof(RF(RefLayerActs)) / sizeof(real *); i++) free(p[i]);
     }
     free(m->L);
-    free(m->h_out); free(m->xf); free(m->rstdf); free(m->logits); free(m->losses);
+    free(m->h_out); free(m->xf); free(m->rstdf); free(m->logits); free(m->losses); free(m->wts);
     free(m->inputs); free(m->targets);
     free(m->dh); free(m->dmid); free(m->dx); free(m->dbig1); free(m->dbig2); free(m->dbig3);
     free(m->dsmall1); free(m->dsmall2); free(m->dsmall3); free(m->dsmall4);
@@ -128,23 +132,30 @@ static void mixer_forward(RF(RefModel) *m, int l, const real *params, real *out)
     const size_t *P = m->t->layer[l].p;
     RF(RefLayerActs) *a = &m->L[l];
     int B = m->B, T = m->T, N = m->N, D = c->d_model;
-    if (c->layers[l] == 'D') {
-        int H = c->n_head, K = c->head_dim, cs = c->conv_size;
+    if (dn_kind_has_conv(c->layers[l])) {
+        int H = c->n_head, K = c->head_dim, cs = c->conv_size, delta = c->layers[l] == 'D';
         RF(ref_linear_forward)(a->qpre, a->x1, params + P[DN_P_Q], N, D, D);
         RF(ref_linear_forward)(a->kpre, a->x1, params + P[DN_P_K], N, D, D);
         RF(ref_linear_forward)(a->vpre, a->x1, params + P[DN_P_V], N, D, D);
-        RF(ref_linear_forward)(a->bpre, a->x1, params + P[DN_P_B], N, D, H);
+        if (delta) RF(ref_linear_forward)(a->bpre, a->x1, params + P[DN_P_B], N, D, H);
         RF(ref_conv_silu_forward)(a->qc, a->qpre, params + P[DN_P_Q_CONV], B, T, D, cs);
         RF(ref_conv_silu_forward)(a->kc, a->kpre, params + P[DN_P_K_CONV], B, T, D, cs);
         RF(ref_conv_silu_forward)(a->vc, a->vpre, params + P[DN_P_V_CONV], B, T, D, cs);
         RF(ref_l2norm_forward)(a->qn, a->qc, N * H, K, (real)c->l2_eps);
         RF(ref_l2norm_forward)(a->kn, a->kc, N * H, K, (real)c->l2_eps);
-        RF(ref_sigmoid_forward)(a->beta, a->bpre, N * H);
         real scale = (real)(1.0 / sqrt((double)K));
-        if (m->chunk > 0)
-            RF(ref_delta_rule_chunk_forward)(a->o, NULL, a->qn, a->kn, a->vc, a->beta, NULL, B, T, H, K, K, scale, m->chunk);
-        else
-            RF(ref_delta_rule_recurrent_forward)(a->o, NULL, a->qn, a->kn, a->vc, a->beta, NULL, B, T, H, K, K, scale);
+        if (!delta) {
+            if (m->chunk > 0)
+                RF(ref_linear_attn_chunk_forward)(a->o, NULL, a->qn, a->kn, a->vc, NULL, B, T, H, K, K, scale, m->chunk);
+            else
+                RF(ref_linear_attn_recurrent_forward)(a->o, NULL, a->qn, a->kn, a->vc, NULL, B, T, H, K, K, scale);
+        } else {
+            RF(ref_sigmoid_forward)(a->beta, a->bpre, N * H);
+            if (m->chunk > 0)
+                RF(ref_delta_rule_chunk_forward)(a->o, NULL, a->qn, a->kn, a->vc, a->beta, NULL, B, T, H, K, K, scale, m->chunk);
+            else
+                RF(ref_delta_rule_recurrent_forward)(a->o, NULL, a->qn, a->kn, a->vc, a->beta, NULL, B, T, H, K, K, scale);
+        }
         RF(ref_rmsnorm_forward)(a->on, a->orstd, a->o, params + P[DN_P_O_NORM], N * H, K, (real)c->norm_eps);
         RF(ref_linear_forward)(out, a->on, params + P[DN_P_O], N, D, D);
     } else if (c->layers[l] == 'N') {
@@ -184,6 +195,11 @@ static void mixer_forward(RF(RefModel) *m, int l, const real *params, real *out)
 }
 
 real RF(ref_model_forward)(RF(RefModel) *m, const real *params, const int *inputs, const int *targets) {
+    return RF(ref_model_forward_masked)(m, params, inputs, targets, NULL);
+}
+
+real RF(ref_model_forward_masked)(RF(RefModel) *m, const real *params, const int *inputs, const int *targets,
+                                  const unsigned char *mask) {
     const DNParamTable *t = m->t;
     const DNConfig *c = &t->cfg;
     int N = m->N, D = c->d_model, I = c->hidden_size;
@@ -198,6 +214,7 @@ real RF(ref_model_forward)(RF(RefModel) *m, const real *params, const int *input
         RF(ref_rmsnorm_forward)(a->x1, a->rstd1, a->h_in, params + P[DN_P_ATTN_NORM], N, D, (real)c->norm_eps);
         mixer_forward(m, l, params, tmp);
         vadd(a->mid, a->h_in, tmp, ND);
+        if (c->no_mlp) { memcpy(h_next, a->mid, ND * sizeof(real)); continue; }
         RF(ref_rmsnorm_forward)(a->x2, a->rstd2, a->mid, params + P[DN_P_MLP_NORM], N, D, (real)c->norm_eps);
         RF(ref_linear_forward)(a->gate, a->x2, params + P[DN_P_GATE], N, D, I);
         RF(ref_linear_forward)(a->up, a->x2, params + P[DN_P_UP], N, D, I);
@@ -210,7 +227,14 @@ real RF(ref_model_forward)(RF(RefModel) *m, const real *params, const int *input
     m->have_targets = targets != NULL;
     if (!targets) return 0;
     memcpy(m->targets, targets, (size_t)N * sizeof(int));
-    return RF(ref_crossentropy_forward)(m->losses, m->logits, m->targets, N, c->vocab_size, c->vocab_size);
+    const real mean = RF(ref_crossentropy_forward)(m->losses, m->logits, m->targets, N, c->vocab_size, c->vocab_size);
+    long count = 0;
+    for (int n = 0; n < N; n++) count += mask ? mask[n] != 0 : 1;
+    for (int n = 0; n < N; n++) m->wts[n] = (mask ? mask[n] != 0 : 1) && count > 0 ? (real)(1.0 / count) : 0;
+    if (!mask) return mean;
+    double sum = 0;
+    for (int n = 0; n < N; n++) if (mask[n]) sum += m->losses[n];
+    return count > 0 ? (real)(sum / count) : 0;
 }
 
 /* Mixer backward: dout [N,D] -> dx1 [N,D] (+=), parameter grads (+=). */
@@ -221,8 +245,8 @@ static void mixer_backward(RF(RefModel) *m, int l, const real *params, real *gra
     int B = m->B, T = m->T, N = m->N, D = c->d_model;
     size_t ND = (size_t)N * D;
     real **dd = m->dd;
-    if (c->layers[l] == 'D') {
-        int H = c->n_head, K = c->head_dim, cs = c->conv_size;
+    if (dn_kind_has_conv(c->layers[l])) {
+        int H = c->n_head, K = c->head_dim, cs = c->conv_size, delta = c->layers[l] == 'D';
         size_t NH = (size_t)N * H;
         real *don = dd[1], *d_o = dd[2], *dqn = dd[3], *dkn = dd[4], *dvc = dd[5], *dqc = dd[6], *dpre = dd[7];
         real *dbeta = m->dsmall1, *dbpre = m->dsmall2;
@@ -231,12 +255,19 @@ static void mixer_backward(RF(RefModel) *m, int l, const real *params, real *gra
         RF(ref_linear_backward)(don, grads + P[DN_P_O], dout, a->on, params + P[DN_P_O], N, D, D);
         RF(ref_rmsnorm_backward)(d_o, grads + P[DN_P_O_NORM], don, a->o, params + P[DN_P_O_NORM], a->orstd, N * H, K);
         real scale = (real)(1.0 / sqrt((double)K));
-        if (m->chunk > 0)
-            RF(ref_delta_rule_chunk_backward)(dqn, dkn, dvc, dbeta, NULL, d_o, NULL, a->qn, a->kn, a->vc, a->beta, NULL, B, T, H, K, K, scale, m->chunk);
-        else
-            RF(ref_delta_rule_recurrent_backward)(dqn, dkn, dvc, dbeta, NULL, d_o, NULL, a->qn, a->kn, a->vc, a->beta, NULL, B, T, H, K, K, scale);
-        RF(ref_sigmoid_backward)(dbpre, dbeta, a->beta, N * H);
-        RF(ref_linear_backward)(dx1, grads + P[DN_P_B], dbpre, a->x1, params + P[DN_P_B], N, D, H);
+        if (!delta) {
+            if (m->chunk > 0)
+                RF(ref_linear_attn_chunk_backward)(dqn, dkn, dvc, NULL, d_o, NULL, a->qn, a->kn, a->vc, NULL, B, T, H, K, K, scale, m->chunk);
+            else
+                RF(ref_linear_attn_recurrent_backward)(dqn, dkn, dvc, NULL, d_o, NULL, a->qn, a->kn, a->vc, NULL, B, T, H, K, K, scale);
+        } else {
+            if (m->chunk > 0)
+                RF(ref_delta_rule_chunk_backward)(dqn, dkn, dvc, dbeta, NULL, d_o, NULL, a->qn, a->kn, a->vc, a->beta, NULL, B, T, H, K, K, scale, m->chunk);
+            else
+                RF(ref_delta_rule_recurrent_backward)(dqn, dkn, dvc, dbeta, NULL, d_o, NULL, a->qn, a->kn, a->vc, a->beta, NULL, B, T, H, K, K, scale);
+            RF(ref_sigmoid_backward)(dbpre, dbeta, a->beta, N * H);
+            RF(ref_linear_backward)(dx1, grads + P[DN_P_B], dbpre, a->x1, params + P[DN_P_B], N, D, H);
+        }
         /* q branch: l2norm <- conv+silu <- projection */
         vzero(dqc, ND); vzero(dpre, ND);
         RF(ref_l2norm_backward)(dqc, dqn, a->qc, N * H, K, (real)c->l2_eps);
@@ -300,15 +331,33 @@ static void mixer_backward(RF(RefModel) *m, int l, const real *params, real *gra
     }
 }
 
+/* MLP backward of layer l: h_{l+1} = mid + down(swiglu(gate(x2), up(x2))), x2 = RMSNorm(mid):
+ * dh = d h_{l+1} -> dmid (=), weight gradients (+=). */
+static void mlp_backward(RF(RefModel) *m, int l, const real *params, real *grads, const real *dh, real *dmid) {
+    const size_t *P = m->t->layer[l].p;
+    RF(RefLayerActs) *a = &m->L[l];
+    int N = m->N, D = m->t->cfg.d_model, I = m->t->cfg.hidden_size;
+    size_t ND = (size_t)N * D, NI = (size_t)N * I;
+    real *dact = m->dbig1, *dgate = m->dbig2, *dup = m->dbig3, *dx = m->dx;
+    vzero(dact, NI); vzero(dgate, NI); vzero(dup, NI);
+    RF(ref_linear_backward)(dact, grads + P[DN_P_DOWN], dh, a->act, params + P[DN_P_DOWN], N, I, D);
+    RF(ref_swiglu_backward)(dgate, dup, dact, a->gate, a->up, N * I);
+    vzero(dx, ND);
+    RF(ref_linear_backward)(dx, grads + P[DN_P_GATE], dgate, a->x2, params + P[DN_P_GATE], N, D, I);
+    RF(ref_linear_backward)(dx, grads + P[DN_P_UP], dup, a->x2, params + P[DN_P_UP], N, D, I);
+    memcpy(dmid, dh, ND * sizeof(real));
+    RF(ref_rmsnorm_backward)(dmid, grads + P[DN_P_MLP_NORM], dx, a->mid, params + P[DN_P_MLP_NORM], a->rstd2, N, D);
+}
+
 void RF(ref_model_backward)(RF(RefModel) *m, const real *params, real *grads) {
     const DNParamTable *t = m->t;
     const DNConfig *c = &t->cfg;
-    int N = m->N, D = c->d_model, I = c->hidden_size, Vr = c->vocab_size;
-    size_t ND = (size_t)N * D, NI = (size_t)N * I;
+    int N = m->N, D = c->d_model, Vr = c->vocab_size;
+    size_t ND = (size_t)N * D;
     if (!m->have_targets) { fprintf(stderr, "ref_model_backward: the last forward had no targets\n"); abort(); }
     real *dlogits = (real *)calloc((size_t)N * Vr, sizeof(real));
     if (!dlogits) { fprintf(stderr, "ref_model_backward: out of memory\n"); abort(); }
-    RF(ref_crossentropy_backward)(dlogits, m->logits, m->targets, N, Vr, Vr, (real)1.0);
+    RF(ref_crossentropy_weighted_backward)(dlogits, m->logits, m->targets, m->wts, N, Vr, Vr);
     real *dh = m->dh, *dmid = m->dmid, *dx = m->dx;
     vzero(dx, ND);
     RF(ref_linear_backward)(dx, grads + t->lm_head, dlogits, m->xf, params + t->lm_head, N, D, Vr);
@@ -318,16 +367,8 @@ void RF(ref_model_backward)(RF(RefModel) *m, const real *params, real *grads) {
     for (int l = c->n_layer - 1; l >= 0; l--) {
         const size_t *P = t->layer[l].p;
         RF(RefLayerActs) *a = &m->L[l];
-        /* h_{l+1} = mid + down(swiglu(gate(x2), up(x2))) */
-        real *dact = m->dbig1, *dgate = m->dbig2, *dup = m->dbig3;
-        vzero(dact, NI); vzero(dgate, NI); vzero(dup, NI);
-        RF(ref_linear_backward)(dact, grads + P[DN_P_DOWN], dh, a->act, params + P[DN_P_DOWN], N, I, D);
-        RF(ref_swiglu_backward)(dgate, dup, dact, a->gate, a->up, N * I);
-        vzero(dx, ND);
-        RF(ref_linear_backward)(dx, grads + P[DN_P_GATE], dgate, a->x2, params + P[DN_P_GATE], N, D, I);
-        RF(ref_linear_backward)(dx, grads + P[DN_P_UP], dup, a->x2, params + P[DN_P_UP], N, D, I);
-        memcpy(dmid, dh, ND * sizeof(real));
-        RF(ref_rmsnorm_backward)(dmid, grads + P[DN_P_MLP_NORM], dx, a->mid, params + P[DN_P_MLP_NORM], a->rstd2, N, D);
+        if (c->no_mlp) memcpy(dmid, dh, ND * sizeof(real)); /* h_{l+1} = mid */
+        else mlp_backward(m, l, params, grads, dh, dmid);
         /* mid = h_l + mixer(x1) */
         vzero(dx, ND);
         mixer_backward(m, l, params, grads, dmid, dx);

@@ -64,6 +64,11 @@ void RF(ref_attention_backward)(REAL *dq, REAL *dk, REAL *dv, const REAL *dout, 
 REAL RF(ref_crossentropy_forward)(REAL *losses, const REAL *logits, const int *targets, int N, int V, int ld);
 void RF(ref_crossentropy_backward)(REAL *dlogits, const REAL *logits, const int *targets, int N, int V,
                                    int ld, REAL dloss);
+/* The same backward with a weight per row (a loss mask): dlogits[n, j] += w[n] * (softmax_j -
+ * [j == target]); w[n] = mask[n] / (number of masked rows) makes it the gradient of the mean loss
+ * over the masked rows, and rows of weight 0 contribute nothing. */
+void RF(ref_crossentropy_weighted_backward)(REAL *dlogits, const REAL *logits, const int *targets, const REAL *w,
+                                            int N, int V, int ld);
 
 /* ---- the delta rule ------------------------------------------------------------------------------
  * q, k [B,T,H,K], v [B,T,H,V], beta [B,T,H], o [B,T,H,V]; states [B,H,K,V] (S[a][b]: key index a,
@@ -125,3 +130,21 @@ void RF(ref_gated_rmsnorm_forward)(REAL *out, REAL *rstd, const REAL *inp, const
                                    int N, int C, REAL eps);
 void RF(ref_gated_rmsnorm_backward)(REAL *dinp, REAL *dgate, REAL *dw, const REAL *dout, const REAL *inp,
                                     const REAL *gate, const REAL *w, const REAL *rstd, int N, int C);
+
+/* ---- linear attention ('L' layers, ref/linattn.c) -------------------------------------------------
+ * The delta rule's shapes without beta: S_t = S_{t-1} + k_t v_t^T, o_t = scale * S_t^T q_t.
+ * q, k [B,T,H,K], v, o [B,T,H,V], states [B,H,K,V]; S0 / S_final may be NULL and may alias. The
+ * backward accumulates (+=) dq, dk, dv and dS0 (may be NULL) given do and dS_final (may be NULL). */
+void RF(ref_linear_attn_recurrent_forward)(REAL *o, REAL *S_final, const REAL *q, const REAL *k,
+                                           const REAL *v, const REAL *S0, int B, int T, int H, int K,
+                                           int V, REAL scale);
+void RF(ref_linear_attn_recurrent_backward)(REAL *dq, REAL *dk, REAL *dv, REAL *dS0, const REAL *dout,
+                                            const REAL *dS_final, const REAL *q, const REAL *k,
+                                            const REAL *v, const REAL *S0, int B, int T, int H, int K,
+                                            int V, REAL scale);
+/* The same function chunkwise (chunk size C; T need not be a multiple of C). */
+void RF(ref_linear_attn_chunk_forward)(REAL *o, REAL *S_final, const REAL *q, const REAL *k, const REAL *v,
+                                       const REAL *S0, int B, int T, int H, int K, int V, REAL scale, int C);
+void RF(ref_linear_attn_chunk_backward)(REAL *dq, REAL *dk, REAL *dv, REAL *dS0, const REAL *dout,
+                                        const REAL *dS_final, const REAL *q, const REAL *k, const REAL *v,
+                                        const REAL *S0, int B, int T, int H, int K, int V, REAL scale, int C);

@@ -16,6 +16,11 @@ void RF(ref_model_free)(RF(RefModel) *m);
  * Logits [B*T, vocab_size] stay readable through ref_model_logits until the next forward. */
 REAL RF(ref_model_forward)(RF(RefModel) *m, const REAL *params, const int *inputs, const int *targets);
 const REAL *RF(ref_model_logits)(const RF(RefModel) *m);
+/* The forward with a loss mask: mask [B*T] of 0/1 (NULL: every position). The loss is the mean
+ * over the masked positions only (0 when there are none), and ref_model_backward then gives the
+ * gradient of that mean: unmasked positions contribute nothing. */
+REAL RF(ref_model_forward_masked)(RF(RefModel) *m, const REAL *params, const int *inputs, const int *targets,
+                                  const unsigned char *mask);
 /* Backward of the mean loss of the last forward (which must have had targets):
  * grads (t->total elements) += d loss / d params. */
 void RF(ref_model_backward)(RF(RefModel) *m, const REAL *params, REAL *grads);

@@ -5,6 +5,7 @@
  * may hold any byte but '/' and NUL, a newline included; every message stays one line.
  */
 #include "data.h"
+#include "mask.h"
 #include "../model.h"
 
 #include <errno.h>
@@ -60,6 +61,8 @@ static FILE *open_shard(const char *path, size_t *ntok, char *err, size_t errlen
     } else if ((size_t)st.st_size < SHARD_HEADER_BYTES || fread(h, sizeof h, 1, f) != 1) {
         dn_seterr(err, errlen, "%s: %lld bytes, too small for the %d-byte shard header", ESC(e, path),
                (long long)st.st_size, SHARD_HEADER_BYTES);
+    } else if (h[0] == MASK_MAGIC) {
+        dn_seterr(err, errlen, "%s: a loss mask, not a token shard: make the pattern match only the shards (end it in .bin)", ESC(e, path));
     } else if (h[0] != SHARD_MAGIC) {
         dn_seterr(err, errlen, "%s: not a token shard (magic %d, expected %d)", ESC(e, path), h[0], SHARD_MAGIC);
     } else if (h[1] != SHARD_VERSION) {
@@ -260,6 +263,55 @@ void dl_free(DataLoader *dl) {
 /* ----------------------------------------------------------------------------------------------
  * Shards read on demand (ShardSet), the shuffled loader, the validation windows */
 
+/* The loss masks beside the shards: none, or one per shard, each checked against its shard, all
+ * of one period. */
+static int ss_load_masks(ShardSet *s, char *err, size_t errlen) {
+    char e[NAME_ESC_LEN], mp[DN_PATH_MAX];
+    size_t with = 0;
+    for (size_t i = 0; i < s->nfiles; i++) with += (size_t)mask_exists(s->files[i]);
+    if (with == 0) return 0;
+    if (with != s->nfiles) {
+        for (size_t i = 0; i < s->nfiles; i++)
+            if (!mask_exists(s->files[i])) {
+                dn_seterr(err, errlen, "%s: no loss mask beside it, but %zu of the %zu shards have one (all or none)",
+                          ESC(e, s->files[i]), with, s->nfiles);
+                break;
+            }
+        return -1;
+    }
+    s->mask = calloc(s->nfiles, sizeof *s->mask);
+    if (!s->mask) { dn_seterr(err, errlen, "out of memory for the loss masks"); return -1; }
+    for (size_t i = 0; i < s->nfiles; i++) {
+        int period = 0;
+        if (mask_path(mp, sizeof mp, s->files[i], err, errlen) != 0) return -1;
+        if (mask_read(mp, s->file_ntok[i], &s->mask[i], &period, err, errlen) != 0) return -1;
+        if (i > 0 && period != s->period) {
+            dn_seterr(err, errlen, "%s: period %d, but the masks before it have %d", ESC(e, mp), period, s->period);
+            return -1;
+        }
+        s->period = period;
+    }
+    return 0;
+}
+
+int ss_read_mask(const ShardSet *s, size_t off, size_t n, uint8_t *out, char *err, size_t errlen) {
+    if (!s->mask || off + n > s->start[s->nfiles] || off + n < off) {
+        dn_seterr(err, errlen, "shards: no mask for tokens [%zu, %zu)", off, off + n);
+        return -1;
+    }
+    size_t i = 0;
+    while (i + 1 < s->nfiles && s->start[i + 1] <= off) i++;
+    for (size_t done = 0; done < n; i++) {
+        const size_t pos = off + done - s->start[i];
+        if (pos >= s->file_ntok[i]) continue;
+        size_t take = s->file_ntok[i] - pos;
+        take = take < n - done ? take : n - done;
+        memcpy(out + done, s->mask[i] + pos, take);
+        done += take;
+    }
+    return 0;
+}
+
 int ss_open(ShardSet *s, const char *pattern, int vocab_size, size_t min_tokens, const char *what,
             char *err, size_t errlen) {
     memset(s, 0, sizeof *s);
@@ -277,6 +329,10 @@ int ss_open(ShardSet *s, const char *pattern, int vocab_size, size_t min_tokens,
         return -1;
     }
     for (size_t i = 0; i < s->nfiles; i++) s->start[i + 1] = s->start[i] + s->file_ntok[i];
+    if (ss_load_masks(s, err, errlen) != 0) {
+        ss_close(s);
+        return -1;
+    }
     return 0;
 }
 
@@ -350,6 +406,9 @@ void ss_close(ShardSet *s) {
             if (s->fd[i] >= 0) close(s->fd[i]);
     if (s->files)
         for (size_t i = 0; i < s->nfiles; i++) free(s->files[i]);
+    if (s->mask)
+        for (size_t i = 0; i < s->nfiles; i++) free(s->mask[i]);
+    free(s->mask);
     free(s->files);
     free(s->file_ntok);
     free(s->start);
@@ -394,6 +453,12 @@ int sl_init(ShuffleLoader *sl, const char *pattern, int B, int T, int vocab_size
     sl->B = B;
     sl->T = T;
     sl->seed = seed;
+    if (sl->set.mask && sl->set.period != 0 && sl->set.period != T) {
+        dn_seterr(err, errlen, "%s: the loss masks are of examples of %d tokens, but T is %d: pass -t %d so that each row is one example",
+                  pattern, sl->set.period, T, sl->set.period);
+        sl_free(sl);
+        return -1;
+    }
     const size_t nf = sl->set.nfiles;
     sl->first = calloc(nf + 1, sizeof *sl->first);
     if (!sl->first) goto oom;
@@ -411,6 +476,7 @@ int sl_init(ShuffleLoader *sl, const char *pattern, int B, int T, int vocab_size
     sl->inputs = malloc((size_t)B * T * sizeof *sl->inputs);
     sl->targets = malloc((size_t)B * T * sizeof *sl->targets);
     if (!sl->order || !sl->rows || !sl->buf || !sl->inputs || !sl->targets) goto oom;
+    if (sl->set.mask && !(sl->tmask = malloc((size_t)B * T))) goto oom;
     sl_shuffle(sl, 0);
     sl->next = 0;
     return 0;
@@ -445,6 +511,7 @@ int sl_next(ShuffleLoader *sl, char *err, size_t errlen) {
             sl->inputs[b * T + t] = sl->buf[t];
             sl->targets[b * T + t] = sl->buf[t + 1];
         }
+        if (sl->tmask && ss_read_mask(&sl->set, sl->set.start[shard] + pos + 1, T, sl->tmask + b * T, err, errlen) != 0) return -1;
         sl->rows[b] = id;
         sl->next++;
     }
@@ -475,6 +542,7 @@ void sl_free(ShuffleLoader *sl) {
     free(sl->buf);
     free(sl->inputs);
     free(sl->targets);
+    free(sl->tmask);
     memset(sl, 0, sizeof *sl);
 }
 
@@ -486,6 +554,16 @@ int vw_init(ValWindows *v, const char *pattern, int T, long n, int vocab_size, c
     if (ss_open(&v->set, pattern, vocab_size, 0, "", err, errlen) != 0) return -1;
     v->T = T;
     v->ntok = v->set.start[v->set.nfiles];
+    if (v->set.mask) { /* the windows must be the examples: one shard, every window, period T */
+        const char *why = v->set.nfiles != 1 ? "must be one shard" : v->set.period != 0 && v->set.period != T ? "has another period" : NULL;
+        if (why) {
+            dn_seterr(err, errlen, "%s: masked validation data %s (%zu shards, examples of %d tokens, T = %d)", pattern, why,
+                      v->set.nfiles, v->set.period, T);
+            vw_free(v);
+            return -1;
+        }
+        n = 0;
+    }
     const size_t need = (size_t)T + 1;
     if (v->ntok < need) {
         dn_seterr(err, errlen, "%s: %zu tokens in all, fewer than one window needs (T+1 = %zu)", pattern, v->ntok, need);
@@ -519,6 +597,11 @@ int vw_read(ValWindows *v, size_t i, int *inputs, int *targets, char *err, size_
         targets[t] = v->buf[t + 1];
     }
     return 0;
+}
+
+int vw_read_mask(const ValWindows *v, size_t i, uint8_t *tmask, char *err, size_t errlen) {
+    if (i >= v->n) { dn_seterr(err, errlen, "validation: window %zu of %zu", i, v->n); return -1; }
+    return ss_read_mask(&v->set, i * v->stride + 1, (size_t)v->T, tmask, err, errlen);
 }
 
 void vw_free(ValWindows *v) {

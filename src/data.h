@@ -108,6 +108,14 @@ void dl_free(DataLoader *dl);
  * non-overlapping window instead: start_i = i * T, i = 0 .. floor((N - 1) / T) - 1, exactly the
  * blocks that `./infer --eval SHARD -b T` scores. The loss of an evaluation is the mean over the
  * windows of each window's mean over its T predictions.
+ *
+ * Loss masks (src/mask.h). When a mask file lies beside a shard of the set, every shard must have
+ * one; they are read whole (one byte per token) and checked when the set is opened. The loaders
+ * then also give a target mask per row: tmask[b*T + t] = mask[first token of the window + t + 1],
+ * 1 where target t is scored. A mask's period P (the example length) must equal T, so that every
+ * window is one example (window w = tokens [wT, wT + T] = example w and the first token of
+ * example w + 1, never scored). Masked validation data must be one shard, and its windows are
+ * always every non-overlapping window (n = 0 above), so that they are the examples too.
  */
 
 #define SHARDSET_OPEN 16  /* shards kept open at once (direct-mapped by index): bounded fds for any count */
@@ -118,17 +126,22 @@ typedef struct {
     char **files;
     size_t *file_ntok;   /* token count of each shard */
     size_t *start;       /* nfiles + 1: stream offset of each shard's first token; start[nfiles] = N */
+    uint8_t **mask;      /* nfiles loss masks (src/mask.h), or NULL when the shards have none */
+    int period;          /* the masks' period (0: none) */
     int fd[SHARDSET_OPEN];         /* open shards (-1: none): shard i in slot i % SHARDSET_OPEN */
     size_t fd_shard[SHARDSET_OPEN]; /* the shard in each slot */
 } ShardSet;
 
 /* Open the shards matching pattern (POSIX glob, sorted), checking every header; a shard with
- * fewer than min_tokens tokens is refused naming it (what = why that many are needed). */
+ * fewer than min_tokens tokens is refused naming it (what = why that many are needed). Loads and
+ * checks the loss masks beside the shards if there are any (all or none). */
 int ss_open(ShardSet *s, const char *pattern, int vocab_size, size_t min_tokens, const char *what,
             char *err, size_t errlen);
 /* Read n tokens of the stream from offset off (crossing shard ends if need be), each checked
  * against the vocabulary. Returns 0, or -1 with err naming the shard. */
 int ss_read(ShardSet *s, size_t off, size_t n, uint16_t *out, char *err, size_t errlen);
+/* The mask bytes of n tokens of the stream from offset off (only with masks). */
+int ss_read_mask(const ShardSet *s, size_t off, size_t n, uint8_t *out, char *err, size_t errlen);
 void ss_close(ShardSet *s);
 
 typedef struct {
@@ -144,6 +157,7 @@ typedef struct {
     uint16_t *buf;       /* T + 1 tokens */
     int *inputs;         /* B*T: the current batch's inputs  [B, T] */
     int *targets;        /* B*T: the current batch's targets [B, T] */
+    uint8_t *tmask;      /* B*T: 1 where a target is scored; NULL when the shards have no masks */
 } ShuffleLoader;
 
 /* Open the training shards matching pattern; starts at (epoch 0, window 0). Fails if nothing
@@ -176,6 +190,8 @@ typedef struct {
 int vw_init(ValWindows *v, const char *pattern, int T, long n, int vocab_size, char *err, size_t errlen);
 /* Window i (< v->n): T inputs and T targets. */
 int vw_read(ValWindows *v, size_t i, int *inputs, int *targets, char *err, size_t errlen);
+/* Window i's target mask (T bytes; only when v->set.mask is set). */
+int vw_read_mask(const ValWindows *v, size_t i, uint8_t *tmask, char *err, size_t errlen);
 void vw_free(ValWindows *v);
 
 #ifdef __cplusplus

@@ -271,9 +271,9 @@ int dn_config_set_layers(DNConfig *cfg, const char *kinds, char *err, size_t err
     }
     for (size_t i = 0; i < n; i++) {
         char ch = kinds[i];
-        if (ch != 'D' && ch != 'S' && ch != 'G' && ch != 'N') {
+        if (ch != 'D' && ch != 'S' && ch != 'G' && ch != 'N' && ch != 'L') {
             char e[DN_ESC_LEN];
-            dn_seterr(err, errlen, "layer %zu has kind '%s'; use D (DeltaNet), N (gated DeltaNet), S (sliding window) or G (global)", i, dn_escape(e, sizeof e, &kinds[i], 1));
+            dn_seterr(err, errlen, "layer %zu has kind '%s'; use D (DeltaNet), N (gated DeltaNet), S (sliding window), G (global) or L (linear attention)", i, dn_escape(e, sizeof e, &kinds[i], 1));
             return -1;
         }
     }
@@ -297,7 +297,7 @@ int dn_config_validate(const DNConfig *c, char *err, size_t errlen) {
     int n_attn = 0;
     for (int l = 0; l < c->n_layer; l++) {
         char k = c->layers[l], e[DN_ESC_LEN];
-        DN_REQ(k == 'D' || k == 'S' || k == 'G' || k == 'N', "layer %d has unknown kind '%s'", l, dn_escape(e, sizeof e, &c->layers[l], 1));
+        DN_REQ(k == 'D' || k == 'S' || k == 'G' || k == 'N' || k == 'L', "layer %d has unknown kind '%s'", l, dn_escape(e, sizeof e, &c->layers[l], 1));
         n_attn += k == 'S' || k == 'G';
     }
     DN_REQ(c->n_head >= 1 && c->head_dim >= 1, "n_head %d and head_dim %d must be positive", c->n_head, c->head_dim);
@@ -307,6 +307,7 @@ int dn_config_validate(const DNConfig *c, char *err, size_t errlen) {
     DN_REQ(isfinite(c->norm_eps) && c->norm_eps > 0.0f && c->norm_eps < 1.0f, "norm_eps %g must be in (0, 1)", (double)c->norm_eps);
     DN_REQ(isfinite(c->l2_eps) && c->l2_eps > 0.0f && c->l2_eps < 1.0f, "l2_eps %g must be in (0, 1)", (double)c->l2_eps);
     DN_REQ(c->tie_embeddings == 0 || c->tie_embeddings == 1, "tie_embeddings must be 0 or 1");
+    DN_REQ(c->no_mlp == 0 || c->no_mlp == 1, "no_mlp must be 0 or 1");
     /* the attention fields are checked on every model, so that no file carries nonsense in them
      * (a pure DeltaNet model keeps its preset's values) */
     DN_REQ(isfinite(c->rope_base) && c->rope_base > 1.0f, "rope_base %g must be a finite number > 1", (double)c->rope_base);
@@ -368,12 +369,13 @@ int dn_build_param_table(DNParamTable *t, const DNConfig *c, char *err, size_t e
         for (int k = 0; k < DN_P_NKINDS; k++) t->layer[l].p[k] = DN_NO_PARAM;
 #define DN_NAME(suffix) (snprintf(nm, sizeof nm, "model.layers.%d.%s", l, suffix), nm)
         dn_add_param(t, cap, DN_P_ATTN_NORM, l, DN_NAME("attn_norm.weight"), 1, D, 0, 0, 0, 0, 0.0f);
-        if (c->layers[l] == 'D') {
+        if (dn_kind_has_conv(c->layers[l])) {
             int H = c->n_head, K = c->head_dim, cs = c->conv_size;
             dn_add_param(t, cap, DN_P_Q, l, DN_NAME("attn.q_proj.weight"), 2, D, D, 0, 0, 1, std);
             dn_add_param(t, cap, DN_P_K, l, DN_NAME("attn.k_proj.weight"), 2, D, D, 0, 0, 1, std);
             dn_add_param(t, cap, DN_P_V, l, DN_NAME("attn.v_proj.weight"), 2, D, D, 0, 0, 1, std);
-            dn_add_param(t, cap, DN_P_B, l, DN_NAME("attn.b_proj.weight"), 2, H, D, 0, 0, 1, std);
+            /* linear attention ('L') has no beta */
+            if (c->layers[l] == 'D') dn_add_param(t, cap, DN_P_B, l, DN_NAME("attn.b_proj.weight"), 2, H, D, 0, 0, 1, std);
             dn_add_param(t, cap, DN_P_Q_CONV, l, DN_NAME("attn.q_conv1d.weight"), 3, D, 1, cs, 0, 1, std);
             dn_add_param(t, cap, DN_P_K_CONV, l, DN_NAME("attn.k_conv1d.weight"), 3, D, 1, cs, 0, 1, std);
             dn_add_param(t, cap, DN_P_V_CONV, l, DN_NAME("attn.v_conv1d.weight"), 3, D, 1, cs, 0, 1, std);
@@ -404,10 +406,12 @@ int dn_build_param_table(DNParamTable *t, const DNConfig *c, char *err, size_t e
             dn_add_param(t, cap, DN_P_V, l, DN_NAME("attn.v_proj.weight"), 2, kvd, D, 0, 0, 1, std);
             dn_add_param(t, cap, DN_P_O, l, DN_NAME("attn.o_proj.weight"), 2, D, D, 0, 0, 1, std);
         }
-        dn_add_param(t, cap, DN_P_MLP_NORM, l, DN_NAME("mlp_norm.weight"), 1, D, 0, 0, 0, 0, 0.0f);
-        dn_add_param(t, cap, DN_P_GATE, l, DN_NAME("mlp.gate_proj.weight"), 2, I, D, 0, 0, 1, std);
-        dn_add_param(t, cap, DN_P_UP, l, DN_NAME("mlp.up_proj.weight"), 2, I, D, 0, 0, 1, std);
-        dn_add_param(t, cap, DN_P_DOWN, l, DN_NAME("mlp.down_proj.weight"), 2, D, I, 0, 0, 1, std);
+        if (!c->no_mlp) {
+            dn_add_param(t, cap, DN_P_MLP_NORM, l, DN_NAME("mlp_norm.weight"), 1, D, 0, 0, 0, 0, 0.0f);
+            dn_add_param(t, cap, DN_P_GATE, l, DN_NAME("mlp.gate_proj.weight"), 2, I, D, 0, 0, 1, std);
+            dn_add_param(t, cap, DN_P_UP, l, DN_NAME("mlp.up_proj.weight"), 2, I, D, 0, 0, 1, std);
+            dn_add_param(t, cap, DN_P_DOWN, l, DN_NAME("mlp.down_proj.weight"), 2, D, I, 0, 0, 1, std);
+        }
 #undef DN_NAME
     }
     dn_add_param(t, cap, DN_P_NORM, -1, "model.norm.weight", 1, D, 0, 0, 0, 0, 0.0f);
@@ -861,11 +865,22 @@ static int dn_check_format(const DNStFile *s, const char *want, const char *path
 /* The reference's config (flash-linear-attention DeltaNetConfig, or GatedDeltaNetConfig for a model
  * with gated DeltaNet layers), as a JSON string, so that a PyTorch script can build the matching
  * model from the checkpoint alone. A model with both 'D' and 'N' layers has no fla counterpart:
- * NULL (the writer stores "{}"). */
+ * NULL (the writer stores "{}").
+ * fla has no layer for 'L' (DeltaNet without the delta rule) and its blocks always have an MLP:
+ * such models get {"model_type": null, "unsupported": why} instead, and load only in deltanet.c. */
 static char *dn_fla_config_json(const DNConfig *c) {
     const int gated = strchr(c->layers, 'N') != NULL;
     if (gated && strchr(c->layers, 'D')) return NULL;
     cJSON *o = cJSON_CreateObject();
+    if (strchr(c->layers, 'L') || c->no_mlp) {
+        cJSON_AddNullToObject(o, "model_type");
+        cJSON_AddStringToObject(o, "unsupported", strchr(c->layers, 'L')
+            ? "linear-attention layers ('L': DeltaNet with S_t = S_{t-1} + k_t v_t^T) have no flash-linear-attention equivalent"
+            : "flash-linear-attention's blocks always have an MLP; this model has none (no_mlp)");
+        char *s = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        return s;
+    }
     cJSON_AddStringToObject(o, "model_type", gated ? "gated_deltanet" : "delta_net");
     cJSON_AddNumberToObject(o, "vocab_size", c->vocab_size);
     cJSON_AddNumberToObject(o, "hidden_size", c->d_model);
@@ -936,7 +951,7 @@ static char *dn_fla_config_json(const DNConfig *c) {
 int dn_checkpoint_write(const char *path, const DNParamTable *t, const float *params, DNDtype dtype,
                         const char *const *extra_meta, char *err, size_t errlen) {
     const DNConfig *c = &t->cfg;
-    char v[19][48];
+    char v[20][48];
     snprintf(v[0], 48, "%d", DN_FORMAT_VERSION);
     snprintf(v[1], 48, "%d", c->vocab_size);
     snprintf(v[2], 48, "%d", c->padded_vocab);
@@ -956,6 +971,7 @@ int dn_checkpoint_write(const char *path, const DNParamTable *t, const float *pa
     snprintf(v[16], 48, "%d", c->gdn_head_dim);
     snprintf(v[17], 48, "%d", c->gdn_expand_v);
     snprintf(v[18], 48, "%.9g", (double)c->l2_eps);
+    snprintf(v[19], 48, "%d", c->no_mlp);
     char *fla = dn_fla_config_json(c);
     const char *meta[] = {"format", DN_FORMAT_NAME, "format_version", v[0], "vocab_size", v[1],
                           "padded_vocab", v[2], "d_model", v[3], "n_layer", v[4], "n_head", v[5],
@@ -964,6 +980,7 @@ int dn_checkpoint_write(const char *path, const DNParamTable *t, const float *pa
                           "window", v[13], "rope_base", v[14], "gdn_heads", v[15],
                           "gdn_head_dim", v[16], "gdn_expand_v", v[17], "layers", c->layers,
                           "l2_eps", v[18], /* ours: fla's config has no such key */
+                          "no_mlp", v[19],
                           "fla_config", fla ? fla : "{}", NULL, NULL};
     DNStWrite *ts = (DNStWrite *)calloc((size_t)t->n_params, sizeof(DNStWrite));
     if (!ts) { free(fla); dn_seterr(err, errlen, "%s: out of memory", path); return -1; }
@@ -996,6 +1013,10 @@ static int dn_config_from_meta(const DNStFile *s, DNConfig *c, const char *path,
     if (dn_meta_float(s, "rope_base", &c->rope_base, path, err, errlen)) return -1;
     c->l2_eps = DN_DEFAULT_L2_EPS; /* optional: files converted from fla (or written before it) lack it */
     if (dn_st_meta(s, "l2_eps") && dn_meta_float(s, "l2_eps", &c->l2_eps, path, err, errlen)) return -1;
+    /* no_mlp came later: a file without it has the MLPs */
+    long no_mlp = 0;
+    if (dn_st_meta(s, "no_mlp") && dn_meta_long(s, "no_mlp", 0, 1, &no_mlp, path, err, errlen)) return -1;
+    c->no_mlp = (int)no_mlp;
     const char *layers = dn_st_meta(s, "layers");
     if (!layers) { dn_seterr(err, errlen, "%s: __metadata__ lacks 'layers'", path); return -1; }
     if (strlen(layers) > DN_MAX_LAYERS) { dn_seterr(err, errlen, "%s: more than %d layers", path, DN_MAX_LAYERS); return -1; }

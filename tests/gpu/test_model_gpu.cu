@@ -204,6 +204,66 @@ static void check_training(const DNConfig *cfg, const std::vector<float> &params
 
 /* --small (or DN_SMALL=1): the untied model, the stress parameters in fp32 and bf16 only, no
  * accumulation or training loop -- short enough for compute-sanitizer racecheck. */
+/* A loss-masked model with linear-attention layers and no MLPs (the MQAR setting): the masked
+ * loss, every gradient, and the validation loss and argmax hits against the reference. */
+template <typename floatX>
+static void check_masked_linear(double tl, cudaStream_t st) {
+    DNConfig cfg;
+    test_config(&cfg, "LDG", 128, 2, 64, dn_default_hidden(128), 300, dn_pad_vocab(300), 2, 2, 5, 1);
+    cfg.no_mlp = 1;
+    DNParamTable t;
+    char err[256];
+    if (dn_build_param_table(&t, &cfg, err, sizeof err)) { CHECK(0, "%s", err); return; }
+    DNRng r;
+    dn_rng_seed(&r, 99);
+    std::vector<float> params = random_params(&t, &r);
+    if (sizeof(floatX) == 2) params = round_bf16(params);
+    const int N = TB * TT, V = cfg.vocab_size;
+    std::vector<int> inp(N), tgt(N);
+    std::vector<unsigned char> mask(N);
+    for (int i = 0; i < N; i++) {
+        inp[i] = (int)(dn_rng_u64(&r) % (uint64_t)V);
+        tgt[i] = (int)(dn_rng_u64(&r) % (uint64_t)V);
+        mask[i] = dn_rng_uniform(&r) < 0.2f;
+    }
+    std::vector<double> pd(params.begin(), params.end()), rg(t.total, 0.0);
+    RefModel_f64 *rm = ref_model_create_f64(&t, TB, TT, 64);
+    const double rloss = ref_model_forward_masked_f64(rm, pd.data(), inp.data(), tgt.data(), mask.data());
+    long rhits = 0;
+    for (int n = 0; n < N; n++) {
+        if (!mask[n]) continue;
+        const double *z = ref_model_logits_f64(rm) + (size_t)n * V;
+        int best = 0;
+        for (int j = 1; j < V; j++) if (z[j] > z[best]) best = j;
+        rhits += best == tgt[n];
+    }
+    ref_model_backward_f64(rm, pd.data(), rg.data());
+    ref_model_free_f64(rm);
+    GPUModel<floatX> m;
+    gpu_model_create(&m, &cfg, TB, TT, 1, st);
+    gpu_model_set_params(&m, params.data());
+    gpu_model_enable_loss_mask(&m);
+    loss_mask_weights(m.h_wts, mask.data(), (size_t)N);
+    const float loss = gpu_loss_and_grads(&m, inp.data(), tgt.data());
+    CHECK_REL(fabs(loss - rloss) / rloss, tl, "[%s LDG no MLP] masked loss %.6f (ref %.6f)", mode_name<floatX>(), loss, rloss);
+    std::vector<float> g(t.total);
+    gpu_model_get_grads(&m, g.data());
+    double worst = 0;
+    for (int i = 0; i < t.n_params; i++) {
+        const DNParam *p = &t.params[i];
+        const double e = rel_err_fd(g.data() + p->offset, rg.data() + p->offset, p->numel);
+        if (!(e <= worst)) worst = e;
+        CHECK_REL(e, tl, "[%s LDG no MLP] masked grad %s", mode_name<floatX>(), p->name);
+    }
+    long hits = -1;
+    const float eloss = gpu_eval_masked(&m, inp.data(), tgt.data(), mask.data(), TB, &hits);
+    CHECK_REL(fabs(eloss - rloss) / rloss, tl, "[%s LDG no MLP] masked validation loss", mode_name<floatX>());
+    if (sizeof(floatX) == 4) CHECK(hits == rhits, "[fp32] argmax hits %ld, reference %ld", hits, rhits);
+    else CHECK(labs(hits - rhits) <= 2, "[bf16] argmax hits %ld, reference %ld (ties may round apart)", hits, rhits);
+    gpu_model_free(&m);
+    dn_free_param_table(&t);
+}
+
 int main(int argc, char **argv) {
     const bool small = (argc > 1 && strcmp(argv[1], "--small") == 0) || getenv("DN_SMALL");
     int ndev = 0;
@@ -248,6 +308,8 @@ int main(int argc, char **argv) {
         }
         dn_free_param_table(&t);
     }
+    check_masked_linear<float>(1e-5, st);
+    check_masked_linear<bf16>(1e-1, st);
     cudaCheck(cudaStreamDestroy(st));
     return test_summary("test_model_gpu");
 }

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# mqar.sh -- multi-query associative recall (MQAR, Zoology) across widths and layer kinds, in one
+# command: the DeltaNet paper's synthetic-recall comparison at a small, fixed budget.
+#
+# Steps: (1) check the options, the output folder, the GPU, the trainer and Python before anything
+# slow; (2) write the task with ./mqar_data (vocabulary 8192, --seq tokens an example, --pairs
+# key-value pairs, --train + --test examples, --seed) unless data/mqar already holds the same
+# (data/mqar/STAMP); (3) for every layer kind and width: 2 layers of that kind, no MLP, head size 64
+# (D/64 heads), tied embeddings, trained --steps steps of --batch examples at each learning rate of
+# --lrs (warm-up over the first tenth, cosine to lr/10, bf16), the test-set accuracy at the masked
+# answers after the last step; one progress line per run; (4) scripts/mqar_table.py keeps the best
+# learning rate of each (kind, width) and writes OUT/table.md, OUT/results.jsonl (every run) and
+# OUT/mqar.png (accuracy against width).
+#
+# Layer kinds: D DeltaNet, L linear attention (DeltaNet without the delta rule), G global softmax
+# attention, N Gated DeltaNet when the trainer has it (probed). The defaults fit a ~10 minute GPU
+# session (each run a few seconds on an H200); the paper's numbers need far longer training
+# (Zoology trains 64 epochs): raise --steps.
+# Every failure before or during the runs ends with one line on stderr saying what and where.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+usage() {
+    cat <<EOF
+usage: scripts/mqar.sh [options]     (or: make mqar MQAR_ARGS="options")
+Train 2-layer models of each layer kind and width on MQAR and tabulate their test accuracy.
+  --kinds LIST      layer kinds, from D (DeltaNet), L (linear attention), G (global attention),
+                    N (Gated DeltaNet, if the trainer has it) [D,L,G and N when available]
+  --widths LIST     model widths D, multiples of 64 [64,128,256]
+  --lrs LIST        learning rates tried per model; the best is kept [1e-3,3e-3]
+  --steps N         optimizer steps per run [500]
+  --batch B         examples per step [64]
+  --seq T           tokens per example [512]
+  --pairs P         key-value pairs per example [64]
+  --train N         training examples [100000]
+  --test N          test examples [1000]
+  --seed S          data seed (the model seed is 0) [1234]
+  --out DIR         logs, results, table, plot [out/mqar]
+  --data DIR        where the task is written [data/mqar]
+  --trainer PATH    the trainer [./train_deltanet]
+  --no-plot         no mqar.png (no matplotlib needed)
+  --check           only the checks of step 1 (make mqar runs them before building)
+  -h, --help        this text
+Writes OUT/table.md, OUT/results.jsonl, OUT/mqar.png; per run OUT/<kind>_d<D>_lr<lr>.log.
+EOF
+}
+
+die() { echo "mqar.sh: $*" >&2; exit 1; }
+
+kinds="" widths=64,128,256 lrs=1e-3,3e-3 steps=500 batch=64 seq=512 pairs=64 ntrain=100000 ntest=1000
+seed=1234 out=out/mqar data=data/mqar trainer=./train_deltanet plot=1 check_only=0
+need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see -h)"; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --kinds) need_arg "$@"; kinds=$2; shift 2 ;;
+        --widths) need_arg "$@"; widths=$2; shift 2 ;;
+        --lrs) need_arg "$@"; lrs=$2; shift 2 ;;
+        --steps) need_arg "$@"; steps=$2; shift 2 ;;
+        --batch) need_arg "$@"; batch=$2; shift 2 ;;
+        --seq) need_arg "$@"; seq=$2; shift 2 ;;
+        --pairs) need_arg "$@"; pairs=$2; shift 2 ;;
+        --train) need_arg "$@"; ntrain=$2; shift 2 ;;
+        --test) need_arg "$@"; ntest=$2; shift 2 ;;
+        --seed) need_arg "$@"; seed=$2; shift 2 ;;
+        --out) need_arg "$@"; out=$2; shift 2 ;;
+        --data) need_arg "$@"; data=$2; shift 2 ;;
+        --trainer) need_arg "$@"; trainer=$2; shift 2 ;;
+        --no-plot) plot=0; shift ;;
+        --check) check_only=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) die "unknown option '$1' (see -h)" ;;
+    esac
+done
+
+# ---- 1. checks -------------------------------------------------------------------------------
+is_count() { case "$1" in ''|*[!0-9]*|0*) return 1 ;; esac; [ "${#1}" -le 9 ]; }
+for v in steps batch seq pairs ntrain ntest; do is_count "${!v}" || die "--$v '${!v}' is not a positive integer"; done
+case "$seed" in ''|*[!0-9]*) die "--seed '$seed' is not a non-negative integer" ;; esac
+IFS=, read -r -a W <<<"$widths"
+[ ${#W[@]} -gt 0 ] || die "--widths is empty"
+for d in "${W[@]}"; do is_count "$d" && [ $((d % 64)) -eq 0 ] || die "--widths: '$d' is not a positive multiple of 64 (head size 64)"; done
+IFS=, read -r -a LR <<<"$lrs"
+[ ${#LR[@]} -gt 0 ] || die "--lrs is empty"
+for l in "${LR[@]}"; do python3 -c 'import sys; v=float(sys.argv[1]); sys.exit(0 if 0 < v < 1 else 1)' "$l" 2>/dev/null || die "--lrs: '$l' is not a number in (0, 1)"; done
+command -v python3 >/dev/null 2>&1 || die "python3 is needed for the table"
+if [ "$plot" -eq 1 ] && ! python3 -c 'import matplotlib' >/dev/null 2>&1; then
+    # the table is the result; the plot can be made later from results.jsonl where matplotlib is
+    echo "mqar.sh: note: no matplotlib here: mqar.png is skipped (scripts/mqar_table.py OUT/results.jsonl ... makes it later)" >&2
+    plot=0
+fi
+mkdir -p "$out" 2>/dev/null && [ -d "$out" ] || die "--out $out: cannot create the folder"
+probe="$out/.write_test.$$"
+( : >"$probe" ) 2>/dev/null || die "--out $out: the folder is not writable"
+rm -f "$probe"
+mkdir -p "$data" 2>/dev/null && [ -d "$data" ] || die "--data $data: cannot create the folder"
+( : >"$data/.write_test.$$" ) 2>/dev/null || die "--data $data: the folder is not writable"
+rm -f "$data/.write_test.$$"
+command -v nvidia-smi >/dev/null 2>&1 || die "no GPU: nvidia-smi not found; MQAR trains $(( ${#W[@]} * 3 * ${#LR[@]} )) models and needs a CUDA GPU"
+gpus=$(nvidia-smi -L 2>&1) || die "no GPU: nvidia-smi failed: $(printf '%s' "$gpus" | head -1)"
+printf '%s\n' "$gpus" | grep -q '^GPU [0-9]' || die "no GPU: nvidia-smi lists none: $(printf '%s' "$gpus" | head -1)"
+[ "$check_only" -eq 1 ] && exit 0
+[ -x "$trainer" ] || die "--trainer $trainer: not an executable (make train_deltanet builds it)"
+[ -x ./mqar_data ] || die "./mqar_data is missing (make mqar_data builds it)"
+
+# Gated DeltaNet ('N') when the trainer knows the letter: its config check runs before the data.
+has_n=0
+nout=$("$trainer" --layers NN -m tiny --vocab 8192 --d-model 64 --heads 1 -i "$out/.none*.bin" -o "$out/.probe" -x 1 2>&1 | head -3)
+printf '%s' "$nout" | grep -q -- "--layers" || has_n=1
+rm -rf "$out/.probe"
+if [ -z "$kinds" ]; then kinds=D,L,G; [ $has_n -eq 1 ] && kinds=D,L,G,N; fi
+IFS=, read -r -a K <<<"$kinds"
+for k in "${K[@]}"; do
+    case "$k" in D|L|G) ;; N) [ $has_n -eq 1 ] || die "--kinds N: this trainer has no Gated DeltaNet layers" ;;
+        *) die "--kinds: '$k' is not one of D, L, G, N" ;; esac
+done
+
+# ---- 2. the task ---------------------------------------------------------------------------
+stamp="vocab 8192 seq $seq pairs $pairs train $ntrain test $ntest seed $seed $(cksum <mqar_data.c | cut -d' ' -f1)"
+if [ -f "$data/STAMP" ] && [ "$(cat "$data/STAMP")" = "$stamp" ] && [ -f "$data/mqar_train.bin" ] && [ -f "$data/mqar_test.mask" ]; then
+    echo "mqar: task up to date in $data ($stamp)"
+else
+    rm -f "$data/STAMP"
+    ./mqar_data -o "$data" -v 8192 -t "$seq" -p "$pairs" -n "$ntrain" -e "$ntest" -s "$seed" || die "./mqar_data failed"
+    echo "$stamp" >"$data/STAMP"
+fi
+
+# ---- 3. the runs ---------------------------------------------------------------------------
+warmup=$(( steps / 10 ))
+res="$out/results.jsonl"
+: >"$res"
+nrun=$(( ${#K[@]} * ${#W[@]} * ${#LR[@]} )) i=0 t_all=$(date +%s)
+for k in "${K[@]}"; do
+    for d in "${W[@]}"; do
+        for lr in "${LR[@]}"; do
+            i=$((i + 1))
+            name="${k}_d${d}_lr${lr}"
+            lrmin=$(python3 -c 'import sys; print("%g" % (float(sys.argv[1]) / 10))' "$lr")
+            t0=$(date +%s.%N)
+            "$trainer" -i "$data/mqar_train.bin" -j "$data/mqar_test.bin" -m tiny --vocab 8192 --d-model "$d" \
+                --heads $((d / 64)) --layers "$k$k" --no-mlp --tied -b "$batch" -t "$seq" -x "$steps" --warmup "$warmup" \
+                --lr "$lr" --lr-min "$lrmin" -v "$steps" --sample-every 0 -s 0 -o "$out/ckpt/$name" \
+                --log "$out/$name.jsonl" >"$out/$name.log" 2>&1
+            rc=$?
+            secs=$(python3 -c 'import sys,time; print("%.1f" % (time.time() - float(sys.argv[1])))' "$t0")
+            first=$(head -1 "$out/$name.log")
+            case "$first" in *"training on the CPU"*) die "$name: the trainer fell back to the CPU ('$first'); MQAR needs a CUDA GPU" ;; esac
+            [ $rc -eq 0 ] || die "$name: the trainer failed (exit $rc): $(tail -1 "$out/$name.log") (log: $out/$name.log)"
+            line=$(grep -E '^val loss .*accuracy' "$out/$name.log" | tail -1)
+            acc=$(printf '%s' "$line" | sed -nE 's/.*accuracy ([0-9.]+).*/\1/p')
+            loss=$(printf '%s' "$line" | sed -nE 's/^val loss ([0-9.a-z-]+).*/\1/p')
+            [ -n "$acc" ] || die "$name: no accuracy line in $out/$name.log"
+            printf '{"kind":"%s","d_model":%d,"lr":%s,"steps":%d,"batch":%d,"acc":%s,"loss":%s,"seconds":%s}\n' \
+                "$k" "$d" "$lr" "$steps" "$batch" "$acc" "${loss:-null}" "$secs" >>"$res"
+            printf 'mqar [%d/%d] %-2s D=%-4d lr %-6s test accuracy %.4f  loss %s  (%s s)\n' "$i" "$nrun" "$k" "$d" "$lr" "$acc" "${loss:-?}" "$secs"
+            rm -rf "$out/ckpt/$name" # the weights are not kept: the table is the result
+        done
+    done
+done
+echo "mqar: $nrun runs in $(( $(date +%s) - t_all )) s"
+
+# ---- 4. the table and the plot -------------------------------------------------------------
+popt=()
+[ "$plot" -eq 1 ] || popt=(--no-plot)
+python3 scripts/mqar_table.py "$res" --out "$out" --seq "$seq" --pairs "$pairs" --steps "$steps" --batch "$batch" \
+    --seed "$seed" "${popt[@]}" || die "scripts/mqar_table.py failed"
