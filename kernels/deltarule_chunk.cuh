@@ -34,6 +34,33 @@ template <typename TX, int D, bool GATED> struct ChunkLayout {
     static constexpr size_t BYTES = O_DW + TILE;
 };
 
+/* sum of A o B over two D x D tiles (this thread's share; 16-byte loads from shared memory for bf16) */
+template <int D> __device__ __forceinline__ float tile_dot(const Mat<bf16> &A, const Mat<bf16> &B) {
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < D * D / 8; i += NTHREADS) {
+        const int r = i / (D / 8), c = 8 * (i % (D / 8));
+        const uint4 a = *reinterpret_cast<const uint4 *>(A.p + r * A.ld + c),
+                    b = *reinterpret_cast<const uint4 *>(B.p + r * B.ld + c);
+        const __nv_bfloat162 *a2 = reinterpret_cast<const __nv_bfloat162 *>(&a),
+                             *b2 = reinterpret_cast<const __nv_bfloat162 *>(&b);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const float2 x = __bfloat1622float2(a2[j]), y = __bfloat1622float2(b2[j]);
+            s += x.x * y.x + x.y * y.y;
+        }
+    }
+    return s;
+}
+template <int D> __device__ __forceinline__ float tile_dot(const Mat<float> &A, const Mat<float> &B) {
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < D * D / 2; i += NTHREADS) {
+        const int r = i / (D / 2), c = 2 * (i % (D / 2));
+        const float2 a = mat_ld2(A, r, c), b = mat_ld2(B, r, c);
+        s += a.x * b.x + a.y * b.y;
+    }
+    return s;
+}
+
 /* Gated, with gam, dec, Gamma of the chunk's gate (deltarule.cuh derives it):
  *     dM = tril(scale dO U'^T) o Gamma     dQ = dM K + scale diag(gam) dO S_n^T
  *     dK = dM^T Q + diag(dec) U' dS^T + diag(beta gam) Tm^T dW + D K + D^T K
@@ -77,10 +104,8 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         dbs[tid] = 0.0f;
         if (GATED) dGs[tid] = 0.0f;
     }
-    if (GATED) {
-        chunk_gate(gt, g, ck, H);
-        if (tid < 2) scal[tid] = 0.0f;
-    }
+    const GateIn gi = GATED ? gate_load(g, ck, H) : GateIn{0.0f, 0.0f};
+    if (GATED && tid < 2) scal[tid] = 0.0f;
     if (STG) { /* three groups in order of first use: S1 | S2 | S3 on */
         cp_tile<TX, 64, D>(dOs, LDD, dOg, ldv, ck.L);
         cp_tile<TX, 64, D>(Us, LDD, Ug, DV, 64);
@@ -94,8 +119,9 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         cp_tile<TX, 64, D>(Vs, LDD, vg, ldv, ck.L);
         cp_tile<TX, 64, 64>(Tms, LDC, Tg, 64, 64);
         cp_async_commit();
-        cp_async_wait<2>();
     }
+    if (GATED) gate_finish<TX>(gt, gi);
+    if (STG) cp_async_wait<2>();
     __syncthreads();
     const Mat<TX> Qm = STG ? Mat<TX>{Qs, LDD, 64} : Mat<TX>{q + ck.row0 * D, (int)ldg, ck.L};
     const Mat<TX> Km = STG ? Mat<TX>{Ks, LDD, 64} : Mat<TX>{k + ck.row0 * D, (int)ldg, ck.L};
@@ -123,8 +149,8 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         warp_mma<1, 4, false, true, D>(accG, Km, am0, Km, an0);
     }
     for_each_pair(a64, am0, an0, [&](int r, int c, float &x0, float &x1) {
-        st2(dMs + r * LDC + c, c <= r ? gmul<GATED>(scale * x0, gt, r, c) : 0.0f,
-            c + 1 <= r ? gmul<GATED>(scale * x1, gt, r, c + 1) : 0.0f);
+        st2(dMs + r * LDC + c, c <= r ? gmul<GATED, TX>(scale * x0, gt, r, c) : 0.0f,
+            c + 1 <= r ? gmul<GATED, TX>(scale * x1, gt, r, c + 1) : 0.0f);
     });
     cp_async_wait<1>();
     __syncthreads();
@@ -160,13 +186,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         if ((lane & 3) == 0) atomicAdd(&scal[0], sd);
         warp_mma<2, NTB, true, false, 64>(accK, dMm, bm0, Qm, bn0);
         row_dot(accK, bm0, bn0, Km, [&](int r, float s) { atomicAdd(&dGs[r], -s); });
-        float ss = 0.0f; /* <dS, S_n> */
-        for (int i = tid; i < D * D / 2; i += NTHREADS) {
-            const int r = i / (D / 2), c = 2 * (i % (D / 2));
-            const float2 a = mat_ld2(Sm, r, c), d = mat_ld2(dSm, r, c);
-            ss += a.x * d.x + a.y * d.y;
-        }
-        ss = warp_sum(ss);
+        const float ss = warp_sum(tile_dot<D>(Sm, dSm)); /* <dS, S_n> */
         if (lane == 0) atomicAdd(&scal[1], ss);
     } else {
         warp_mma<2, NTB, true, false, 64>(accK, dMm, bm0, Qm, bn0);
@@ -237,7 +257,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
 #pragma unroll
         for (int nt = 0; nt < 4; nt++) colp[nt][0] = colp[nt][1] = 0.0f;
         for_each_pair_at(a64, am0, an0, [&](int mt, int nt, int hh, int r, int c, float &x0, float &x1) {
-            const float d0 = c < r ? gmul<GATED>(-x0, gt, r, c) : 0.0f, d1 = c + 1 < r ? gmul<GATED>(-x1, gt, r, c + 1) : 0.0f;
+            const float d0 = c < r ? gmul<GATED, TX>(-x0, gt, r, c) : 0.0f, d1 = c + 1 < r ? gmul<GATED, TX>(-x1, gt, r, c + 1) : 0.0f;
             part[hh] += d0 * accG[0][nt][2 * hh] + d1 * accG[0][nt][2 * hh + 1];
             if (GATED) {
                 colp[nt][0] += bs[r] * (d0 * accG[0][nt][2 * hh]);
@@ -276,10 +296,17 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         if (r < ck.L) st2(dk + (ck.row0 + (size_t)r * H) * D + c, x0, x1);
     });
     if (tid < ck.L) dbeta[ck.row0 + (size_t)tid * H] = from_f<TO>(dbs[tid]);
-    if (GATED && tid < ck.L) { /* dg_j = sum_{i >= j} dG_i, the last row with the state's term */
-        float s = gam[63] * scal[1] + scal[0];
-        for (int i = 63; i >= tid; i--) s += dGs[i];
-        dg[ck.row0 + (size_t)tid * H] = s;
+    if (GATED && tid < 64) { /* dg_j = sum_{i >= j} dG_i (a suffix scan), the last row with the state's term */
+        float x = dGs[tid];
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const float y = __shfl_down_sync(0xffffffffu, x, o);
+            if (lane + o < 32) x += y;
+        }
+        const float upper = warp_sum(dGs[32 + lane]); /* rows 32..63, for warp 0 */
+        if (tid < 32) x += upper;
+        x += gam[63] * scal[1] + scal[0];
+        if (tid < ck.L) dg[ck.row0 + (size_t)tid * H] = x;
     }
 }
 

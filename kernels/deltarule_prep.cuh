@@ -64,12 +64,13 @@ __global__ void __launch_bounds__(NTHREADS) prep_kernel(TX *Tm_out, const TX *k,
     const int n = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, tid = threadIdx.x, w = tid >> 5;
     const Chunk ck = chunk_at(b, h, n, T, H);
     const size_t ldg = (size_t)H * D;
+    const GateIn gi = GATED ? gate_load(g, ck, H) : GateIn{0.0f, 0.0f};
     if (STG) {
         cp_tile<TX, 64, D>(Ks, LDD, k + ck.row0 * D, ldg, ck.L);
         cp_async_commit();
     }
     if (tid < 64) bs[tid] = tid < ck.L ? to_f(beta[ck.row0 + (size_t)tid * H]) : 0.0f;
-    if (GATED) chunk_gate(gt, g, ck, H);
+    if (GATED) gate_finish<TX>(gt, gi);
     cp_async_wait<0>();
     __syncthreads();
 
@@ -80,8 +81,8 @@ __global__ void __launch_bounds__(NTHREADS) prep_kernel(TX *Tm_out, const TX *k,
         zero_acc(accA);
         if (n0 <= m0 + 15) warp_mma<1, 4, false, true, D>(accA, Km, m0, Km, n0); /* upper tiles stay zero */
         for_each_pair(accA, m0, n0, [&](int r, int c, float &x0, float &x1) {
-            st2(Af + r * LDF + c, c < r ? bs[r] * gmul<GATED>(x0, gt, r, c) : 0.0f,
-                c + 1 < r ? bs[r] * gmul<GATED>(x1, gt, r, c + 1) : 0.0f);
+            st2(Af + r * LDF + c, c < r ? bs[r] * gmul<GATED, TX>(x0, gt, r, c) : 0.0f,
+                c + 1 < r ? bs[r] * gmul<GATED, TX>(x1, gt, r, c + 1) : 0.0f);
         });
     }
     __syncthreads();

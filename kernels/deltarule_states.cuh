@@ -64,14 +64,22 @@ __device__ __forceinline__ void stage_load(unsigned char *smem, int s, int n, in
     const size_t ldg = (size_t)H * D, ldv = (size_t)H * DV;
     const StagePtrs<TX> st = stage_ptrs<TX, D, BV, HAS_Q, GATED>(smem, s);
     const Chunk ck = chunk_at(b, h, n, T, H);
-    if (tid < 64) st.beta[tid] = tid < ck.L ? to_f(beta[ck.row0 + (size_t)tid * H]) : 0.0f;
-    if (GATED) chunk_gate(st.gate, g, ck, H);
+    if (!GATED) {
+        if (tid < 64) st.beta[tid] = tid < ck.L ? to_f(beta[ck.row0 + (size_t)tid * H]) : 0.0f;
+    }
+    /* gated: beta and g are loaded first and stored after the copies are issued (their latency hides) */
+    const float bv = GATED && tid < ck.L ? to_f(beta[ck.row0 + (size_t)tid * H]) : 0.0f;
+    const GateIn gi = GATED ? gate_load(g, ck, H) : GateIn{0.0f, 0.0f};
     if (SL::STG) {
         cp_tile<TX, 64, D>(st.K, SL::LDD, k + ck.row0 * D, ldg, ck.L);
         cp_tile<TX, 64, BV>(st.V, SL::LDV, vw + ck.row0 * DV + v0, ldv, ck.L);
         cp_tile<TX, 64, 64>(st.Tm, SL::LDC, Tm + ((size_t)bh * NC + n) * TM_ELEMS, 64, 64);
         if (HAS_Q) cp_tile<TX, 64, D>(st.Q, SL::LDD, q + ck.row0 * D, ldg, ck.L);
         cp_async_commit();
+    }
+    if (GATED) {
+        if (tid < 64) st.beta[tid] = bv;
+        gate_finish<TX>(st.gate, gi);
     }
 }
 
@@ -185,12 +193,13 @@ __device__ __forceinline__ void state_forward(unsigned char *smem, TX *o, TX *hs
         zero_acc(accO);
         if (OUT) fwd_first<NT, D, GATED>(accX, accO, sv.K, sv.Q, Sm, Ms, LDC, cm0, cn0, 32 * wc, gt);
         else warp_mma<1, NT, false, false, D>(accX, sv.K, cm0, Sm, cn0);
-        scale_rows<GATED>(accX, cm0, cn0, gam);
         if (OUT) scale_rows<GATED>(accO, cm0, cn0, gam);
         for_each_pair(accX, cm0, cn0, [&](int r, int c, float &x0, float &x1) {
             const float2 vv = mat_ld2(sv.V, r, c);
             const float bb = bs[r];
-            st2(Xs + r * LDV + c, (vv.x - x0) * bb, (vv.y - x1) * bb);
+            if (GATED) /* one explicit fma: the same rounding in every instantiation */
+                st2(Xs + r * LDV + c, fmaf(-gam[r], x0, vv.x) * bb, fmaf(-gam[r], x1, vv.y) * bb);
+            else st2(Xs + r * LDV + c, (vv.x - x0) * bb, (vv.y - x1) * bb);
         });
         __syncthreads();
         /* U' = Tm diag(beta) X */

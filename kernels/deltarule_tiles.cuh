@@ -174,30 +174,60 @@ __device__ __forceinline__ Chunk chunk_at(int b, int h, int n, int T, int H) {
 }
 
 /* ---- the gate (gated delta rule; GATED = false compiles all of this away) ------------------------
- * Per chunk, 3 x 64 floats in shared memory: G_i = sum_{j<=i} g_j (the cumulative log decay, rows >= L
- * read g = 0), gam_i = exp(G_i), dec_i = exp(G_63 - G_i). Gamma_ij = exp(G_i - G_j) (j <= i) is
- * formed where it is used, never as gam_i / gam_j (which underflows under strong decay). */
-constexpr int GATE_FLOATS = 3 * CH;
+ * Per chunk, 4 x 64 floats in shared memory: G_i = sum_{j<=i} g_j (the cumulative log decay, rows >= L
+ * read g = 0), gam_i = exp(G_i), dec_i = exp(G_63 - G_i), and for fp32 the low part of G (G - (float)G,
+ * the scan runs in double there: G_i - G_j of two large fp32 sums would lose the digits that matter
+ * under strong decay). Gamma_ij = exp(G_i - G_j) (j <= i) is formed where it is used, never as
+ * gam_i / gam_j (which underflows under strong decay). */
+constexpr int GATE_FLOATS = 4 * CH;
 __device__ __forceinline__ const float *gate_gam(const float *gt) { return gt + CH; }
 __device__ __forceinline__ const float *gate_dec(const float *gt) { return gt + 2 * CH; }
 
-/* Threads 0..63 (warps 0 and 1, no barrier): the gate of chunk ck into gt. Both warps scan both
- * halves so that G_63 is the same number in every element. */
-__device__ __forceinline__ void chunk_gate(float *gt, const float *g, const Chunk &ck, int H) {
+/* Threads 0..63 (warps 0 and 1): this lane's g in both halves of chunk ck (0 past the end), loaded
+ * early so that the latency hides behind the tile copies; gate_finish (no barrier) makes the gate. */
+struct GateIn {
+    float a, b;
+};
+__device__ __forceinline__ GateIn gate_load(const float *g, const Chunk &ck, int H) {
     const int tid = threadIdx.x, lane = tid & 31;
-    if (tid >= 64) return;
-    float a = lane < ck.L ? g[ck.row0 + (size_t)lane * H] : 0.0f;
-    float b = lane + 32 < ck.L ? g[ck.row0 + (size_t)(lane + 32) * H] : 0.0f;
+    GateIn r{0.0f, 0.0f};
+    if (tid < 64) {
+        if (lane < ck.L) r.a = g[ck.row0 + (size_t)lane * H];
+        if (lane + 32 < ck.L) r.b = g[ck.row0 + (size_t)(lane + 32) * H];
+    }
+    return r;
+}
+/* Both warps scan both halves, so that G_63 is the same number in every element. */
+template <typename X> __device__ __forceinline__ void gate_scan(X &a, X &b, X &G, X &Glast) {
+    const int tid = threadIdx.x, lane = tid & 31;
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
-        const float ua = __shfl_up_sync(0xffffffffu, a, o), ub = __shfl_up_sync(0xffffffffu, b, o);
+        const X ua = __shfl_up_sync(0xffffffffu, a, o), ub = __shfl_up_sync(0xffffffffu, b, o);
         if (lane >= o) { a += ua; b += ub; }
     }
-    const float ta = __shfl_sync(0xffffffffu, a, 31), tb = __shfl_sync(0xffffffffu, b, 31);
-    const float G = tid < 32 ? a : ta + b, Glast = ta + tb;
-    gt[tid] = G;
-    gt[CH + tid] = expf(G);
-    gt[2 * CH + tid] = expf(Glast - G);
+    const X ta = __shfl_sync(0xffffffffu, a, 31), tb = __shfl_sync(0xffffffffu, b, 31);
+    G = tid < 32 ? a : ta + b;
+    Glast = ta + tb;
+}
+template <typename TX> __device__ __forceinline__ void gate_finish(float *gt, GateIn in) {
+    const int tid = threadIdx.x;
+    if (tid >= 64) return;
+    if constexpr (sizeof(TX) == 4) { /* fp32 (the test mode): double scan and exp */
+        double a = in.a, b = in.b, G, Glast;
+        gate_scan(a, b, G, Glast);
+        const float hi = (float)G;
+        gt[tid] = hi;
+        gt[CH + tid] = (float)exp(G);
+        gt[2 * CH + tid] = (float)exp(Glast - G);
+        gt[3 * CH + tid] = (float)(G - hi);
+    } else {
+        float a = in.a, b = in.b, G, Glast;
+        gate_scan(a, b, G, Glast);
+        gt[tid] = G;
+        gt[CH + tid] = __expf(G);
+        gt[2 * CH + tid] = __expf(Glast - G);
+        gt[3 * CH + tid] = 0.0f;
+    }
 }
 
 /* f(r, s) once per accumulator row r (on the lane with t = 0), s = sum_c acc[r][c] X[r][c] over the
@@ -221,10 +251,12 @@ __device__ __forceinline__ void row_dot(float (&acc)[MT][NT][4], int m0, int n0,
         }
 }
 
-/* x Gamma_rc (c <= r) when gated, x otherwise; G = the gate's first 64 floats. */
-template <bool GATED> __device__ __forceinline__ float gmul(float x, const float *G, int r, int c) {
-    if constexpr (GATED) return x * expf(G[r] - G[c]);
-    else return x;
+/* x Gamma_rc (c <= r) when gated, x otherwise; G = the gate (fp32: G's two parts, exp in double). */
+template <bool GATED, typename TX> __device__ __forceinline__ float gmul(float x, const float *G, int r, int c) {
+    if constexpr (!GATED) return x;
+    else if constexpr (sizeof(TX) == 4)
+        return x * (float)exp(((double)G[r] - G[c]) + ((double)G[3 * CH + r] - G[3 * CH + c]));
+    else return x * __expf(G[r] - G[c]);
 }
 /* Rows of an accumulator times the per-row factor f[r] (gated only). */
 template <bool GATED, int MT, int NT>
@@ -243,7 +275,7 @@ __device__ __forceinline__ void chunk_qk_tril(TX *Ms, int ldm, const Mat<TX> &Qm
     zero_acc(acc);
     if (n0 <= m0 + 15) warp_mma<1, 4, false, true, D>(acc, Qm, m0, Km, n0);
     for_each_pair(acc, m0, n0, [&](int r, int c, float &x0, float &x1) {
-        st2(Ms + r * ldm + c, c <= r ? gmul<GATED>(x0, G, r, c) : 0.0f, c + 1 <= r ? gmul<GATED>(x1, G, r, c + 1) : 0.0f);
+        st2(Ms + r * ldm + c, c <= r ? gmul<GATED, TX>(x0, G, r, c) : 0.0f, c + 1 <= r ? gmul<GATED, TX>(x1, G, r, c + 1) : 0.0f);
     });
 }
 
@@ -283,7 +315,7 @@ __device__ __forceinline__ void fwd_first(float (&accX)[1][NT][4], float (&accO)
         }
     }
     for_each_pair(accM, m0, mn0, [&](int r, int c, float &x0, float &x1) {
-        st2(Ms + r * ldm + c, c <= r ? gmul<GATED>(x0, G, r, c) : 0.0f, c + 1 <= r ? gmul<GATED>(x1, G, r, c + 1) : 0.0f);
+        st2(Ms + r * ldm + c, c <= r ? gmul<GATED, bf16>(x0, G, r, c) : 0.0f, c + 1 <= r ? gmul<GATED, bf16>(x1, G, r, c + 1) : 0.0f);
     });
 }
 template <int NT, int D, bool GATED>

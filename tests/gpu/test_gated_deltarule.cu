@@ -9,7 +9,8 @@
  * head from three ranges: mild (-0.3..0), strong (-5..0, where exp(G) of a chunk underflows fp32) and
  * zero. Outputs, gradients and the workspace are poisoned before every run. Each case runs twice, the
  * second time with the forward's saved Tm and V tiles of 64 columns: o, dq, dk, dv must repeat bit for
- * bit, dbeta and dg to rounding (shared-memory atomics). At g = 0, with K = V, the gated kernels must
+ * bit, dbeta and dg to rounding (shared-memory atomics; relative to the reference's norm, floored at
+ * 1e-2, since at T = 1 dg is zero up to rounding). At g = 0, with K = V, the gated kernels must
  * give the DeltaNet kernels' results.
  * The recurrence's own backward is checked by central differences on a tiny shape first.
  * TODO(merge): the recurrence here stands in for ref/gateddelta.c (the official CPU reference, written
@@ -232,9 +233,15 @@ template <typename T> static void test_gated(int B, int T_, int H, int K, int V,
     for (int i = 0; i < 4; i++)
         CHECK(same_bits(res[0][i], res[1][i]), "%s gated B=%d T=%d H=%d K=%d V=%d: %s differs between two runs", tn, B,
               T_, H, K, V, names[i]);
-    for (int i = 4; i < 6; i++)
-        CHECK(rel(res[1][i], res[0][i]) < 1e-5, "%s gated B=%d T=%d H=%d K=%d V=%d: %s run-to-run %.2e", tn, B, T_, H, K,
-              V, names[i], rel(res[1][i], res[0][i]));
+    for (int i = 4; i < 6; i++) { /* relative to the reference's size, floored: at T = 1 dg is 0 up to rounding */
+        double num = 0, den = 0;
+        for (size_t j = 0; j < refs[i].size(); j++) {
+            num += ((double)res[1][i][j] - res[0][i][j]) * ((double)res[1][i][j] - res[0][i][j]);
+            den += (double)refs[i][j] * refs[i][j];
+        }
+        const double e = sqrt(num) / std::max(sqrt(den), 1e-2);
+        CHECK(e < 1e-5, "%s gated B=%d T=%d H=%d K=%d V=%d: %s run-to-run %.2e", tn, B, T_, H, K, V, names[i], e);
+    }
     if (gate == ZERO && K == V) { /* the DeltaNet kernels on the same inputs */
         poison(d_o, nv); poison(d_dq, nk); poison(d_dk, nk); poison(d_dv, nv); poison(d_db, N);
         deltarule_forward<T>(d_o, nullptr, d_q, d_k, d_v, d_b, scale, ws, B, T_, H, K, V, 0);
