@@ -4,6 +4,7 @@
  *
  *     A = strictly_lower(diag(beta) K K^T),     Tm = (I + A)^-1
  *
+ * (gated: A = strictly_lower(diag(beta) (K K^T o Gamma)), Gamma_ij = exp(G_i - G_j), deltarule.cuh)
  * K K^T on tensor cores (bf16) or in fp32, then the unit lower-triangular inverse by a blocked
  * forward substitution over 16 x 16 blocks, all in fp32, and Tm rounded to floatX. The forward's
  * state pass and the backward read Tm; the forward can save it for the backward (deltarule.cuh).
@@ -16,8 +17,8 @@ namespace dr {
 /* ---- prep: Tm = (I + strictly_lower(diag(beta) K K^T))^-1 per chunk --------------------------- */
 constexpr int LDF = 68; /* fp32 64x64 work matrices: rows 16-byte aligned, 4-bank row offset */
 constexpr int LDR = 20; /* fp32 16x16 products */
-template <typename TX, int D> constexpr size_t prep_smem() {
-    return round_up(2 * 64 * LDF * 4, 16) + 64 * 4 + round_up(3 * 16 * LDR * 4, 16) +
+template <typename TX, int D, bool GATED> constexpr size_t prep_smem() {
+    return round_up(2 * 64 * LDF * 4, 16) + 64 * 4 + (GATED ? GATE_FLOATS * 4 : 0) + round_up(3 * 16 * LDR * 4, 16) +
            (sizeof(TX) == 2 ? (size_t)64 * padded<TX>(D) * sizeof(TX) : 0);
 }
 
@@ -46,9 +47,9 @@ __device__ __forceinline__ void block4x4(float4 (&s)[4], const float *a, int lda
     }
 }
 
-template <typename TX, int D>
-__global__ void __launch_bounds__(NTHREADS) prep_kernel(TX *Tm_out, const TX *k, const TX *beta, int T, int H,
-                                                         int NC) {
+template <typename TX, int D, bool GATED>
+__global__ void __launch_bounds__(NTHREADS) prep_kernel(TX *Tm_out, const TX *k, const TX *beta, const float *g, int T,
+                                                         int H, int NC) {
     constexpr bool STG = sizeof(TX) == 2;
     constexpr int LDD = padded<TX>(D);
     extern __shared__ __align__(16) unsigned char smem[];
@@ -56,17 +57,20 @@ __global__ void __launch_bounds__(NTHREADS) prep_kernel(TX *Tm_out, const TX *k,
     float *Af = carve<float>(sp, 2 * 64 * LDF); /* Af [64][LDF], then Tf [64][LDF] */
     float *Tf = Af + 64 * LDF;
     float *bs = carve<float>(sp, 64);
+    float *gt = GATED ? carve<float>(sp, GATE_FLOATS) : nullptr;
     float *Rf = carve<float>(sp, 3 * 16 * LDR);
     TX *Ks = STG ? carve<TX>(sp, 64 * LDD) : nullptr;
 
     const int n = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, tid = threadIdx.x, w = tid >> 5;
     const Chunk ck = chunk_at(b, h, n, T, H);
     const size_t ldg = (size_t)H * D;
+    const GateIn gi = GATED ? gate_load(g, ck, H) : GateIn{0.0f, 0.0f};
     if (STG) {
         cp_tile<TX, 64, D>(Ks, LDD, k + ck.row0 * D, ldg, ck.L);
         cp_async_commit();
     }
     if (tid < 64) bs[tid] = tid < ck.L ? to_f(beta[ck.row0 + (size_t)tid * H]) : 0.0f;
+    if (GATED) gate_finish<TX>(gt, gi);
     cp_async_wait<0>();
     __syncthreads();
 
@@ -77,7 +81,8 @@ __global__ void __launch_bounds__(NTHREADS) prep_kernel(TX *Tm_out, const TX *k,
         zero_acc(accA);
         if (n0 <= m0 + 15) warp_mma<1, 4, false, true, D>(accA, Km, m0, Km, n0); /* upper tiles stay zero */
         for_each_pair(accA, m0, n0, [&](int r, int c, float &x0, float &x1) {
-            st2(Af + r * LDF + c, c < r ? bs[r] * x0 : 0.0f, c + 1 < r ? bs[r] * x1 : 0.0f);
+            st2(Af + r * LDF + c, c < r ? bs[r] * gmul<GATED, TX>(x0, gt, r, c) : 0.0f,
+                c + 1 < r ? bs[r] * gmul<GATED, TX>(x1, gt, r, c + 1) : 0.0f);
         });
     }
     __syncthreads();

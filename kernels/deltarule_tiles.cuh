@@ -118,9 +118,10 @@ template <int MT, int NT> __device__ __forceinline__ void zero_acc(float (&acc)[
             for (int e = 0; e < 4; e++) acc[mt][nt][e] = 0.0f;
 }
 
-/* f(r, c, x0, x1) for each pair of adjacent accumulator elements: row r, columns c and c+1. */
+/* f(mt, nt, hh, r, c, x0, x1) for each pair of adjacent accumulator elements: row r, columns c and
+ * c+1, at fragment position (mt, nt, hh). */
 template <int MT, int NT, typename F>
-__device__ __forceinline__ void for_each_pair(float (&acc)[MT][NT][4], int m0, int n0, F f) {
+__device__ __forceinline__ void for_each_pair_at(float (&acc)[MT][NT][4], int m0, int n0, F f) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
@@ -128,7 +129,12 @@ __device__ __forceinline__ void for_each_pair(float (&acc)[MT][NT][4], int m0, i
         for (int nt = 0; nt < NT; nt++)
 #pragma unroll
             for (int hh = 0; hh < 2; hh++)
-                f(m0 + 16 * mt + g + 8 * hh, n0 + 8 * nt + 2 * t, acc[mt][nt][2 * hh], acc[mt][nt][2 * hh + 1]);
+                f(mt, nt, hh, m0 + 16 * mt + g + 8 * hh, n0 + 8 * nt + 2 * t, acc[mt][nt][2 * hh], acc[mt][nt][2 * hh + 1]);
+}
+/* The same walk as f(r, c, x0, x1). */
+template <int MT, int NT, typename F>
+__device__ __forceinline__ void for_each_pair(float (&acc)[MT][NT][4], int m0, int n0, F f) {
+    for_each_pair_at(acc, m0, n0, [&](int, int, int, int r, int c, float &x0, float &x1) { f(r, c, x0, x1); });
 }
 
 __device__ __forceinline__ void st2(float *p, float a, float b) { *reinterpret_cast<float2 *>(p) = make_float2(a, b); }
@@ -167,26 +173,119 @@ __device__ __forceinline__ Chunk chunk_at(int b, int h, int n, int T, int H) {
     return Chunk{((size_t)b * T + t0) * H + h, min(CH, T - t0)};
 }
 
-/* M = tril(Q K^T) (diagonal kept) into shared Ms [64][ldm] as floatX: warp tile 16 x 32; tiles
- * entirely above the diagonal are written as zeros without a product. */
-template <typename TX, int D>
-__device__ __forceinline__ void chunk_qk_tril(TX *Ms, int ldm, const Mat<TX> &Qm, const Mat<TX> &Km) {
+/* ---- the gate (gated delta rule; GATED = false compiles all of this away) ------------------------
+ * Per chunk, 4 x 64 floats in shared memory: G_i = sum_{j<=i} g_j (the cumulative log decay, rows >= L
+ * read g = 0), gam_i = exp(G_i), dec_i = exp(G_63 - G_i), and for fp32 the low part of G (G - (float)G,
+ * the scan runs in double there: G_i - G_j of two large fp32 sums would lose the digits that matter
+ * under strong decay). Gamma_ij = exp(G_i - G_j) (j <= i) is formed where it is used, never as
+ * gam_i / gam_j (which underflows under strong decay). */
+constexpr int GATE_FLOATS = 4 * CH;
+__device__ __forceinline__ const float *gate_gam(const float *gt) { return gt + CH; }
+__device__ __forceinline__ const float *gate_dec(const float *gt) { return gt + 2 * CH; }
+
+/* Threads 0..63 (warps 0 and 1): this lane's g in both halves of chunk ck (0 past the end), loaded
+ * early so that the latency hides behind the tile copies; gate_finish (no barrier) makes the gate. */
+struct GateIn {
+    float a, b;
+};
+__device__ __forceinline__ GateIn gate_load(const float *g, const Chunk &ck, int H) {
+    const int tid = threadIdx.x, lane = tid & 31;
+    GateIn r{0.0f, 0.0f};
+    if (tid < 64) {
+        if (lane < ck.L) r.a = g[ck.row0 + (size_t)lane * H];
+        if (lane + 32 < ck.L) r.b = g[ck.row0 + (size_t)(lane + 32) * H];
+    }
+    return r;
+}
+/* Both warps scan both halves, so that G_63 is the same number in every element. */
+template <typename X> __device__ __forceinline__ void gate_scan(X &a, X &b, X &G, X &Glast) {
+    const int tid = threadIdx.x, lane = tid & 31;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const X ua = __shfl_up_sync(0xffffffffu, a, o), ub = __shfl_up_sync(0xffffffffu, b, o);
+        if (lane >= o) { a += ua; b += ub; }
+    }
+    const X ta = __shfl_sync(0xffffffffu, a, 31), tb = __shfl_sync(0xffffffffu, b, 31);
+    G = tid < 32 ? a : ta + b;
+    Glast = ta + tb;
+}
+template <typename TX> __device__ __forceinline__ void gate_finish(float *gt, GateIn in) {
+    const int tid = threadIdx.x;
+    if (tid >= 64) return;
+    if constexpr (sizeof(TX) == 4) { /* fp32 (the test mode): double scan and exp */
+        double a = in.a, b = in.b, G, Glast;
+        gate_scan(a, b, G, Glast);
+        const float hi = (float)G;
+        gt[tid] = hi;
+        gt[CH + tid] = (float)exp(G);
+        gt[2 * CH + tid] = (float)exp(Glast - G);
+        gt[3 * CH + tid] = (float)(G - hi);
+    } else {
+        float a = in.a, b = in.b, G, Glast;
+        gate_scan(a, b, G, Glast);
+        gt[tid] = G;
+        gt[CH + tid] = __expf(G);
+        gt[2 * CH + tid] = __expf(Glast - G);
+        gt[3 * CH + tid] = 0.0f;
+    }
+}
+
+/* f(r, s) once per accumulator row r (on the lane with t = 0), s = sum_c acc[r][c] X[r][c] over the
+ * columns the warp holds: a row's dot product with the same row of X. */
+template <int MT, int NT, typename TX, typename F>
+__device__ __forceinline__ void row_dot(float (&acc)[MT][NT][4], int m0, int n0, const Mat<TX> &X, F f) {
+    float part[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) part[mt][0] = part[mt][1] = 0.0f;
+    for_each_pair_at(acc, m0, n0, [&](int mt, int nt, int hh, int r, int c, float &x0, float &x1) {
+        const float2 xx = mat_ld2(X, r, c);
+        part[mt][hh] += x0 * xx.x + x1 * xx.y;
+    });
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+            const float s = quad_sum(part[mt][hh]);
+            if ((lane & 3) == 0) f(m0 + 16 * mt + (lane >> 2) + 8 * hh, s);
+        }
+}
+
+/* x Gamma_rc (c <= r) when gated, x otherwise; G = the gate (fp32: G's two parts, exp in double). */
+template <bool GATED, typename TX> __device__ __forceinline__ float gmul(float x, const float *G, int r, int c) {
+    if constexpr (!GATED) return x;
+    else if constexpr (sizeof(TX) == 4)
+        return x * (float)exp(((double)G[r] - G[c]) + ((double)G[3 * CH + r] - G[3 * CH + c]));
+    else return x * __expf(G[r] - G[c]);
+}
+/* Rows of an accumulator times the per-row factor f[r] (gated only). */
+template <bool GATED, int MT, int NT>
+__device__ __forceinline__ void scale_rows(float (&acc)[MT][NT][4], int m0, int n0, const float *f) {
+    if constexpr (GATED)
+        for_each_pair(acc, m0, n0, [&](int r, int c, float &x0, float &x1) { x0 *= f[r]; x1 *= f[r]; });
+}
+
+/* M = tril(Q K^T) (diagonal kept), gated: M o Gamma, into shared Ms [64][ldm] as floatX: warp tile
+ * 16 x 32; tiles entirely above the diagonal are written as zeros without a product. */
+template <typename TX, int D, bool GATED = false>
+__device__ __forceinline__ void chunk_qk_tril(TX *Ms, int ldm, const Mat<TX> &Qm, const Mat<TX> &Km,
+                                              const float *G = nullptr) {
     const int w = threadIdx.x >> 5, m0 = 16 * (w & 3), n0 = 32 * (w >> 2);
     float acc[1][4][4];
     zero_acc(acc);
     if (n0 <= m0 + 15) warp_mma<1, 4, false, true, D>(acc, Qm, m0, Km, n0);
     for_each_pair(acc, m0, n0, [&](int r, int c, float &x0, float &x1) {
-        st2(Ms + r * ldm + c, c <= r ? x0 : 0.0f, c + 1 <= r ? x1 : 0.0f);
+        st2(Ms + r * ldm + c, c <= r ? gmul<GATED, TX>(x0, G, r, c) : 0.0f, c + 1 <= r ? gmul<GATED, TX>(x1, G, r, c + 1) : 0.0f);
     });
 }
 
 /* The forward pass's first products, sharing fragments: accX += K S, accO += Q S (S loaded once),
- * and M = tril(Q K^T) into Ms (Q loaded once). Rows m0.. of the chunk, state columns n0.., M
- * columns mn0... fp32: the plain products. */
-template <int NT, int D>
+ * and M = tril(Q K^T) (gated: M o Gamma) into Ms (Q loaded once). Rows m0.. of the chunk, state
+ * columns n0.., M columns mn0... fp32: the plain products. */
+template <int NT, int D, bool GATED>
 __device__ __forceinline__ void fwd_first(float (&accX)[1][NT][4], float (&accO)[1][NT][4], const Mat<bf16> &Km,
                                           const Mat<bf16> &Qm, const Mat<bf16> &Sm, bf16 *Ms, int ldm, int m0, int n0,
-                                          int mn0) {
+                                          int mn0, const float *G) {
     const int lane = threadIdx.x & 31, lr = lane & 7, l8 = (lane >> 3) & 1, l16 = lane >> 4;
     const bool withM = mn0 <= m0 + 15;
     float accM[1][4][4];
@@ -216,17 +315,17 @@ __device__ __forceinline__ void fwd_first(float (&accX)[1][NT][4], float (&accO)
         }
     }
     for_each_pair(accM, m0, mn0, [&](int r, int c, float &x0, float &x1) {
-        st2(Ms + r * ldm + c, c <= r ? x0 : 0.0f, c + 1 <= r ? x1 : 0.0f);
+        st2(Ms + r * ldm + c, c <= r ? gmul<GATED, bf16>(x0, G, r, c) : 0.0f, c + 1 <= r ? gmul<GATED, bf16>(x1, G, r, c + 1) : 0.0f);
     });
 }
-template <int NT, int D>
+template <int NT, int D, bool GATED>
 __device__ __forceinline__ void fwd_first(float (&accX)[1][NT][4], float (&accO)[1][NT][4], const Mat<float> &Km,
                                           const Mat<float> &Qm, const Mat<float> &Sm, float *Ms, int ldm, int m0,
-                                          int n0, int mn0) {
+                                          int n0, int mn0, const float *G) {
     (void)mn0;
     warp_mma<1, NT, false, false, D>(accX, Km, m0, Sm, n0);
     warp_mma<1, NT, false, false, D>(accO, Qm, m0, Sm, n0);
-    chunk_qk_tril<float, D>(Ms, ldm, Qm, Km);
+    chunk_qk_tril<float, D, GATED>(Ms, ldm, Qm, Km, G);
 }
 
 

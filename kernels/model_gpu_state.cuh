@@ -16,7 +16,6 @@
 #include "crossentropy.cuh"
 #include "attention.cuh"
 #include "deltarule.cuh"
-#include "gated_stub.cuh" /* TEMPORARY: until deltarule.cuh has the gated kernels; drop at the merge */
 #include "gate.cuh"
 #include "linattn.cuh"
 #include "adamw.cuh"

@@ -52,6 +52,7 @@ bench_rows() {
 rc=0
 train_row "d12 (124M), B=32 T=1024, bf16" -m d12 -b 32 -t 1024 || rc=1
 train_row "d12, DDSDDSDDSDDS (window 512)" -m d12 -b 32 -t 1024 --layers DDSDDSDDSDDS --window 512 || rc=1
+train_row "gdn (gated DeltaNet, d12 size), B=32 T=1024" -m gdn -b 32 -t 1024 || rc=1
 train_row "340M, B=16 T=2048" -m 340M -b 16 -t 2048 || rc=1
 rm -rf /tmp/bench_table_ckpt
 bench_rows bench_deltarule || rc=1
