@@ -136,7 +136,9 @@ for k in "${K[@]}"; do
             name="${k}_d${d}_lr${lr}"
             lrmin=$(python3 -c 'import sys; print("%g" % (float(sys.argv[1]) / 10))' "$lr")
             t0=$(date +%s.%N)
-            "$trainer" -i "$data/mqar_train.bin" -j "$data/mqar_test.bin" -m tiny --vocab 8192 --d-model "$d" \
+            extra=() # gated DeltaNet: heads of 64 (the GPU kernels' size), values as wide as keys
+            [ "$k" = N ] && extra=(--gdn-head-dim 64 --gdn-expand-v 1)
+            "$trainer" "${extra[@]}" -i "$data/mqar_train.bin" -j "$data/mqar_test.bin" -m tiny --vocab 8192 --d-model "$d" \
                 --heads $((d / 64)) --layers "$k$k" --no-mlp --tied -b "$batch" -t "$seq" -x "$steps" --warmup "$warmup" \
                 --lr "$lr" --lr-min "$lrmin" -v "$steps" --sample-every 0 -s 0 -o "$out/ckpt/$name" \
                 --log "$out/$name.jsonl" >"$out/$name.log" 2>&1
