@@ -8,11 +8,8 @@
 # GDN hybrid checkpoint (trained one step by $DN_TRAINER, when make test has built it), given back to
 # from_fla.py as config.json, reproduces the config and every tensor. Run from the repo root.
 set -u
-pass=0; fail=0
-ok()  { echo "  ok  $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL $*"; fail=$((fail + 1)); }
-tmp=$(mktemp -d /tmp/dn_convert_XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
+source "$(dirname "$0")/lib.sh"
+test_tmp dn_convert
 mkdir -p "$tmp/fla"
 
 python3 - "$tmp" <<'PY'
@@ -235,5 +232,4 @@ PY
 else
     echo "  --  round trip through deltanet.c's fla_config skipped: no $TR (make test builds it)"
 fi
-echo "[test_convert] $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+test_summary test_convert
