@@ -111,10 +111,13 @@ void RF(ref_linear_attn_recurrent_backward)(real *dq, real *dk, real *dv, real *
 
 /* ---- the chunkwise form ----------------------------------------------------------------------- */
 
-/* Per (b, h): the incoming state of every chunk, Sn [nc + 1][K][V] (Sn[nc] = the final state). */
-static void chunk_states(real *Sn, const real *k, const real *v, const real *S0, int b, int h, int T, int H,
-                         int K, int V, int C, int nc) {
+/* Per (b, h): the incoming state of every chunk, Sn [nc + 1][K][V] (Sn[nc] = the final state),
+ * allocated here (free it). */
+static real *chunk_states(const real *k, const real *v, const real *S0, int b, int h, int T, int H,
+                          int K, int V, int C, int nc) {
     const size_t sz = (size_t)K * V;
+    real *Sn = (real *)malloc((size_t)(nc + 1) * sz * sizeof(real));
+    if (!Sn) abort();
     if (S0) memcpy(Sn, S0 + ((size_t)b * H + h) * sz, sz * sizeof(real));
     else memset(Sn, 0, sz * sizeof(real));
     for (int n = 0; n < nc; n++) {
@@ -127,6 +130,7 @@ static void chunk_states(real *Sn, const real *k, const real *v, const real *S0,
                 next[a * V + c] = (real)s;
             }
     }
+    return Sn;
 }
 
 static double dotp(const real *x, const real *y, int n) {
@@ -142,9 +146,7 @@ void RF(ref_linear_attn_chunk_forward)(real *o, real *S_final, const real *q, co
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < H; h++) {
             const size_t sz = (size_t)K * V;
-            real *Sn = (real *)malloc((size_t)(nc + 1) * sz * sizeof(real));
-            if (!Sn) abort();
-            chunk_states(Sn, k, v, S0, b, h, T, H, K, V, C, nc);
+            real *Sn = chunk_states(k, v, S0, b, h, T, H, K, V, C, nc);
             for (int n = 0; n < nc; n++) {
                 const real *S = Sn + (size_t)n * sz;
                 const int t0 = n * C, t1 = t0 + C < T ? t0 + C : T;
@@ -179,12 +181,8 @@ void RF(ref_linear_attn_chunk_backward)(real *dq, real *dk, real *dv, real *dS0,
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < H; h++) {
             const size_t sz = (size_t)K * V;
-            real *Sn = (real *)malloc((size_t)(nc + 1) * sz * sizeof(real));
-            real *dS = (real *)malloc(sz * sizeof(real));
-            if (!Sn || !dS) abort();
-            chunk_states(Sn, k, v, S0, b, h, T, H, K, V, C, nc);
-            if (dS_final) memcpy(dS, dS_final + ((size_t)b * H + h) * sz, sz * sizeof(real));
-            else memset(dS, 0, sz * sizeof(real));
+            real *Sn = chunk_states(k, v, S0, b, h, T, H, K, V, C, nc);
+            real *dS = state_new(dS_final, ((size_t)b * H + h) * sz, sz);
             for (int n = nc - 1; n >= 0; n--) {
                 const real *S = Sn + (size_t)n * sz;
                 const int t0 = n * C, t1 = t0 + C < T ? t0 + C : T;
