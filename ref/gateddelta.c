@@ -100,6 +100,12 @@ static void unit_lower_inv(real *tm, const real *a, int n) {
     }
 }
 
+/* dst = the state of (b, h) = bh in src [B,H,K,V], or zero without src. */
+static void state_load(real *dst, const real *src, int bh, size_t KV) {
+    if (src) memcpy(dst, src + bh * KV, KV * sizeof(real));
+    else memset(dst, 0, KV * sizeof(real));
+}
+
 /* ---- the recurrence ---------------------------------------------------------------------------- */
 
 /* One token for one head: S *= alpha, u = v - S^T k, S += beta k u^T, o = scale S^T q.
@@ -132,8 +138,7 @@ void RF(ref_gated_delta_rule_recurrent_forward)(real *o, real *S_final, const re
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * H; bh++) {
             const int b = bh / H, h = bh % H;
-            if (S0) memcpy(S, S0 + bh * KV, KV * sizeof(real));
-            else memset(S, 0, KV * sizeof(real));
+            state_load(S, S0, bh, KV);
             for (int t = 0; t < T; t++) {
                 const size_t row = (size_t)(b * T + t) * H + h;
                 gated_step(S, u, o + row * V, q + row * K, k + row * K, v + row * V, beta[row],
@@ -161,16 +166,14 @@ void RF(ref_gated_delta_rule_recurrent_backward)(real *dq, real *dk, real *dv, r
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * H; bh++) {
             const int b = bh / H, h = bh % H;
-            if (S0) memcpy(Ss, S0 + bh * KV, KV * sizeof(real));
-            else memset(Ss, 0, KV * sizeof(real));
+            state_load(Ss, S0, bh, KV);
             for (int t = 0; t < T; t++) {
                 const size_t row = (size_t)(b * T + t) * H + h;
                 memcpy(Ss + (t + 1) * KV, Ss + t * KV, KV * sizeof(real));
                 gated_step(Ss + (t + 1) * KV, u, otmp, q + row * K, k + row * K, v + row * V, beta[row],
                            g ? (real)exp((double)g[row]) : 1, K, V, scale);
             }
-            if (dS_final) memcpy(dS, dS_final + bh * KV, KV * sizeof(real));
-            else memset(dS, 0, KV * sizeof(real));
+            state_load(dS, dS_final, bh, KV);
             for (int t = T - 1; t >= 0; t--) {
                 const size_t row = (size_t)(b * T + t) * H + h;
                 const real *St = Ss + (t + 1) * KV, *Sp = Ss + t * KV;
@@ -323,8 +326,7 @@ void RF(ref_gated_delta_rule_chunk_forward)(real *o, real *S_final, const real *
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * H; bh++) {
             const int b = bh / H, h = bh % H;
-            if (S0) memcpy(s.S, S0 + bh * KV, KV * sizeof(real));
-            else memset(s.S, 0, KV * sizeof(real));
+            state_load(s.S, S0, bh, KV);
             for (int t0 = 0; t0 < T; t0 += C) {
                 const int L = T - t0 < C ? T - t0 : C;
                 const size_t row = (size_t)(b * T + t0) * H + h;
@@ -358,8 +360,7 @@ void RF(ref_gated_delta_rule_chunk_backward)(real *dq, real *dk, real *dv, real 
         for (int bh = 0; bh < B * H; bh++) {
             const int b = bh / H, h = bh % H;
             /* forward over chunks, keeping only the states S_0 .. S_{NC-1} */
-            if (S0) memcpy(s.S, S0 + bh * KV, KV * sizeof(real));
-            else memset(s.S, 0, KV * sizeof(real));
+            state_load(s.S, S0, bh, KV);
             for (int n = 0; n < NC; n++) {
                 const int t0 = n * C, L = T - t0 < C ? T - t0 : C;
                 const size_t row = (size_t)(b * T + t0) * H + h;
@@ -370,8 +371,7 @@ void RF(ref_gated_delta_rule_chunk_backward)(real *dq, real *dk, real *dv, real 
                 gmm(s.S, V, s.Kd, K, 't', s.U, V, 'n', K, V, L, 1.0, 1);
             }
             /* backward over chunks in reverse, dS = dL/dS_{n+1} */
-            if (dS_final) memcpy(s.dS, dS_final + bh * KV, KV * sizeof(real));
-            else memset(s.dS, 0, KV * sizeof(real));
+            state_load(s.dS, dS_final, bh, KV);
             for (int n = NC - 1; n >= 0; n--) {
                 const int t0 = n * C, L = T - t0 < C ? T - t0 : C;
                 const size_t row = (size_t)(b * T + t0) * H + h;
