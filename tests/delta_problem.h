@@ -55,6 +55,13 @@ static void free_problem(Problem *p) {
     free(p->q); free(p->k); free(p->v); free(p->beta); free(p->g); free(p->S0); free(p->dout); free(p->dSf);
 }
 
+/* A float copy of x[n] (free it): the float runs of the problem. */
+static float *to_f32(const double *x, size_t n) {
+    float *y = xcalloc(n, sizeof(float));
+    for (size_t i = 0; i < n; i++) y[i] = (float)x[i];
+    return y;
+}
+
 /* Outputs of one forward + backward. */
 typedef struct { double *o, *Sf, *dq, *dk, *dv, *dbeta, *dg, *dS0; } Result;
 

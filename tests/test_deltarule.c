@@ -172,12 +172,6 @@ static void test_null_semantics(void) {
 
 /* ---- 4. float ------------------------------------------------------------------------------------ */
 
-static float *to_f32(const double *x, size_t n) {
-    float *y = xcalloc(n, sizeof(float));
-    for (size_t i = 0; i < n; i++) y[i] = (float)x[i];
-    return y;
-}
-
 static double rel_err_fd(const float *a, const double *ref, size_t n) {
     double num = 0, den = 0;
     for (size_t i = 0; i < n; i++) { double d = (double)a[i] - ref[i]; num += d * d; den += ref[i] * ref[i]; }

@@ -234,19 +234,13 @@ static void test_strong_decay(void) {
 
 /* ---- 6. float, accumulation, in-place decode --------------------------------------------------------- */
 
-static float *to_f(const double *x, size_t n) {
-    float *y = xcalloc(n, sizeof(float));
-    for (size_t i = 0; i < n; i++) y[i] = (float)x[i];
-    return y;
-}
-
 static void test_float_and_decode(void) {
     Problem p = make_problem(1, 200, 2, 32, 32, -1.0, -0.01, 55);
     Result d = alloc_result(&p);
     run_f64(&p, &d, 64, 1);
     const size_t a = nqk(&p), b = nv(&p), c = nb(&p), s = ns(&p);
-    float *q = to_f(p.q, a), *k = to_f(p.k, a), *v = to_f(p.v, b), *be = to_f(p.beta, c), *g = to_f(p.g, c);
-    float *S0 = to_f(p.S0, s), *dout = to_f(p.dout, b), *dSf = to_f(p.dSf, s);
+    float *q = to_f32(p.q, a), *k = to_f32(p.k, a), *v = to_f32(p.v, b), *be = to_f32(p.beta, c), *g = to_f32(p.g, c);
+    float *S0 = to_f32(p.S0, s), *dout = to_f32(p.dout, b), *dSf = to_f32(p.dSf, s);
     float *o = xcalloc(b, sizeof(float)), *Sf = xcalloc(s, sizeof(float));
     float *dq = xcalloc(a, sizeof(float)), *dk = xcalloc(a, sizeof(float)), *dv = xcalloc(b, sizeof(float));
     float *db = xcalloc(c, sizeof(float)), *dg = xcalloc(c, sizeof(float)), *dS0 = xcalloc(s, sizeof(float));
@@ -268,7 +262,7 @@ static void test_float_and_decode(void) {
     VS_DOUBLE(dg, d.dg, c, "dg");
     VS_DOUBLE(dS0, d.dS0, s, "dS0");
     /* accumulation: a second backward doubles every gradient */
-    float *dg1 = to_f(d.dg, c);
+    float *dg1 = to_f32(d.dg, c);
     for (size_t i = 0; i < c; i++) dg1[i] = dg[i];
     ref_gated_delta_rule_chunk_backward(dq, dk, dv, db, dg, dS0, dout, dSf, q, k, v, be, g, S0, 1, 200, 2, 32, 32, scale, 64);
     double acc = 0;
