@@ -64,7 +64,9 @@
  *
  * Conventions as ref/deltarule.c: S0 == S_final allowed (the state is read into a work buffer
  * first), S0 / dS0 / S_final / dS_final may be NULL, any T >= 1, every backward accumulates (+=),
- * parallel over (b, h) with per-thread scratch, dot products in double.
+ * parallel over (b, h) with per-thread scratch (each (b, h) writes only its own slices, so results
+ * do not depend on the thread count), dot products in double. g == NULL means no decay at all
+ * (alpha_t = 1 exactly, dg untouched and may be NULL): ref/deltarule.c's functions are these.
  */
 #include "ref_real.h"
 
@@ -98,13 +100,20 @@ static void unit_lower_inv(real *tm, const real *a, int n) {
     }
 }
 
+/* dst = the state of (b, h) = bh in src [B,H,K,V], or zero without src. */
+static void state_load(real *dst, const real *src, int bh, size_t KV) {
+    if (src) memcpy(dst, src + bh * KV, KV * sizeof(real));
+    else memset(dst, 0, KV * sizeof(real));
+}
+
 /* ---- the recurrence ---------------------------------------------------------------------------- */
 
 /* One token for one head: S *= alpha, u = v - S^T k, S += beta k u^T, o = scale S^T q.
- * u [V] is scratch. At alpha == 1 this is ref/deltarule.c's step, operation for operation. */
+ * u [V] is scratch. At alpha == 1 (g == NULL: the plain delta rule) S is left alone. */
 static void gated_step(real *S, real *u, real *o, const real *q, const real *k, const real *v,
                        real beta, real alpha, int K, int V, real scale) {
-    for (int i = 0; i < K * V; i++) S[i] *= alpha;
+    if (alpha != 1)
+        for (int i = 0; i < K * V; i++) S[i] *= alpha;
     for (int c = 0; c < V; c++) {
         double s = 0.0;
         for (int a = 0; a < K; a++) s += (double)S[a * V + c] * k[a];
@@ -129,12 +138,11 @@ void RF(ref_gated_delta_rule_recurrent_forward)(real *o, real *S_final, const re
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * H; bh++) {
             const int b = bh / H, h = bh % H;
-            if (S0) memcpy(S, S0 + bh * KV, KV * sizeof(real));
-            else memset(S, 0, KV * sizeof(real));
+            state_load(S, S0, bh, KV);
             for (int t = 0; t < T; t++) {
                 const size_t row = (size_t)(b * T + t) * H + h;
                 gated_step(S, u, o + row * V, q + row * K, k + row * K, v + row * V, beta[row],
-                           (real)exp((double)g[row]), K, V, scale);
+                           g ? (real)exp((double)g[row]) : 1, K, V, scale);
             }
             if (S_final) memcpy(S_final + bh * KV, S, KV * sizeof(real));
         }
@@ -158,21 +166,19 @@ void RF(ref_gated_delta_rule_recurrent_backward)(real *dq, real *dk, real *dv, r
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * H; bh++) {
             const int b = bh / H, h = bh % H;
-            if (S0) memcpy(Ss, S0 + bh * KV, KV * sizeof(real));
-            else memset(Ss, 0, KV * sizeof(real));
+            state_load(Ss, S0, bh, KV);
             for (int t = 0; t < T; t++) {
                 const size_t row = (size_t)(b * T + t) * H + h;
                 memcpy(Ss + (t + 1) * KV, Ss + t * KV, KV * sizeof(real));
                 gated_step(Ss + (t + 1) * KV, u, otmp, q + row * K, k + row * K, v + row * V, beta[row],
-                           (real)exp((double)g[row]), K, V, scale);
+                           g ? (real)exp((double)g[row]) : 1, K, V, scale);
             }
-            if (dS_final) memcpy(dS, dS_final + bh * KV, KV * sizeof(real));
-            else memset(dS, 0, KV * sizeof(real));
+            state_load(dS, dS_final, bh, KV);
             for (int t = T - 1; t >= 0; t--) {
                 const size_t row = (size_t)(b * T + t) * H + h;
                 const real *St = Ss + (t + 1) * KV, *Sp = Ss + t * KV;
                 const real *qt = q + row * K, *kt = k + row * K, *vt = v + row * V, *dot = dout + row * V;
-                const real bt = beta[row], at = (real)exp((double)g[row]);
+                const real bt = beta[row], at = g ? (real)exp((double)g[row]) : 1;
                 real *dqt = dq + row * K, *dkt = dk + row * K, *dvt = dv + row * V;
                 for (size_t i = 0; i < KV; i++) Sb[i] = Sp[i] * at;              /* Sbar_t */
                 /* o_t = scale S_t^T q_t */
@@ -212,11 +218,13 @@ void RF(ref_gated_delta_rule_recurrent_backward)(real *dq, real *dk, real *dv, r
                 }
                 for (int a = 0; a < K; a++)
                     for (int c = 0; c < V; c++) dS[a * V + c] -= kt[a] * du[c];
-                /* Sbar_t = alpha_t S_{t-1}, alpha_t = exp(g_t) */
-                double dgt = 0.0;
-                for (size_t i = 0; i < KV; i++) dgt += (double)Sb[i] * dS[i];
-                dg[row] += (real)dgt;
-                for (size_t i = 0; i < KV; i++) dS[i] *= at;
+                /* Sbar_t = alpha_t S_{t-1}, alpha_t = exp(g_t) (g == NULL: Sbar_t = S_{t-1}) */
+                if (g) {
+                    double dgt = 0.0;
+                    for (size_t i = 0; i < KV; i++) dgt += (double)Sb[i] * dS[i];
+                    dg[row] += (real)dgt;
+                    for (size_t i = 0; i < KV; i++) dS[i] *= at;
+                }
             }
             if (dS0)
                 for (size_t i = 0; i < KV; i++) dS0[bh * KV + i] += dS[i];
@@ -276,7 +284,7 @@ static inline double decay_between(const GChunk *s, int i, int j) { return exp(s
 static void gchunk_factors(GChunk *s, const real *qc, const real *kc, const real *vc, const real *bc,
                            const real *gc, int L, int ldk, int ldv, int H, int K, int V) {
     double acc = 0.0;
-    for (int i = 0; i < L; i++) { acc += gc[(size_t)i * H]; s->G[i] = acc; }
+    for (int i = 0; i < L; i++) { acc += gc ? gc[(size_t)i * H] : 0.0; s->G[i] = acc; }
     for (int i = 0; i < L; i++) {
         const real bi = bc[(size_t)i * H];
         s->gam[i] = (real)exp(s->G[i]);
@@ -318,14 +326,13 @@ void RF(ref_gated_delta_rule_chunk_forward)(real *o, real *S_final, const real *
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * H; bh++) {
             const int b = bh / H, h = bh % H;
-            if (S0) memcpy(s.S, S0 + bh * KV, KV * sizeof(real));
-            else memset(s.S, 0, KV * sizeof(real));
+            state_load(s.S, S0, bh, KV);
             for (int t0 = 0; t0 < T; t0 += C) {
                 const int L = T - t0 < C ? T - t0 : C;
                 const size_t row = (size_t)(b * T + t0) * H + h;
                 const real *qc = q + row * K, *kc = k + row * K, *vc = v + row * V;
                 real *oc = o + row * V;
-                gchunk_factors(&s, qc, kc, vc, beta + row, g + row, L, ldk, ldv, H, K, V);
+                gchunk_factors(&s, qc, kc, vc, beta + row, g ? g + row : NULL, L, ldk, ldv, H, K, V);
                 gmm(oc, ldv, s.Qg, K, 'n', s.S, V, 'n', L, V, K, scale, 0);     /* O = scale Qg S_n */
                 gmm(oc, ldv, s.M, L, 'n', s.U, V, 'n', L, V, L, scale, 1);      /*  + scale M U' */
                 for (size_t i = 0; i < KV; i++) s.S[i] *= s.gam[L - 1];         /* S = gam_{L-1} S_n */
@@ -353,27 +360,26 @@ void RF(ref_gated_delta_rule_chunk_backward)(real *dq, real *dk, real *dv, real 
         for (int bh = 0; bh < B * H; bh++) {
             const int b = bh / H, h = bh % H;
             /* forward over chunks, keeping only the states S_0 .. S_{NC-1} */
-            if (S0) memcpy(s.S, S0 + bh * KV, KV * sizeof(real));
-            else memset(s.S, 0, KV * sizeof(real));
+            state_load(s.S, S0, bh, KV);
             for (int n = 0; n < NC; n++) {
                 const int t0 = n * C, L = T - t0 < C ? T - t0 : C;
                 const size_t row = (size_t)(b * T + t0) * H + h;
                 memcpy(Sn + n * KV, s.S, KV * sizeof(real));
-                gchunk_factors(&s, q + row * K, k + row * K, v + row * V, beta + row, g + row, L, ldk, ldv, H, K, V);
+                gchunk_factors(&s, q + row * K, k + row * K, v + row * V, beta + row, g ? g + row : NULL, L,
+                               ldk, ldv, H, K, V);
                 for (size_t i = 0; i < KV; i++) s.S[i] *= s.gam[L - 1];
                 gmm(s.S, V, s.Kd, K, 't', s.U, V, 'n', K, V, L, 1.0, 1);
             }
             /* backward over chunks in reverse, dS = dL/dS_{n+1} */
-            if (dS_final) memcpy(s.dS, dS_final + bh * KV, KV * sizeof(real));
-            else memset(s.dS, 0, KV * sizeof(real));
+            state_load(s.dS, dS_final, bh, KV);
             for (int n = NC - 1; n >= 0; n--) {
                 const int t0 = n * C, L = T - t0 < C ? T - t0 : C;
                 const size_t row = (size_t)(b * T + t0) * H + h;
                 const real *qc = q + row * K, *kc = k + row * K, *vc = v + row * V, *bc = beta + row;
                 const real *doc = dout + row * V;
-                real *dqc = dq + row * K, *dkc = dk + row * K, *dvc = dv + row * V, *dbc = dbeta + row, *dgc = dg + row;
+                real *dqc = dq + row * K, *dkc = dk + row * K, *dvc = dv + row * V, *dbc = dbeta + row;
                 memcpy(s.S, Sn + n * KV, KV * sizeof(real));
-                gchunk_factors(&s, qc, kc, vc, bc, g + row, L, ldk, ldv, H, K, V);
+                gchunk_factors(&s, qc, kc, vc, bc, g ? g + row : NULL, L, ldk, ldv, H, K, V);
                 for (int i = 0; i < L; i++) s.dG[i] = s.dgam[i] = 0.0;
                 /* O = scale (Qg S_n + M U'),  S_{n+1} = gam_{L-1} S_n + Kd^T U' */
                 gmm(s.dU, V, s.M, L, 't', doc, ldv, 'n', L, V, L, scale, 0);      /* dU' = scale M^T dO */
@@ -447,10 +453,10 @@ void RF(ref_gated_delta_rule_chunk_backward)(real *dq, real *dk, real *dv, real 
                 gmm(dqc, ldk, s.dM, L, 'n', kc, ldk, 'n', L, K, L, 1.0, 1);        /* dQ += Dm K */
                 gmm(dkc, ldk, s.dM, L, 't', qc, ldk, 'n', L, K, L, 1.0, 1);        /* dK += Dm^T Q */
                 /* gam_i = exp(G_i), G_i = g_0 + .. + g_i: dg_j += sum_{i >= j} dG_i */
-                double rev = 0.0;
-                for (int i = L - 1; i >= 0; i--) {
+                double rev = 0.0;                                 /* (g == NULL: no dg) */
+                for (int i = L - 1; g && i >= 0; i--) {
                     rev += s.dG[i] + (double)s.gam[i] * s.dgam[i];
-                    dgc[(size_t)i * H] += (real)rev;
+                    dg[row + (size_t)i * H] += (real)rev;
                 }
                 memcpy(s.dS, s.dSn, KV * sizeof(real));
             }

@@ -34,6 +34,31 @@
 /* Offset of row t, head h of batch element b in a [B,T,H,X] tensor. */
 static size_t at(int b, int t, int h, int T, int H, int X) { return (((size_t)b * T + t) * H + h) * X; }
 
+/* A fresh K x V state: S0's slice at offset so, or zero without S0. */
+static real *state_new(const real *S0, size_t so, size_t sz) {
+    real *S = (real *)calloc(sz, sizeof(real));
+    if (!S) abort();
+    if (S0) memcpy(S, S0 + so, sz * sizeof(real));
+    return S;
+}
+
+/* The state read from either side, in double: out [K] = alpha S y (y [V]), or with transpose
+ * out [V] = alpha S^T x (x [K]); acc adds the result (rounded first) to out instead. */
+static void state_mv(real *out, double alpha, const real *S, const real *x, int K, int V, int transpose, int acc) {
+    const int n = transpose ? V : K, m = transpose ? K : V;
+    for (int i = 0; i < n; i++) {
+        double s = 0.0;
+        for (int j = 0; j < m; j++) s += (double)S[transpose ? j * V + i : i * V + j] * x[j];
+        out[i] = acc ? out[i] + (real)(alpha * s) : (real)(alpha * s);
+    }
+}
+
+/* S += alpha x y^T (x [K], y [V]). */
+static void outer_add(real *S, real alpha, const real *x, const real *y, int K, int V) {
+    for (int a = 0; a < K; a++)
+        for (int c = 0; c < V; c++) S[a * V + c] += alpha * x[a] * y[c];
+}
+
 void RF(ref_linear_attn_recurrent_forward)(real *o, real *S_final, const real *q, const real *k,
                                            const real *v, const real *S0, int B, int T, int H, int K,
                                            int V, real scale) {
@@ -41,19 +66,11 @@ void RF(ref_linear_attn_recurrent_forward)(real *o, real *S_final, const real *q
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < H; h++) {
             const size_t sz = (size_t)K * V, so = ((size_t)b * H + h) * sz;
-            real *S = (real *)calloc(sz, sizeof(real));
-            if (!S) abort();
-            if (S0) memcpy(S, S0 + so, sz * sizeof(real));
+            real *S = state_new(S0, so, sz);
             for (int t = 0; t < T; t++) {
-                const real *qt = q + at(b, t, h, T, H, K), *kt = k + at(b, t, h, T, H, K), *vt = v + at(b, t, h, T, H, V);
-                for (int a = 0; a < K; a++)
-                    for (int c = 0; c < V; c++) S[a * V + c] += kt[a] * vt[c];
-                real *ot = o + at(b, t, h, T, H, V);
-                for (int c = 0; c < V; c++) {
-                    double s = 0.0;
-                    for (int a = 0; a < K; a++) s += (double)S[a * V + c] * qt[a];
-                    ot[c] = (real)(scale * s);
-                }
+                const real *qt = q + at(b, t, h, T, H, K);
+                outer_add(S, 1, k + at(b, t, h, T, H, K), v + at(b, t, h, T, H, V), K, V);
+                state_mv(o + at(b, t, h, T, H, V), scale, S, qt, K, V, 1, 0);     /* o_t = scale S_t^T q_t */
             }
             if (S_final) memcpy(S_final + so, S, sz * sizeof(real));
             free(S);
@@ -69,20 +86,11 @@ void RF(ref_linear_attn_recurrent_backward)(real *dq, real *dk, real *dv, real *
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < H; h++) {
             const size_t sz = (size_t)K * V, so = ((size_t)b * H + h) * sz;
-            real *S = (real *)calloc(sz, sizeof(real));
-            if (!S) abort();
-            /* forward: dq_t = scale S_t do_t */
-            if (S0) memcpy(S, S0 + so, sz * sizeof(real));
+            real *S = state_new(S0, so, sz);   /* forward: dq_t = scale S_t do_t */
             for (int t = 0; t < T; t++) {
-                const real *kt = k + at(b, t, h, T, H, K), *vt = v + at(b, t, h, T, H, V), *dot = dout + at(b, t, h, T, H, V);
-                for (int a = 0; a < K; a++)
-                    for (int c = 0; c < V; c++) S[a * V + c] += kt[a] * vt[c];
-                real *dqt = dq + at(b, t, h, T, H, K);
-                for (int a = 0; a < K; a++) {
-                    double s = 0.0;
-                    for (int c = 0; c < V; c++) s += (double)S[a * V + c] * dot[c];
-                    dqt[a] += (real)(scale * s);
-                }
+                const real *dot = dout + at(b, t, h, T, H, V);
+                outer_add(S, 1, k + at(b, t, h, T, H, K), v + at(b, t, h, T, H, V), K, V);
+                state_mv(dq + at(b, t, h, T, H, K), scale, S, dot, K, V, 0, 1);
             }
             /* reverse: S now holds dS */
             if (dS_final) memcpy(S, dS_final + so, sz * sizeof(real));
@@ -90,19 +98,9 @@ void RF(ref_linear_attn_recurrent_backward)(real *dq, real *dk, real *dv, real *
             for (int t = T - 1; t >= 0; t--) {
                 const real *qt = q + at(b, t, h, T, H, K), *kt = k + at(b, t, h, T, H, K), *vt = v + at(b, t, h, T, H, V);
                 const real *dot = dout + at(b, t, h, T, H, V);
-                for (int a = 0; a < K; a++)
-                    for (int c = 0; c < V; c++) S[a * V + c] += scale * qt[a] * dot[c];
-                real *dkt = dk + at(b, t, h, T, H, K), *dvt = dv + at(b, t, h, T, H, V);
-                for (int a = 0; a < K; a++) {
-                    double s = 0.0;
-                    for (int c = 0; c < V; c++) s += (double)S[a * V + c] * vt[c];
-                    dkt[a] += (real)s;
-                }
-                for (int c = 0; c < V; c++) {
-                    double s = 0.0;
-                    for (int a = 0; a < K; a++) s += (double)S[a * V + c] * kt[a];
-                    dvt[c] += (real)s;
-                }
+                outer_add(S, scale, qt, dot, K, V);
+                state_mv(dk + at(b, t, h, T, H, K), 1.0, S, vt, K, V, 0, 1);      /* dk_t += dS v_t */
+                state_mv(dv + at(b, t, h, T, H, V), 1.0, S, kt, K, V, 1, 1);      /* dv_t += dS^T k_t */
             }
             if (dS0)
                 for (size_t i = 0; i < sz; i++) dS0[so + i] += S[i];
@@ -113,10 +111,13 @@ void RF(ref_linear_attn_recurrent_backward)(real *dq, real *dk, real *dv, real *
 
 /* ---- the chunkwise form ----------------------------------------------------------------------- */
 
-/* Per (b, h): the incoming state of every chunk, Sn [nc + 1][K][V] (Sn[nc] = the final state). */
-static void chunk_states(real *Sn, const real *k, const real *v, const real *S0, int b, int h, int T, int H,
-                         int K, int V, int C, int nc) {
+/* Per (b, h): the incoming state of every chunk, Sn [nc + 1][K][V] (Sn[nc] = the final state),
+ * allocated here (free it). */
+static real *chunk_states(const real *k, const real *v, const real *S0, int b, int h, int T, int H,
+                          int K, int V, int C, int nc) {
     const size_t sz = (size_t)K * V;
+    real *Sn = (real *)malloc((size_t)(nc + 1) * sz * sizeof(real));
+    if (!Sn) abort();
     if (S0) memcpy(Sn, S0 + ((size_t)b * H + h) * sz, sz * sizeof(real));
     else memset(Sn, 0, sz * sizeof(real));
     for (int n = 0; n < nc; n++) {
@@ -129,6 +130,7 @@ static void chunk_states(real *Sn, const real *k, const real *v, const real *S0,
                 next[a * V + c] = (real)s;
             }
     }
+    return Sn;
 }
 
 static double dotp(const real *x, const real *y, int n) {
@@ -144,9 +146,7 @@ void RF(ref_linear_attn_chunk_forward)(real *o, real *S_final, const real *q, co
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < H; h++) {
             const size_t sz = (size_t)K * V;
-            real *Sn = (real *)malloc((size_t)(nc + 1) * sz * sizeof(real));
-            if (!Sn) abort();
-            chunk_states(Sn, k, v, S0, b, h, T, H, K, V, C, nc);
+            real *Sn = chunk_states(k, v, S0, b, h, T, H, K, V, C, nc);
             for (int n = 0; n < nc; n++) {
                 const real *S = Sn + (size_t)n * sz;
                 const int t0 = n * C, t1 = t0 + C < T ? t0 + C : T;
@@ -181,12 +181,8 @@ void RF(ref_linear_attn_chunk_backward)(real *dq, real *dk, real *dv, real *dS0,
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < H; h++) {
             const size_t sz = (size_t)K * V;
-            real *Sn = (real *)malloc((size_t)(nc + 1) * sz * sizeof(real));
-            real *dS = (real *)malloc(sz * sizeof(real));
-            if (!Sn || !dS) abort();
-            chunk_states(Sn, k, v, S0, b, h, T, H, K, V, C, nc);
-            if (dS_final) memcpy(dS, dS_final + ((size_t)b * H + h) * sz, sz * sizeof(real));
-            else memset(dS, 0, sz * sizeof(real));
+            real *Sn = chunk_states(k, v, S0, b, h, T, H, K, V, C, nc);
+            real *dS = state_new(dS_final, ((size_t)b * H + h) * sz, sz);
             for (int n = nc - 1; n >= 0; n--) {
                 const real *S = Sn + (size_t)n * sz;
                 const int t0 = n * C, t1 = t0 + C < T ? t0 + C : T;

@@ -237,6 +237,29 @@ real RF(ref_model_forward_masked)(RF(RefModel) *m, const real *params, const int
     return count > 0 ? (real)(sum / count) : 0;
 }
 
+/* The q, k, v input branches of a DeltaNet-style mixer, backward: q, k [N,HK] (H heads of K):
+ * l2norm <- conv+silu <- projection; v [N,HV]: conv+silu <- projection. dqn, dkn, dvc are the
+ * gradients at the mixer's inputs; dqc [N,HK] and dpre [N,max(HK,HV)] are scratch; dx1 (+=). */
+static void qkv_backward(RF(RefModel) *m, int l, const real *params, real *grads, real *dx1, const real *dqn,
+                         const real *dkn, const real *dvc, real *dqc, real *dpre, int H, int K, int HK, int HV) {
+    const DNConfig *c = &m->t->cfg;
+    const size_t *P = m->t->layer[l].p;
+    RF(RefLayerActs) *a = &m->L[l];
+    int B = m->B, T = m->T, N = m->N, D = c->d_model, cs = c->conv_size;
+    size_t NK = (size_t)N * HK, NV = (size_t)N * HV;
+    const real *dqk[2] = {dqn, dkn}, *xc[2] = {a->qc, a->kc}, *xpre[2] = {a->qpre, a->kpre};
+    const int conv[2] = {DN_P_Q_CONV, DN_P_K_CONV}, proj[2] = {DN_P_Q, DN_P_K};
+    for (int i = 0; i < 2; i++) {   /* q, then k */
+        vzero(dqc, NK); vzero(dpre, NK);
+        RF(ref_l2norm_backward)(dqc, dqk[i], xc[i], N * H, K, (real)c->l2_eps);
+        RF(ref_conv_silu_backward)(dpre, grads + P[conv[i]], dqc, xpre[i], params + P[conv[i]], B, T, HK, cs);
+        RF(ref_linear_backward)(dx1, grads + P[proj[i]], dpre, a->x1, params + P[proj[i]], N, D, HK);
+    }
+    vzero(dpre, NV);                /* v (no L2 norm) */
+    RF(ref_conv_silu_backward)(dpre, grads + P[DN_P_V_CONV], dvc, a->vpre, params + P[DN_P_V_CONV], B, T, HV, cs);
+    RF(ref_linear_backward)(dx1, grads + P[DN_P_V], dpre, a->x1, params + P[DN_P_V], N, D, HV);
+}
+
 /* Mixer backward: dout [N,D] -> dx1 [N,D] (+=), parameter grads (+=). */
 static void mixer_backward(RF(RefModel) *m, int l, const real *params, real *grads, const real *dout, real *dx1) {
     const DNConfig *c = &m->t->cfg;
@@ -246,7 +269,7 @@ static void mixer_backward(RF(RefModel) *m, int l, const real *params, real *gra
     size_t ND = (size_t)N * D;
     real **dd = m->dd;
     if (dn_kind_has_conv(c->layers[l])) {
-        int H = c->n_head, K = c->head_dim, cs = c->conv_size, delta = c->layers[l] == 'D';
+        int H = c->n_head, K = c->head_dim, delta = c->layers[l] == 'D';
         size_t NH = (size_t)N * H;
         real *don = dd[1], *d_o = dd[2], *dqn = dd[3], *dkn = dd[4], *dvc = dd[5], *dqc = dd[6], *dpre = dd[7];
         real *dbeta = m->dsmall1, *dbpre = m->dsmall2;
@@ -268,22 +291,9 @@ static void mixer_backward(RF(RefModel) *m, int l, const real *params, real *gra
             RF(ref_sigmoid_backward)(dbpre, dbeta, a->beta, N * H);
             RF(ref_linear_backward)(dx1, grads + P[DN_P_B], dbpre, a->x1, params + P[DN_P_B], N, D, H);
         }
-        /* q branch: l2norm <- conv+silu <- projection */
-        vzero(dqc, ND); vzero(dpre, ND);
-        RF(ref_l2norm_backward)(dqc, dqn, a->qc, N * H, K, (real)c->l2_eps);
-        RF(ref_conv_silu_backward)(dpre, grads + P[DN_P_Q_CONV], dqc, a->qpre, params + P[DN_P_Q_CONV], B, T, D, cs);
-        RF(ref_linear_backward)(dx1, grads + P[DN_P_Q], dpre, a->x1, params + P[DN_P_Q], N, D, D);
-        /* k branch */
-        vzero(dqc, ND); vzero(dpre, ND);
-        RF(ref_l2norm_backward)(dqc, dkn, a->kc, N * H, K, (real)c->l2_eps);
-        RF(ref_conv_silu_backward)(dpre, grads + P[DN_P_K_CONV], dqc, a->kpre, params + P[DN_P_K_CONV], B, T, D, cs);
-        RF(ref_linear_backward)(dx1, grads + P[DN_P_K], dpre, a->x1, params + P[DN_P_K], N, D, D);
-        /* v branch (no L2 norm) */
-        vzero(dpre, ND);
-        RF(ref_conv_silu_backward)(dpre, grads + P[DN_P_V_CONV], dvc, a->vpre, params + P[DN_P_V_CONV], B, T, D, cs);
-        RF(ref_linear_backward)(dx1, grads + P[DN_P_V], dpre, a->x1, params + P[DN_P_V], N, D, D);
+        qkv_backward(m, l, params, grads, dx1, dqn, dkn, dvc, dqc, dpre, H, K, D, D);
     } else if (c->layers[l] == 'N') {
-        int H = c->gdn_heads, K = c->gdn_head_dim, Vg = dn_gdn_value_dim(c), cs = c->conv_size;
+        int H = c->gdn_heads, K = c->gdn_head_dim, Vg = dn_gdn_value_dim(c);
         int HK = dn_gdn_key_width(c), HV = dn_gdn_value_width(c);
         size_t NH = (size_t)N * H, NK = (size_t)N * HK, NV = (size_t)N * HV;
         real *don = dd[1], *d_o = dd[2], *dqn = dd[3], *dkn = dd[4], *dvc = dd[5], *dqc = dd[6], *dpre = dd[7], *dgpre = dd[8];
@@ -304,18 +314,7 @@ static void mixer_backward(RF(RefModel) *m, int l, const real *params, real *gra
         RF(ref_linear_backward)(dx1, grads + P[DN_P_A], dapre, a->x1, params + P[DN_P_A], N, D, H);
         RF(ref_sigmoid_backward)(dbpre, dbeta, a->beta, N * H);
         RF(ref_linear_backward)(dx1, grads + P[DN_P_B], dbpre, a->x1, params + P[DN_P_B], N, D, H);
-        /* q, k: l2norm <- conv+silu <- projection; v: conv+silu <- projection */
-        vzero(dqc, NK); vzero(dpre, NK);
-        RF(ref_l2norm_backward)(dqc, dqn, a->qc, N * H, K, (real)c->l2_eps);
-        RF(ref_conv_silu_backward)(dpre, grads + P[DN_P_Q_CONV], dqc, a->qpre, params + P[DN_P_Q_CONV], B, T, HK, cs);
-        RF(ref_linear_backward)(dx1, grads + P[DN_P_Q], dpre, a->x1, params + P[DN_P_Q], N, D, HK);
-        vzero(dqc, NK); vzero(dpre, NK);
-        RF(ref_l2norm_backward)(dqc, dkn, a->kc, N * H, K, (real)c->l2_eps);
-        RF(ref_conv_silu_backward)(dpre, grads + P[DN_P_K_CONV], dqc, a->kpre, params + P[DN_P_K_CONV], B, T, HK, cs);
-        RF(ref_linear_backward)(dx1, grads + P[DN_P_K], dpre, a->x1, params + P[DN_P_K], N, D, HK);
-        vzero(dpre, NV);
-        RF(ref_conv_silu_backward)(dpre, grads + P[DN_P_V_CONV], dvc, a->vpre, params + P[DN_P_V_CONV], B, T, HV, cs);
-        RF(ref_linear_backward)(dx1, grads + P[DN_P_V], dpre, a->x1, params + P[DN_P_V], N, D, HV);
+        qkv_backward(m, l, params, grads, dx1, dqn, dkn, dvc, dqc, dpre, H, K, HK, HV);
     } else {
         int Hq = c->attn_heads, Hkv = c->attn_kv_heads, dh = D / Hq, kvd = Hkv * dh;
         int window = c->layers[l] == 'S' ? c->window : 0;

@@ -97,7 +97,8 @@ void RF(ref_delta_rule_chunk_backward)(REAL *dq, REAL *dk, REAL *dv, REAL *dbeta
  * The delta rule with a per-token, per-head decay alpha_t = exp(g_t): g [B,T,H] is the LOG decay
  * (g <= 0 in the model; any finite value works here), the rest as above:
  *   S_t = alpha_t S_{t-1} + beta_t k_t (v_t - alpha_t S_{t-1}^T k_t)^T,  o_t = scale * S_t^T q_t
- * g == 0 is the delta rule. Backward: also dg (+=). */
+ * g == 0 is the delta rule, and so is g == NULL (exactly; dg may then be NULL too). Backward: also
+ * dg (+=). */
 void RF(ref_gated_delta_rule_recurrent_forward)(REAL *o, REAL *S_final, const REAL *q, const REAL *k,
                                                 const REAL *v, const REAL *beta, const REAL *g,
                                                 const REAL *S0, int B, int T, int H, int K, int V, REAL scale);

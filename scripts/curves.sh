@@ -55,26 +55,11 @@ die() { echo "curves.sh: $*" >&2; exit 1; }
 
 configs=$ALL_CONFIGS steps=500 long=0 val_every=100 out=out/curves corpus="" data=data/corpus
 trainer=./train_deltanet plot=1 check_only=0
-need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see -h)"; }
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --configs) need_arg "$@"; configs=$2; shift 2 ;;
-        --steps) need_arg "$@"; steps=$2; shift 2 ;;
-        --long) long=1; shift ;;
-        --val-every) need_arg "$@"; val_every=$2; shift 2 ;;
-        --out) need_arg "$@"; out=$2; shift 2 ;;
-        --corpus) need_arg "$@"; corpus=$2; shift 2 ;;
-        --data) need_arg "$@"; data=$2; shift 2 ;;
-        --trainer) need_arg "$@"; trainer=$2; shift 2 ;;
-        --no-plot) plot=0; shift ;;
-        --check) check_only=1; shift ;;
-        -h|--help) usage; exit 0 ;;
-        *) die "unknown option '$1' (see -h)" ;;
-    esac
-done
+source scripts/lib.sh
+parse_opts "--configs=configs --steps=steps --long:long=1 --val-every=val_every --out=out --corpus=corpus
+            --data=data --trainer=trainer --no-plot:plot=0 --check:check_only=1" "$@"
 
 # ---- 1. checks -------------------------------------------------------------------------------
-is_count() { case "$1" in ''|*[!0-9]*|0*) return 1 ;; esac; [ "${#1}" -le 9 ]; }
 is_count "$steps" || die "--steps '$steps' is not a positive integer"
 is_count "$val_every" || die "--val-every '$val_every' is not a positive integer"
 IFS=, read -r -a cfgs <<<"$configs"

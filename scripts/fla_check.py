@@ -13,10 +13,14 @@ Needs torch, safetensors and flash-linear-attention (fla-core) with a CUDA GPU.
 import argparse
 import json
 import math
+import os
 import sys
 
 import numpy as np
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fla_sdpa import use_sdpa_if_needed  # noqa: E402  (the scripts run as python3 scripts/x.py)
 
 
 def read_shard(path):
@@ -41,25 +45,9 @@ def main():
 
     from safetensors import safe_open
     from safetensors.torch import load_file
-    import fla.layers.attn as fla_attn
     from fla.models import DeltaNetConfig, DeltaNetForCausalLM, GatedDeltaNetConfig, GatedDeltaNetForCausalLM
 
-    if fla_attn.flash_attn_func is None:
-        # fla's attention layers call the flash-attn package; without it, use the same math
-        # through PyTorch's SDPA (causal, window (w-1, 0) = keys t-w+1..t, grouped KV heads).
-        def sdpa_attn(q, k, v, causal=True, window_size=(-1, -1), **_):
-            T, H, Hkv = q.shape[1], q.shape[2], k.shape[2]
-            k = k.repeat_interleave(H // Hkv, dim=2)
-            v = v.repeat_interleave(H // Hkv, dim=2)
-            i = torch.arange(T, device=q.device)[:, None]
-            j = torch.arange(T, device=q.device)[None, :]
-            mask = j <= i
-            if window_size[0] >= 0:
-                mask &= j >= i - window_size[0]
-            o = torch.nn.functional.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-            return o.transpose(1, 2)
-        fla_attn.flash_attn_func = sdpa_attn
+    if use_sdpa_if_needed():
         print("flash-attn not installed: fla's attention layers run through torch SDPA")
 
     with safe_open(args.checkpoint, "pt") as f:

@@ -31,6 +31,9 @@ import time
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fla_sdpa import use_sdpa_if_needed  # noqa: E402  (the scripts run as python3 scripts/x.py)
+
 
 def read_shard(path):
     header = np.fromfile(path, dtype=np.int32, count=256)
@@ -83,22 +86,8 @@ def main():
     if args.B % args.micro:
         sys.exit("-B must be a multiple of --micro")
 
-    import fla.layers.attn as fla_attn
     from fla.models import DeltaNetConfig, DeltaNetForCausalLM
-    if fla_attn.flash_attn_func is None:
-        def sdpa_attn(q, k, v, causal=True, window_size=(-1, -1), **_):
-            T, H, Hkv = q.shape[1], q.shape[2], k.shape[2]
-            k = k.repeat_interleave(H // Hkv, dim=2)
-            v = v.repeat_interleave(H // Hkv, dim=2)
-            i = torch.arange(T, device=q.device)[:, None]
-            j = torch.arange(T, device=q.device)[None, :]
-            mask = j <= i
-            if window_size[0] >= 0:
-                mask &= j >= i - window_size[0]
-            o = torch.nn.functional.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-            return o.transpose(1, 2)
-        fla_attn.flash_attn_func = sdpa_attn
+    use_sdpa_if_needed()
 
     train_paths = sorted(glob.glob(os.path.join(args.data, "corpus_train*.bin")))
     val_path = os.path.join(args.data, "corpus_val.bin")

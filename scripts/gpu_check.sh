@@ -5,12 +5,7 @@
 # with SEEDS="1 2" and the corpus carried in .corpus/, the deltanet curve of make curves again
 # with other seeds (how far seeds alone move the curve).
 # usage: [SEEDS="1 2"] bash scripts/gpu_check.sh
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-out}
-mkdir -p "$OUT"
-S="$OUT/summary.txt"
-log() { echo "== $* ($(date +%T))" | tee -a "$S"; }
+source "$(dirname "$0")/gpu_lib.sh"
 nvidia-smi --query-gpu=name,memory.total,memory.free,driver_version --format=csv,noheader | tee "$S"
 bash scripts/gpu_deps.sh >/dev/null
 log "build"

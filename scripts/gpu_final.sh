@@ -3,12 +3,7 @@
 # test-gpu, scripts/bench_table.sh (README's speed table incl. d12 and gdn training), compute-sanitizer
 # (memcheck) on the new kernels' tests, then, time allowing, a short MQAR sweep.
 # usage: bash scripts/gpu_final.sh     (carry .deps; MQAR_ARGS for the sweep)
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-out}
-mkdir -p "$OUT"
-S="$OUT/summary.txt"
-log() { echo "== $* ($(date +%T))" | tee -a "$S"; }
+source "$(dirname "$0")/gpu_lib.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$S"
 bash scripts/gpu_deps.sh >/dev/null
 log "build"

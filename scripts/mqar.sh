@@ -49,31 +49,12 @@ die() { echo "mqar.sh: $*" >&2; exit 1; }
 
 kinds="" widths=64,128,256 lrs=1e-3,3e-3 steps=500 batch=64 seq=512 pairs=64 ntrain=100000 ntest=1000
 seed=1234 out=out/mqar data=data/mqar trainer=./train_deltanet plot=1 check_only=0
-need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see -h)"; }
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --kinds) need_arg "$@"; kinds=$2; shift 2 ;;
-        --widths) need_arg "$@"; widths=$2; shift 2 ;;
-        --lrs) need_arg "$@"; lrs=$2; shift 2 ;;
-        --steps) need_arg "$@"; steps=$2; shift 2 ;;
-        --batch) need_arg "$@"; batch=$2; shift 2 ;;
-        --seq) need_arg "$@"; seq=$2; shift 2 ;;
-        --pairs) need_arg "$@"; pairs=$2; shift 2 ;;
-        --train) need_arg "$@"; ntrain=$2; shift 2 ;;
-        --test) need_arg "$@"; ntest=$2; shift 2 ;;
-        --seed) need_arg "$@"; seed=$2; shift 2 ;;
-        --out) need_arg "$@"; out=$2; shift 2 ;;
-        --data) need_arg "$@"; data=$2; shift 2 ;;
-        --trainer) need_arg "$@"; trainer=$2; shift 2 ;;
-        --no-plot) plot=0; shift ;;
-        --check) check_only=1; shift ;;
-        -h|--help) usage; exit 0 ;;
-        *) die "unknown option '$1' (see -h)" ;;
-    esac
-done
+source scripts/lib.sh
+parse_opts "--kinds=kinds --widths=widths --lrs=lrs --steps=steps --batch=batch --seq=seq --pairs=pairs
+            --train=ntrain --test=ntest --seed=seed --out=out --data=data --trainer=trainer
+            --no-plot:plot=0 --check:check_only=1" "$@"
 
 # ---- 1. checks -------------------------------------------------------------------------------
-is_count() { case "$1" in ''|*[!0-9]*|0*) return 1 ;; esac; [ "${#1}" -le 9 ]; }
 for v in steps batch seq pairs ntrain ntest; do is_count "${!v}" || die "--$v '${!v}' is not a positive integer"; done
 case "$seed" in ''|*[!0-9]*) die "--seed '$seed' is not a non-negative integer" ;; esac
 IFS=, read -r -a W <<<"$widths"

@@ -8,11 +8,19 @@
 # GDN hybrid checkpoint (trained one step by $DN_TRAINER, when make test has built it), given back to
 # from_fla.py as config.json, reproduces the config and every tensor. Run from the repo root.
 set -u
-pass=0; fail=0
-ok()  { echo "  ok  $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL $*"; fail=$((fail + 1)); }
-tmp=$(mktemp -d /tmp/dn_convert_XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
+source "$(dirname "$0")/lib.sh"
+test_tmp dn_convert
+# expect_refusal DIR KEY WHAT: scripts/from_fla.py refuses the checkpoint folder DIR in one line naming KEY
+expect_refusal() {
+    local log="$1.log"
+    if python3 scripts/from_fla.py "$1" "$1.safetensors" >"$log" 2>&1; then
+        bad "$3 accepted"
+    elif grep -q "$2" "$log" && [ "$(wc -l <"$log")" -eq 1 ]; then
+        ok "$3 refused: $(cat "$log")"
+    else
+        bad "$3: unclear refusal: $(cat "$log")"
+    fi
+}
 mkdir -p "$tmp/fla"
 
 python3 - "$tmp" <<'PY'
@@ -110,13 +118,7 @@ then ok "every tensor copied exactly (F32, BF16 as they are; F16 widened to F32)
 else bad "tensor or metadata mismatch after conversion"; fi
 
 sed 's/"use_gate": false/"use_gate": true/' "$tmp/fla/config.json" >"$tmp/cfg" && mkdir -p "$tmp/gate" && mv "$tmp/cfg" "$tmp/gate/config.json" && cp "$tmp/fla/model.safetensors" "$tmp/gate/"
-if python3 scripts/from_fla.py "$tmp/gate" "$tmp/g.safetensors" >"$tmp/g.log" 2>&1; then
-    bad "a DeltaNet config with use_gate was accepted"
-elif grep -q "use_gate" "$tmp/g.log" && [ "$(wc -l <"$tmp/g.log")" -eq 1 ]; then
-    ok "a DeltaNet (delta_net) config with an output gate refused: $(cat "$tmp/g.log")"
-else
-    bad "unclear refusal: $(cat "$tmp/g.log")"
-fi
+expect_refusal "$tmp/gate" use_gate "a DeltaNet (delta_net) config with an output gate"
 # Gated DeltaNet hybrid N S N G: 3 heads of key size 8, expand_v 2, fla's names and shapes
 mkdir -p "$tmp/gdn"
 python3 - "$tmp" <<'PY'
@@ -179,13 +181,7 @@ else bad "Gated DeltaNet metadata after conversion"; fi
 for bad_cfg in '"num_v_heads": null/"num_v_heads": 6' '"expand_v": 2.0/"expand_v": 1.5' '"use_gate": true/"use_gate": false' '"allow_neg_eigval": false/"allow_neg_eigval": true'; do
     mkdir -p "$tmp/gbad" && cp "$tmp/gdn/model.safetensors" "$tmp/gbad/" && sed "s/$bad_cfg/" "$tmp/gdn/config.json" >"$tmp/gbad/config.json"
     key=${bad_cfg%%\":*}; key=${key#\"}
-    if python3 scripts/from_fla.py "$tmp/gbad" "$tmp/gb.safetensors" >"$tmp/gb.log" 2>&1; then
-        bad "gated_deltanet with $bad_cfg accepted"
-    elif grep -q "$key" "$tmp/gb.log" && [ "$(wc -l <"$tmp/gb.log")" -eq 1 ]; then
-        ok "gated_deltanet refused: $(cat "$tmp/gb.log")"
-    else
-        bad "gated_deltanet $bad_cfg: unclear refusal: $(cat "$tmp/gb.log")"
-    fi
+    expect_refusal "$tmp/gbad" "$key" "gated_deltanet with $bad_cfg"
 done
 
 # the round trip through deltanet.c's own fla_config (needs the CPU trainer that make test builds)
@@ -235,5 +231,4 @@ PY
 else
     echo "  --  round trip through deltanet.c's fla_config skipped: no $TR (make test builds it)"
 fi
-echo "[test_convert] $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+test_summary test_convert

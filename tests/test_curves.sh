@@ -21,15 +21,9 @@ TR=${DN_TRAINER:-build/train_deltanet_cpu}
 case "$TR" in /*) ;; *) TR="$PWD/$TR" ;; esac
 # one OpenMP thread: as fast at these tiny shapes, and spinning threads are slow on a busy machine
 export OMP_NUM_THREADS=1
-pass=0; fail=0
-ok()  { echo "  ok  $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL $*"; fail=$((fail + 1)); }
-tmp=$(mktemp -d /tmp/dn_curves_XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-if [ ! -x "$TR" ] || [ ! -x ./infer ] || [ ! -x ./tokenize ]; then
-    echo "FAIL $TR, ./infer or ./tokenize is missing (run make test)"
-    echo "[test_curves] 0 passed, 1 failed"; exit 1
-fi
+source tests/lib.sh
+test_tmp dn_curves
+test_need test_curves "$TR" ./infer ./tokenize
 
 # Shards of TinyShakespeare: train ~5.5k tokens, val 600; and a small one of 7 windows of 33.
 head -c 24000 data/tinyshakespeare/input.txt >"$tmp/ts.txt"
@@ -223,5 +217,4 @@ else
     bad "second run: exit $rc: $(cat "$tmp/cv2.log")"
 fi
 
-echo "[test_curves] $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+test_summary test_curves

@@ -14,68 +14,14 @@
  * beta in (0.1, 0.9), S0 and dS_final random.
  */
 #include "../ref/reference.h"
-#include "test.h"
-
-typedef struct {
-    int B, T, H, K, V;
-    double *q, *k, *v, *beta, *S0, *dout, *dSf;   /* inputs and upstream gradients */
-} Problem;
-
-static size_t nqk(const Problem *p) { return (size_t)p->B * p->T * p->H * p->K; }
-static size_t nv(const Problem *p) { return (size_t)p->B * p->T * p->H * p->V; }
-static size_t nb(const Problem *p) { return (size_t)p->B * p->T * p->H; }
-static size_t ns(const Problem *p) { return (size_t)p->B * p->H * p->K * p->V; }
-
-static void l2norm_rows(double *x, size_t rows, int n) {
-    for (size_t r = 0; r < rows; r++) {
-        double s = 0;
-        for (int i = 0; i < n; i++) s += x[r * n + i] * x[r * n + i];
-        for (int i = 0; i < n; i++) x[r * n + i] /= sqrt(s + DN_DEFAULT_L2_EPS);
-    }
-}
+#include "delta_problem.h"
 
 /* Random problem; normalise: L2-normalise the rows of q and k (the model's inputs), otherwise
  * Gaussian rows with std qk_std. */
 static Problem make_problem(int B, int T, int H, int K, int V, int normalise, double qk_std, uint64_t seed) {
-    Problem p = {B, T, H, K, V, 0, 0, 0, 0, 0, 0, 0};
-    DNRng r;
-    dn_rng_seed(&r, seed);
-    p.q = xcalloc(nqk(&p), sizeof(double)); p.k = xcalloc(nqk(&p), sizeof(double));
-    p.v = xcalloc(nv(&p), sizeof(double));  p.dout = xcalloc(nv(&p), sizeof(double));
-    p.beta = xcalloc(nb(&p), sizeof(double));
-    p.S0 = xcalloc(ns(&p), sizeof(double)); p.dSf = xcalloc(ns(&p), sizeof(double));
-    fill_randn_d(p.q, nqk(&p), &r, qk_std);
-    fill_randn_d(p.k, nqk(&p), &r, qk_std);
-    if (normalise) { l2norm_rows(p.q, nb(&p), K); l2norm_rows(p.k, nb(&p), K); }
-    fill_randn_d(p.v, nv(&p), &r, 1.0);
-    fill_uniform_d(p.beta, nb(&p), &r, 0.1, 0.9);
-    fill_randn_d(p.S0, ns(&p), &r, 0.5);
-    fill_randn_d(p.dout, nv(&p), &r, 1.0);
-    fill_randn_d(p.dSf, ns(&p), &r, 1.0);
-    return p;
+    return delta_problem(B, T, H, K, V, normalise, qk_std, DN_DEFAULT_L2_EPS, 0, 0.0, 0.0, seed);
 }
 
-static void free_problem(Problem *p) {
-    free(p->q); free(p->k); free(p->v); free(p->beta); free(p->S0); free(p->dout); free(p->dSf);
-}
-
-/* Outputs of one forward + backward. */
-typedef struct { double *o, *Sf, *dq, *dk, *dv, *dbeta, *dS0; } Result;
-
-static Result alloc_result(const Problem *p) {
-    Result r;
-    r.o = xcalloc(nv(p), sizeof(double));   r.Sf = xcalloc(ns(p), sizeof(double));
-    r.dq = xcalloc(nqk(p), sizeof(double)); r.dk = xcalloc(nqk(p), sizeof(double));
-    r.dv = xcalloc(nv(p), sizeof(double));  r.dbeta = xcalloc(nb(p), sizeof(double));
-    r.dS0 = xcalloc(ns(p), sizeof(double));
-    return r;
-}
-static void free_result(Result *r) {
-    free(r->o); free(r->Sf); free(r->dq); free(r->dk); free(r->dv); free(r->dbeta); free(r->dS0);
-}
-
-/* C <= 0: recurrent, else chunkwise with chunk size C. with_state: pass S0 and dS_final (else
- * NULL, and dS0 NULL too). */
 static void run_f64(const Problem *p, Result *r, int C, int with_state) {
     const double scale = 1.0 / sqrt((double)p->K);
     const double *S0 = with_state ? p->S0 : NULL, *dSf = with_state ? p->dSf : NULL;
@@ -225,12 +171,6 @@ static void test_null_semantics(void) {
 }
 
 /* ---- 4. float ------------------------------------------------------------------------------------ */
-
-static float *to_f32(const double *x, size_t n) {
-    float *y = xcalloc(n, sizeof(float));
-    for (size_t i = 0; i < n; i++) y[i] = (float)x[i];
-    return y;
-}
 
 static double rel_err_fd(const float *a, const double *ref, size_t n) {
     double num = 0, den = 0;

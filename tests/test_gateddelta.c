@@ -15,66 +15,13 @@
  * Inputs are random and nonzero: q, k L2-normalised rows, beta in (0.1, 0.9), g in (-1.5, -0.01).
  */
 #include "../ref/reference.h"
-#include "test.h"
+#include "delta_problem.h"
 
-typedef struct {
-    int B, T, H, K, V;
-    double *q, *k, *v, *beta, *g, *S0, *dout, *dSf;
-} Problem;
-
-static size_t nqk(const Problem *p) { return (size_t)p->B * p->T * p->H * p->K; }
-static size_t nv(const Problem *p) { return (size_t)p->B * p->T * p->H * p->V; }
-static size_t nb(const Problem *p) { return (size_t)p->B * p->T * p->H; }
-static size_t ns(const Problem *p) { return (size_t)p->B * p->H * p->K * p->V; }
-
-static void l2norm_rows(double *x, size_t rows, int n) {
-    for (size_t r = 0; r < rows; r++) {
-        double s = 0;
-        for (int i = 0; i < n; i++) s += x[r * n + i] * x[r * n + i];
-        for (int i = 0; i < n; i++) x[r * n + i] /= sqrt(s + 1e-6);
-    }
-}
-
+/* Random problem with L2-normalised q, k rows and g uniform in (glo, ghi). */
 static Problem make_problem(int B, int T, int H, int K, int V, double glo, double ghi, uint64_t seed) {
-    Problem p = {B, T, H, K, V, 0, 0, 0, 0, 0, 0, 0, 0};
-    DNRng r;
-    dn_rng_seed(&r, seed);
-    p.q = xcalloc(nqk(&p), sizeof(double)); p.k = xcalloc(nqk(&p), sizeof(double));
-    p.v = xcalloc(nv(&p), sizeof(double));  p.dout = xcalloc(nv(&p), sizeof(double));
-    p.beta = xcalloc(nb(&p), sizeof(double)); p.g = xcalloc(nb(&p), sizeof(double));
-    p.S0 = xcalloc(ns(&p), sizeof(double)); p.dSf = xcalloc(ns(&p), sizeof(double));
-    fill_randn_d(p.q, nqk(&p), &r, 1.0);
-    fill_randn_d(p.k, nqk(&p), &r, 1.0);
-    l2norm_rows(p.q, nb(&p), K);
-    l2norm_rows(p.k, nb(&p), K);
-    fill_randn_d(p.v, nv(&p), &r, 1.0);
-    fill_uniform_d(p.beta, nb(&p), &r, 0.1, 0.9);
-    fill_uniform_d(p.g, nb(&p), &r, glo, ghi);
-    fill_randn_d(p.S0, ns(&p), &r, 0.5);
-    fill_randn_d(p.dout, nv(&p), &r, 1.0);
-    fill_randn_d(p.dSf, ns(&p), &r, 1.0);
-    return p;
+    return delta_problem(B, T, H, K, V, 1, 1.0, 1e-6, 1, glo, ghi, seed);
 }
 
-static void free_problem(Problem *p) {
-    free(p->q); free(p->k); free(p->v); free(p->beta); free(p->g); free(p->S0); free(p->dout); free(p->dSf);
-}
-
-typedef struct { double *o, *Sf, *dq, *dk, *dv, *dbeta, *dg, *dS0; } Result;
-
-static Result alloc_result(const Problem *p) {
-    Result r;
-    r.o = xcalloc(nv(p), sizeof(double));   r.Sf = xcalloc(ns(p), sizeof(double));
-    r.dq = xcalloc(nqk(p), sizeof(double)); r.dk = xcalloc(nqk(p), sizeof(double));
-    r.dv = xcalloc(nv(p), sizeof(double));  r.dbeta = xcalloc(nb(p), sizeof(double));
-    r.dg = xcalloc(nb(p), sizeof(double));  r.dS0 = xcalloc(ns(p), sizeof(double));
-    return r;
-}
-static void free_result(Result *r) {
-    free(r->o); free(r->Sf); free(r->dq); free(r->dk); free(r->dv); free(r->dbeta); free(r->dg); free(r->dS0);
-}
-
-/* C <= 0: recurrent, else chunkwise with chunk size C. with_state: S0 and dS_final (else NULL). */
 static void run_f64(const Problem *p, Result *r, int C, int with_state) {
     const double scale = 1.0 / sqrt((double)p->K);
     const double *S0 = with_state ? p->S0 : NULL, *dSf = with_state ? p->dSf : NULL;
@@ -287,19 +234,13 @@ static void test_strong_decay(void) {
 
 /* ---- 6. float, accumulation, in-place decode --------------------------------------------------------- */
 
-static float *to_f(const double *x, size_t n) {
-    float *y = xcalloc(n, sizeof(float));
-    for (size_t i = 0; i < n; i++) y[i] = (float)x[i];
-    return y;
-}
-
 static void test_float_and_decode(void) {
     Problem p = make_problem(1, 200, 2, 32, 32, -1.0, -0.01, 55);
     Result d = alloc_result(&p);
     run_f64(&p, &d, 64, 1);
     const size_t a = nqk(&p), b = nv(&p), c = nb(&p), s = ns(&p);
-    float *q = to_f(p.q, a), *k = to_f(p.k, a), *v = to_f(p.v, b), *be = to_f(p.beta, c), *g = to_f(p.g, c);
-    float *S0 = to_f(p.S0, s), *dout = to_f(p.dout, b), *dSf = to_f(p.dSf, s);
+    float *q = to_f32(p.q, a), *k = to_f32(p.k, a), *v = to_f32(p.v, b), *be = to_f32(p.beta, c), *g = to_f32(p.g, c);
+    float *S0 = to_f32(p.S0, s), *dout = to_f32(p.dout, b), *dSf = to_f32(p.dSf, s);
     float *o = xcalloc(b, sizeof(float)), *Sf = xcalloc(s, sizeof(float));
     float *dq = xcalloc(a, sizeof(float)), *dk = xcalloc(a, sizeof(float)), *dv = xcalloc(b, sizeof(float));
     float *db = xcalloc(c, sizeof(float)), *dg = xcalloc(c, sizeof(float)), *dS0 = xcalloc(s, sizeof(float));
@@ -321,7 +262,7 @@ static void test_float_and_decode(void) {
     VS_DOUBLE(dg, d.dg, c, "dg");
     VS_DOUBLE(dS0, d.dS0, s, "dS0");
     /* accumulation: a second backward doubles every gradient */
-    float *dg1 = to_f(d.dg, c);
+    float *dg1 = to_f32(d.dg, c);
     for (size_t i = 0; i < c; i++) dg1[i] = dg[i];
     ref_gated_delta_rule_chunk_backward(dq, dk, dv, db, dg, dS0, dout, dSf, q, k, v, be, g, S0, 1, 200, 2, 32, 32, scale, 64);
     double acc = 0;

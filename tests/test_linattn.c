@@ -80,17 +80,6 @@ static void layer_checks(void) {
     free(q); free(k); free(v); free(S0); free(W); free(WS); free(o1); free(o2); free(S1); free(S2); free(Sp);
 }
 
-/* Parameters in double with signal on every path (as test_model.c). */
-static double *random_params(const DNParamTable *t, DNRng *r) {
-    double *p = xcalloc(t->total, sizeof(double));
-    for (int i = 0; i < t->n_params; i++) {
-        const DNParam *q = &t->params[i];
-        for (size_t j = 0; j < q->numel; j++)
-            p[q->offset + j] = q->init_std == 0.0f ? 1.0 + 0.2 * dn_rng_normal(r) : 0.3 * dn_rng_normal(r);
-    }
-    return p;
-}
-
 /* Every gradient of a small model by finite differences; chunk 0 (sequential) vs chunk 4. */
 static void model_fd(const char *layers, int no_mlp) {
     DNConfig c;
@@ -102,7 +91,7 @@ static void model_fd(const char *layers, int no_mlp) {
     const int B = 2, T = 9, N = B * T;
     DNRng r;
     dn_rng_seed(&r, 7 + (uint64_t)no_mlp);
-    double *params = random_params(&t, &r), *grads = xcalloc(t.total, 8), *g2 = xcalloc(t.total, 8);
+    double *params = test_random_params(&t, &r), *grads = xcalloc(t.total, 8), *g2 = xcalloc(t.total, 8);
     int *in = xcalloc(N, sizeof(int)), *tg = xcalloc(N, sizeof(int));
     for (int i = 0; i < N; i++) { in[i] = (int)(dn_rng_u64(&r) % 37); tg[i] = (int)(dn_rng_u64(&r) % 37); }
     RefModel_f64 *m = ref_model_create_f64(&t, B, T, 0), *mc = ref_model_create_f64(&t, B, T, 4);

@@ -120,16 +120,6 @@ static void loaders(void) {
     unlink(p0); unlink(p1); unlink(m0); unlink(m1);
 }
 
-static double *random_params(const DNParamTable *t, DNRng *r) {
-    double *p = xcalloc(t->total, sizeof(double));
-    for (int i = 0; i < t->n_params; i++) {
-        const DNParam *q = &t->params[i];
-        for (size_t j = 0; j < q->numel; j++)
-            p[q->offset + j] = q->init_std == 0.0f ? 1.0 + 0.2 * dn_rng_normal(r) : 0.3 * dn_rng_normal(r);
-    }
-    return p;
-}
-
 static void masked_loss(void) {
     DNConfig c;
     test_config(&c, "DG", 12, 2, 6, 20, 37, 40, 2, 1, 3, 0);
@@ -139,7 +129,7 @@ static void masked_loss(void) {
     const int B = 2, T = 9, N = B * T;
     DNRng r;
     dn_rng_seed(&r, 11);
-    double *p = random_params(&t, &r), *g = xcalloc(t.total, 8), *g2 = xcalloc(t.total, 8);
+    double *p = test_random_params(&t, &r), *g = xcalloc(t.total, 8), *g2 = xcalloc(t.total, 8);
     int *in = xcalloc(N, sizeof(int)), *tg = xcalloc(N, sizeof(int)), *tg2 = xcalloc(N, sizeof(int));
     unsigned char mask[18], ones[18];
     int count = 0;

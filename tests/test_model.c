@@ -36,18 +36,6 @@ static double loss_and_grads(RefModel_f64 *m, const double *params, const Batch 
     return loss;
 }
 
-/* Parameters in double: the table's init (std 0.02 is too flat for a sharp check), rescaled to
- * std 0.3 so every path carries signal, norm gains randomised around 1. */
-static double *random_params(const DNParamTable *t, DNRng *r) {
-    double *p = xcalloc(t->total, sizeof(double));
-    for (int i = 0; i < t->n_params; i++) {
-        const DNParam *q = &t->params[i];
-        for (size_t j = 0; j < q->numel; j++)
-            p[q->offset + j] = q->init_std == 0.0f ? 1.0 + 0.2 * dn_rng_normal(r) : 0.3 * dn_rng_normal(r);
-    }
-    return p;
-}
-
 /* gdn: {heads, key size, expand_v} of the 'N' layers, or NULL for the default geometry */
 static void fd_check_model_gdn(const char *layers, int tied, int chunk, const int *gdn) {
     DNConfig c;
@@ -59,7 +47,7 @@ static void fd_check_model_gdn(const char *layers, int tied, int chunk, const in
     int B = 2, T = 9, N = B * T;
     DNRng r;
     dn_rng_seed(&r, 42 + (uint64_t)tied * 7 + (uint64_t)chunk);
-    double *params = random_params(&t, &r);
+    double *params = test_random_params(&t, &r);
     double *grads = xcalloc(t.total, sizeof(double));
     Batch bt = random_batch(N, c.vocab_size, &r);
     RefModel_f64 *m = ref_model_create_f64(&t, B, T, chunk);
@@ -106,7 +94,7 @@ static TwoRuns two_runs(const DNParamTable *ta, int ca, const DNParamTable *tb, 
     TwoRuns x;
     DNRng r;
     dn_rng_seed(&r, seed);
-    x.params = random_params(ta, &r);
+    x.params = test_random_params(ta, &r);
     x.ga = xcalloc(ta->total, sizeof(double));
     x.gb = xcalloc(tb->total, sizeof(double));
     x.bt = random_batch(B * T, ta->cfg.vocab_size, &r);

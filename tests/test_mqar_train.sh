@@ -11,15 +11,9 @@
 set -u
 cd "$(dirname "$0")/.."
 TR=${DN_TRAINER:-build/train_deltanet_cpu}
-pass=0; fail=0
-ok()  { echo "  ok  $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL $*"; fail=$((fail + 1)); }
-tmp=$(mktemp -d /tmp/dn_mqar_cpu_XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-if [ ! -x "$TR" ] || [ ! -x ./mqar_data ] || [ ! -x ./infer ]; then
-    echo "FAIL $TR, ./mqar_data or ./infer is missing (run make test)"
-    echo "[test_mqar_train] 0 passed, 1 failed"; exit 1
-fi
+source tests/lib.sh
+test_tmp dn_mqar_cpu
+test_need test_mqar_train "$TR" ./mqar_data ./infer
 ./mqar_data -o "$tmp/d" -v 64 -t 32 -p 4 -n 200 -e 20 -s 5 >/dev/null 2>&1 || bad "mqar_data failed"
 D=(-i "$tmp/d/mqar_train.bin" -j "$tmp/d/mqar_test.bin")
 F=("${D[@]}" -m tiny --vocab 64 --d-model 16 --heads 2 --layers LD --no-mlp -b 4 -t 32 -x 6 -v 3 --warmup 2 --sample-every 0)
@@ -62,5 +56,4 @@ out=$("$TR" --cpu "${F[@]}" -o "$tmp/o5" 2>&1); rc=$?
 [ $rc -ne 0 ] && printf '%s' "$out" | grep -q "mqar_test.mask" && ! printf '%s' "$out" | grep -q '^step' \
     && ok "a broken mask: one line naming it" || bad "broken mask: $out"
 
-echo "[test_mqar_train] $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+test_summary test_mqar_train

@@ -19,16 +19,11 @@
 set -u
 cd "$(dirname "$0")/.."
 TR=${DN_TRAINER:-build/train_deltanet_cpu}
-pass=0; fail=0
-ok()  { echo "  ok  $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL $*"; fail=$((fail + 1)); }
-tmp=$(mktemp -d /tmp/dn_trainer_cpu_XXXXXX)
+source tests/lib.sh
+test_tmp dn_trainer_cpu
 pids=()
 trap 'for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; rm -rf "$tmp"' EXIT
-if [ ! -x "$TR" ] || [ ! -x ./infer ] || [ ! -x ./tokenize ]; then
-    echo "FAIL $TR, ./infer or ./tokenize is missing (run make test)"
-    echo "[test_trainer] 0 passed, 1 failed"; exit 1
-fi
+test_need test_trainer "$TR" ./infer ./tokenize
 
 # Small shards of TinyShakespeare (the first ~60k characters), GPT-2 tokens.
 head -c 60000 data/tinyshakespeare/input.txt >"$tmp/ts.txt"
@@ -202,5 +197,4 @@ else
     bad "gated DeltaNet NSNN run failed: $(tail -2 "$tmp/gdn.log")"
 fi
 
-echo "[test_trainer] $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+test_summary test_trainer
