@@ -87,6 +87,9 @@ const char *dn_escape(char *buf, size_t cap, const char *s, size_t len);
 /* Open path for reading if it is a regular file; otherwise NULL with a one-line err naming what it
  * is ("a FIFO", "a directory", ...). Never blocks. The FILE is opened "rb". */
 FILE *dn_open_regular(const char *path, char *err, size_t errlen);
+/* mkdir -p: create dir and its missing parents (0755). 0, or -1 with a one-line err naming the
+ * part that could not be made or exists and is not a folder. */
+int dn_mkdir_p(const char *dir, char *err, size_t errlen);
 /* snprintf into a path buffer of cap bytes: 0, or -1 with err "path too long" if it does not fit. */
 int dn_path(char *buf, size_t cap, char *err, size_t errlen, const char *fmt, ...)
 #if defined(__GNUC__)

@@ -306,28 +306,13 @@ static void mqar_parse(MqarArgs *a, int argc, char **argv) {
     }
 }
 
-/* mkdir -p */
-static void make_dir(const char *dir) {
-    char p[DN_PATH_MAX], err[DN_ERR_LEN];
-    if (dn_path(p, sizeof p, err, sizeof err, "%s", dir)) die("--out: %s", err);
-    if (!p[0]) die("--out: empty folder name");
-    for (char *s = p + 1;; s++) {
-        const char c = *s;
-        if (c != '/' && c != 0) continue;
-        *s = 0;
-        struct stat sb;
-        if (mkdir(p, 0755) != 0 && errno != EEXIST) die("--out %s: cannot create %s: %s", dir, p, strerror(errno));
-        if (stat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)) die("--out %s: %s exists and is not a folder", dir, p);
-        *s = c;
-        if (!c) break;
-    }
-}
 
 #ifndef TESTING
 int main(int argc, char **argv) {
     MqarArgs a;
     mqar_parse(&a, argc, argv);
-    make_dir(a.out);
+    char merr[DN_ERR_LEN];
+    if (dn_mkdir_p(a.out, merr, sizeof merr)) die("--out %s: %s", a.out, merr);
     const MqarSpec *s = &a.spec;
     MqarScratch x;
     HashSet seen;

@@ -663,19 +663,8 @@ template <typename floatX> static double model_peak_flops(const GPUModel<floatX>
 /* mkdir -p dir, then prove it writable with a probe file, before any model or GPU work: a run
  * must not train for an hour and then fail to save. */
 static void prepare_out_dir(const char *dir) {
-    char p[DN_PATH_MAX], err[DN_ERR_LEN];
-    if (dn_path(p, sizeof p, err, sizeof err, "%s", dir)) die("--out: %s", err);
-    if (!p[0]) die("--out: empty folder name");
-    for (char *s = p + 1;; s++) {
-        const char c = *s;
-        if (c != '/' && c != 0) continue;
-        *s = 0;
-        struct stat sb;
-        if (mkdir(p, 0755) != 0 && errno != EEXIST) die("--out %s: cannot create the folder %s: %s", dir, p, strerror(errno));
-        if (stat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)) die("--out %s: %s exists and is not a folder", dir, p);
-        *s = c;
-        if (!c) break;
-    }
+    char err[DN_ERR_LEN];
+    if (dn_mkdir_p(dir, err, sizeof err)) die("--out %s: %s", dir, err);
     /* the longest name a checkpoint write makes: model_<10-digit step>.safetensors.state.tmp.<pid> */
     char probe[DN_PATH_MAX];
     if (dn_path(probe, sizeof probe, err, sizeof err, "%s/model_%010d.safetensors.state.tmp.%ld", dir, INT_MAX, (long)INT_MAX))

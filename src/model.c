@@ -108,6 +108,28 @@ int dn_path(char *buf, size_t cap, char *err, size_t errlen, const char *fmt, ..
     return 0;
 }
 
+int dn_mkdir_p(const char *dir, char *err, size_t errlen) {
+    char p[DN_PATH_MAX], e[DN_ESC_LEN];
+    if (dn_path(p, sizeof p, err, errlen, "%s", dir)) return -1;
+    if (!p[0]) { dn_seterr(err, errlen, "empty folder name"); return -1; }
+    for (char *s = p + 1;; s++) {
+        const char c = *s;
+        if (c != '/' && c != 0) continue;
+        *s = 0;
+        struct stat sb;
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+            dn_seterr(err, errlen, "cannot create the folder %s: %s", dn_esc(e, p), strerror(errno));
+            return -1;
+        }
+        if (stat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+            dn_seterr(err, errlen, "%s exists and is not a folder", dn_esc(e, p));
+            return -1;
+        }
+        *s = c;
+        if (!c) return 0;
+    }
+}
+
 /* Split path into its directory (or ".") and base name. */
 static int dn_split_path(const char *path, char *dir, size_t dcap, const char **base) {
     const char *sl = strrchr(path, '/');

@@ -173,7 +173,7 @@ static void program(void) {
 }
 
 int main(void) {
-    (void)make_dir; (void)mqar_parse; (void)write_split; /* main's, exercised through the program */
+    (void)mqar_parse; (void)write_split; /* main's, exercised through the program */
     examples();
     program();
     return test_summary("test_mqar");
