@@ -46,6 +46,7 @@ struct RF(RefModel) {
     int have_targets;
     /* backward scratch (dd: mixer-wide, N x max(D, Hg Kg, Hg Vg); dsmall: N x max(H, Hg)) */
     real *dh, *dmid, *dx, *dbig1, *dbig2, *dbig3, *dsmall1, *dsmall2, *dsmall3, *dsmall4, *dd[REF_NDD];
+    real *gate_mass;    /* [n_layer][2][Hg]: see ref_model_gate_mass */
 };
 
 static real *zalloc(size_t n, int *ok) {
@@ -100,6 +101,7 @@ RF(RefModel) *RF(ref_model_create)(const DNParamTable *t, int B, int T, int chun
     m->dsmall1 = zalloc(N * heads, &ok); m->dsmall2 = zalloc(N * heads, &ok);
     m->dsmall3 = zalloc(N * heads, &ok); m->dsmall4 = zalloc(N * heads, &ok);
     for (int i = 0; i < REF_NDD; i++) m->dd[i] = zalloc(N * wide, &ok);
+    m->gate_mass = zalloc((size_t)c->n_layer * 2 * (Hg ? Hg : 1), &ok);
     if (!ok) { RF(ref_model_free)(m); return NULL; }
     return m;
 }
@@ -116,10 +118,12 @@ void RF(ref_model_free)(RF(RefModel) *m) {
     free(m->dh); free(m->dmid); free(m->dx); free(m->dbig1); free(m->dbig2); free(m->dbig3);
     free(m->dsmall1); free(m->dsmall2); free(m->dsmall3); free(m->dsmall4);
     for (int i = 0; i < REF_NDD; i++) free(m->dd[i]);
+    free(m->gate_mass);
     free(m);
 }
 
 const real *RF(ref_model_logits)(const RF(RefModel) *m) { return m->logits; }
+const real *RF(ref_model_gate_mass)(const RF(RefModel) *m, int layer) { return m->gate_mass + (size_t)layer * 2 * m->t->cfg.gdn_heads; }
 
 static void vadd(real *out, const real *a, const real *b, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
@@ -311,6 +315,12 @@ static void mixer_backward(RF(RefModel) *m, int l, const real *params, real *gra
             RF(ref_gated_delta_rule_recurrent_backward)(dqn, dkn, dvc, dbeta, dgdec, NULL, d_o, NULL, a->qn, a->kn, a->vc, a->beta, a->gdec, NULL, B, T, H, K, Vg, scale);
         /* the decay and beta */
         RF(ref_gdn_decay_backward)(dapre, grads + P[DN_P_A_LOG], grads + P[DN_P_DT_BIAS], dgdec, a->apre, params + P[DN_P_A_LOG], params + P[DN_P_DT_BIAS], N, H);
+        real *mass = m->gate_mass + (size_t)l * 2 * H; /* sum_n |dg g| (A_log), sum_n |da| (dt_bias) */
+        for (int h = 0; h < H; h++) {
+            double sa = 0.0, sd = 0.0;
+            for (size_t n = 0; n < (size_t)N; n++) { sa += fabs((double)dgdec[n * H + h] * a->gdec[n * H + h]); sd += fabs((double)dapre[n * H + h]); }
+            mass[h] = (real)sa; mass[H + h] = (real)sd;
+        }
         RF(ref_linear_backward)(dx1, grads + P[DN_P_A], dapre, a->x1, params + P[DN_P_A], N, D, H);
         RF(ref_sigmoid_backward)(dbpre, dbeta, a->beta, N * H);
         RF(ref_linear_backward)(dx1, grads + P[DN_P_B], dbpre, a->x1, params + P[DN_P_B], N, D, H);

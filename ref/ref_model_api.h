@@ -25,6 +25,12 @@ REAL RF(ref_model_forward_masked)(RF(RefModel) *m, const REAL *params, const int
  * grads (t->total elements) += d loss / d params. */
 void RF(ref_model_backward)(RF(RefModel) *m, const REAL *params, REAL *grads);
 
+/* After ref_model_backward, for a gated DeltaNet layer l ('N'): 2 x gdn_heads numbers, per head
+ * sum_n |dg_n g_n| then sum_n |da_n| over the B*T positions -- the summands' mass of the A_log and
+ * dt_bias gradients (dA_log[h] = sum_n dg_n g_n, ddt_bias[h] = sum_n da_n). Their sums cancel, so a
+ * computation's rounding scales with this mass, not with the gradient. Zeros for other layers. */
+const REAL *RF(ref_model_gate_mass)(const RF(RefModel) *m, int layer);
+
 /* L2 norm of a gradient buffer. */
 REAL RF(ref_grad_norm)(const REAL *grads, size_t n);
 /* One AdamW step (PyTorch's AdamW: decoupled weight decay, bias-corrected moments) over every

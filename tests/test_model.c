@@ -76,6 +76,16 @@ static void fd_check_model_gdn(const char *layers, int tied, int chunk, const in
         else
             t_passed++;
     }
+    /* the gate parameters' summand masses (ref_model_gate_mass): positive, and at least |gradient|
+     * (triangle inequality) for every head of every gated layer */
+    for (int i = 0; i < t.n_params; i++) {
+        const DNParam *p = &t.params[i];
+        if (p->kind != DN_P_A_LOG && p->kind != DN_P_DT_BIAS) continue;
+        const double *ms = ref_model_gate_mass_f64(m, p->layer) + (p->kind == DN_P_DT_BIAS ? p->numel : 0);
+        int bad = 0;
+        for (size_t j = 0; j < p->numel; j++) bad += !(ms[j] > 0 && ms[j] >= fabs(grads[p->offset + j]) * (1 - 1e-12));
+        CHECK(bad == 0, "layers=%s: %s: %d heads whose summand mass is not positive or is below |gradient|", layers, p->name, bad);
+    }
     /* padding rows of the vocab tensors get no gradient */
     double pad = 0;
     for (size_t j = (size_t)c.vocab_size * c.d_model; j < (size_t)c.padded_vocab * c.d_model; j++) pad += fabs(grads[t.embed + j]) + fabs(grads[t.lm_head + j]);
