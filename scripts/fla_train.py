@@ -5,7 +5,7 @@ our curves can be set beside the reference's own on one GPU.
 
 usage: python3 scripts/fla_train.py --data data/corpus [--steps 500] [--precision amp|bf16]
                                     [--sampler random|epoch] [--layers DDDDDDDDDDDD] [--seed 0]
-                                    [--init CKPT.safetensors] [--log out.jsonl]
+                                    [--init CKPT.safetensors] [--stop-after N] [--log out.jsonl]
 
 Recipe (issue 9, the reference's): d12 (D=768, 12 layers of 6 DeltaNet heads, tied, GPT-2
 vocabulary), B=32, T=1024, AdamW (0.9, 0.95, eps 1e-8), peak lr 6e-4, lr = 6e-4 (s+1)/100 at the
@@ -80,6 +80,8 @@ def main():
     ap.add_argument("--val-windows", type=int, default=64)
     ap.add_argument("--val-every", type=int, default=100)
     ap.add_argument("--init", help="a deltanet.c checkpoint to start from")
+    ap.add_argument("--stop-after", type=int, default=0,
+                    help="end after this many steps (the schedule still spans --steps); 0 = --steps")
     ap.add_argument("--log", help="append one JSON row per evaluation here")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
@@ -165,7 +167,7 @@ def main():
           f"sampler {args.sampler}, seed {args.seed}, {len(train)} train / {len(val)} val tokens", flush=True)
     accum = B // args.micro
     t0 = time.time()
-    for s in range(args.steps):
+    for s in range(args.stop_after or args.steps):
         x, y = batch()
         for g in opt.param_groups:
             g["lr"] = lr_at(s)
