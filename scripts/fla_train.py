@@ -82,6 +82,8 @@ def main():
     ap.add_argument("--init", help="a deltanet.c checkpoint to start from")
     ap.add_argument("--stop-after", type=int, default=0,
                     help="end after this many steps (the schedule still spans --steps); 0 = --steps")
+    ap.add_argument("--describe-init", action="store_true",
+                    help="print every tensor's mean, std, min and max at the start (after --init) and exit")
     ap.add_argument("--log", help="append one JSON row per evaluation here")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
@@ -114,6 +116,15 @@ def main():
         if missing or unexpected:
             sys.exit(f"--init: missing {missing[:4]}, unexpected {unexpected[:4]}")
         model.tie_weights()
+    if args.describe_init:
+        import transformers
+        print(f"torch {torch.__version__}, transformers {transformers.__version__}, seed {args.seed}, "
+              f"init {args.init or 'fla'}")
+        for name, p in model.named_parameters():
+            x = p.detach().float()
+            print(f"{name:50s} {str(tuple(x.shape)):16s} mean {x.mean().item():+.5f} std {x.std().item():.5f} "
+                  f"min {x.min().item():+.4f} max {x.max().item():+.4f}")
+        return
     if args.precision == "bf16":
         model = model.to(torch.bfloat16)
     nparams = sum(p.numel() for p in model.parameters())
