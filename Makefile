@@ -233,9 +233,9 @@ fuzz-corpus: $(FUZZ_BUILD)/make_corpus
 clean:
 	rm -rf build build-san $(BUILD) $(FUZZ_BUILD) infer tokenize mqar_data train_deltanet
 
-# `make curves`: the DeltaNet paper's four models trained on the shared corpus with one recipe,
-# their validation curves in one plot and one table (scripts/curves.sh; needs a GPU: ~3 minutes
-# on an H200). Options go through CURVES_ARGS, e.g. make curves CURVES_ARGS="--configs deltanet,swa --steps 200".
+# `make curves`: the DeltaNet paper's four models and two Gated DeltaNet ones trained on the shared
+# corpus with one recipe, their validation curves in one plot and one table (scripts/curves.sh;
+# needs a GPU: ~3 minutes on an H200 for the first four). Options go through CURVES_ARGS, e.g. make curves CURVES_ARGS="--configs deltanet,swa --steps 200".
 # The checks (output folder, corpus, GPU, matplotlib) run before the trainer is built.
 .PHONY: curves
 curves: tokenize

@@ -22,9 +22,11 @@ import math
 import os
 import sys
 
-COLOURS = {"deltanet": "tab:blue", "hybrid": "tab:orange", "swa": "tab:green", "transformer": "tab:red"}
+COLOURS = {"deltanet": "tab:blue", "hybrid": "tab:orange", "swa": "tab:green", "transformer": "tab:red",
+           "gdn": "tab:purple", "gdn-swa": "tab:brown"}
 LABELS = {"deltanet": "DeltaNet", "hybrid": "DeltaNet + 2 global attention (hybrid)",
-          "swa": "DeltaNet + sliding-window attention (swa)", "transformer": "Transformer++"}
+          "swa": "DeltaNet + sliding-window attention (swa)", "transformer": "Transformer++",
+          "gdn": "Gated DeltaNet (gdn)", "gdn-swa": "Gated DeltaNet + sliding-window attention (gdn-swa)"}
 # The reference's own training of the deltanet configuration on this recipe and corpus (PyTorch
 # DeltaNetForCausalLM, random windows, 64 validation windows spread over the split): val loss at
 # steps 100..500. Ours should be within 1% of each.

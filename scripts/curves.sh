@@ -19,6 +19,9 @@
 #   hybrid       global attention in layers 5 and 11 (12 heads of 64), DeltaNet elsewhere
 #   swa          sliding-window attention (window 512, 12 heads) in layers 1, 3, 5, 7, 9, 11
 #   transformer  Transformer++: 12 global attention layers (12 heads)
+#   gdn          12 Gated DeltaNet layers (6 heads, keys 64, values 128: the gdn preset, d12's size)
+#   gdn-swa      Gated DeltaNet with sliding-window attention (window 512, 12 heads) in layers 1, 3,
+#                ..., 11 (the Gated DeltaNet paper's H1 hybrid)
 # --long trains two epochs of the training split instead (the step count from the shards' sizes),
 # the same schedule stretched: warm-up over the first fifth, cosine to the end.
 #
@@ -26,7 +29,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_CONFIGS=deltanet,hybrid,swa,transformer
+ALL_CONFIGS=deltanet,hybrid,swa,transformer,gdn,gdn-swa
 B=32
 T=1024
 usage() {
@@ -34,7 +37,7 @@ usage() {
 usage: scripts/curves.sh [options]     (or: make curves CURVES_ARGS="options")
 Train the DeltaNet paper's four models with one recipe on the shared corpus and plot their
 validation loss and perplexity against tokens (needs a GPU: four d12 models, about an hour).
-  --configs LIST    comma-separated, from $ALL_CONFIGS [all four]
+  --configs LIST    comma-separated, from $ALL_CONFIGS [all six]
   --steps N         optimizer steps of $B x $T tokens per model [500]
   --long            two epochs of the training split (the steps from the shards' sizes)
   --val-every N     evaluate every N steps (and at the last) [100]
@@ -145,6 +148,8 @@ config_flags() {
         hybrid) flags=(--attn-layers 5,11 --attn-heads 12) ;;
         swa) flags=(--layers DSDSDSDSDSDS --window 512 --attn-heads 12) ;;
         transformer) flags=(--layers GGGGGGGGGGGG --attn-heads 12) ;;
+        gdn) flags=(--layers NNNNNNNNNNNN) ;;
+        gdn-swa) flags=(--layers NSNSNSNSNSNS --window 512 --attn-heads 12) ;;
     esac
 }
 # A trainer without a GPU falls back to the CPU and says so on its first line: stop it there.
@@ -179,7 +184,7 @@ for c in "${cfgs[@]}"; do
         die "$c: the trainer failed (exit $rc): $(grep -v '^ *HINT' "$log" | tail -1) (log $log)"
     fi
     echo "$secs" >"$out/$c.time"
-    layers=$(sed -n 's/^model: layers \([DSG]*\) .*/\1/p' "$log" | head -1)
+    layers=$(sed -n 's/^model: layers \([A-Z]*\) .*/\1/p' "$log" | head -1)
     last=$(grep '^val loss' "$log" | tail -1)
     printf '%s | layers %s | %.1f min\n' "${last:-no val loss}" "$layers" "$(echo "$secs" | awk '{print $1 / 60}')"
 done

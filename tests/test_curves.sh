@@ -12,7 +12,7 @@
 #      and no GPU;
 #   5. scripts/curves.sh end to end on a small corpus made here, with a stand-in nvidia-smi and the
 #      recipe scaled down to the CPU (tiny model, 12 layers, B=2, T=32): shards built once, the
-#      four layer layouts, curves.jsonl / csv / table.md (and curves.png where matplotlib is); a
+#      six layer layouts, curves.jsonl / csv / table.md (and curves.png where matplotlib is); a
 #      trainer that falls back to the CPU is stopped with one last line.
 # Ends with "[test_curves] N passed, N failed" like the other test programs.
 set -u
@@ -159,7 +159,7 @@ one_line_failure "curves.sh, missing corpus" "no corpus at" "${C[@]}" --corpus "
 cpath=$tmp/nogpu
 one_line_failure "curves.sh, no GPU" "no GPU: nvidia-smi failed" "${C[@]}" --out "$tmp/c1"
 
-# 5. end to end: the four configurations, 2 steps each, evaluated at both
+# 5. end to end: the six configurations, 2 steps each, evaluated at both
 t0=$(date +%s)
 PATH="$tmp/gpu:$PATH" scripts/curves.sh "${C[@]}" --out "$tmp/cv" --steps 2 --val-every 1 >"$tmp/cv.log" 2>&1; rc=$?
 secs=$(($(date +%s) - t0))
@@ -171,9 +171,10 @@ else
     bad "curves.sh end to end: exit $rc: $(tail -3 "$tmp/cv.log")"
 fi
 layouts_ok=1
-for want in "deltanet DDDDDDDDDDDD" "hybrid DDDDDGDDDDDG" "swa DSDSDSDSDSDS" "transformer GGGGGGGGGGGG"; do
+for want in "deltanet DDDDDDDDDDDD" "hybrid DDDDDGDDDDDG" "swa DSDSDSDSDSDS" "transformer GGGGGGGGGGGG" \
+            "gdn NNNNNNNNNNNN" "gdn-swa NSNSNSNSNSNS"; do
     set -- $want
-    grep -qE "^curves.sh: \[[1-4]/4\] $1 +val loss [0-9.]+ \(perplexity [0-9.]+\) at step 2 \| layers $2 \| [0-9.]+ min$" "$tmp/cv.log" ||
+    grep -qE "^curves.sh: \[[1-6]/6\] $1 +val loss [0-9.]+ \(perplexity [0-9.]+\) at step 2 \| layers $2 \| [0-9.]+ min$" "$tmp/cv.log" ||
         { layouts_ok=0; echo "  no progress line for $1 with layers $2"; }
 done
 [ "$layouts_ok" = 1 ] && ok "one progress line per model, the stated layouts: $(grep -c '^curves.sh: \[' "$tmp/cv.log") lines" ||
@@ -182,19 +183,19 @@ if python3 - "$cv" <<'EOF'
 import csv, json, math, sys
 d = sys.argv[1]
 rows = [json.loads(l) for l in open(d + "/curves.jsonl")]
-assert len(rows) == 8, rows
-assert {r["config"] for r in rows} == {"deltanet", "hybrid", "swa", "transformer"}
+assert len(rows) == 12, rows
+assert {r["config"] for r in rows} == {"deltanet", "hybrid", "swa", "transformer", "gdn", "gdn-swa"}
 for r in rows:
     assert set(r) == {"config", "step", "tokens", "val_loss", "ppl"}, r
     assert r["step"] in (1, 2) and r["tokens"] == 32768 * r["step"], r
     assert abs(r["ppl"] - math.exp(r["val_loss"])) < 1e-3 * r["ppl"], r
 c = list(csv.DictReader(open(d + "/curves.csv")))
-assert len(c) == 8 and abs(float(c[0]["val_loss"]) - rows[0]["val_loss"]) < 1e-9, c[0]
+assert len(c) == 12 and abs(float(c[0]["val_loss"]) - rows[0]["val_loss"]) < 1e-9, c[0]
 t = open(d + "/table.md").read()
-assert "| step | tokens | deltanet | hybrid | swa | transformer |" in t and "| 2 | 0.1M |" in t and "the whole command" in t, t
+assert "| step | tokens | deltanet | hybrid | swa | transformer | gdn | gdn-swa |" in t and "| 2 | 0.1M |" in t and "the whole command" in t, t
 EOF
 then
-    ok "curves.jsonl (8 rows: config, step, tokens, val_loss, ppl), curves.csv, table.md"
+    ok "curves.jsonl (12 rows: config, step, tokens, val_loss, ppl), curves.csv, table.md"
 else
     bad "curves.sh outputs: $(ls "$cv")"
 fi
