@@ -12,12 +12,11 @@
  *               dz += dout y silu'(z),  dy = dout silu(z), then RMSNorm's backward with dy:
  *               dw += dy x r,  dx += r (dy w - x r^2 mean(dy w x))
  */
-#include "ref_real.h"
+#include "ref_math.h"
 #include <stdio.h>
 
-static inline double sigmoid_g(double z) { return 1.0 / (1.0 + exp(-z)); }
 static inline double softplus_g(double z) { return z > 20.0 ? z : log1p(exp(z)); }
-static inline double dsoftplus_g(double z) { return z > 20.0 ? 1.0 : sigmoid_g(z); }
+static inline double dsoftplus_g(double z) { return z > 20.0 ? 1.0 : sigmoid_d(z); }
 
 void RF(ref_gdn_decay_forward)(real *g, const real *a, const real *A_log, const real *dt_bias, int N, int H) {
     for (int n = 0; n < N; n++)
@@ -54,7 +53,7 @@ void RF(ref_gated_rmsnorm_forward)(real *out, real *rstd, const real *inp, const
         double ss = 0;
         for (int c = 0; c < C; c++) ss += (double)x[c] * x[c];
         const double r = 1.0 / sqrt(ss / C + (double)eps);
-        for (int c = 0; c < C; c++) y[c] = (real)(x[c] * r * w[c] * (z[c] * sigmoid_g(z[c])));
+        for (int c = 0; c < C; c++) y[c] = (real)(x[c] * r * w[c] * (z[c] * sigmoid_d(z[c])));
         rstd[n] = (real)r;
     }
 }
@@ -69,7 +68,7 @@ void RF(ref_gated_rmsnorm_backward)(real *dinp, real *dgate, real *dw, const rea
         const double r = rstd[n];
         double dot = 0; /* sum_c dy w x */
         for (int c = 0; c < C; c++) {
-            const double s = sigmoid_g(z[c]), y = (double)x[c] * r * w[c];
+            const double s = sigmoid_d(z[c]), y = (double)x[c] * r * w[c];
             const double dy = (double)dout_n[c] * z[c] * s;
             dz[c] += (real)((double)dout_n[c] * y * s * (1.0 + z[c] * (1.0 - s)));
             dot += dy * w[c] * x[c];
@@ -77,7 +76,7 @@ void RF(ref_gated_rmsnorm_backward)(real *dinp, real *dgate, real *dw, const rea
         }
         const double m = dot / C;
         for (int c = 0; c < C; c++) {
-            const double dy = (double)dout_n[c] * z[c] * sigmoid_g(z[c]);
+            const double dy = (double)dout_n[c] * z[c] * sigmoid_d(z[c]);
             dx[c] += (real)(r * (dy * w[c] - x[c] * r * r * m));
         }
     }

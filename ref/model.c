@@ -1,6 +1,8 @@
 /*
  * ref/model.c -- the whole model on the CPU, forward and backward, wired from the layer
- * references (ref/layers.c, ref/deltarule.c). Compiled twice like every ref/ file: float
+ * references (one file a layer in ref/: embedding.c, rmsnorm.c, matmul.c, conv.c, deltarule.c,
+ * gateddelta.c, gate.c, linattn.c, attention.c, rope.c, sigmoid.c, swiglu.c, crossentropy.c;
+ * AdamW in adamw.c). Compiled twice like every ref/ file: float
  * (ref_model_*) and double (ref_model_*_f64, for the full-model gradient check).
  *
  * Forward (pre-norm residual, docs/MODEL.md):
@@ -385,27 +387,4 @@ void RF(ref_model_backward)(RF(RefModel) *m, const real *params, real *grads) {
         RF(ref_rmsnorm_backward)(dh, grads + P[DN_P_ATTN_NORM], dx, a->h_in, params + P[DN_P_ATTN_NORM], a->rstd1, N, D);
     }
     RF(ref_embedding_backward)(grads + t->embed, dh, m->inputs, N, D);
-}
-
-real RF(ref_grad_norm)(const real *grads, size_t n) {
-    double s = 0;
-    for (size_t i = 0; i < n; i++) s += (double)grads[i] * grads[i];
-    return (real)sqrt(s);
-}
-
-void RF(ref_adamw_update)(const DNParamTable *t, real *params, const real *grads, real *m, real *v,
-                          long step, real lr, real beta1, real beta2, real eps, real weight_decay,
-                          real grad_scale) {
-    double bc1 = 1.0 - pow((double)beta1, (double)step), bc2 = 1.0 - pow((double)beta2, (double)step);
-    for (int i = 0; i < t->n_params; i++) {
-        const DNParam *p = &t->params[i];
-        real wd = p->decay ? weight_decay : (real)0;
-        for (size_t j = p->offset; j < p->offset + p->numel; j++) {
-            real g = grads[j] * grad_scale;
-            m[j] = beta1 * m[j] + (1 - beta1) * g;
-            v[j] = beta2 * v[j] + (1 - beta2) * g * g;
-            double mhat = m[j] / bc1, vhat = v[j] / bc2;
-            params[j] -= lr * (wd * params[j] + (real)(mhat / (sqrt(vhat) + eps)));
-        }
-    }
 }

@@ -1,5 +1,6 @@
 /*
- * test_layers.c -- checks of the CPU reference layers (ref/layers.c), everything but the delta rule.
+ * test_layers.c -- checks of the CPU reference layers (ref/embedding.c, matmul.c, rmsnorm.c, conv.c,
+ * sigmoid.c, swiglu.c, rope.c, attention.c, crossentropy.c), everything but the delta rules.
  *
  * For every layer: the analytic backward against central finite differences in double (the
  * _f64 functions) of L = sum(r * out) for a random projection r, over every element of every input

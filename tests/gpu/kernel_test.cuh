@@ -1,6 +1,6 @@
 /*
  * kernel_test.cuh -- what the per-layer GPU tests (tests/gpu/test_<layer>.cu) share: each checks
- * one kernels/<layer>.cuh against the CPU reference (ref/layers.c, ref/model.c), every forward and
+ * one kernels/<layer>.cuh against the CPU reference (the ref/ file of the same name, ref/model.c), every forward and
  * backward, in fp32 (bound 1e-5) and bf16 (bound 2e-2, inputs rounded to bf16 before the reference
  * sees them). Errors are ||gpu - ref|| / ||ref||. Inputs are random and never zero; every output is
  * poisoned (NaN bits) before each run, so an unwritten element fails; gradient outputs that

@@ -1,5 +1,5 @@
 /*
- * test_attention.cu -- kernels/attention.cuh against the CPU reference (ref/layers.c):
+ * test_attention.cu -- kernels/attention.cuh against the CPU reference (ref/attention.c):
  * causal softmax attention (global, sliding-window, grouped KV heads) forward (out, lse) and
  * backward (dq, dk, dv), and RoPE forward/backward, in fp32 (bound 1e-5) and bf16 (bound 2e-2,
  * inputs rounded to bf16 before the reference sees them). Errors are ||gpu - ref|| / ||ref||.
