@@ -11,7 +11,10 @@ TFLOP/s compare like for like; SDPA counts 4 B H T^2 d / 2 forward (causal), 2.5
 fla is not on the GPU machine: carry its wheels (.whl/) and install them first (see NOTES).
 Usage: python3 scripts/bench_fla_deltarule.py [iters] [what...]
   what: main (B=8 T=2048 H=8 K=128), d12 (B=32 T=1024 H=6 K=128), all (every shape of the CUDA
-  bench), sdpa; default: main d12 sdpa. Each new shape costs fla a round of Triton autotuning.
+  bench), sdpa, gated (fla's chunk_gated_delta_rule at B=8 T=2048 H=8 K=V=128 and at the gdn
+  preset's B=32 T=1024 H=6 K=64 V=128; the backward is tried and, where fla refuses it -- Triton
+  3.4 to 3.7.0 on Hopper -- its one-line reason printed); default: main d12 sdpa gated. Each new
+  shape costs fla a round of Triton autotuning.
 """
 import math
 import sys
@@ -36,7 +39,7 @@ def median_ms(run, iters=ITERS):
 
 
 def row(shape, pas, ms, flop, nbytes):
-    print(f"{shape:<22} {pas:<12} {ms:9.3f} {flop / (ms * 1e-3) / 1e12:9.1f} {nbytes / (ms * 1e-3) / 1e9:8.0f}",
+    print(f"{shape:<28} {pas:<14} {ms:9.3f} {flop / (ms * 1e-3) / 1e12:9.1f} {nbytes / (ms * 1e-3) / 1e9:8.0f}",
           flush=True)
 
 
@@ -82,6 +85,44 @@ def bench_fla(B, T, H, D):
     row("", "fla fwd+bwd", median_ms(fwdbwd), Ff + Fb, by_f + by_b)
 
 
+def bench_fla_gated(B, T, H, K, V):
+    """fla's gated delta rule (Gated DeltaNet's mixer): log decays g < 0 in fp32, as its layer passes."""
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    N = B * T * H
+    set_bytes = (2 * N * K + 2 * N * V + N) * 2 + N * 4
+    nsets = max(2, math.ceil((200 << 20) / set_bytes))
+    sets = []
+    for _ in range(nsets):
+        q = F.normalize(torch.randn(B, T, H, K, device="cuda", dtype=torch.float32), p=2, dim=-1).bfloat16()
+        k = F.normalize(torch.randn(B, T, H, K, device="cuda", dtype=torch.float32), p=2, dim=-1).bfloat16()
+        v = torch.randn(B, T, H, V, device="cuda", dtype=torch.bfloat16)
+        beta = (0.02 + 0.96 * torch.rand(B, T, H, device="cuda")).bfloat16()
+        g = -0.1 * F.softplus(torch.randn(B, T, H, device="cuda", dtype=torch.float32))  # decays ~0.9..1
+        do = torch.randn(B, T, H, V, device="cuda", dtype=torch.bfloat16)
+        sets.append([t.requires_grad_() for t in (q, k, v, g, beta)] + [do])
+    scale = K ** -0.5
+
+    def fwd(i):
+        q, k, v, g, beta, _ = sets[i % nsets]
+        with torch.no_grad():
+            chunk_gated_delta_rule(q, k, v, g, beta, scale=scale)
+
+    def fwdbwd(i):
+        q, k, v, g, beta, do = sets[i % nsets]
+        o, _ = chunk_gated_delta_rule(q, k, v, g, beta, scale=scale)
+        torch.autograd.grad(o, (q, k, v, g, beta), do)
+
+    Ff, Fb = deltarule_flops(B, T, H, K)  # K = V: the same count; V = 2K: a lower bound
+    by_f = 2.0 * (2 * N * K + 2 * N * V + N) + 4.0 * N
+    by_b = by_f + 2.0 * (2 * N * K + 2 * N * V + N) + 4.0 * N
+    sh = f"B={B} T={T} H={H} K={K} V={V}"
+    row(sh, "fla gated fwd", median_ms(fwd), Ff, by_f)
+    try:
+        row("", "fla gated f+b", median_ms(fwdbwd), Ff + Fb, by_f + by_b)
+    except RuntimeError as e:
+        print(f"{'':<28} fla gated f+b: refused: {str(e).splitlines()[0]}", flush=True)
+
+
 def bench_sdpa(B, T, H, D):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     sets = []
@@ -113,8 +154,8 @@ def bench_sdpa(B, T, H, D):
 def main():
     p = torch.cuda.get_device_properties(0)
     print(f"device: {p.name}, torch {torch.__version__}", flush=True)
-    print(f"{'shape (bf16)':<22} {'pass':<12} {'ms':>9} {'TFLOP/s':>9} {'GB/s':>8}", flush=True)
-    what = sys.argv[2:] or ["main", "d12", "sdpa"]
+    print(f"{'shape (bf16)':<28} {'pass':<14} {'ms':>9} {'TFLOP/s':>9} {'GB/s':>8}", flush=True)
+    what = sys.argv[2:] or ["main", "d12", "sdpa", "gated"]
     if "sdpa" in what:
         bench_sdpa(8, 2048, 8, 128)
     named = {"main": (8, 2048, 8, 128), "d12": (32, 1024, 6, 128)}
@@ -127,6 +168,13 @@ def main():
         except Exception as e:
             print(f"fla B={B} T={T} H={H} D={D}: {type(e).__name__}: {e}", flush=True)
         torch.cuda.empty_cache()
+    if "gated" in what:
+        for B, T, H, K, V in ((8, 2048, 8, 128, 128), (32, 1024, 6, 64, 128)):
+            try:
+                bench_fla_gated(B, T, H, K, V)
+            except Exception as e:
+                print(f"fla gated B={B} T={T} H={H} K={K} V={V}: {type(e).__name__}: {e}", flush=True)
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

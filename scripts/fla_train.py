@@ -177,7 +177,7 @@ def main():
     print(f"fla_train {args.tag}: {nparams / 1e6:.2f}M params, layers {args.layers}, precision {args.precision}, "
           f"sampler {args.sampler}, seed {args.seed}, {len(train)} train / {len(val)} val tokens", flush=True)
     accum = B // args.micro
-    t0 = time.time()
+    t_last, s_last = time.time(), 0  # the rate printed is over the steps since the last line
     for s in range(args.stop_after or args.steps):
         x, y = batch()
         for g in opt.param_groups:
@@ -196,11 +196,13 @@ def main():
         opt.zero_grad(set_to_none=True)
         step = s + 1
         if step % 25 == 0 or step == 1:
-            el = time.time() - t0
+            now = time.time()
             print(f"step {step} loss {loss_acc:.4f} norm {norm.item():.3f} lr {lr_at(s):.3e} "
-                  f"{step * B * T / el / 1e3:.0f}k tok/s", flush=True)
+                  f"{(step - s_last) * B * T / (now - t_last) / 1e3:.0f}k tok/s (steps {s_last + 1}-{step})", flush=True)
+            t_last, s_last = now, step
         if step % args.val_every == 0 or step == args.steps:
             vl = evaluate()
+            t_last, s_last = time.time(), step
             print(f"val loss {vl:.6f} (perplexity {math.exp(vl):.2f}) at step {step}", flush=True)
             if args.log:
                 with open(args.log, "a") as f:
