@@ -479,6 +479,8 @@ int sl_init(ShuffleLoader *sl, const char *pattern, int B, int T, int vocab_size
     if (sl->set.mask && !(sl->tmask = malloc((size_t)B * T))) goto oom;
     sl_shuffle(sl, 0);
     sl->next = 0;
+    sl->rank = 0;
+    sl->world = 1;
     return 0;
 oom:
     dn_seterr(err, errlen, "%s: out of memory", pattern);
@@ -496,9 +498,35 @@ void sl_window(const ShuffleLoader *sl, size_t id, size_t *shard, size_t *pos) {
     *pos = (id - sl->first[lo]) * (size_t)sl->T;
 }
 
+/* Move k entries on in the order, into the next epochs as needed (an epoch's order is drawn when
+ * its first entry is needed, so a position at the very end of an epoch stays there). */
+static void sl_advance(ShuffleLoader *sl, size_t k) {
+    while (k > 0) {
+        if (sl->next >= sl->nwindows) {
+            sl_shuffle(sl, sl->epoch + 1);
+            sl->next = 0;
+        }
+        const size_t step = k < sl->nwindows - sl->next ? k : sl->nwindows - sl->next;
+        sl->next += step;
+        k -= step;
+    }
+}
+
+int sl_set_rank(ShuffleLoader *sl, int rank, int world, char *err, size_t errlen) {
+    if (world < 1 || rank < 0 || rank >= world) {
+        dn_seterr(err, errlen, "data loader: rank %d of %d is not a rank of the group", rank, world);
+        return -1;
+    }
+    sl->rank = rank;
+    sl->world = world;
+    return 0;
+}
+
 int sl_next(ShuffleLoader *sl, char *err, size_t errlen) {
-    const size_t T = (size_t)sl->T;
-    for (int b = 0; b < sl->B; b++) {
+    const size_t T = (size_t)sl->T, B = (size_t)sl->B;
+    const size_t world = sl->world > 0 ? (size_t)sl->world : 1, rank = sl->world > 0 ? (size_t)sl->rank : 0;
+    sl_advance(sl, rank * B); /* the rows of the lower ranks */
+    for (size_t b = 0; b < B; b++) {
         if (sl->next >= sl->nwindows) {
             sl_shuffle(sl, sl->epoch + 1);
             sl->next = 0;
@@ -515,6 +543,7 @@ int sl_next(ShuffleLoader *sl, char *err, size_t errlen) {
         sl->rows[b] = id;
         sl->next++;
     }
+    sl_advance(sl, (world - 1 - rank) * B); /* the rows of the higher ranks */
     return 0;
 }
 

@@ -158,6 +158,7 @@ typedef struct {
     int *inputs;         /* B*T: the current batch's inputs  [B, T] */
     int *targets;        /* B*T: the current batch's targets [B, T] */
     uint8_t *tmask;      /* B*T: 1 where a target is scored; NULL when the shards have no masks */
+    int rank, world;     /* data parallelism: sl_set_rank (0 and 1 from sl_init) */
 } ShuffleLoader;
 
 /* Open the training shards matching pattern; starts at (epoch 0, window 0). Fails if nothing
@@ -165,8 +166,13 @@ typedef struct {
 int sl_init(ShuffleLoader *sl, const char *pattern, int B, int T, int vocab_size, uint64_t seed,
             char *err, size_t errlen);
 /* Fill inputs and targets with the next B windows of the order (moving to the next epoch's order
- * at its end); rows[b] says which window row b is. */
+ * at its end); rows[b] says which window row b is. With world ranks (sl_set_rank) each call takes
+ * the next world * B entries of the order, rank r's B rows being entries r*B .. r*B + B - 1 of
+ * them: the ranks' rows together are the batch of world * B rows one loader would give, and every
+ * rank's position moves alike, so (epoch, next) is the same on all of them. */
 int sl_next(ShuffleLoader *sl, char *err, size_t errlen);
+/* This loader is rank `rank` of `world` (0 <= rank < world); fails otherwise. */
+int sl_set_rank(ShuffleLoader *sl, int rank, int world, char *err, size_t errlen);
 /* Read / restore the position (epoch, index of the next window in that epoch's order). sl_seek
  * fails for a negative epoch or an index beyond the epoch's W windows. */
 void sl_position(const ShuffleLoader *sl, long *epoch, long *next);

@@ -513,6 +513,46 @@ static void test_shuffle_epochs(DNRng *r) {
         sl_free(&a);
         sl_free(&b);
     }
+    /* data parallelism: 3 ranks of B rows each take, call by call, the rows that one loader of 3B
+     * rows takes (across epoch ends: 30 windows, 9 rows a call), rank r the r-th B of them, token
+     * for token, and every rank's position is that loader's */
+    {
+        enum { WORLD = 3 };
+        ShuffleLoader one, rk[WORLD];
+        int inited = sl_init(&one, pattern, WORLD * B, T, VOCAB, 7, err, sizeof err) == 0;
+        for (int q = 0; q < WORLD; q++)
+            inited &= sl_init(&rk[q], pattern, B, T, VOCAB, 7, err, sizeof err) == 0 &&
+                      sl_set_rank(&rk[q], q, WORLD, err, sizeof err) == 0;
+        CHECK(inited, "loaders for 3 ranks: %s", err);
+        const int calls = (int)(2 * W / (WORLD * B)) + 2;
+        int same_rows = 0, same_tokens = 0, same_pos = 0;
+        for (int k = 0; inited && k < calls; k++) {
+            int rows_ok = 1, tok_ok = 1, pos_ok = 1;
+            if (sl_next(&one, err, sizeof err) != 0) { CHECK(0, "sl_next: %s", err); break; }
+            long e1, n1, e2, n2;
+            sl_position(&one, &e1, &n1);
+            for (int q = 0; q < WORLD; q++) {
+                if (sl_next(&rk[q], err, sizeof err) != 0) { CHECK(0, "sl_next rank %d: %s", q, err); break; }
+                rows_ok &= memcmp(rk[q].rows, one.rows + q * B, B * sizeof *one.rows) == 0;
+                tok_ok &= memcmp(rk[q].inputs, one.inputs + q * B * T, B * T * sizeof(int)) == 0 &&
+                          memcmp(rk[q].targets, one.targets + q * B * T, B * T * sizeof(int)) == 0;
+                sl_position(&rk[q], &e2, &n2);
+                pos_ok &= e1 == e2 && n1 == n2;
+            }
+            same_rows += rows_ok;
+            same_tokens += tok_ok;
+            same_pos += pos_ok;
+        }
+        CHECK(same_rows == calls && same_tokens == calls && same_pos == calls,
+              "3 ranks x %d rows == one loader of %d rows over %d calls (2+ epochs): rows %d, tokens %d, positions %d",
+              B, WORLD * B, calls, same_rows, same_tokens, same_pos);
+        err[0] = 0;
+        CHECK(sl_set_rank(&one, 3, 3, err, sizeof err) == -1 && strstr(err, "rank 3 of 3"), "rank 3 of 3 refused: %s", err);
+        CHECK(sl_set_rank(&one, -1, 2, err, sizeof err) == -1 && sl_set_rank(&one, 0, 0, err, sizeof err) == -1,
+              "rank -1 and a group of 0 refused");
+        sl_free(&one);
+        for (int q = 0; q < WORLD; q++) sl_free(&rk[q]);
+    }
     err[0] = 0;
     CHECK(sl_seek(&sl, 0, (long)W + 1, err, sizeof err) == -1 && strstr(err, "out of range"), "seek past an epoch refused: %s", err);
     CHECK(sl_seek(&sl, -1, 0, err, sizeof err) == -1, "negative epoch refused: %s", err);
