@@ -75,7 +75,7 @@ endif
 
 # Library code shared by every program: model.h's implementation, the tokenizer, shard and sampler code
 # (when present), and the CPU reference compiled twice (float, and double for gradient checks).
-CORE_SRCS := src/model.c src/tokenizer.c src/data.c src/sample.c src/mask.c
+CORE_SRCS := src/model.c src/tokenizer.c src/data.c src/sample.c src/mask.c src/dist.c
 REF_SRCS  := $(wildcard ref/*.c)
 CORE_OBJS := $(CORE_SRCS:%.c=$(BUILD)/%.o)
 REF_OBJS  := $(REF_SRCS:%.c=$(BUILD)/%.o) $(REF_SRCS:%.c=$(BUILD)/%_f64.o)
