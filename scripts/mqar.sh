@@ -38,6 +38,8 @@ Train 2-layer models of each layer kind and width on MQAR and tabulate their tes
   --test N          test examples [1000]
   --seed S          data seed (the model seed is 0) [1234]
   --jobs J          runs trained at once on the GPU (small models leave most of it idle) [6]
+  --resume          keep OUT/results.jsonl and train only the runs it lacks (a sweep cut short,
+                    e.g. by a time limit, continued with the same options)
   --out DIR         logs, results, table, plot [out/mqar]
   --data DIR        where the task is written [data/mqar]
   --trainer PATH    the trainer [./train_deltanet]
@@ -51,10 +53,10 @@ EOF
 die() { echo "mqar.sh: $*" >&2; exit 1; }
 
 kinds="" widths=64,128,256 lrs=1e-3,3e-3,1e-2 steps=8000 batch=64 seq=512 pairs=64 ntrain=100000 ntest=1000
-jobs=6 seed=1234 out=out/mqar data=data/mqar trainer=./train_deltanet plot=1 check_only=0
+jobs=6 resume=0 seed=1234 out=out/mqar data=data/mqar trainer=./train_deltanet plot=1 check_only=0
 source scripts/lib.sh
 parse_opts "--kinds=kinds --widths=widths --lrs=lrs --steps=steps --batch=batch --seq=seq --pairs=pairs
-            --train=ntrain --test=ntest --seed=seed --jobs=jobs --out=out --data=data --trainer=trainer
+            --train=ntrain --test=ntest --seed=seed --jobs=jobs --resume:resume=1 --out=out --data=data --trainer=trainer
             --no-plot:plot=0 --check:check_only=1" "$@"
 
 # ---- 1. checks -------------------------------------------------------------------------------
@@ -113,7 +115,7 @@ fi
 # failure writes OUT/NAME.err (one line) for the check after all the runs.
 warmup=$(( steps / 10 ))
 res="$out/results.jsonl"
-: >"$res"
+[ "$resume" -eq 1 ] && [ -f "$res" ] || : >"$res"
 nrun=$(( ${#K[@]} * ${#W[@]} * ${#LR[@]} )) i=0 t_all=$(date +%s)
 run_one() { # kind width lr index
     local k=$1 d=$2 lr=$3 i=$4 name="$1_d$2_lr$3" lrmin t0 rc secs first line acc loss extra=()
@@ -146,6 +148,10 @@ for k in "${K[@]}"; do
     for d in "${W[@]}"; do
         for lr in "${LR[@]}"; do
             i=$((i + 1))
+            if grep -qF "{\"kind\":\"$k\",\"d_model\":$d,\"lr\":$lr,\"steps\":$steps,\"batch\":$batch," "$res"; then
+                printf 'mqar [%d/%d] %-2s D=%-4d lr %-6s kept from %s\n' "$i" "$nrun" "$k" "$d" "$lr" "$res"
+                continue
+            fi
             if [ "$jobs" -le 1 ]; then
                 ( run_one "$k" "$d" "$lr" "$i" )
             else
