@@ -78,6 +78,7 @@ typedef struct {
     unsigned long long seed;
     int val_every, val_batches, sample_every, sample_len;
     int no_shuffle;            /* --no-shuffle: the shards in file order (data.h's DataLoader) */
+    int random_windows;        /* --random-windows: windows drawn with replacement (sl_set_random) */
     long val_windows;          /* --val-windows: spread validation windows, 0 = every window */
     float temperature;
     int ckpt_every, fp32, no_graph, profile, cpu;
@@ -127,6 +128,8 @@ static void usage(const char *prog, FILE *f) {
         "      --no-shuffle        read the training shards in file order, B*T+1 consecutive tokens a batch,\n"
         "                          instead of the default: every row its own window of T+1 tokens, each\n"
         "                          epoch all the windows of all shards in a random order drawn from --seed\n"
+        "      --random-windows    every row a window starting anywhere in a shard, drawn at random with\n"
+        "                          replacement from --seed (the PyTorch reference's sampling)\n"
         "model (ignored with --resume: the checkpoint has the config)\n"
         "  -m, --model NAME        small | d12 | 340M | gdn | tiny [GPU %s, CPU %s]\n"
         "                          small: d12's width (D=768, H=6, K=128, GPT-2 vocab, tied), 6 DeltaNet layers;\n"
@@ -208,7 +211,7 @@ static void parse_args(TrainArgs *a, int argc, char **argv) {
     enum { O_LAYERS = 1000, O_ATTN_LAYERS, O_WINDOW, O_ATTN_HEADS, O_KV_HEADS, O_TIED, O_UNTIED, O_WARMUP, O_LR_MIN,
            O_WD, O_CLIP, O_BETA1, O_BETA2, O_ADAM_EPS, O_FP32, O_NO_GRAPH, O_VAL_BATCHES, O_SAMPLE_EVERY,
            O_SAMPLE_LEN, O_TEMPERATURE, O_LOG, O_PROFILE, O_CPU, O_VOCAB, O_NO_SHUFFLE, O_VAL_WINDOWS,
-           O_GDN_HEADS, O_GDN_HEAD_DIM, O_GDN_EXPAND_V,
+           O_RANDOM_WINDOWS, O_GDN_HEADS, O_GDN_HEAD_DIM, O_GDN_EXPAND_V,
            O_D_MODEL, O_HEADS, O_NO_MLP };
     static const struct option opts[] = {
         {"train", required_argument, 0, 'i'}, {"val", required_argument, 0, 'j'},
@@ -230,6 +233,7 @@ static void parse_args(TrainArgs *a, int argc, char **argv) {
         {"resume", required_argument, 0, 'r'}, {"log", required_argument, 0, O_LOG},
         {"cpu", no_argument, 0, O_CPU}, {"vocab", required_argument, 0, O_VOCAB},
         {"no-shuffle", no_argument, 0, O_NO_SHUFFLE}, {"val-windows", required_argument, 0, O_VAL_WINDOWS},
+        {"random-windows", no_argument, 0, O_RANDOM_WINDOWS},
         {"gdn-heads", required_argument, 0, O_GDN_HEADS}, {"gdn-head-dim", required_argument, 0, O_GDN_HEAD_DIM},
         {"gdn-expand-v", required_argument, 0, O_GDN_EXPAND_V},
         {"d-model", required_argument, 0, O_D_MODEL}, {"heads", required_argument, 0, O_HEADS},
@@ -276,6 +280,7 @@ static void parse_args(TrainArgs *a, int argc, char **argv) {
         case O_VAL_BATCHES: a->val_batches = (int)parse_long(name, optarg, 0, 1 << 30); break;
         case O_VAL_WINDOWS: a->val_windows = parse_long(name, optarg, 0, 1L << 40); break;
         case O_NO_SHUFFLE: a->no_shuffle = 1; break;
+        case O_RANDOM_WINDOWS: a->random_windows = 1; break;
         case O_D_MODEL: a->d_model = (int)parse_long(name, optarg, 1, 65536); break;
         case O_HEADS: a->heads = (int)parse_long(name, optarg, 1, 65536); break;
         case O_NO_MLP: a->no_mlp = 1; break;
@@ -292,6 +297,7 @@ static void parse_args(TrainArgs *a, int argc, char **argv) {
     }
     if (optind < argc) die("unexpected argument '%s' (see -h)", argv[optind]);
     if (a->lr_min > a->lr) die("--lr-min %g is above --lr %g", a->lr_min, a->lr);
+    if (a->no_shuffle && a->random_windows) die("--no-shuffle and --random-windows exclude each other");
     /* the command line, for the training-state note */
     for (int i = 0; i < argc; i++) {
         size_t n = strlen(a->cmdline);
@@ -742,7 +748,7 @@ static void missing_data(const char *pattern, const char *err, int vocab) {
 
 /* The training loader's position, as the checkpoint stores it in data_shard / data_pos: (shard,
  * token offset) with --no-shuffle, (epoch, index of the next window in its order) when shuffled
- * (data.h). The flags, --no-shuffle and --seed included, must be the same on --resume. */
+ * (data.h). The flags, --no-shuffle, --random-windows and --seed included, must be the same on --resume. */
 template <typename Model>
 static void train_position(const Trainer<Model> *tr, long *a, long *b) {
     if (tr->a.no_shuffle) dl_position(&tr->train, a, b);
@@ -764,6 +770,7 @@ static void setup_io(Trainer<Model> *tr) {
         if (strstr(err, "fewer than one window") || strstr(err, "mask")) die("training data: %s", err); /* there, but unusable */
         missing_data(a->train_pattern, err, V);
     }
+    if (a->random_windows && sl_set_random(&tr->shuf, err, sizeof err)) die("training data: %s", err);
     if (a->no_shuffle)
         for (size_t i = 0; i < tr->train.nfiles; i++)
             if (mask_exists(tr->train.files[i]))
@@ -881,6 +888,9 @@ static void print_summary(Trainer<Model> *tr) {
     printf("batch: %d x %d tokens x %d micro-batches = %ld tokens/step | steps %d | lr %g (warmup %d, floor %g) | wd %g | clip %g\n",
            a->B, a->T, tr->accum, a->total_batch, a->steps, a->lr, a->warmup, a->lr_min, a->wd, a->clip);
     if (a->no_shuffle) printf("train: %s (%zu shards, in file order)", a->train_pattern, tr->train.nfiles);
+    else if (a->random_windows)
+        printf("train: %s (%zu shards, random windows of %d tokens, with replacement, from seed %llu)", a->train_pattern,
+               tr->shuf.set.nfiles, a->T + 1, a->seed);
     else printf("train: %s (%zu shards, %zu windows of %d tokens an epoch, shuffled from seed %llu)", a->train_pattern,
                 tr->shuf.set.nfiles, tr->shuf.nwindows, a->T + 1, a->seed);
     if (tr->h_mask) printf(" | loss mask: the masked targets only");

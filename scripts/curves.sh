@@ -40,6 +40,8 @@ validation loss and perplexity against tokens (needs a GPU: four d12 models, abo
   --configs LIST    comma-separated, from $ALL_CONFIGS [all six]
   --steps N         optimizer steps of $B x $T tokens per model [500]
   --long            two epochs of the training split (the steps from the shards' sizes)
+  --random-windows  rows drawn at random with replacement (the PyTorch reference's sampling)
+                    instead of the epochs' shuffled windows
   --val-every N     evaluate every N steps (and at the last) [100]
   --out DIR         where the logs, checkpoints and results go [out/curves]
   --corpus DIR      the corpus (split.txt and NAME.txt.xz) [the first of ../shared/data/corpus,
@@ -56,10 +58,10 @@ EOF
 
 die() { echo "curves.sh: $*" >&2; exit 1; }
 
-configs=$ALL_CONFIGS steps=500 long=0 val_every=100 out=out/curves corpus="" data=data/corpus
+configs=$ALL_CONFIGS steps=500 long=0 random=0 val_every=100 out=out/curves corpus="" data=data/corpus
 trainer=./train_deltanet plot=1 check_only=0
 source scripts/lib.sh
-parse_opts "--configs=configs --steps=steps --long:long=1 --val-every=val_every --out=out --corpus=corpus
+parse_opts "--configs=configs --steps=steps --long:long=1 --random-windows:random=1 --val-every=val_every --out=out --corpus=corpus
             --data=data --trainer=trainer --no-plot:plot=0 --check:check_only=1" "$@"
 
 # ---- 1. checks -------------------------------------------------------------------------------
@@ -140,7 +142,8 @@ echo "curves.sh: ${#cfgs[@]} models x $steps steps of $B x $T tokens ($(mtok $((
      "an epoch is $windows windows, $(mtok "$train_tokens") tokens) | warm-up $warmup | out $out"
 
 # ---- 3. the runs -----------------------------------------------------------------------------
-recipe=(-m d12 -b "$B" -t "$T" -x "$steps" --lr 6e-4 --warmup "$warmup" --lr-min 6e-5 --wd 0.1 --clip 1.0 -s 0
+sampling=(); [ "$random" = 1 ] && sampling=(--random-windows)
+recipe=(-m d12 -b "$B" -t "$T" -x "$steps" "${sampling[@]}" --lr 6e-4 --warmup "$warmup" --lr-min 6e-5 --wd 0.1 --clip 1.0 -s 0
         --val-every "$val_every" --val-windows 64 --sample-every 0 -i "$data/corpus_train*.bin" -j "$data/corpus_val.bin")
 config_flags() {
     case "$1" in
@@ -192,7 +195,7 @@ done
 # ---- 4. the table and the plot ---------------------------------------------------------------
 total=$(($(date +%s) - t_start))
 py=(python3 scripts/curves.py --out "$out" --configs "$configs" --tokens-per-step $((B * T)) --total-seconds "$total"
-    --title "d12, B=$B T=$T, $steps steps, AdamW lr 6e-4 (warm-up $warmup, cosine to 6e-5), wd 0.1, bf16, seed 0")
+    --title "d12, B=$B T=$T, $steps steps, AdamW lr 6e-4 (warm-up $warmup, cosine to 6e-5), wd 0.1, bf16, seed 0$([ "$random" = 1 ] && echo ", random windows")")
 [ "$plot" = 1 ] || py+=(--no-plot)
 # the reference's deltanet losses are for this recipe only
 [ "$long" = 0 ] && [ "$steps" = 500 ] && [ "$val_every" = 100 ] && py+=(--reference)

@@ -503,13 +503,45 @@ void sl_window(const ShuffleLoader *sl, size_t id, size_t *shard, size_t *pos) {
 static void sl_advance(ShuffleLoader *sl, size_t k) {
     while (k > 0) {
         if (sl->next >= sl->nwindows) {
-            sl_shuffle(sl, sl->epoch + 1);
+            if (!sl->random) sl_shuffle(sl, sl->epoch + 1);
+            else sl->epoch++;
             sl->next = 0;
         }
         const size_t step = k < sl->nwindows - sl->next ? k : sl->nwindows - sl->next;
         sl->next += step;
         k -= step;
     }
+}
+
+#define SL_RANDOM_SALT 0x72616e646f6d77ull /* "randomw": the random windows' stream */
+
+int sl_set_random(ShuffleLoader *sl, char *err, size_t errlen) {
+    if (sl->set.mask) {
+        dn_seterr(err, errlen, "data loader: random windows would cut the masked examples (a row must be one example): "
+                  "drop the random sampling");
+        return -1;
+    }
+    const size_t nf = sl->set.nfiles;
+    free(sl->rstart);
+    sl->rstart = calloc(nf + 1, sizeof *sl->rstart);
+    if (!sl->rstart) { dn_seterr(err, errlen, "data loader: out of memory"); return -1; }
+    for (size_t i = 0; i < nf; i++) sl->rstart[i + 1] = sl->rstart[i] + (sl->set.file_ntok[i] - (size_t)sl->T);
+    sl->random = 1;
+    return 0;
+}
+
+/* Random mode: the stream offset of the window of row g (rows counted from the start of training):
+ * uniform over every start of T + 1 tokens inside one shard, from a generator seeded by (seed, g). */
+static size_t sl_random_start(const ShuffleLoader *sl, uint64_t g) {
+    DNRng r;
+    dn_rng_seed(&r, (sl->seed ^ SL_RANDOM_SALT) + g * 0x9E3779B97F4A7C15ull);
+    const size_t u = (size_t)rng_below(&r, sl->rstart[sl->set.nfiles]);
+    size_t lo = 0, hi = sl->set.nfiles; /* rstart[lo] <= u < rstart[lo + 1] */
+    while (hi - lo > 1) {
+        const size_t mid = (lo + hi) / 2;
+        if (sl->rstart[mid] <= u) lo = mid; else hi = mid;
+    }
+    return sl->set.start[lo] + (u - sl->rstart[lo]);
 }
 
 int sl_set_rank(ShuffleLoader *sl, int rank, int world, char *err, size_t errlen) {
@@ -528,18 +560,26 @@ int sl_next(ShuffleLoader *sl, char *err, size_t errlen) {
     sl_advance(sl, rank * B); /* the rows of the lower ranks */
     for (size_t b = 0; b < B; b++) {
         if (sl->next >= sl->nwindows) {
-            sl_shuffle(sl, sl->epoch + 1);
+            if (!sl->random) sl_shuffle(sl, sl->epoch + 1);
+            else sl->epoch++;
             sl->next = 0;
         }
-        const size_t id = sl->order[sl->next];
-        size_t shard, pos;
-        sl_window(sl, id, &shard, &pos);
-        if (ss_read(&sl->set, sl->set.start[shard] + pos, T + 1, sl->buf, err, errlen) != 0) return -1;
+        size_t id, off;
+        if (sl->random) {
+            off = sl_random_start(sl, (uint64_t)sl->epoch * sl->nwindows + sl->next);
+            id = off;
+        } else {
+            size_t shard, pos;
+            id = sl->order[sl->next];
+            sl_window(sl, id, &shard, &pos);
+            off = sl->set.start[shard] + pos;
+        }
+        if (ss_read(&sl->set, off, T + 1, sl->buf, err, errlen) != 0) return -1;
         for (size_t t = 0; t < T; t++) {
             sl->inputs[b * T + t] = sl->buf[t];
             sl->targets[b * T + t] = sl->buf[t + 1];
         }
-        if (sl->tmask && ss_read_mask(&sl->set, sl->set.start[shard] + pos + 1, T, sl->tmask + b * T, err, errlen) != 0) return -1;
+        if (sl->tmask && ss_read_mask(&sl->set, off + 1, T, sl->tmask + b * T, err, errlen) != 0) return -1;
         sl->rows[b] = id;
         sl->next++;
     }
@@ -558,7 +598,8 @@ int sl_seek(ShuffleLoader *sl, long epoch, long next, char *err, size_t errlen) 
                   epoch, next, sl->nwindows);
         return -1;
     }
-    if (epoch != sl->epoch) sl_shuffle(sl, epoch);
+    if (sl->random) sl->epoch = epoch;
+    else if (epoch != sl->epoch) sl_shuffle(sl, epoch);
     sl->next = (size_t)next;
     return 0;
 }
@@ -566,6 +607,7 @@ int sl_seek(ShuffleLoader *sl, long epoch, long next, char *err, size_t errlen) 
 void sl_free(ShuffleLoader *sl) {
     ss_close(&sl->set);
     free(sl->first);
+    free(sl->rstart);
     free(sl->order);
     free(sl->rows);
     free(sl->buf);

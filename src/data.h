@@ -159,6 +159,8 @@ typedef struct {
     int *targets;        /* B*T: the current batch's targets [B, T] */
     uint8_t *tmask;      /* B*T: 1 where a target is scored; NULL when the shards have no masks */
     int rank, world;     /* data parallelism: sl_set_rank (0 and 1 from sl_init) */
+    int random;          /* sl_set_random: windows drawn at random instead of the epochs' order */
+    size_t *rstart;      /* random: nfiles + 1 prefix sums of each shard's window starts (n - T) */
 } ShuffleLoader;
 
 /* Open the training shards matching pattern; starts at (epoch 0, window 0). Fails if nothing
@@ -171,6 +173,12 @@ int sl_init(ShuffleLoader *sl, const char *pattern, int B, int T, int vocab_size
  * them: the ranks' rows together are the batch of world * B rows one loader would give, and every
  * rank's position moves alike, so (epoch, next) is the same on all of them. */
 int sl_next(ShuffleLoader *sl, char *err, size_t errlen);
+/* Random windows instead (the PyTorch reference's sampling): row g of training (counted over all
+ * ranks, g = epoch * W + next) starts anywhere a window of T + 1 tokens fits inside one shard,
+ * uniformly, drawn with replacement from a generator seeded by (seed, g); rows[b] is then the
+ * window's stream offset. The position keeps its form (epoch, next) = (g / W, g % W), so sl_seek
+ * and resume work alike. Refused for shards with loss masks (a row must be one example). */
+int sl_set_random(ShuffleLoader *sl, char *err, size_t errlen);
 /* This loader is rank `rank` of `world` (0 <= rank < world); fails otherwise. */
 int sl_set_rank(ShuffleLoader *sl, int rank, int world, char *err, size_t errlen);
 /* Read / restore the position (epoch, index of the next window in that epoch's order). sl_seek

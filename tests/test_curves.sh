@@ -5,6 +5,7 @@
 # ./tokenize.
 #   1. the default loader is shuffled: its first batch is not --no-shuffle's (the file's head);
 #   2. exact resume with shuffling, across an epoch's end; the state holds (epoch, next window);
+#      --random-windows draws its own windows and resumes exactly too;
 #   3. --val-windows 0 scores every window: the trainer's val loss equals ./infer --eval with -b T;
 #      --val-batches N scores the head of the split as before; a shard smaller than one window is
 #      refused naming it;
@@ -69,6 +70,23 @@ for s in 3 4 5 6; do
 done
 [ "$same" = 1 ] && ok "resume mid-epoch: steps 3..6 (across the epoch's end) equal the straight run (step 6 loss $(loss_at "$tmp/r.jsonl" 6))" ||
     bad "resume with shuffling: $(tail -2 "$tmp/r.log")"
+
+# 2b. --random-windows (the reference's sampling): windows off the T grid, exact resume too
+"$TR" "${S[@]}" --random-windows -c 2 -o "$tmp/rw" --log "$tmp/rw.jsonl" >"$tmp/rw.log" 2>&1 || bad "random windows: $(tail -2 "$tmp/rw.log")"
+"$TR" "${S[@]}" --random-windows -o "$tmp/rw2" --resume "$tmp/rw/model_000002.safetensors" --log "$tmp/rw2.jsonl" >"$tmp/rw2.log" 2>&1
+same=1
+for s in 3 4 5 6; do
+    a=$(loss_at "$tmp/rw.jsonl" $s); b=$(loss_at "$tmp/rw2.jsonl" $s); c=$(loss_at "$tmp/s.jsonl" $s)
+    [ -n "$a" ] && [ "$a" = "$b" ] && [ "$a" != "$c" ] || { same=0; echo "  step $s: '$a' vs resumed '$b' (shuffled: '$c')"; }
+done
+if [ "$same" = 1 ] && grep -q "random windows of 33 tokens, with replacement, from seed 1337" "$tmp/rw.log"; then
+    ok "--random-windows: its own batches, and resumed at step 2 the steps 3..6 equal the straight run's"
+else
+    bad "--random-windows: $(grep '^train:' "$tmp/rw.log") $(tail -1 "$tmp/rw2.log")"
+fi
+out=$("$TR" "${S[@]}" --random-windows --no-shuffle -o "$tmp/rw3" 2>&1); rc=$?
+[ $rc -ne 0 ] && [ "$(printf '%s\n' "$out" | grep -c .)" = 1 ] && printf '%s' "$out" | grep -q "exclude each other" &&
+    ok "--random-windows with --no-shuffle: one line: $out" || bad "--random-windows --no-shuffle: exit $rc: $out"
 
 # 3. validation: every window == ./infer --eval -b T; --val-batches = the head; a too-small shard
 "$TR" "${F[@]}" -x 1 -v 1 --val-windows 0 -o "$tmp/v" >"$tmp/v.log" 2>&1
@@ -210,8 +228,10 @@ if [ "$rc" -ne 0 ] && tail -1 "$tmp/c2.log" | grep -q "^curves.sh: deltanet: the
 else
     bad "CPU fallback: exit $rc: $(cat "$tmp/c2.log" "$tmp/c2/deltanet.log" 2>/dev/null)"
 fi
-# again: the shards are up to date, so not rebuilt
-PATH="$tmp/gpu:$PATH" scripts/curves.sh "${C[@]}" --out "$tmp/cv2" --configs deltanet --steps 1 >"$tmp/cv2.log" 2>&1; rc=$?
+# again: the shards are up to date, so not rebuilt; --random-windows reaches the trainer
+PATH="$tmp/gpu:$PATH" scripts/curves.sh "${C[@]}" --out "$tmp/cv2" --configs deltanet --steps 1 --random-windows >"$tmp/cv2.log" 2>&1; rc=$?
+grep -q "random windows of 33 tokens" "$tmp/cv2/deltanet.log" && ok "curves.sh --random-windows: the trainer samples at random" ||
+    bad "curves.sh --random-windows: $(grep '^train:' "$tmp/cv2/deltanet.log" 2>/dev/null)"
 if [ "$rc" -eq 0 ] && ! grep -q "building the token shards" "$tmp/cv2.log" && grep -q "^curves.sh: \[1/1\] deltanet" "$tmp/cv2.log"; then
     ok "a second run reuses the shards (STAMP up to date)"
 else

@@ -553,6 +553,77 @@ static void test_shuffle_epochs(DNRng *r) {
         sl_free(&one);
         for (int q = 0; q < WORLD; q++) sl_free(&rk[q]);
     }
+    /* random windows (the reference's sampling): rows start anywhere inside one shard, drawn from
+     * (seed, row); the same seed repeats them, another does not; resume and ranks as above */
+    {
+        ShuffleLoader ra, rb;
+        int inited = sl_init(&ra, pattern, B, T, VOCAB, 7, err, sizeof err) == 0 && sl_set_random(&ra, err, sizeof err) == 0;
+        CHECK(inited, "random windows: %s", err);
+        const int nbr = 40;
+        int tok_ok = 1, unaligned = 0, one_shard = 1;
+        size_t *offs = xcalloc((size_t)nbr * B, sizeof *offs);
+        for (int k = 0; inited && k < nbr; k++) {
+            if (sl_next(&ra, err, sizeof err) != 0) { CHECK(0, "sl_next: %s", err); break; }
+            for (int b = 0; b < B; b++) {
+                const size_t off = ra.rows[b];
+                size_t sh = 0;
+                while (sh + 1 < ra.set.nfiles && ra.set.start[sh + 1] <= off) sh++;
+                const size_t pos = off - ra.set.start[sh];
+                one_shard &= pos + T + 1 <= ra.set.file_ntok[sh];
+                unaligned += pos % T != 0;
+                for (int t = 0; t < T && pos + T + 1 <= ra.set.file_ntok[sh]; t++)
+                    tok_ok &= ra.inputs[b * T + t] == raw[sh][pos + t] && ra.targets[b * T + t] == raw[sh][pos + t + 1];
+                offs[(size_t)k * B + b] = off;
+            }
+        }
+        CHECK(one_shard && tok_ok, "every random window lies inside one shard and holds its tokens");
+        CHECK(unaligned > nbr * B / 2, "random windows start anywhere: %d of %d rows off the T grid", unaligned, nbr * B);
+        long re, rn;
+        sl_position(&ra, &re, &rn);
+        CHECK(re * (long)W + rn == (long)nbr * B, "position counts the rows drawn: (%ld, %ld) = %d rows", re, rn, nbr * B);
+        if (sl_init(&rb, pattern, B, T, VOCAB, 7, err, sizeof err) == 0 && sl_set_random(&rb, err, sizeof err) == 0) {
+            size_t *again = take_rows(&rb, nbr);
+            CHECK(memcmp(offs, again, (size_t)nbr * B * sizeof *offs) == 0, "seed 7 twice: the same random windows");
+            free(again);
+            /* resume: a fresh loader sought to the position after 5 batches continues alike */
+            ShuffleLoader rc2;
+            if (sl_init(&rc2, pattern, B, T, VOCAB, 7, err, sizeof err) == 0 && sl_set_random(&rc2, err, sizeof err) == 0 &&
+                sl_seek(&rc2, 0, 5 * B, err, sizeof err) == 0) {
+                size_t *resumed = take_rows(&rc2, 10);
+                CHECK(memcmp(resumed, offs + 5 * B, 10 * B * sizeof *offs) == 0, "random windows resumed after 5 batches: the same next 10");
+                free(resumed);
+                sl_free(&rc2);
+            }
+            sl_free(&rb);
+        }
+        if (sl_init(&rb, pattern, B, T, VOCAB, 8, err, sizeof err) == 0 && sl_set_random(&rb, err, sizeof err) == 0) {
+            size_t *other = take_rows(&rb, nbr);
+            CHECK(memcmp(offs, other, (size_t)nbr * B * sizeof *offs) != 0, "seeds 7 and 8: different random windows");
+            free(other);
+            sl_free(&rb);
+        }
+        /* two ranks of B rows == one random loader of 2B rows */
+        ShuffleLoader one, r0, r1;
+        if (sl_init(&one, pattern, 2 * B, T, VOCAB, 7, err, sizeof err) == 0 && sl_set_random(&one, err, sizeof err) == 0 &&
+            sl_init(&r0, pattern, B, T, VOCAB, 7, err, sizeof err) == 0 && sl_set_random(&r0, err, sizeof err) == 0 &&
+            sl_set_rank(&r0, 0, 2, err, sizeof err) == 0 &&
+            sl_init(&r1, pattern, B, T, VOCAB, 7, err, sizeof err) == 0 && sl_set_random(&r1, err, sizeof err) == 0 &&
+            sl_set_rank(&r1, 1, 2, err, sizeof err) == 0) {
+            int same = 1;
+            for (int k = 0; k < 25; k++) {
+                sl_next(&one, err, sizeof err);
+                sl_next(&r0, err, sizeof err);
+                sl_next(&r1, err, sizeof err);
+                same &= memcmp(r0.rows, one.rows, B * sizeof *one.rows) == 0 && memcmp(r1.rows, one.rows + B, B * sizeof *one.rows) == 0;
+            }
+            CHECK(same, "random windows on 2 ranks == one loader of 2B rows (25 calls, past W)");
+            sl_free(&one);
+            sl_free(&r0);
+            sl_free(&r1);
+        }
+        free(offs);
+        sl_free(&ra);
+    }
     err[0] = 0;
     CHECK(sl_seek(&sl, 0, (long)W + 1, err, sizeof err) == -1 && strstr(err, "out of range"), "seek past an epoch refused: %s", err);
     CHECK(sl_seek(&sl, -1, 0, err, sizeof err) == -1, "negative epoch refused: %s", err);

@@ -101,6 +101,9 @@ static void loaders(void) {
             for (int t = 0; t < T; t++) good &= sl.tmask[b * T + t] == (t + 1 == 5); /* target t is token t + 1 of the example */
     }
     CHECK(good, "each row's target mask is the mask of its targets");
+    err[0] = 0;
+    CHECK(sl_set_random(&sl, err, sizeof err) == -1 && strstr(err, "masked examples") && !sl.random,
+          "random windows refused on masked shards: %s", err);
     sl_free(&sl);
     /* pattern catching the masks too */
     path_in(pat, sizeof pat, "s_*");
