@@ -7,9 +7,10 @@
  * Launchers (dist_from_env reads the first that is set):
  *   mpirun (Open MPI)       OMPI_COMM_WORLD_RANK / _SIZE / _LOCAL_RANK / _LOCAL_SIZE
  *   mpirun (MPICH, Intel)   PMI_RANK / PMI_SIZE, MPI_LOCALRANKID / MPI_LOCALNRANKS
- *   srun (Slurm)            SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID / SLURM_NTASKS_PER_NODE
  *   the environment         RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE (torchrun's names)
  *   none of them            rank 0 of 1
+ * (Slurm's own SLURM_PROCID / SLURM_NTASKS are not read: a batch script's single process carries
+ * them too; launch with srun --mpi=pmix or mpirun, or set RANK / WORLD_SIZE.)
  * Rank 0 is reached at MASTER_ADDR:MASTER_PORT (defaults 127.0.0.1 and 29500, which serve only
  * ranks on one host: a group spread over hosts must set MASTER_ADDR). The GPU of a process is its
  * local rank.
@@ -27,7 +28,7 @@ extern "C" {
 typedef struct {
     int rank, world;             /* this process's rank in the group, and the group's size */
     int local_rank, local_world; /* on this host: the GPU index, and the ranks on it */
-    const char *launcher;        /* "mpirun (Open MPI)", ..., "environment", or "single process" */
+    const char *launcher;        /* "mpirun (Open MPI)", "mpirun (MPICH)", "environment", or "single process" */
     char master_addr[256];       /* where rank 0 serves the NCCL id */
     int master_port;
     int master_addr_set;         /* MASTER_ADDR was given (not the default) */
