@@ -53,19 +53,29 @@ def deltarule_flops(B, T, H, D):
     return f_prep + f_fwd, f_prep + f_states + f_chunk
 
 
-def bench_fla(B, T, H, D):
-    from fla.ops.delta_rule import chunk_delta_rule
-    N, nx = B * T * H, B * T * H * D
-    set_bytes = (4 * nx + N) * 2
+def input_sets(B, T, H, K, V, gated):
+    """Rotating input sets, together larger than L2: [q, k, v, (g,) beta] (requiring grad) + [do];
+    q, k L2-normalised, beta in (0, 1), g (gated) log decays < 0 in fp32 as fla's layer passes them."""
+    N = B * T * H
+    set_bytes = (2 * N * K + 2 * N * V + N) * 2 + (N * 4 if gated else 0)
     nsets = max(2, math.ceil((200 << 20) / set_bytes))
     sets = []
     for _ in range(nsets):
-        q = F.normalize(torch.randn(B, T, H, D, device="cuda", dtype=torch.float32), p=2, dim=-1).bfloat16()
-        k = F.normalize(torch.randn(B, T, H, D, device="cuda", dtype=torch.float32), p=2, dim=-1).bfloat16()
-        v = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16)
+        q = F.normalize(torch.randn(B, T, H, K, device="cuda", dtype=torch.float32), p=2, dim=-1).bfloat16()
+        k = F.normalize(torch.randn(B, T, H, K, device="cuda", dtype=torch.float32), p=2, dim=-1).bfloat16()
+        v = torch.randn(B, T, H, V, device="cuda", dtype=torch.bfloat16)
         beta = (0.02 + 0.96 * torch.rand(B, T, H, device="cuda")).bfloat16()
-        do = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16)
-        sets.append([t.requires_grad_() for t in (q, k, v, beta)] + [do])
+        g = [-0.1 * F.softplus(torch.randn(B, T, H, device="cuda", dtype=torch.float32))] if gated else []  # decays ~0.9..1
+        do = torch.randn(B, T, H, V, device="cuda", dtype=torch.bfloat16)
+        sets.append([t.requires_grad_() for t in [q, k, v] + g + [beta]] + [do])
+    return sets
+
+
+def bench_fla(B, T, H, D):
+    from fla.ops.delta_rule import chunk_delta_rule
+    N, nx = B * T * H, B * T * H * D
+    sets = input_sets(B, T, H, D, D, False)
+    nsets = len(sets)
     scale = D ** -0.5
 
     def fwd(i):
@@ -86,20 +96,11 @@ def bench_fla(B, T, H, D):
 
 
 def bench_fla_gated(B, T, H, K, V):
-    """fla's gated delta rule (Gated DeltaNet's mixer): log decays g < 0 in fp32, as its layer passes."""
+    """fla's gated delta rule (Gated DeltaNet's mixer)."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
     N = B * T * H
-    set_bytes = (2 * N * K + 2 * N * V + N) * 2 + N * 4
-    nsets = max(2, math.ceil((200 << 20) / set_bytes))
-    sets = []
-    for _ in range(nsets):
-        q = F.normalize(torch.randn(B, T, H, K, device="cuda", dtype=torch.float32), p=2, dim=-1).bfloat16()
-        k = F.normalize(torch.randn(B, T, H, K, device="cuda", dtype=torch.float32), p=2, dim=-1).bfloat16()
-        v = torch.randn(B, T, H, V, device="cuda", dtype=torch.bfloat16)
-        beta = (0.02 + 0.96 * torch.rand(B, T, H, device="cuda")).bfloat16()
-        g = -0.1 * F.softplus(torch.randn(B, T, H, device="cuda", dtype=torch.float32))  # decays ~0.9..1
-        do = torch.randn(B, T, H, V, device="cuda", dtype=torch.bfloat16)
-        sets.append([t.requires_grad_() for t in (q, k, v, g, beta)] + [do])
+    sets = input_sets(B, T, H, K, V, True)
+    nsets = len(sets)
     scale = K ** -0.5
 
     def fwd(i):
