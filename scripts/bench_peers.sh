@@ -23,6 +23,7 @@ python3 -c 'import torch, fla' 2>/dev/null || die "python3 cannot import torch a
 if ! ls "$data"/corpus_train*.bin >/dev/null 2>&1; then
     [ -f data/tinyshakespeare/tinyshakespeare_train.bin ] || die "no shards in $data (scripts/make_corpus.sh) nor data/tinyshakespeare (make data)"
     data=$(mktemp -d /tmp/peers_data.XXXXXX)
+    trap 'rm -rf "$data"' EXIT
     ln -s "$PWD/data/tinyshakespeare/tinyshakespeare_train.bin" "$data/corpus_train.bin"
     ln -s "$PWD/data/tinyshakespeare/tinyshakespeare_val.bin" "$data/corpus_val.bin"
 fi

@@ -498,15 +498,20 @@ void sl_window(const ShuffleLoader *sl, size_t id, size_t *shard, size_t *pos) {
     *pos = (id - sl->first[lo]) * (size_t)sl->T;
 }
 
+/* At the end of an epoch, the next one's start (its order drawn now, when its first entry is
+ * needed; random windows have no order). */
+static void sl_wrap(ShuffleLoader *sl) {
+    if (sl->next < sl->nwindows) return;
+    if (!sl->random) sl_shuffle(sl, sl->epoch + 1);
+    else sl->epoch++;
+    sl->next = 0;
+}
+
 /* Move k entries on in the order, into the next epochs as needed (an epoch's order is drawn when
  * its first entry is needed, so a position at the very end of an epoch stays there). */
 static void sl_advance(ShuffleLoader *sl, size_t k) {
     while (k > 0) {
-        if (sl->next >= sl->nwindows) {
-            if (!sl->random) sl_shuffle(sl, sl->epoch + 1);
-            else sl->epoch++;
-            sl->next = 0;
-        }
+        sl_wrap(sl);
         const size_t step = k < sl->nwindows - sl->next ? k : sl->nwindows - sl->next;
         sl->next += step;
         k -= step;
@@ -559,11 +564,7 @@ int sl_next(ShuffleLoader *sl, char *err, size_t errlen) {
     const size_t world = sl->world > 0 ? (size_t)sl->world : 1, rank = sl->world > 0 ? (size_t)sl->rank : 0;
     sl_advance(sl, rank * B); /* the rows of the lower ranks */
     for (size_t b = 0; b < B; b++) {
-        if (sl->next >= sl->nwindows) {
-            if (!sl->random) sl_shuffle(sl, sl->epoch + 1);
-            else sl->epoch++;
-            sl->next = 0;
-        }
+        sl_wrap(sl);
         size_t id, off;
         if (sl->random) {
             off = sl_random_start(sl, (uint64_t)sl->epoch * sl->nwindows + sl->next);
