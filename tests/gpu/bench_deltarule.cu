@@ -346,6 +346,7 @@ int main(int argc, char **argv) {
     if (quick) return 0;
     const FwdBwd d12 = bench_shape(32, 1024, 6, 128, iters);
     bench_gated<128, 128>(32, 1024, 6, iters, false);
+    bench_gated<64, 128>(32, 1024, 6, iters, true); /* the gdn preset's layer (d12 training) */
     bench_shape(4, 4096, 8, 128, iters);
     bench_shape(8, 2048, 16, 64, iters);
     bench_shape(1, 2048, 8, 128, iters);
