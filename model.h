@@ -210,6 +210,9 @@ typedef enum {
 } DNParamKind;
 
 #define DN_NO_PARAM ((size_t)-1)
+/* Tensors start at multiples of this many elements in the parameter buffers (64 bytes in fp32, 32 in
+ * bf16), but those fused with the tensor before them (src/model.c: dn_joins_previous). */
+#define DN_PARAM_ALIGN 16
 
 typedef struct {
     char name[DN_NAME_LEN];  /* the PyTorch reference's name */
@@ -232,7 +235,7 @@ typedef struct {
     DNConfig cfg;
     int n_params;            /* number of tensors */
     DNParam *params;         /* [n_params] in buffer order */
-    size_t total;            /* elements in the parameter buffer (with padding rows) */
+    size_t total;            /* elements in the parameter buffer (with padding rows and alignment gaps) */
     size_t total_real;       /* parameters that count (checkpoint elements) */
     DNLayerOffsets *layer;   /* [n_layer] */
     size_t embed, norm, lm_head; /* model-level offsets; lm_head == embed when tied */

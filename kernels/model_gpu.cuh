@@ -315,7 +315,7 @@ static void mixer_backward(GPUModel<floatX> *m, int l, int B, int T) {
                                  1.0f / sqrtf((float)K), s->kscratch, B, T, H, K, Vg, st);
         prof_mark(m->prof, "bwd gated delta rule", st);
         /* the decay (its input's gradient in bpre), then beta's sigmoid (bpre again) */
-        gdn_decay_backward(s->bpre, G + P[DN_P_A_LOG], G + P[DN_P_DT_BIAS], s->dgdec, a->apre,
+        gdn_decay_backward(s->bpre, G + P[DN_P_A_LOG], G + P[DN_P_DT_BIAS], (float *)s->kscratch, s->dgdec, a->apre,
                            m->params + P[DN_P_A_LOG], m->params + P[DN_P_DT_BIAS], N, H, st);
         matmul_backward_weight(m->mm, G + P[DN_P_A], s->bpre, a->xn_attn, N, D, H, st);
         matmul_backward_data(m->mm, s->dx, s->bpre, m->wx + P[DN_P_A], N, D, H, 1, st);

@@ -281,6 +281,7 @@ static int gpu_act_table(GPUModel<floatX> *m, GPUActBuf *tab, int cap) {
     }
     if (has_n) {
         GPU_KS(gated_rmsnorm_backward_scratch_floats((int)(N * Hg), (int)Vg) * F);
+        GPU_KS(gdn_decay_backward_scratch_floats((int)N, (int)Hg) * F);
         GPU_KS(conv_silu_l2norm_backward_scratch_floats(m->B, m->T, (int)HK, (int)Kg) * F);
         GPU_KS(conv_silu_l2norm_backward_scratch_floats(m->B, m->T, (int)HV, 128) * F);
         GPU_KS(gated_deltarule_workspace_size<floatX>(m->B, m->T, (int)Hg, (int)Kg, (int)Vg));

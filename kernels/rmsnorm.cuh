@@ -88,6 +88,35 @@ rmsnorm_forward_kernel(floatX *res_out, floatX *out, float *rstd, const floatX *
     }
 }
 
+/* The end of a backward kernel of this shape: the block's sum of each thread's per-column gain
+ * gradients acc (thread l of a row group holds columns (i TPR + l) VEC + k), over the row groups of
+ * a warp (shuffles), then over the warps in order (s [C] in shared memory), written to the block's
+ * row of partial [gridDim.x, C] (colsum_add then adds the rows in order: deterministic). */
+template <int VEC, int TPR, int NV>
+__device__ __forceinline__ void rms_block_colsum(float (&acc)[NV][VEC], float *s, float *partial, int C) {
+    const int l = threadIdx.x % TPR;
+#pragma unroll
+    for (int i = 0; i < NV; i++)
+#pragma unroll
+        for (int k = 0; k < VEC; k++)
+#pragma unroll
+            for (int o = TPR; o < 32; o <<= 1) acc[i][k] += __shfl_xor_sync(0xffffffffu, acc[i][k], o);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int w = 0; w < RMS_THREADS / 32; w++) {
+        if (warp == w && lane < TPR) {
+#pragma unroll
+            for (int i = 0; i < NV; i++) {
+                int c = (i * TPR + l) * VEC;
+                if (c < C)
+#pragma unroll
+                    for (int k = 0; k < VEC; k++) s[c + k] = (w == 0 ? 0.0f : s[c + k]) + acc[i][k];
+            }
+        }
+        __syncthreads();
+    }
+    for (int c = threadIdx.x; c < C; c += RMS_THREADS) partial[(size_t)blockIdx.x * C + c] = s[c];
+}
+
 template <typename floatX, int VEC, int TPR, int NV>
 __global__ void __launch_bounds__(RMS_THREADS)
 rmsnorm_backward_kernel(floatX *dinp, float *partial, const floatX *dout, const floatX *inp, const float *g,
@@ -144,27 +173,7 @@ rmsnorm_backward_kernel(floatX *dinp, float *partial, const floatX *dout, const 
             }
         }
     }
-    /* reduce dg over the rows groups of a warp (shuffles), then over warps in order (shared) */
-#pragma unroll
-    for (int i = 0; i < NV; i++)
-#pragma unroll
-        for (int k = 0; k < VEC; k++)
-#pragma unroll
-            for (int o = TPR; o < 32; o <<= 1) dg[i][k] += __shfl_xor_sync(0xffffffffu, dg[i][k], o);
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    for (int w = 0; w < RMS_THREADS / 32; w++) {
-        if (warp == w && lane < TPR) {
-#pragma unroll
-            for (int i = 0; i < NV; i++) {
-                int c = (i * TPR + l) * VEC;
-                if (c < C)
-#pragma unroll
-                    for (int k = 0; k < VEC; k++) sdg[c + k] = (w == 0 ? 0.0f : sdg[c + k]) + dg[i][k];
-            }
-        }
-        __syncthreads();
-    }
-    for (int c = threadIdx.x; c < C; c += RMS_THREADS) partial[(size_t)blockIdx.x * C + c] = sdg[c];
+    rms_block_colsum<VEC, TPR, NV>(dg, sdg, partial, C);
 }
 
 /* Kernel shape for a row of C elements: VEC elements per access, TPR threads per row, NV accesses

@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import struct
 import sys
 
 import numpy as np
@@ -53,8 +54,10 @@ def main():
     with safe_open(args.checkpoint, "pt") as f:
         meta = f.metadata()
     fla_cfg = json.loads(meta["fla_config"])
-    # fla's l2norm has a fixed eps (1e-6) that its config does not carry
-    if float(meta.get("l2_eps", "1e-6")) != float("1e-6"):
+    # fla's l2norm has a fixed eps (1e-6) that its config does not carry; ours is a float32
+    # written with 9 digits ("9.99999997e-07"), so compare the two as float32
+    f32 = lambda x: struct.unpack("<f", struct.pack("<f", float(x)))[0]  # noqa: E731
+    if f32(meta.get("l2_eps", "1e-6")) != f32(1e-6):
         sys.exit(f"l2_eps {meta['l2_eps']}: fla's l2norm uses 1e-6, so it cannot reproduce this model")
     model_type = fla_cfg.pop("model_type", None)
     classes = {"delta_net": (DeltaNetConfig, DeltaNetForCausalLM),

@@ -354,9 +354,23 @@ int dn_config_validate(const DNConfig *c, char *err, size_t errlen) {
 
 /* ---- parameter table ------------------------------------------------------------------------- */
 
+/* Tensors that one kernel reads as one with the tensor before them, so they must follow it with no
+ * gap: k_proj and v_proj after q_proj and their convs after q_conv1d in the DeltaNet and linear
+ * attention layers (one [3D, D] matmul, one conv over 3D channels), up_proj after gate_proj. */
+static int dn_joins_previous(const DNConfig *c, int kind, int layer) {
+    if (kind == DN_P_UP) return 1;
+    return layer >= 0 && dn_kind_has_conv(c->layers[layer]) &&
+           (kind == DN_P_K || kind == DN_P_V || kind == DN_P_K_CONV || kind == DN_P_V_CONV);
+}
+
 static void dn_add_param(DNParamTable *t, int cap, int kind, int layer, const char *name, int ndim,
                          int s0, int s1, int s2, size_t mem_numel, int decay, float std) {
     if (t->n_params >= cap) return; /* cannot happen: cap is counted below */
+    /* every other tensor starts at a multiple of DN_PARAM_ALIGN elements, whatever the sizes before it
+     * (a gated layer's A_log and dt_bias are 6 floats each): cuBLASLt picks its fast kernels only for
+     * 16-byte aligned operands, and a misaligned bf16 copy of the weights made every later matmul of
+     * the gdn preset about twice as slow. The gap is zero and stays zero (no gradient reaches it). */
+    if (!dn_joins_previous(&t->cfg, kind, layer)) t->total = (t->total + DN_PARAM_ALIGN - 1) / DN_PARAM_ALIGN * DN_PARAM_ALIGN;
     DNParam *p = &t->params[t->n_params++];
     memset(p, 0, sizeof *p);
     snprintf(p->name, sizeof p->name, "%s", name);

@@ -135,17 +135,35 @@ static void test_presets(void) {
     CHECK(dn_pad_vocab(INT_MAX) == -1 && dn_pad_vocab(50257) == 50304, "dn_pad_vocab never overflows");
     CHECK(dn_config_preset(&c, "nope") == -1, "unknown preset refused");
     CHECK(dn_default_hidden(64) == 256 && dn_default_hidden(768) == 2048 && dn_default_hidden(1024) == 2816, "default hidden sizes");
-    /* table offsets tile the buffer and names are unique */
+    /* table offsets tile the buffer in order, each tensor aligned but those fused with the one
+     * before (adjacent to it), with gaps shorter than the alignment; names are unique */
     hybrid_config(&c, 0);
     dn_build_param_table(&t, &c, err, sizeof err);
     size_t pos = 0;
     int tiled = 1, unique = 1;
     for (int i = 0; i < t.n_params; i++) {
-        tiled &= t.params[i].offset == pos;
-        pos += t.params[i].mem_numel;
-        for (int j = 0; j < i; j++) unique &= strcmp(t.params[i].name, t.params[j].name) != 0;
+        const DNParam *p = &t.params[i];
+        const int joined = p->kind == DN_P_UP || ((p->kind == DN_P_K || p->kind == DN_P_V || p->kind == DN_P_K_CONV ||
+                                                   p->kind == DN_P_V_CONV) && c.layers[p->layer] == 'D');
+        tiled &= joined ? p->offset == pos : p->offset % DN_PARAM_ALIGN == 0 && p->offset >= pos && p->offset - pos < DN_PARAM_ALIGN;
+        pos = p->offset + p->mem_numel;
+        for (int j = 0; j < i; j++) unique &= strcmp(p->name, t.params[j].name) != 0;
     }
-    CHECK(tiled && pos == t.total && unique, "parameter table tiles the buffer with unique names");
+    CHECK(tiled && pos == t.total && unique, "parameter table tiles the buffer in order (aligned; fused tensors adjacent) with unique names");
+    dn_free_param_table(&t);
+    /* a gated layer's 6-float A_log / dt_bias leave every later tensor aligned (gdn preset) */
+    DNConfig g;
+    dn_config_preset(&g, "gdn");
+    dn_build_param_table(&t, &g, err, sizeof err);
+    int aligned = 1, gaps = 0;
+    for (int i = 0; i < t.n_params; i++) {
+        aligned &= t.params[i].offset % DN_PARAM_ALIGN == 0;
+        gaps += i && t.params[i].offset != t.params[i - 1].offset + t.params[i - 1].mem_numel;
+    }
+    CHECK(aligned && gaps == 2 * g.n_layer, "gdn: every tensor aligned to %d elements, two gaps a layer (after A_log and dt_bias): %d gaps", DN_PARAM_ALIGN, gaps);
+    dn_free_param_table(&t);
+    hybrid_config(&c, 0);
+    dn_build_param_table(&t, &c, err, sizeof err);
     CHECK(t.layer[1].p[DN_P_B] == DN_NO_PARAM && t.layer[0].p[DN_P_B] != DN_NO_PARAM, "per-layer offsets follow the layer kind");
     CHECK(t.params[dn_find_param(&t, "model.layers.1.attn.k_proj.weight")].shape[0] == 16, "GQA k_proj rows = kv_heads * head size");
     CHECK(dn_find_param(&t, "lm_head.weight") >= 0, "untied model has lm_head");

@@ -28,16 +28,18 @@ static void test_decay(int N, int H, DNRng *r) {
     CHECK_REL(rel(download(d_g, n), rg), 1e-5, "%s decay fwd N=%d H=%d", tn, N, H);
     T *d_da = alloc_poisoned<T>(n);
     float *d_dA = upload<float>(dA0), *d_ddt = upload<float>(ddt0);
-    gdn_decay_backward(d_da, d_dA, d_ddt, d_dg, d_a, d_A, d_dt, N, H, 0);
+    float *d_scr = alloc_poisoned<float>(gdn_decay_backward_scratch_floats(N, H));
+    gdn_decay_backward(d_da, d_dA, d_ddt, d_scr, d_dg, d_a, d_A, d_dt, N, H, 0);
     Vec dA1 = download(d_dA, H), ddt1 = download(d_ddt, H);
     CHECK_REL(rel(download(d_da, n), rda), tol<T>(), "%s decay bwd da N=%d H=%d", tn, N, H);
     CHECK_REL(rel(dA1, rdA), 1e-5, "%s decay bwd dA_log (+=) N=%d H=%d", tn, N, H);
     CHECK_REL(rel(ddt1, rddt), 1e-5, "%s decay bwd ddt_bias (+=) N=%d H=%d", tn, N, H);
     /* the per-head sums are bitwise reproducible */
     set<float>(d_dA, dA0); set<float>(d_ddt, ddt0);
-    gdn_decay_backward(d_da, d_dA, d_ddt, d_dg, d_a, d_A, d_dt, N, H, 0);
+    gdn_decay_backward(d_da, d_dA, d_ddt, d_scr, d_dg, d_a, d_A, d_dt, N, H, 0);
     CHECK(same_bits(download(d_dA, H), dA1) && same_bits(download(d_ddt, H), ddt1), "%s decay bwd: dA_log, ddt_bias reproducible", tn);
     cudaFree(d_a); cudaFree(d_A); cudaFree(d_dt); cudaFree(d_dg); cudaFree(d_g); cudaFree(d_da); cudaFree(d_dA); cudaFree(d_ddt);
+    cudaFree(d_scr);
 }
 
 /* ---- gated output norm ---------------------------------------------------------------------------- */
@@ -81,6 +83,7 @@ static void run(DNRng *r) {
     test_decay<T>(1, 1, r);
     test_decay<T>(67, 3, r);
     if (!g_small) test_decay<T>(2 * 2049, 6, r);
+    if (!g_small) test_decay<T>(128 * 512 + 77, 5, r); /* more rows than the slabs' rows: a grid-stride loop */
     test_gated_norm<T>(1, 7, r);
     test_gated_norm<T>(3 * 67, 128, r);  /* B*T*H rows of V = 128 */
     test_gated_norm<T>(2 * 67 * 3, 100, r);
