@@ -165,7 +165,7 @@ $(BUILD)/trainer.$(TRAIN_MODE):
 	@rm -f $(BUILD)/trainer.gpu $(BUILD)/trainer.cpu && touch $@
 $(BIN)/train_deltanet: train_deltanet.cu $(KERNEL_HDRS) $(LIB_OBJS) $(HEADERS) $(BUILD)/trainer.$(TRAIN_MODE) | deps
 ifneq ($(NVCC_PATH),)
-	$(NVCC_PATH) $(NVFLAGS) $(REQ_NVFLAGS) $< $(LIB_OBJS) -o $@ $(NVLIBS)
+	$(NVCC_PATH) $(NVFLAGS) $(REQ_NVFLAGS) $< $(LIB_OBJS) -o $@ $(NVLIBS) -lnccl
 else
 	@echo "nvcc not found: building the CPU-only trainer (install the CUDA toolkit to train on a GPU)"
 	$(CPU_TRAIN_CMD)

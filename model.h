@@ -300,6 +300,7 @@ typedef struct {
     uint64_t rng_state;
     long data_shard;
     long data_pos;
+    long data_ranks; /* data-parallel ranks that trained it (0 read as 1; absent in older states: 1) */
     char note[128];  /* free text, e.g. the run's command line; may be empty */
 } DNTrainState;
 int dn_state_write(const char *path, const DNParamTable *t, const float *m, const float *v,

@@ -51,11 +51,13 @@
 #include <unistd.h>
 #include <omp.h>
 #ifndef DN_CPU_ONLY
+#include <nccl.h>
 #include "kernels/model_gpu.cuh"
 #endif
 #include "ref/reference.h"
 extern "C" {
 #include "src/data.h"
+#include "src/dist.h"
 #include "src/mask.h"
 #include "src/tokenizer.h"
 #include "src/sample.h"
@@ -84,6 +86,9 @@ typedef struct {
     int ckpt_every, fp32, no_graph, profile, cpu;
     char cmdline[128];
 } TrainArgs;
+
+/* Data parallelism: this process's rank and group (src/dist.h; rank 0 of 1 without a launcher). */
+static DistEnv g_env;
 
 /* What the backend does not say on the command line: the model and the batch shape. The CPU's are
  * small enough that a step of the reference takes about a second on two cores. */
@@ -186,6 +191,7 @@ static void usage(const char *prog, FILE *f) {
 static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void die(const char *fmt, ...) {
     va_list ap;
+    if (g_env.world > 1) fprintf(stderr, "rank %d: ", g_env.rank);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
@@ -310,8 +316,12 @@ static void resolve_defaults(TrainArgs *a, int cpu) {
     if (!a->model) a->model = cpu ? CPU_DEFAULT_MODEL : GPU_DEFAULT_MODEL;
     if (!a->B) a->B = cpu ? CPU_DEFAULT_B : GPU_DEFAULT_B;
     if (!a->T) a->T = cpu ? CPU_DEFAULT_T : GPU_DEFAULT_T;
-    if (a->total_batch == 0) a->total_batch = (long)a->B * a->T;
-    if (a->total_batch % ((long)a->B * a->T)) die("--total-batch %ld is not a multiple of B*T = %ld", a->total_batch, (long)a->B * a->T);
+    const long per = (long)a->B * a->T * g_env.world; /* one micro-batch on every rank */
+    if (a->total_batch == 0) a->total_batch = per;
+    if (a->total_batch % per) {
+        if (g_env.world > 1) die("--total-batch %ld is not a multiple of B*T*ranks = %d*%d*%d", a->total_batch, a->B, a->T, g_env.world);
+        die("--total-batch %ld is not a multiple of B*T = %ld", a->total_batch, per);
+    }
 }
 
 /* The model config from the preset and the flags. */
@@ -704,6 +714,92 @@ static void remove_stale_temps(const char *dir) {
 }
 
 // ----------------------------------------------------------------------------
+// data parallelism: one process a GPU, the gradients averaged over the group with NCCL
+
+#ifndef DN_CPU_ONLY
+static struct {
+    ncclComm_t comm;  /* NULL: one process */
+    double timeout_s; /* the longest a step may wait for the group (DN_DIST_TIMEOUT, default 300 s) */
+} g_nccl;
+
+static void nccl_check(ncclResult_t r, const char *what) {
+    if (r != ncclSuccess) die("NCCL %s: %s", what, ncclGetErrorString(r));
+}
+
+/* GPUModel.reduce: after the last micro-batch's backward, the mean over the ranks of the
+ * gradients and of the step's loss (the ranks then run the same AdamW on the same numbers). */
+static void dist_reduce(void *, float *grads, size_t n, float *loss, cudaStream_t st) {
+    nccl_check(ncclGroupStart(), "group start");
+    nccl_check(ncclAllReduce(grads, grads, n, ncclFloat, ncclAvg, g_nccl.comm, st), "all-reduce of the gradients");
+    nccl_check(ncclAllReduce(loss, loss, 1, ncclFloat, ncclAvg, g_nccl.comm, st), "all-reduce of the loss");
+    nccl_check(ncclGroupEnd(), "group end");
+}
+
+/* GPUModel.wait: the step's end, watching the group: a rank that failed or left (NCCL's
+ * asynchronous error) or a step stuck past the timeout ends this rank with one line, after
+ * aborting the communicator so that no collective is left waiting. */
+static void dist_wait(void *, cudaStream_t st) {
+    const double t0 = now_ms();
+    for (;;) {
+        const cudaError_t e = cudaStreamQuery(st);
+        if (e == cudaSuccess) return;
+        if (e != cudaErrorNotReady) cudaCheck(e);
+        ncclResult_t ae = ncclSuccess;
+        ncclCommGetAsyncError(g_nccl.comm, &ae);
+        if (ae != ncclSuccess && ae != ncclInProgress) {
+            ncclCommAbort(g_nccl.comm);
+            die("NCCL: %s: another rank failed or left: stopping", ncclGetErrorString(ae));
+        }
+        if (now_ms() - t0 > 1e3 * g_nccl.timeout_s) {
+            ncclCommAbort(g_nccl.comm);
+            die("a step has waited %.0f s for the other ranks (DN_DIST_TIMEOUT): one of them is gone or stuck: stopping",
+                g_nccl.timeout_s);
+        }
+        const struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Before any other CUDA work: this rank's GPU (its local rank), NCCL's id from rank 0, the
+ * communicator. NVLink multicast (NVLS) stays off. */
+static void dist_setup(int ndev) {
+    if (g_env.local_rank >= ndev)
+        die("local rank %d, but this host has %d CUDA device%s: one GPU a rank", g_env.local_rank, ndev, ndev == 1 ? "" : "s");
+    cudaCheck(cudaSetDevice(g_env.local_rank));
+    setenv("NCCL_NVLS_ENABLE", "0", 1);
+    const char *to = getenv("DN_DIST_TIMEOUT");
+    g_nccl.timeout_s = to && atof(to) > 0 ? atof(to) : 300.0;
+    ncclUniqueId id;
+    memset(&id, 0, sizeof id);
+    if (g_env.rank == 0) nccl_check(ncclGetUniqueId(&id), "unique id");
+    char err[DN_ERR_LEN];
+    if (dist_share_id(&g_env, &id, sizeof id, (int)g_nccl.timeout_s, err, sizeof err)) die("%s", err);
+    nccl_check(ncclCommInitRank(&g_nccl.comm, g_env.world, id, g_env.rank), "communicator");
+    int v = 0;
+    ncclGetVersion(&v);
+    printf("data parallel: %d ranks (%s, %d on this host), rank 0 at %s:%d | NCCL %d.%d.%d | NCCL_NVLS_ENABLE=0",
+           g_env.world, g_env.launcher, g_env.local_world, g_env.master_addr, g_env.master_port, v / 10000, (v / 100) % 100,
+           v % 100);
+    extern char **environ;
+    for (char **e = environ; *e; e++)
+        if (!strncmp(*e, "NCCL_", 5) && strncmp(*e, "NCCL_NVLS_ENABLE=", 17)) printf(" | %.80s", *e);
+    printf("\n");
+}
+
+static void dist_finish(void) {
+    if (g_nccl.comm) ncclCommDestroy(g_nccl.comm);
+    g_nccl.comm = NULL;
+}
+
+template <typename floatX> static void model_attach_dist(GPUModel<floatX> *m) {
+    if (!g_nccl.comm) return;
+    m->reduce = dist_reduce;
+    m->wait = dist_wait;
+}
+#endif
+static void model_attach_dist(CPUModel *) {}
+
+// ----------------------------------------------------------------------------
 // the trainer
 
 template <typename Model> struct Trainer {
@@ -771,6 +867,10 @@ static void setup_io(Trainer<Model> *tr) {
         missing_data(a->train_pattern, err, V);
     }
     if (a->random_windows && sl_set_random(&tr->shuf, err, sizeof err)) die("training data: %s", err);
+    if (g_env.world > 1) {
+        if (a->no_shuffle) die("--no-shuffle reads the shards in file order on one process: drop it to train on %d ranks", g_env.world);
+        if (sl_set_rank(&tr->shuf, g_env.rank, g_env.world, err, sizeof err)) die("training data: %s", err);
+    }
     if (a->no_shuffle)
         for (size_t i = 0; i < tr->train.nfiles; i++)
             if (mask_exists(tr->train.files[i]))
@@ -796,12 +896,12 @@ static void setup_io(Trainer<Model> *tr) {
         }
         tr->have_val = 1;
     }
-    if (a->sample_every > 0) {
+    if (a->sample_every > 0 && g_env.rank == 0) {
         tr->have_tok = !tok_load(&tr->tok, NULL, err, sizeof err);
         if (!tr->have_tok) fprintf(stderr, "note: no samples (%s)\n", err);
         else if (tr->tok.vocab_size > V) { tok_free(&tr->tok); tr->have_tok = 0; fprintf(stderr, "note: no samples: the model's vocabulary is smaller than GPT-2's\n"); }
     }
-    if (a->log_path) {
+    if (a->log_path && g_env.rank == 0) {
         size_t n = strlen(a->log_path);
         tr->log_csv = n >= 4 && !strcmp(a->log_path + n - 4, ".csv");
         tr->log = fopen(a->log_path, a->resume ? "a" : "w");
@@ -839,8 +939,9 @@ static void setup_model(Trainer<Model> *tr) {
     } else {
         tr->cfg = build_config(a);
     }
-    tr->accum = (int)(a->total_batch / ((long)a->B * a->T));
+    tr->accum = (int)(a->total_batch / ((long)a->B * a->T * g_env.world));
     model_create(&tr->m, &tr->cfg, a->B, a->T, tr->accum);
+    model_attach_dist(&tr->m);
     model_profile_begin(&tr->m, a);
     const DNParamTable *t = &tr->m.t;
     tr->h_params = (float *)malloc(t->total * sizeof(float));
@@ -854,6 +955,10 @@ static void setup_model(Trainer<Model> *tr) {
             die("--resume: the weights %s are of step %ld but the training state %s is of step %ld: they do not "
                 "belong together (an interrupted save?); resume from another model_<step>.safetensors", a->resume,
                 tr->step, state_path, st.step);
+        if ((st.data_ranks ? st.data_ranks : 1) != g_env.world)
+            die("--resume: %s was written by a run of %ld rank%s and this one has %d: resume with the same number of ranks "
+                "(the data order depends on it)", state_path, st.data_ranks ? st.data_ranks : 1, st.data_ranks > 1 ? "s" : "",
+                g_env.world);
         model_set_params(&tr->m, params);
         model_set_adam(&tr->m, tr->h_m, tr->h_v);
         tr->rng.s = st.rng_state;
@@ -1004,6 +1109,7 @@ static void link_latest(const char *dir, const char *link, const char *target) {
  * (+ .state). */
 template <typename Model>
 static void save_checkpoint(Trainer<Model> *tr, int final) {
+    if (g_env.rank != 0) return; /* the ranks hold the same weights and moments: rank 0 writes */
     char path[DN_PATH_MAX], sp[DN_PATH_MAX], err[DN_ERR_LEN], stepbuf[32];
     if (dn_path(path, sizeof path, err, sizeof err, "%s/model_%06ld.safetensors", tr->a.out_dir, tr->step) ||
         dn_path(sp, sizeof sp, err, sizeof err, "%s.state", path))
@@ -1016,6 +1122,7 @@ static void save_checkpoint(Trainer<Model> *tr, int final) {
     memset(&st, 0, sizeof st);
     st.step = tr->step;
     st.rng_state = tr->rng.s;
+    st.data_ranks = g_env.world;
     train_position(tr, &st.data_shard, &st.data_pos);
     snprintf(st.note, sizeof st.note, "%s", tr->a.cmdline);
     /* state first, weights last: a weights file on disk always has its state beside it */
@@ -1082,7 +1189,7 @@ static void train_step(Trainer<Model> *tr) {
         exit(EXIT_FAILURE);
     }
     const double tok_s = tr->a.total_batch / (ms / 1e3);
-    const double mfu = tr->peak_flops > 0 ? tr->flops_tok * tok_s / tr->peak_flops : 0.0;
+    const double mfu = tr->peak_flops > 0 ? tr->flops_tok * tok_s / (tr->peak_flops * g_env.world) : 0.0;
     char mfus[32] = "";
     if (tr->peak_flops > 0) snprintf(mfus, sizeof mfus, " | MFU %.1f%%", 100.0 * mfu);
     printf("step %5ld/%d | loss %.6f | lr %.3e | norm %.4f | %.1f ms | %.0f tok/s%s\n", step, tr->a.steps,
@@ -1103,6 +1210,9 @@ static void finish(Trainer<Model> *tr) {
     free(tr->val_inputs); free(tr->val_targets); free(tr->val_mask); free(tr->h_mask);
     model_free(&tr->m);
     free(tr->h_params); free(tr->h_m); free(tr->h_v);
+#ifndef DN_CPU_ONLY
+    dist_finish();
+#endif
 }
 
 template <typename Model>
@@ -1157,10 +1267,18 @@ int main(int argc, char **argv) {
     }
 #endif
     (void)whybuf;
+    char derr[DN_ERR_LEN];
+    if (dist_from_env(&g_env, derr, sizeof derr)) die("%s", derr);
+    /* launched as ranks (any launcher's variables, even a group of one): the data-parallel path */
+    if (g_env.world > 1 && why) die("%d ranks (%s): data parallelism needs a CUDA GPU for every rank, and %s", g_env.world, g_env.launcher, why);
+#ifndef DN_CPU_ONLY
+    if (!why && (g_env.world > 1 || strcmp(g_env.launcher, "single process"))) dist_setup(ndev);
+#endif
+    if (g_env.rank > 0 && !freopen("/dev/null", "w", stdout)) die("cannot silence stdout: %s", strerror(errno));
     if (why) printf("training on the CPU (%s)\n", why);
     resolve_defaults(&a, why != NULL);
     prepare_out_dir(a.out_dir);
-    remove_stale_temps(a.out_dir);
+    if (g_env.rank == 0) remove_stale_temps(a.out_dir);
     if (why) return run<CPUModel>(&a);
 #ifndef DN_CPU_ONLY
     return a.fp32 ? run<GPUModel<float>>(&a) : run<GPUModel<bf16>>(&a);

@@ -427,6 +427,7 @@ static void gpu_step_enqueue(GPUModel<floatX> *m) {
         gpu_head(m, tgt, (int)N, 1, 1.0f / m->accum, m->d_loss, 1.0f / m->accum, m->d_wts ? m->d_wts + (size_t)i * N : NULL);
         gpu_backward(m, inp, m->B, m->T);
     }
+    if (m->reduce) m->reduce(m->dist_ctx, m->grads, P, m->d_loss, st); /* several ranks: the group's mean */
     grad_norm(m->d_gn, m->norm_scratch, m->grads, P, m->d_hp, st);
     floatX *copy = (void *)m->wx == (void *)m->params ? (floatX *)NULL : m->wx;
     adamw_update(m->params, copy, m->adam_m, m->adam_v, m->grads, P, &m->seg, m->d_hp, m->d_gn, st);
@@ -459,7 +460,8 @@ static float gpu_train_step(GPUModel<floatX> *m, const GPUOptim *o, long step, f
     }
     if (m->have_graph && !profiling) cudaCheck(cudaGraphLaunch(m->graph, m->stream));
     else gpu_step_enqueue(m);
-    cudaCheck(cudaStreamSynchronize(m->stream));
+    if (m->wait) m->wait(m->dist_ctx, m->stream);
+    else cudaCheck(cudaStreamSynchronize(m->stream));
     prof_collect(m->prof);
     m->steps_run++;
     if (norm) *norm = m->h_out[1];

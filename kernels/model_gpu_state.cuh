@@ -181,6 +181,13 @@ template <typename floatX> struct GPUModel {
     float *h_out;       /* pinned: [0] loss, [1] grad norm */
     float *norm_scratch;
     GPUProf *prof;      /* NULL unless profiling */
+    /* data parallelism (set by train_deltanet for several ranks; NULL for one process):
+     * reduce(ctx, grads, n, loss, stream) makes the gradients and the step's loss the group's
+     * mean after the last micro-batch's backward (enqueued, so the CUDA graph captures it);
+     * wait(ctx, stream) replaces the host's wait for the step (it can watch the group). */
+    void (*reduce)(void *ctx, float *grads, size_t n, float *loss, cudaStream_t stream);
+    void (*wait)(void *ctx, cudaStream_t stream);
+    void *dist_ctx;
     /* the captured step */
     int steps_run;
     int use_graph;

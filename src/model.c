@@ -1163,15 +1163,16 @@ int dn_checkpoint_step(const char *path, long *step, char *err, size_t errlen) {
 
 int dn_state_write(const char *path, const DNParamTable *t, const float *m, const float *v,
                    const DNTrainState *st, char *err, size_t errlen) {
-    char ver[24], step[24], rng[24], shard[24], pos[24], total[24];
+    char ver[24], step[24], rng[24], shard[24], pos[24], total[24], ranks[24];
     snprintf(ver, sizeof ver, "%d", DN_FORMAT_VERSION);
     snprintf(step, sizeof step, "%ld", st->step);
     snprintf(rng, sizeof rng, "%llu", (unsigned long long)st->rng_state);
     snprintf(shard, sizeof shard, "%ld", st->data_shard);
     snprintf(pos, sizeof pos, "%ld", st->data_pos);
     snprintf(total, sizeof total, "%zu", t->total);
+    snprintf(ranks, sizeof ranks, "%ld", st->data_ranks > 1 ? st->data_ranks : 1L);
     const char *meta[] = {"format", DN_STATE_FORMAT, "format_version", ver, "step", step, "rng_state", rng,
-                          "data_shard", shard, "data_pos", pos, "n_params_mem", total, "layers", t->cfg.layers,
+                          "data_shard", shard, "data_pos", pos, "data_ranks", ranks, "n_params_mem", total, "layers", t->cfg.layers,
                           "note", st->note, NULL, NULL};
     DNStWrite ts[2];
     memset(ts, 0, sizeof ts);
@@ -1202,6 +1203,8 @@ int dn_state_read(const char *path, const DNParamTable *t, float *m, float *v, D
     if (dn_meta_long(&s, "step", 0, LONG_MAX, &st->step, path, err, errlen)) goto done;
     if (dn_meta_long(&s, "data_shard", 0, LONG_MAX, &st->data_shard, path, err, errlen)) goto done;
     if (dn_meta_long(&s, "data_pos", 0, LONG_MAX, &st->data_pos, path, err, errlen)) goto done;
+    st->data_ranks = 1; /* states written before data parallelism: one rank */
+    if (dn_st_meta(&s, "data_ranks") && dn_meta_long(&s, "data_ranks", 1, 1L << 20, &st->data_ranks, path, err, errlen)) goto done;
     /* digits only: strtoull would take "-1" (and wrap it) or " 5"; and never 0, the state
      * xorshift cannot leave */
     rng = dn_st_meta(&s, "rng_state");

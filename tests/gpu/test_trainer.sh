@@ -6,7 +6,10 @@
 #   2. exact resume: N steps straight == N/2 + --resume + N/2 (fp32, losses within 1e-5);
 #   3. missing shards are one clear message and a non-zero exit;
 #   4. a NaN loss stops the run naming the step, and the last checkpoint survives;
-#   5. running out of GPU memory is one clear message (the batch sized from the free memory).
+#   5. running out of GPU memory is one clear message (the batch sized from the free memory);
+#   6. data parallelism's path on one GPU (RANK=0 WORLD_SIZE=1: NCCL's communicator of one, the
+#      all-reduce in the captured step, the watched wait) gives the plain run's losses exactly, and
+#      its state records one rank; a resume with another rank count is refused in one line.
 # Ends with "[test_trainer] N passed, N failed" like the other test programs.
 set -u
 cd "$(dirname "$0")/../.."
@@ -88,6 +91,41 @@ elif grep -q "^out of GPU memory" "$tmp/o.log" && ! grep -qi "cuda error\|segmen
     ok "out of memory (B=$ob, $free_mib MiB free): $(grep "^out of GPU memory" "$tmp/o.log" | head -1)"
 else
     bad "out of memory (B=$ob): unclear message: $(tail -3 "$tmp/o.log")"
+fi
+
+# 6. one rank through the data-parallel path == the plain run (fp32: bit for bit)
+dp="$common -b 4 -t 256 -x 12 -v 0 -c 6"
+if ./train_deltanet $dp -o "$tmp/p1" --log "$tmp/p1.jsonl" >"$tmp/p1.log" 2>&1 &&
+   RANK=0 WORLD_SIZE=1 MASTER_PORT=29611 ./train_deltanet $dp -o "$tmp/p2" --log "$tmp/p2.jsonl" >"$tmp/p2.log" 2>&1; then
+    same=$(python3 - "$tmp/p1.jsonl" "$tmp/p2.jsonl" <<'PY'
+import json, sys
+a, b = ([(r["step"], r["loss"]) for r in map(json.loads, open(p)) if r["kind"] == "train"] for p in sys.argv[1:3])
+print("yes" if a == b and len(a) == 12 else f"no: {a[:3]} vs {b[:3]}")
+PY
+)
+    if [ "$same" = yes ] && grep -q "^data parallel: 1 ranks (environment" "$tmp/p2.log"; then
+        ok "RANK=0 WORLD_SIZE=1 through NCCL: the 12 losses equal the plain run's; $(grep '^data parallel' "$tmp/p2.log")"
+    else
+        bad "one rank through NCCL: $same $(grep -E '^data parallel|rank' "$tmp/p2.log" | head -2)"
+    fi
+    out=$(RANK=0 WORLD_SIZE=1 MASTER_PORT=29612 ./train_deltanet $dp -x 14 -o "$tmp/p3" --resume "$tmp/p1/model_000006.safetensors" 2>&1 >/dev/null)
+    # a state of 1 rank resumes on 1 rank; forge 2 to check the refusal
+    python3 - "$tmp/p1/model_000006.safetensors.state" "$tmp/p4.state" <<'PY'
+import json, struct, sys
+raw = open(sys.argv[1], "rb").read(); n = struct.unpack("<Q", raw[:8])[0]; h = json.loads(raw[8:8 + n])
+h["__metadata__"]["data_ranks"] = "2"
+nh = json.dumps(h, separators=(",", ":")).encode(); nh += b" " * ((8 - len(nh) % 8) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(nh)) + nh + raw[8 + n:])
+PY
+    cp "$tmp/p1/model_000006.safetensors" "$tmp/p4"
+    out2=$(./train_deltanet $dp -x 14 -o "$tmp/p5" --resume "$tmp/p4" 2>&1 >/dev/null); rc=$?
+    if [ -z "$out" ] && [ $rc -ne 0 ] && [ "$(printf '%s\n' "$out2" | grep -c .)" = 1 ] && printf '%s' "$out2" | grep -q "2 ranks and this one has 1"; then
+        ok "resume: 1 rank's state on 1 rank runs; a 2-rank state on 1 rank is refused: $out2"
+    else
+        bad "resume rank count: '$out' / exit $rc '$out2'"
+    fi
+else
+    bad "data-parallel runs failed: $(tail -2 "$tmp/p1.log" "$tmp/p2.log")"
 fi
 
 echo "[test_trainer] $pass passed, $fail failed"
