@@ -10,7 +10,7 @@
  *   the environment         RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE (torchrun's names)
  *   none of them            rank 0 of 1
  * (Slurm's own SLURM_PROCID / SLURM_NTASKS are not read: a batch script's single process carries
- * them too; launch with srun --mpi=pmix or mpirun, or set RANK / WORLD_SIZE.)
+ * them too; run mpirun inside the allocation, or set RANK / WORLD_SIZE.)
  * Rank 0 is reached at MASTER_ADDR:MASTER_PORT (defaults 127.0.0.1 and 29500, which serve only
  * ranks on one host: a group spread over hosts must set MASTER_ADDR). The GPU of a process is its
  * local rank.

@@ -8,7 +8,7 @@
 #   4. a NaN loss stops the run naming the step, and the last checkpoint survives;
 #   5. running out of GPU memory is one clear message (the batch sized from the free memory);
 #   6. data parallelism's path on one GPU (RANK=0 WORLD_SIZE=1: NCCL's communicator of one, the
-#      all-reduce in the captured step, the watched wait) gives the plain run's losses exactly, and
+#      all-reduce in the captured step, the watched wait) gives the plain run's losses (1e-5), and
 #      its state records one rank; a resume with another rank count is refused in one line.
 # Ends with "[test_trainer] N passed, N failed" like the other test programs.
 set -u
@@ -93,20 +93,21 @@ else
     bad "out of memory (B=$ob): unclear message: $(tail -3 "$tmp/o.log")"
 fi
 
-# 6. one rank through the data-parallel path == the plain run (fp32: bit for bit)
+# 6. one rank through the data-parallel path == the plain run (fp32: within 1e-5 a step, as two plain
+#    runs: attention's dq is summed with float atomics, so runs of this model differ in the last bits)
 dp="$common -b 4 -t 256 -x 12 -v 0 -c 6"
 if ./train_deltanet $dp -o "$tmp/p1" --log "$tmp/p1.jsonl" >"$tmp/p1.log" 2>&1 &&
    RANK=0 WORLD_SIZE=1 MASTER_PORT=29611 ./train_deltanet $dp -o "$tmp/p2" --log "$tmp/p2.jsonl" >"$tmp/p2.log" 2>&1; then
-    same=$(python3 - "$tmp/p1.jsonl" "$tmp/p2.jsonl" <<'PY'
+    d=$(python3 - "$tmp/p1.jsonl" "$tmp/p2.jsonl" <<'PY'
 import json, sys
-a, b = ([(r["step"], r["loss"]) for r in map(json.loads, open(p)) if r["kind"] == "train"] for p in sys.argv[1:3])
-print("yes" if a == b and len(a) == 12 else f"no: {a[:3]} vs {b[:3]}")
+a, b = ({r["step"]: r["loss"] for r in map(json.loads, open(p)) if r["kind"] == "train"} for p in sys.argv[1:3])
+print(max(abs(a[s] - b[s]) / abs(a[s]) for s in a) if len(a) == 12 and sorted(a) == sorted(b) else "nan")
 PY
 )
-    if [ "$same" = yes ] && grep -q "^data parallel: 1 ranks (environment" "$tmp/p2.log"; then
-        ok "RANK=0 WORLD_SIZE=1 through NCCL: the 12 losses equal the plain run's; $(grep '^data parallel' "$tmp/p2.log")"
+    if awk -v d="$d" 'BEGIN { exit !(d == d + 0 && d <= 1e-5) }' && grep -q "^data parallel: 1 ranks (environment" "$tmp/p2.log"; then
+        ok "RANK=0 WORLD_SIZE=1 through NCCL: the 12 losses match the plain run's (max rel diff $d); $(grep '^data parallel' "$tmp/p2.log")"
     else
-        bad "one rank through NCCL: $same $(grep -E '^data parallel|rank' "$tmp/p2.log" | head -2)"
+        bad "one rank through NCCL: max rel loss diff '$d'; $(grep -E '^data parallel|rank' "$tmp/p2.log" | head -2)"
     fi
     out=$(RANK=0 WORLD_SIZE=1 MASTER_PORT=29612 ./train_deltanet $dp -x 14 -o "$tmp/p3" --resume "$tmp/p1/model_000006.safetensors" 2>&1 >/dev/null)
     # a state of 1 rank resumes on 1 rank; forge 2 to check the refusal
