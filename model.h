@@ -305,6 +305,9 @@ typedef struct {
 } DNTrainState;
 int dn_state_write(const char *path, const DNParamTable *t, const float *m, const float *v,
                    const DNTrainState *st, char *err, size_t errlen);
+/* m, v [t->total]. States written before the tensors were aligned (their buffers packed, which
+ * differs only for models with tensors of sizes off the alignment: gated layers) are read into the
+ * aligned layout. */
 int dn_state_read(const char *path, const DNParamTable *t, float *m, float *v, DNTrainState *st,
                   char *err, size_t errlen);
 

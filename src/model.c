@@ -1182,12 +1182,40 @@ int dn_state_write(const char *path, const DNParamTable *t, const float *m, cons
     return dn_st_write(path, ts, 2, meta, NULL, err, errlen);
 }
 
+/* The buffer length of the table's tensors packed with no gaps: the layout of states written before
+ * tensors were aligned (DN_PARAM_ALIGN; 2026-12-03). Differs from t->total only where a tensor's
+ * size is not a multiple of the alignment (a gated layer's A_log, dt_bias). */
+static size_t dn_packed_total(const DNParamTable *t) {
+    size_t n = 0;
+    for (int i = 0; i < t->n_params; i++) n += t->params[i].mem_numel;
+    return n;
+}
+
+/* x [t->total] holds a packed buffer in its first dn_packed_total(t) elements: move every tensor to
+ * its offset (last first: each moves up), zero the gaps. */
+static void dn_unpack(const DNParamTable *t, float *x) {
+    size_t at = dn_packed_total(t);
+    for (int i = t->n_params - 1; i >= 0; i--) {
+        const DNParam *p = &t->params[i];
+        at -= p->mem_numel;
+        memmove(x + p->offset, x + at, p->mem_numel * sizeof(float));
+    }
+    size_t end = 0;
+    for (int i = 0; i < t->n_params; i++) {
+        const DNParam *p = &t->params[i];
+        memset(x + end, 0, (p->offset - end) * sizeof(float));
+        end = p->offset + p->mem_numel;
+    }
+    memset(x + end, 0, (t->total - end) * sizeof(float));
+}
+
 int dn_state_read(const char *path, const DNParamTable *t, float *m, float *v, DNTrainState *st,
                   char *err, size_t errlen) {
     DNStFile s;
     if (dn_st_open(&s, path, err, errlen)) return -1;
     int rc = -1;
     long total = 0;
+    size_t len = t->total; /* the file's buffer length: ours, or the packed layout of older states */
     const char *layers = NULL, *rng = NULL, *note = NULL;
     char *end = NULL;
     char e1[DN_ESC_LEN];
@@ -1195,7 +1223,8 @@ int dn_state_read(const char *path, const DNParamTable *t, float *m, float *v, D
     if (dn_check_format(&s, DN_STATE_FORMAT, path, err, errlen)) goto done;
     if (dn_meta_long(&s, "n_params_mem", 0, LONG_MAX, &total, path, err, errlen)) goto done;
     layers = dn_st_meta(&s, "layers");
-    if ((size_t)total != t->total || !layers || strcmp(layers, t->cfg.layers)) {
+    if ((size_t)total == dn_packed_total(t) && (size_t)total < t->total) len = (size_t)total; /* read, then unpack */
+    if ((size_t)total != len || !layers || strcmp(layers, t->cfg.layers)) {
         dn_seterr(err, errlen, "%s: optimizer state is for another model (%ld parameters, layers '%s'; this model has %zu, '%s')",
                   path, total, layers ? dn_esc(e1, layers) : "?", t->total, t->cfg.layers);
         goto done;
@@ -1222,16 +1251,17 @@ int dn_state_read(const char *path, const DNParamTable *t, float *m, float *v, D
         const char *nm = i ? "adam.v" : "adam.m";
         float *x = i ? v : m;
         const DNStEntry *e = dn_st_find(&s, nm);
-        if (!e || e->dtype != DN_F32 || e->ndim != 1 || e->shape[0] != (int64_t)t->total) {
-            dn_seterr(err, errlen, "%s: tensor '%s' missing or not F32 [%zu]", path, nm, t->total); goto done;
+        if (!e || e->dtype != DN_F32 || e->ndim != 1 || e->shape[0] != (int64_t)len) {
+            dn_seterr(err, errlen, "%s: tensor '%s' missing or not F32 [%zu]", path, nm, len); goto done;
         }
-        if (dn_st_read_f32(&s, e, x, t->total)) { dn_seterr(err, errlen, "%s: read error in '%s'", path, nm); goto done; }
+        if (dn_st_read_f32(&s, e, x, len)) { dn_seterr(err, errlen, "%s: read error in '%s'", path, nm); goto done; }
         /* AdamW divides by sqrt(v): a NaN, an Inf or a negative v would poison every later step */
-        for (size_t j = 0; j < t->total; j++)
+        for (size_t j = 0; j < len; j++)
             if (!isfinite(x[j]) || (i && x[j] < 0.0f)) {
                 dn_seterr(err, errlen, "%s: '%s' element %zu is %g; moments must be finite%s", path, nm, j, (double)x[j], i ? " and second moments >= 0" : "");
                 goto done;
             }
+        if (len != t->total) dn_unpack(t, x);
     }
     rc = 0;
 done:

@@ -956,6 +956,46 @@ static void test_bf16(void) {
 /* Gated DeltaNet ('N'): the gdn preset's size beside d12's, its table (fla's names and shapes, no
  * weight decay on A_log and dt_bias, fla's init), the geometry's validation, a GDN hybrid's round
  * trip with its fla_config, files without the geometry keys (written before 'N' existed). */
+/* A training state written before the tensors were aligned (the packed layout: no gaps) of a model
+ * whose layout changed (gated layers: A_log, dt_bias of 3 floats) is read into the aligned layout. */
+static void test_state_packed(void) {
+    DNConfig c;
+    DNParamTable t;
+    char err[DN_ERR_LEN], path[512];
+    test_config(&c, "NSNG", 32, 2, 16, 96, 300, 384, 4, 2, 7, 1);
+    c.gdn_heads = 3; c.gdn_head_dim = 8; c.gdn_expand_v = 2;
+    CHECK(dn_build_param_table(&t, &c, err, sizeof err) == 0, "NSNG table: %s", err);
+    DNParamTable packed = t; /* the same tensors, offsets packed */
+    packed.params = xcalloc((size_t)t.n_params, sizeof(DNParam));
+    memcpy(packed.params, t.params, (size_t)t.n_params * sizeof(DNParam));
+    size_t at = 0;
+    for (int i = 0; i < t.n_params; i++) { packed.params[i].offset = at; at += t.params[i].mem_numel; }
+    packed.total = at;
+    CHECK(packed.total < t.total, "the gated test model's aligned layout has gaps (%zu > %zu packed)", t.total, packed.total);
+    float *pm = xcalloc(packed.total, sizeof(float)), *pv = xcalloc(packed.total, sizeof(float));
+    float *m = xcalloc(t.total, sizeof(float)), *v = xcalloc(t.total, sizeof(float));
+    for (size_t i = 0; i < packed.total; i++) { pm[i] = 1.0f + (float)i; pv[i] = 0.5f * (float)i; }
+    for (size_t i = 0; i < t.total; i++) m[i] = v[i] = -7.0f; /* overwritten everywhere, gaps with 0 */
+    DNTrainState st = {.step = 5, .rng_state = 99, .data_shard = 0, .data_pos = 0}, s2;
+    path_in(path, sizeof path, "packed.state");
+    CHECK(dn_state_write(path, &packed, pm, pv, &st, err, sizeof err) == 0, "packed state write: %s", err);
+    CHECK(dn_state_read(path, &t, m, v, &s2, err, sizeof err) == 0, "packed state read: %s", err);
+    int same = 1;
+    size_t end = 0, gaps = 0;
+    for (int i = 0; i < t.n_params; i++) {
+        const DNParam *p = &t.params[i];
+        for (size_t j = end; j < p->offset; j++) { same &= m[j] == 0.0f && v[j] == 0.0f; gaps++; }
+        same &= !memcmp(m + p->offset, pm + packed.params[i].offset, p->mem_numel * sizeof(float)) &&
+                !memcmp(v + p->offset, pv + packed.params[i].offset, p->mem_numel * sizeof(float));
+        end = p->offset + p->mem_numel;
+    }
+    for (size_t j = end; j < t.total; j++) { same &= m[j] == 0.0f && v[j] == 0.0f; gaps++; }
+    CHECK(same && gaps == t.total - packed.total && s2.step == 5,
+          "a packed (pre-alignment) state of a gated model: every tensor's moments at its aligned offset, %zu gap elements 0", gaps);
+    free(pm); free(pv); free(m); free(v); free(packed.params);
+    dn_free_param_table(&t);
+}
+
 static void test_gdn(void) {
     DNConfig c, c2;
     DNParamTable t, t12;
@@ -1097,6 +1137,7 @@ int main(void) {
     test_escape();
     test_roundtrip_and_corruption();
     test_gdn();
+    test_state_packed();
     test_state();
     test_step();
     test_not_regular();
