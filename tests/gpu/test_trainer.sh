@@ -20,6 +20,17 @@ tmp=$(mktemp -d /tmp/dn_trainer_XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 val=data/tinyshakespeare/tinyshakespeare_val.bin
 common="--fp32 --layers DSDG --window 64 --kv-heads 2 --sample-every 0"
+# The largest relative difference of the training losses of two --log files over the steps both
+# have, or nan unless they share exactly N steps; and whether such a number is at most 1e-5.
+max_rel_diff() {
+    python3 - "$1" "$2" "$3" <<'PY'
+import json, sys
+a, b = ({r["step"]: r["loss"] for r in map(json.loads, open(p)) if r["kind"] == "train"} for p in sys.argv[1:3])
+common = sorted(set(a) & set(b))
+print(max(abs(a[s] - b[s]) / abs(a[s]) for s in common) if len(common) == int(sys.argv[3]) else "nan")
+PY
+}
+within_1e5() { awk -v d="$1" 'BEGIN { exit !(d == d + 0 && d <= 1e-5) }'; }
 
 # 1. trainer val loss == infer --eval (8 rows x 512 tokens = the first 4096 predictions)
 if ./train_deltanet $common -x 40 -v 40 --val-batches 1 -o "$tmp/a" >"$tmp/a.log" 2>&1; then
@@ -38,15 +49,8 @@ fi
 r="$common -b 4 -t 256 -x 20 -v 0"
 if ./train_deltanet $r -c 10 -o "$tmp/r1" --log "$tmp/r1.jsonl" >"$tmp/r1.log" 2>&1 &&
    ./train_deltanet $r -o "$tmp/r2" --resume "$tmp/r1/model_000010.safetensors" --log "$tmp/r2.jsonl" >"$tmp/r2.log" 2>&1; then
-    d=$(python3 - "$tmp/r1.jsonl" "$tmp/r2.jsonl" <<'PY'
-import json, sys
-a = {r["step"]: r["loss"] for r in map(json.loads, open(sys.argv[1])) if r["kind"] == "train"}
-b = {r["step"]: r["loss"] for r in map(json.loads, open(sys.argv[2])) if r["kind"] == "train"}
-common = sorted(set(a) & set(b))
-print(max(abs(a[s] - b[s]) / abs(a[s]) for s in common) if len(common) == 10 else "nan")
-PY
-)
-    if awk -v d="$d" 'BEGIN { exit !(d == d + 0 && d <= 1e-5) }'; then
+    d=$(max_rel_diff "$tmp/r1.jsonl" "$tmp/r2.jsonl" 10)
+    if within_1e5 "$d"; then
         ok "resume: steps 11..20 after --resume match the straight run (max rel diff $d)"
     else
         bad "resume: max rel loss diff '$d'"
@@ -98,13 +102,8 @@ fi
 dp="$common -b 4 -t 256 -x 12 -v 0 -c 6"
 if ./train_deltanet $dp -o "$tmp/p1" --log "$tmp/p1.jsonl" >"$tmp/p1.log" 2>&1 &&
    RANK=0 WORLD_SIZE=1 MASTER_PORT=29611 ./train_deltanet $dp -o "$tmp/p2" --log "$tmp/p2.jsonl" >"$tmp/p2.log" 2>&1; then
-    d=$(python3 - "$tmp/p1.jsonl" "$tmp/p2.jsonl" <<'PY'
-import json, sys
-a, b = ({r["step"]: r["loss"] for r in map(json.loads, open(p)) if r["kind"] == "train"} for p in sys.argv[1:3])
-print(max(abs(a[s] - b[s]) / abs(a[s]) for s in a) if len(a) == 12 and sorted(a) == sorted(b) else "nan")
-PY
-)
-    if awk -v d="$d" 'BEGIN { exit !(d == d + 0 && d <= 1e-5) }' && grep -q "^data parallel: 1 ranks (environment" "$tmp/p2.log"; then
+    d=$(max_rel_diff "$tmp/p1.jsonl" "$tmp/p2.jsonl" 12)
+    if within_1e5 "$d" && grep -q "^data parallel: 1 ranks (environment" "$tmp/p2.log"; then
         ok "RANK=0 WORLD_SIZE=1 through NCCL: the 12 losses match the plain run's (max rel diff $d); $(grep '^data parallel' "$tmp/p2.log")"
     else
         bad "one rank through NCCL: max rel loss diff '$d'; $(grep -E '^data parallel|rank' "$tmp/p2.log" | head -2)"
