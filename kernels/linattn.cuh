@@ -10,14 +10,21 @@
  * so one kernel computes out_i = scale sum_{j in R(i)} (a_i . b_j) c_j with R(i) = {j <= i} (LOWER)
  * or {j >= i} (UPPER), over tiles of LA_TILE rows: a block holds one tile of a's rows, walks the
  * tiles of (b, c) rows that R allows, forms the LA_TILE x LA_TILE products in shared memory and
- * accumulates them times c in registers (fp32). This is the quadratic form, O(T^2 (K + V)) per head:
- * simple and exact rather than fast (MQAR's T = 512 costs nothing); the chunkwise state-passing
- * form of ref/linattn.c is the way to make it linear in T. Layout [B,T,H,X] for every tensor
- * (X = K for q, k and V for v, o); outputs are written (=), not accumulated. Head sizes up to
- * LA_MAX_DIM.
+ * accumulates them times c in registers (fp32). This is the quadratic form, O(T^2 (K + V)) per head;
+ * the chunkwise state-passing form of ref/linattn.c is the way to make it linear in T. Layout
+ * [B,T,H,X] for every tensor (X = K for q, k and V for v, o); outputs are written (=), not
+ * accumulated. Head sizes up to LA_MAX_DIM.
+ *
+ * Two kernels compute it. Head sizes 64 and 128 (the model's) take linattn_tc_kernel: tiles of 64
+ * rows, the 64 x 64 products (a_i . b_j) by the delta rule's warp products (deltarule_tiles.cuh:
+ * tensor cores for bf16, whose products are rounded to bf16 before they multiply c, as attention
+ * kernels do; exact fp32 FMAs for float), masked on the diagonal tile, then times the c tile. Any
+ * other size takes linattn_pairs_kernel: 16-row tiles, one scalar product per thread, fp32 (about
+ * 4x slower on MQAR's shapes, measured on an H200).
  */
 #pragma once
 #include "common.cuh"
+#include "deltarule_tiles.cuh" /* Mat, cp_tile, warp_mma, for_each_pair: the tensor-core tile products */
 
 // ----------------------------------------------------------------------------
 // kernel launchers (declarations; definitions at the end)
@@ -100,6 +107,80 @@ linattn_pairs_kernel(floatX *out, const floatX *a, const floatX *b, const floatX
     }
 }
 
+/* The same sum on tiles of 64 rows, head sizes P, Q in {64, 128}: block (row tile blockIdx.x, head
+ * blockIdx.y = b H + h) stages its a tile, then for each (b, c) tile that R allows forms
+ * S = a b^T (64 x 64, warp tiles of 16 x 32, those wholly outside R on the diagonal tile skipped),
+ * zeroes S outside R on the diagonal tile, and accumulates S c (warp tiles 32 x Q/4, fp32). Rows
+ * past T are staged as zeros and never written. */
+template <typename TX, int P, int Q> struct LaTcLayout {
+    static constexpr int LDP = padded<TX>(P), LDQ = padded<TX>(Q), LDS = padded<TX>(64);
+    static constexpr size_t O_B = (size_t)64 * LDP * sizeof(TX), O_C = 2 * O_B, O_S = O_C + (size_t)64 * LDQ * sizeof(TX),
+                            BYTES = O_S + (size_t)64 * LDS * sizeof(TX);
+};
+template <typename TX, int P, int Q, bool UPPER>
+__global__ void __launch_bounds__(dr::NTHREADS)
+    linattn_tc_kernel(TX *out, const TX *a, const TX *b, const TX *c, float scale, int T, int H) {
+    using namespace dr;
+    typedef LaTcLayout<TX, P, Q> L;
+    constexpr int NTO = Q / 32;
+    extern __shared__ __align__(16) unsigned char smem[];
+    TX *As = (TX *)smem, *Bs = (TX *)(smem + L::O_B), *Cs = (TX *)(smem + L::O_C), *Ss = (TX *)(smem + L::O_S);
+    const int it = blockIdx.x, bh = blockIdx.y, bb = bh / H, h = bh % H, w = threadIdx.x >> 5;
+    const size_t ldp = (size_t)H * P, ldq = (size_t)H * Q;
+    const TX *a0 = a + (size_t)bb * T * ldp + (size_t)h * P, *b0 = b + (size_t)bb * T * ldp + (size_t)h * P,
+             *c0 = c + (size_t)bb * T * ldq + (size_t)h * Q;
+    const int i0 = it * 64, ntile = (T + 63) / 64;
+    cp_tile<TX, 64, P>(As, L::LDP, a0 + (size_t)i0 * ldp, ldp, min(64, T - i0));
+    const Mat<TX> Am{As, L::LDP, 64}, Bm{Bs, L::LDP, 64}, Cm{Cs, L::LDQ, 64}, Sm{Ss, L::LDS, 64};
+    const int am0 = 16 * (w & 3), an0 = 32 * (w >> 2), bm0 = 32 * (w & 1), bn0 = (Q / 4) * (w >> 1);
+    float acc[2][NTO][4];
+    zero_acc(acc);
+    const int jt0 = UPPER ? it : 0, jt1 = UPPER ? ntile - 1 : it;
+    for (int jt = jt0; jt <= jt1; jt++) {
+        const int j0 = jt * 64;
+        __syncthreads(); /* the previous tile's B, C, S are read */
+        cp_tile<TX, 64, P>(Bs, L::LDP, b0 + (size_t)j0 * ldp, ldp, min(64, T - j0));
+        cp_tile<TX, 64, Q>(Cs, L::LDQ, c0 + (size_t)j0 * ldq, ldq, min(64, T - j0));
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        const bool diag = jt == it;
+        float s[1][4][4];
+        zero_acc(s);
+        if (!diag || (UPPER ? an0 + 31 >= am0 : an0 <= am0 + 15)) warp_mma<1, 4, false, true, P>(s, Am, am0, Bm, an0);
+        for_each_pair(s, am0, an0, [&](int r, int cc, float &x0, float &x1) {
+            const bool k0 = !diag || (UPPER ? cc >= r : cc <= r), k1 = !diag || (UPPER ? cc + 1 >= r : cc + 1 <= r);
+            st2(Ss + r * L::LDS + cc, k0 ? x0 : 0.0f, k1 ? x1 : 0.0f);
+        });
+        __syncthreads();
+        warp_mma<2, NTO, false, false, 64>(acc, Sm, bm0, Cm, bn0);
+    }
+    TX *o0 = out + (size_t)bb * T * ldq + (size_t)h * Q;
+    for_each_pair(acc, bm0, bn0, [&](int r, int cc, float &x0, float &x1) {
+        if (i0 + r < T) st2(o0 + (size_t)(i0 + r) * ldq + cc, scale * x0, scale * x1);
+    });
+}
+template <typename floatX, int P, int Q, bool UPPER>
+inline void linattn_tc(floatX *out, const floatX *a, const floatX *b, const floatX *c, float scale, int B, int T, int H,
+                       cudaStream_t stream) {
+    const size_t sm = LaTcLayout<floatX, P, Q>::BYTES;
+    static bool init = false;
+    if (!init) {
+        cudaCheck(cudaFuncSetAttribute(linattn_tc_kernel<floatX, P, Q, UPPER>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
+        init = true;
+    }
+    linattn_tc_kernel<floatX, P, Q, UPPER><<<dim3((T + 63) / 64, B * H), dr::NTHREADS, sm, stream>>>(out, a, b, c, scale, T, H);
+    cudaCheckLaunch();
+}
+
+/* The scalar kernel for any head sizes in [1, LA_MAX_DIM] (linattn_pairs checks them). */
+template <typename floatX, bool UPPER>
+inline void linattn_pairs_scalar(floatX *out, const floatX *a, const floatX *b, const floatX *c, float scale, int B,
+                                 int T, int H, int P, int Q, cudaStream_t stream) {
+    dim3 grid((T + LA_TILE - 1) / LA_TILE, B * H);
+    linattn_pairs_kernel<floatX, UPPER><<<grid, LA_THREADS, 0, stream>>>(out, a, b, c, scale, T, H, P, Q);
+    cudaCheckLaunch();
+}
 template <typename floatX, bool UPPER>
 inline void linattn_pairs(floatX *out, const floatX *a, const floatX *b, const floatX *c, float scale, int B, int T,
                           int H, int P, int Q, cudaStream_t stream) {
@@ -108,9 +189,14 @@ inline void linattn_pairs(floatX *out, const floatX *a, const floatX *b, const f
         exit(EXIT_FAILURE);
     }
     if (B <= 0 || T <= 0 || H <= 0) return;
-    dim3 grid((T + LA_TILE - 1) / LA_TILE, B * H);
-    linattn_pairs_kernel<floatX, UPPER><<<grid, LA_THREADS, 0, stream>>>(out, a, b, c, scale, T, H, P, Q);
-    cudaCheckLaunch();
+    if ((P == 64 || P == 128) && (Q == 64 || Q == 128)) {
+        if (P == 64 && Q == 64) linattn_tc<floatX, 64, 64, UPPER>(out, a, b, c, scale, B, T, H, stream);
+        else if (P == 64) linattn_tc<floatX, 64, 128, UPPER>(out, a, b, c, scale, B, T, H, stream);
+        else if (Q == 64) linattn_tc<floatX, 128, 64, UPPER>(out, a, b, c, scale, B, T, H, stream);
+        else linattn_tc<floatX, 128, 128, UPPER>(out, a, b, c, scale, B, T, H, stream);
+        return;
+    }
+    linattn_pairs_scalar<floatX, UPPER>(out, a, b, c, scale, B, T, H, P, Q, stream);
 }
 
 // ----------------------------------------------------------------------------

@@ -23,6 +23,7 @@
 #include "../../kernels/crossentropy.cuh"
 #include "../../kernels/reduce.cuh"
 #include "../../kernels/adamw.cuh"
+#include "../../kernels/linattn.cuh"
 #include "gpu_util.cuh"
 #include "../../model.h" /* DN_DEFAULT_L2_EPS */
 
@@ -267,5 +268,39 @@ int main(int argc, char **argv) {
     }
     matmul_destroy(ctx);
     cudaFree(A); cudaFree(Wt); cudaFree(O); cudaFree(dO); cudaFree(dA); cudaFree(dW);
+
+    /* linear attention ('L' layers) at MQAR's D=256 layer: the tensor-core kernel against the scalar one
+     * (fwd: one pair sum; bwd: three; FLOPs 2 x (P + Q) per kept pair, pairs T(T+1)/2 per head) */
+    {
+        const int LB = 64, LT = 512, LH = 4, LK = 64;
+        const size_t n = (size_t)LB * LT * LH * LK;
+        bf16 *q = rand_buf<bf16>(n, 80, 0.25f), *k = rand_buf<bf16>(n, 81, 0.25f), *v = rand_buf<bf16>(n, 82),
+             *o = rand_buf<bf16>(n, 83), *dq = rand_buf<bf16>(n, 84), *dk = rand_buf<bf16>(n, 85), *dv = rand_buf<bf16>(n, 86);
+        const float sc = 0.125f;
+        const double fl = 2.0 * (LK + LK) * (double)LB * LH * LT * (LT + 1) / 2;
+        printf("\nlinear attention, bf16, B=%d T=%d H=%d K=V=%d (MQAR's D=256 layer)\n", LB, LT, LH, LK);
+        printf("| %-34s | %8s | %6s |\n", "pass", "ms", "TFLOP/s");
+        printf("|------------------------------------|----------|--------|\n");
+        struct { const char *name; bool tc; } ks[] = {{"tensor cores", true}, {"scalar", false}};
+        for (auto &kk : ks) {
+            auto pairs = [&](bf16 *out, const bf16 *a, const bf16 *b, const bf16 *c, bool upper) {
+                if (kk.tc) {
+                    if (upper) linattn_tc<bf16, 64, 64, true>(out, a, b, c, sc, LB, LT, LH, st);
+                    else linattn_tc<bf16, 64, 64, false>(out, a, b, c, sc, LB, LT, LH, st);
+                } else {
+                    if (upper) linattn_pairs_scalar<bf16, true>(out, a, b, c, sc, LB, LT, LH, LK, LK, st);
+                    else linattn_pairs_scalar<bf16, false>(out, a, b, c, sc, LB, LT, LH, LK, LK, st);
+                }
+            };
+            char nm[64];
+            float ms = median_ms([&] { pairs(o, q, k, v, false); });
+            snprintf(nm, sizeof nm, "fwd (%s)", kk.name);
+            printf("| %-34s | %8.3f | %6.1f |\n", nm, ms, fl / (ms * 1e-3) / 1e12);
+            ms = median_ms([&] { pairs(dq, o, v, k, false); pairs(dk, v, o, q, true); pairs(dv, k, q, o, true); });
+            snprintf(nm, sizeof nm, "bwd (%s)", kk.name);
+            printf("| %-34s | %8.3f | %6.1f |\n", nm, ms, 3 * fl / (ms * 1e-3) / 1e12);
+        }
+        cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o); cudaFree(dq); cudaFree(dk); cudaFree(dv);
+    }
     return 0;
 }

@@ -2,7 +2,8 @@
  * test_linattn.cu -- kernels/linattn.cuh (linear attention, 'L' layers) against the CPU reference
  * (ref/linattn.c's recurrence from a zero state): the output and dq, dk, dv; the checks, tolerances
  * and flags (--small, --fp32, --bf16) are those of kernel_test.cuh. Odd shapes: T not a multiple of
- * the tile, K != V, several heads and batch rows.
+ * the tile, K != V, several heads and batch rows; head sizes 64/128 (the tensor-core kernel) and others
+ * (the scalar kernel).
  */
 #include "../../kernels/linattn.cuh"
 #include "kernel_test.cuh"
@@ -42,7 +43,11 @@ static void run(DNRng *r) {
     if (!g_small) {
         test_linattn<T>(3, 200, 2, 64, 64, r);
         test_linattn<T>(2, 513, 1, 128, 128, r);
+        test_linattn<T>(2, 130, 3, 64, 128, r); /* the tensor-core kernel with K != V (both orders) */
+        test_linattn<T>(1, 65, 2, 128, 64, r);
+        test_linattn<T>(64, 512, 4, 64, 64, r); /* MQAR's D=256 layer */
     }
+    test_linattn<T>(1, 3, 1, 64, 128, r);
 }
 
 int main(int argc, char **argv) {
