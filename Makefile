@@ -3,6 +3,7 @@
 #   make train      the trainer + TinyShakespeare     make test-gpu   GPU tests (on a GPU machine)
 #   make bench      benchmarks (print tables)         make data       TinyShakespeare token shards
 #   make test SAN=1 CPU tests under ASan + UBSan      make fuzz       libFuzzer targets, FUZZ_SECONDS each
+#   make bench-scaling  tokens/s on 1, 2, 4, 8 GPUs (mpirun; scripts/bench_scaling.sh)
 #
 # Dependencies: a C compiler, libcjson-dev, libpcre2-dev, python3 for the tests; clang with its
 # sanitizer runtimes and libomp for SAN=1 and fuzz; the CUDA toolkit for the GPU code. Every build
@@ -94,7 +95,7 @@ GPU_BENCH_SRCS := $(wildcard tests/gpu/bench_*.cu)
 GPU_BENCH_BINS := $(GPU_BENCH_SRCS:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 PROGS := $(if $(wildcard infer.c),$(BIN)/infer) $(if $(wildcard tokenize.c),$(BIN)/tokenize) $(if $(wildcard mqar_data.c),$(BIN)/mqar_data)
 
-.PHONY: all deps test test-gpu train bench bench-gpu cuda-compile data fuzz fuzz-corpus clean
+.PHONY: all deps test test-gpu train bench bench-gpu bench-scaling cuda-compile data fuzz fuzz-corpus clean
 all: $(PROGS)
 ifneq ($(BIN),.)
 .PHONY: infer tokenize train_deltanet mqar_data
@@ -191,10 +192,15 @@ test-gpu: $(GPU_TEST_BINS) $(BIN)/train_deltanet $(PROGS) data
 bench-gpu: $(GPU_BENCH_BINS) $(BIN)/train_deltanet data
 	@TRAINER=$(BIN)/train_deltanet scripts/bench_table.sh $(BUILD)
 
+# Data-parallel scaling (tokens/s on 1, 2, 4, 8 GPUs, mpirun): scripts/bench_scaling.sh, options in
+# SCALING_ARGS (e.g. SCALING_ARGS="--models d12 --gpus 1,2").
+bench-scaling: $(BIN)/train_deltanet data
+	@scripts/bench_scaling.sh --trainer $(BIN)/train_deltanet $(SCALING_ARGS)
+
 # Compile every CUDA source without running anything (what CI can do without a GPU).
 cuda-compile: $(if $(wildcard train_deltanet.cu),$(BIN)/train_deltanet) $(GPU_TEST_BINS) $(GPU_BENCH_BINS)
 else
-test-gpu bench-gpu cuda-compile:
+test-gpu bench-gpu bench-scaling cuda-compile:
 	$(error $(NO_NVCC_MSG))
 $(BUILD)/tests/gpu/%:
 	$(error $(NO_NVCC_MSG))
