@@ -131,9 +131,6 @@ template <typename TX> inline Workspace carve_workspace(void *ws, int B, int T, 
     return w;
 }
 
-template <typename K> inline void set_smem(K kernel, size_t bytes) {
-    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-}
 
 /* Template defaults of the launchers below (fwd_auto / bwd_states_auto pick by shape). fp32 always
  * runs one stage. */

@@ -26,6 +26,11 @@ template <typename TX> struct Mat {
     int ld, rows;
 };
 
+/* Dynamic shared memory above 48 KB for a kernel (its launcher calls this once). */
+template <typename K> inline void set_smem(K kernel, size_t bytes) {
+    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+
 /* ---- cp.async (the primitives are in common.cuh) ---------------------------------------------- */
 /* R x COLS tile from global (row stride sld) to shared (row stride dld); rows >= valid are
  * zero-filled. COLS * sizeof(TX) must be a multiple of 16. */

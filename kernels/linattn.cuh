@@ -19,12 +19,12 @@
  * rows, the 64 x 64 products (a_i . b_j) by the delta rule's warp products (deltarule_tiles.cuh:
  * tensor cores for bf16, whose products are rounded to bf16 before they multiply c, as attention
  * kernels do; exact fp32 FMAs for float), masked on the diagonal tile, then times the c tile. Any
- * other size takes linattn_pairs_kernel: 16-row tiles, one scalar product per thread, fp32 (about
- * 4x slower on MQAR's shapes, measured on an H200).
+ * other size takes linattn_pairs_kernel: 16-row tiles, one scalar product per thread, fp32 (16.6x
+ * slower at MQAR's D=256 layer on an H200: bench_kernels).
  */
 #pragma once
 #include "common.cuh"
-#include "deltarule_tiles.cuh" /* Mat, cp_tile, warp_mma, for_each_pair: the tensor-core tile products */
+#include "deltarule_tiles.cuh" /* Mat, cp_tile, warp_mma, for_each_pair, set_smem: the tensor-core tile products */
 
 // ----------------------------------------------------------------------------
 // kernel launchers (declarations; definitions at the end)
@@ -165,10 +165,7 @@ inline void linattn_tc(floatX *out, const floatX *a, const floatX *b, const floa
                        cudaStream_t stream) {
     const size_t sm = LaTcLayout<floatX, P, Q>::BYTES;
     static bool init = false;
-    if (!init) {
-        cudaCheck(cudaFuncSetAttribute(linattn_tc_kernel<floatX, P, Q, UPPER>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
-        init = true;
-    }
+    if (!init) { dr::set_smem(linattn_tc_kernel<floatX, P, Q, UPPER>, sm); init = true; }
     linattn_tc_kernel<floatX, P, Q, UPPER><<<dim3((T + 63) / 64, B * H), dr::NTHREADS, sm, stream>>>(out, a, b, c, scale, T, H);
     cudaCheckLaunch();
 }

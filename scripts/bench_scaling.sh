@@ -127,7 +127,7 @@ done
     echo "NCCL: NCCL_NVLS_ENABLE=$NCCL_NVLS_ENABLE, NCCL_DEBUG=$NCCL_DEBUG$(env | grep -E '^NCCL_' | grep -vE '^NCCL_(NVLS_ENABLE|DEBUG)=' | sed 's/^/, /' | tr -d '\n'); $(grep -h -m1 -oE 'NCCL [0-9]+\.[0-9]+\.[0-9]+' "$out"/*.log 2>/dev/null | head -1)"
     echo "GPUs: $ngpu x ${name:-?}; steps $steps a run, the mean of steps 10-$steps; data $data"
 } >>"$rows"
-if command -v nvidia-smi >/dev/null && nvidia-smi topo -m >"$out/topology.txt" 2>&1; then :; else rm -f "$out/topology.txt"; fi
+nvidia-smi topo -m >"$out/topology.txt" 2>&1 || rm -f "$out/topology.txt"
 echo
 cat "$rows"
 exit $fail
